@@ -9,7 +9,6 @@ This module only drives Debian's swtpm tools; it never touches the TPM's content
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -73,9 +72,7 @@ class SoftwareTPMFactory:
             f"certserial = {self.ca_dir}/certserial\n"
         )
         options = self.ca_dir / "swtpm-localca.options"
-        options.write_text(
-            "--platform-manufacturer edgetrust\n--platform-version 2.1\n--platform-model swtpm-test\n"
-        )
+        options.write_text("--platform-manufacturer edgetrust\n--platform-version 2.1\n--platform-model swtpm-test\n")
         self.setup_conf = self.ca_dir / "swtpm_setup.conf"
         self.setup_conf.write_text(
             f"create_certs_tool = {_require('swtpm_localca')}\n"
@@ -102,8 +99,16 @@ class SoftwareTPMFactory:
             shutil.rmtree(state)
         state.mkdir(parents=True)
         args = [
-            _require("swtpm_setup"), "--tpm2", "--tpmstate", str(state), "--config", str(self.setup_conf),
-            "--createek", "--overwrite", "--pcr-banks", self.pcr_banks,
+            _require("swtpm_setup"),
+            "--tpm2",
+            "--tpmstate",
+            str(state),
+            "--config",
+            str(self.setup_conf),
+            "--createek",
+            "--overwrite",
+            "--pcr-banks",
+            self.pcr_banks,
         ]
         if ek_cert:
             args += ["--create-ek-cert", "--lock-nvram"]
@@ -138,11 +143,17 @@ class SoftwareTPM:
             self.port, self.ctrl_port = _free_port_pair()
             self._proc = subprocess.Popen(
                 [
-                    swtpm, "socket", "--tpm2",
-                    "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-                    "--ctrl", f"type=tcp,port={self.ctrl_port},bindaddr=127.0.0.1",
-                    "--tpmstate", f"dir={self.state_dir}",
-                    "--flags", "not-need-init,startup-clear",
+                    swtpm,
+                    "socket",
+                    "--tpm2",
+                    "--server",
+                    f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+                    "--ctrl",
+                    f"type=tcp,port={self.ctrl_port},bindaddr=127.0.0.1",
+                    "--tpmstate",
+                    f"dir={self.state_dir}",
+                    "--flags",
+                    "not-need-init,startup-clear",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -184,4 +195,3 @@ class SoftwareTPM:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

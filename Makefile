@@ -1,0 +1,31 @@
+# The two promises of the README: `make demo` and `make test` install what is missing, then run.
+PY      := .venv/bin/python
+PACKAGES := attestation trustd admission syncer
+
+.PHONY: deps demo test lint unit integration bench clean
+
+deps:
+	@hack/install-deps
+
+demo: deps
+	@$(PY) -m trustd.demo
+
+lint: deps
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+test: deps lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+unit: deps
+	$(PY) -m pytest -q tests/unit
+
+integration: deps
+	$(PY) -m pytest -q tests/integration
+
+bench: deps
+	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean:
+	rm -rf .demo .mypy_cache .ruff_cache .pytest_cache

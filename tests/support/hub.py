@@ -1,0 +1,114 @@
+"""A real trustd (uvicorn, TLS, SQLite) on 127.0.0.1 in a background thread, for integration tests."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+import yaml
+
+from attestation.eventlog import parse_event_log
+from attestation.simboot import boot_events, write_event_log
+from attestation.tpm2.constants import HashAlg
+from trustd.hub import Hub, build_hub
+from trustd.settings import TrustdSettings
+
+GOLDEN_BANKS = (HashAlg.SHA256, HashAlg.SHA1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def golden_reference_values() -> dict[str, object]:
+    """Classes used by the tests: PCRs of the simulated golden boot, in the SHA-256 and the SHA-1 bank."""
+    replayed = parse_event_log(write_event_log(boot_events(), GOLDEN_BANKS)).replay()
+    secure_boot_rule = {"pcr": 7, "type": "EV_EFI_VARIABLE_DRIVER_CONFIG", "variable": "SecureBoot"}
+    return {
+        "device_classes": {
+            "edge-gateway": {
+                "pcr_bank": "sha256",
+                "pcrs": {i: [replayed[HashAlg.SHA256][i].hex()] for i in (0, 4, 7)},
+                "event_log": "required",
+                "events": {"require": [secure_boot_rule]},
+            },
+            "legacy-sha1": {
+                "pcr_bank": "sha1",
+                "pcrs": {i: [replayed[HashAlg.SHA1][i].hex()] for i in (0, 4, 7)},
+                "event_log": "optional",
+            },
+        }
+    }
+
+
+class RunningHub:
+    def __init__(self, hub: Hub, server: uvicorn.Server, thread: threading.Thread, port: int, roots: Path) -> None:
+        self.hub = hub
+        self.url = f"https://127.0.0.1:{port}"
+        self.ca_bundle = roots
+        self._server = server
+        self._thread = thread
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, verify=ssl.create_default_context(cafile=str(self.ca_bundle)), timeout=30
+        )
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self.hub.close()
+
+
+@contextmanager
+def running_hub(
+    workdir: Path, *, ek_roots: Path, reference_values: dict[str, object] | None = None, **settings: object
+) -> Iterator[RunningHub]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    refvalues = workdir / "reference-values.yaml"
+    refvalues.write_text(yaml.safe_dump(reference_values or golden_reference_values()))
+    port = free_port()
+    hub = build_hub(
+        TrustdSettings(
+            data_dir=workdir / "hub",
+            ek_roots_dir=ek_roots,
+            reference_values=refvalues,
+            listen_port=port,
+            **settings,  # type: ignore[arg-type]
+        )
+    )
+    roots = workdir / "hub-roots.pem"
+    roots.write_bytes(hub.ca.x509_authorities_pem())
+    config = uvicorn.Config(
+        hub.app,
+        host="127.0.0.1",
+        port=port,
+        ssl_certfile=str(hub.tls_cert),
+        ssl_keyfile=str(hub.tls_key),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    running = RunningHub(hub, server, thread, port, roots)
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            running.stop()
+            raise RuntimeError("trustd did not start within 15 s")
+        time.sleep(0.02)
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -1,0 +1,83 @@
+"""`trustd`: run the hub, or print what a device needs to trust it.
+
+Exit codes: 0 ok, 1 refused or invalid configuration, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from attestation.errors import AttestationError
+from trustd.errors import TrustdError
+from trustd.settings import TrustdSettings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trustd", description="edgetrust hub: TPM enrollment and SPIFFE CA")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the hub (HTTPS)")
+    serve.add_argument("--data-dir", type=Path, help="CA keys, TLS and the embedded store (TRUSTD_DATA_DIR)")
+    serve.add_argument("--trust-domain", help="SPIFFE trust domain (TRUSTD_TRUST_DOMAIN)")
+    serve.add_argument("--ek-roots", type=Path, help="directory of TPM vendors' EK root certificates")
+    serve.add_argument("--reference-values", type=Path, help="reference values per device class (YAML/JSON)")
+    serve.add_argument("--store", help="store URL, e.g. sqlite:///var/lib/edgetrust/trustd.db")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8443)")
+
+    bundle = sub.add_parser("bundle", help="print the trust bundle (SPIFFE JWKS, or PEM roots with --pem)")
+    bundle.add_argument("--data-dir", type=Path)
+    bundle.add_argument("--trust-domain")
+    bundle.add_argument("--pem", action="store_true", help="the X.509 roots a device passes to trustctl --ca-bundle")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> TrustdSettings:
+    overrides = {
+        "data_dir": getattr(args, "data_dir", None),
+        "trust_domain": getattr(args, "trust_domain", None),
+        "ek_roots_dir": getattr(args, "ek_roots", None),
+        "reference_values": getattr(args, "reference_values", None),
+        "store_url": getattr(args, "store", None),
+        "listen_host": getattr(args, "host", None),
+        "listen_port": getattr(args, "port", None),
+    }
+    return TrustdSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = _settings(args)
+        if args.command == "serve":
+            from trustd.hub import serve
+
+            serve(settings)
+            return 0
+        from trustd.ca import SpiffeCA
+        from trustd.spiffe_id import TrustDomain
+
+        ca = SpiffeCA.load_or_create_root(settings.ca_dir, trust_domain=TrustDomain.parse(settings.trust_domain))
+        if args.pem:
+            sys.stdout.write(ca.x509_authorities_pem().decode())
+        else:
+            print(json.dumps(ca.bundle(), indent=2))
+        return 0
+    except (TrustdError, AttestationError) as exc:
+        print(f"trustd: {exc.diagnostics()}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # pydantic settings validation
+        print(f"trustd: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""The device's half of enrollment: drive the TPM, talk to trustd, write the identity to disk.
+
+The device generates its SVID key itself (it never leaves the device) and sends only a CSR. What is written:
+`svid.pem` (chain), `svid.key` (0600), `bundle.pem` (the trust domain's roots).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from attestation.device import AKKind, EKKind, TPMDevice
+from attestation.tpm2.constants import HashAlg
+from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse, b64
+from trustd.errors import EnrollmentError, HubUnreachableError
+
+#: a device on a slow link still answers within this; longer means the hub is gone
+DEFAULT_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    spiffe_id: str
+    not_after: float
+    svid_path: Path
+    key_path: Path
+    bundle_path: Path
+    jwt_svids: Mapping[str, str]
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret with mode 0600 from its first byte, then move it into place atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def enroll(
+    *,
+    server: str,
+    tcti: str,
+    out_dir: Path,
+    device_class: str,
+    claims: Mapping[str, str],
+    ca_bundle: Path,
+    ek_kind: EKKind = "rsa",
+    ak_kind: AKKind = "ecc",
+    event_log: bytes | None = None,
+    jwt_audiences: tuple[str, ...] = (),
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Enrollment:
+    """Run both round trips; raises EnrollmentError with the hub's reason when refused."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgetrust")]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    with TPMDevice(tcti) as tpm, _client(server, ca_bundle, timeout_s) as http:
+        ek = tpm.endorsement_key(ek_kind)
+        if ek.certificate is None:
+            raise EnrollmentError(
+                "this TPM has no EK certificate in NV; it cannot prove who made it (provision one, "
+                "e.g. swtpm_setup --create-ek-cert, or ask the vendor)"
+            )
+        ak = tpm.create_attestation_key(ak_kind)
+        challenge = ChallengeResponse.model_validate(
+            _post(
+                http,
+                "/v1/enroll/challenge",
+                ChallengeRequest(
+                    ek_certificate=b64(ek.certificate),
+                    ek_public=b64(ek.public),
+                    ak_public=b64(ak.public),
+                    device_class=device_class,
+                    claims=dict(claims),
+                ).model_dump(),
+            )
+        )
+        secret = tpm.activate_credential(
+            base64.b64decode(challenge.credential_blob), base64.b64decode(challenge.encrypted_secret)
+        )
+        selection = {HashAlg.from_label(bank): pcrs for bank, pcrs in challenge.pcr_selection.items()}
+        quote = tpm.quote(selection, base64.b64decode(challenge.nonce))
+        answer = EnrollResponse.model_validate(
+            _post(
+                http,
+                "/v1/enroll/complete",
+                EnrollRequest(
+                    challenge_id=challenge.challenge_id,
+                    activated_secret=b64(secret),
+                    attest=b64(quote.attest),
+                    signature=b64(quote.signature),
+                    pcr_values={
+                        bank.label: {i: v.hex() for i, v in values.items()} for bank, values in quote.pcr_values.items()
+                    },
+                    event_log=b64(event_log) if event_log is not None else None,
+                    csr=csr.decode(),
+                    jwt_audiences=list(jwt_audiences),
+                ).model_dump(),
+            )
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key_path, svid_path, bundle_path = out_dir / "svid.key", out_dir / "svid.pem", out_dir / "bundle.pem"
+    write_private(
+        key_path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    svid_path.write_text(answer.svid_chain)
+    bundle_path.write_text(answer.bundle)
+    return Enrollment(
+        spiffe_id=answer.spiffe_id,
+        not_after=answer.not_after,
+        svid_path=svid_path,
+        key_path=key_path,
+        bundle_path=bundle_path,
+        jwt_svids=answer.jwt_svids,
+    )
+
+
+def _client(server: str, ca_bundle: Path, timeout_s: float) -> httpx.Client:
+    if not server.startswith("https://"):
+        raise EnrollmentError(
+            f"refusing to enroll over {server.split(':', 1)[0]}: trustd is only reached over https://"
+        )
+    if not ca_bundle.is_file():
+        raise EnrollmentError(
+            f"the hub's CA bundle {ca_bundle} does not exist (get it from the operator: trustd bundle)"
+        )
+    return httpx.Client(base_url=server, verify=ssl.create_default_context(cafile=str(ca_bundle)), timeout=timeout_s)
+
+
+def _post(http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, object]:
+    try:
+        response = http.post(path, json=body)
+    except httpx.HTTPError as exc:
+        raise HubUnreachableError(f"cannot reach trustd at {http.base_url}: {exc}") from exc
+    try:
+        payload = response.json()
+    except ValueError as exc:
+        raise EnrollmentError(f"trustd answered {response.status_code} with a body that is not JSON") from exc
+    if response.status_code != 200:
+        if isinstance(payload, dict) and "reason" in payload:
+            raise EnrollmentError(f"trustd refused the enrollment ({payload.get('error')}): {payload['reason']}")
+        raise EnrollmentError(f"trustd answered {response.status_code}: {str(payload)[:500]}")
+    if not isinstance(payload, dict):
+        raise EnrollmentError("trustd answered with JSON that is not an object")
+    return payload

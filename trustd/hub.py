@@ -1,0 +1,112 @@
+"""Assemble a running hub from its settings: store, CA, EK roots, reference values, TLS, HTTP app.
+
+This is the one place that turns configuration into objects; everything below it receives what it needs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from attestation.refvalues import ReferencePolicy
+from fastapi import FastAPI
+
+from attestation.ek import EKVerifier
+from trustd.app import create_app
+from trustd.ca import SpiffeCA
+from trustd.enroll_client import write_private
+from trustd.enrollment import EnrollmentPolicy, EnrollmentService
+from trustd.settings import TrustdSettings
+from trustd.spiffe_id import SpiffeId, TrustDomain
+from trustd.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+#: trustd's own serving certificate is renewed at every start; a day covers any single run of a test or demo
+SERVER_CERT_TTL = timedelta(days=1)
+
+
+@dataclass
+class Hub:
+    settings: TrustdSettings
+    ca: SpiffeCA
+    store: Store
+    service: EnrollmentService
+    app: FastAPI
+    tls_cert: Path
+    tls_key: Path
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def build_hub(settings: TrustdSettings) -> Hub:
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    trust_domain = TrustDomain.parse(settings.trust_domain)
+    ca = SpiffeCA.load_or_create_root(settings.ca_dir, trust_domain=trust_domain)
+    store = open_store(settings.effective_store_url)
+    service = EnrollmentService(
+        ek_verifier=EKVerifier.from_directory(settings.ek_roots_dir),
+        reference_policy=ReferencePolicy.load(settings.reference_values),
+        ca=ca,
+        store=store,
+        policy=EnrollmentPolicy(
+            spiffe_id_template=settings.spiffe_id_template,
+            svid_ttl=timedelta(seconds=settings.svid_ttl_s),
+            jwt_svid_ttl=timedelta(seconds=settings.jwt_svid_ttl_s),
+            challenge_ttl=timedelta(seconds=settings.challenge_ttl_s),
+        ),
+    )
+    tls_cert, tls_key = _serving_certificate(settings, ca, trust_domain)
+    return Hub(
+        settings=settings,
+        ca=ca,
+        store=store,
+        service=service,
+        app=create_app(service=service, ca=ca),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+
+
+def _serving_certificate(settings: TrustdSettings, ca: SpiffeCA, trust_domain: TrustDomain) -> tuple[Path, Path]:
+    if settings.tls_cert and settings.tls_key:
+        return settings.tls_cert, settings.tls_key
+    key_pem, chain_pem = ca.issue_server_certificate(
+        dns_names=list(settings.server_dns_names),
+        ip_addresses=[ipaddress.ip_address(a) for a in settings.server_ip_addresses],
+        spiffe_id=SpiffeId.parse(f"spiffe://{trust_domain}/trustd"),
+        ttl=SERVER_CERT_TTL,
+    )
+    tls_dir = settings.data_dir / "tls"
+    tls_dir.mkdir(exist_ok=True, mode=0o700)
+    write_private(tls_dir / "server.key", key_pem)
+    (tls_dir / "server.pem").write_bytes(chain_pem)
+    return tls_dir / "server.pem", tls_dir / "server.key"
+
+
+def serve(settings: TrustdSettings) -> None:
+    import uvicorn
+
+    hub = build_hub(settings)
+    log.info(
+        "trustd serving trust domain %s on https://%s:%d",
+        settings.trust_domain,
+        settings.listen_host,
+        settings.listen_port,
+    )
+    try:
+        uvicorn.run(
+            hub.app,
+            host=settings.listen_host,
+            port=settings.listen_port,
+            ssl_certfile=str(hub.tls_cert),
+            ssl_keyfile=str(hub.tls_key),
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        hub.close()

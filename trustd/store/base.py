@@ -1,0 +1,91 @@
+"""The store's contract: records as frozen values, and the few atomic operations enrollment relies on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeRecord:
+    """What the hub must remember between the two enrollment round trips.
+
+    Only a digest of the activation secret is kept, so a read of the store does not let anyone answer
+    a pending challenge.
+    """
+
+    id: str
+    ek_fingerprint: str
+    ak_public: bytes
+    nonce: bytes
+    secret_digest: bytes
+    claims: dict[str, str]
+    created_at: float
+    expires_at: float
+    used_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    ek_fingerprint: str
+    spiffe_id: str
+    device_class: str
+    claims: dict[str, str]
+    ak_name: str
+    enrolled_at: float
+    status: str = "enrolled"
+
+
+@dataclass(frozen=True, slots=True)
+class SvidRecord:
+    serial: str
+    spiffe_id: str
+    ek_fingerprint: str
+    not_before: float
+    not_after: float
+    kind: str = "x509"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    at: float
+    event: str
+    outcome: str
+    subject: str
+    detail: dict[str, str] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    def put_challenge(self, challenge: ChallengeRecord) -> None: ...
+
+    def consume_challenge(self, challenge_id: str, *, now: float) -> ChallengeRecord:
+        """Mark a challenge used and return it, atomically: a second call for the same id must fail.
+
+        Raises ChallengeError (unknown, already used, expired) so each replay is refused exactly once.
+        """
+        ...
+
+    def purge_challenges(self, *, now: float) -> int: ...
+
+    def record_enrollment(self, device: DeviceRecord, svid: SvidRecord, event: AuditEvent) -> None:
+        """Store the device, its SVID and the audit event in one transaction.
+
+        Raises StoreConflictError when the SPIFFE ID is already held by another TPM (EK), so that one
+        device can never take over another's identity by claiming its name.
+        """
+        ...
+
+    def device(self, ek_fingerprint: str) -> DeviceRecord | None: ...
+
+    def device_by_spiffe_id(self, spiffe_id: str) -> DeviceRecord | None: ...
+
+    def devices(self) -> Sequence[DeviceRecord]: ...
+
+    def svids(self, spiffe_id: str) -> Sequence[SvidRecord]: ...
+
+    def audit(self, event: AuditEvent) -> None: ...
+
+    def audit_events(self, *, limit: int = 100) -> Sequence[AuditEvent]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,261 @@
+"""The embedded store: one SQLite file, WAL journal, schema migrations numbered in order.
+
+One connection guarded by a lock: enrollment writes are tiny and SQLite serialises writers anyway, so a
+pool would add nothing but lock contention inside SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trustd.errors import ChallengeError, StoreConflictError, StoreError
+from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, SvidRecord
+
+#: each entry moves the schema one version up; never edit one that has shipped, append a new one
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE challenges (
+        id TEXT PRIMARY KEY,
+        ek_fingerprint TEXT NOT NULL,
+        ak_public BLOB NOT NULL,
+        nonce BLOB NOT NULL,
+        secret_digest BLOB NOT NULL,
+        claims TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL
+    );
+    CREATE INDEX challenges_expiry ON challenges (expires_at);
+    CREATE TABLE devices (
+        ek_fingerprint TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL UNIQUE,
+        device_class TEXT NOT NULL,
+        claims TEXT NOT NULL,
+        ak_name TEXT NOT NULL,
+        enrolled_at REAL NOT NULL,
+        status TEXT NOT NULL
+    );
+    CREATE TABLE svids (
+        serial TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL,
+        ek_fingerprint TEXT NOT NULL,
+        not_before REAL NOT NULL,
+        not_after REAL NOT NULL,
+        kind TEXT NOT NULL
+    );
+    CREATE INDEX svids_spiffe_id ON svids (spiffe_id);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        event TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    """,
+)
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path) -> None:
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {path}: {exc}") from exc
+        self._lock = threading.Lock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    for statement in filter(str.strip, script.split(";")):
+                        self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version={number}")
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._db.execute("ROLLBACK")
+                    raise StoreError(f"store migration {number} failed: {exc}") from exc
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- challenges ----------------------------------------------------------------------------------------
+    def put_challenge(self, challenge: ChallengeRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO challenges VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    challenge.id,
+                    challenge.ek_fingerprint,
+                    challenge.ak_public,
+                    challenge.nonce,
+                    challenge.secret_digest,
+                    json.dumps(challenge.claims),
+                    challenge.created_at,
+                    challenge.expires_at,
+                    challenge.used_at,
+                ),
+            )
+
+    def consume_challenge(self, challenge_id: str, *, now: float) -> ChallengeRecord:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT * FROM challenges WHERE id = ?", (challenge_id,)).fetchone()
+                if row is None:
+                    raise ChallengeError(
+                        "unknown challenge: it was never issued, or it expired and was purged; start enrollment again"
+                    )
+                record = _challenge(row)
+                if record.used_at is not None:
+                    raise ChallengeError(
+                        "this challenge was already answered once (a replayed nonce); start enrollment again"
+                    )
+                self._db.execute("UPDATE challenges SET used_at = ? WHERE id = ?", (now, challenge_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if now > record.expires_at:
+            raise ChallengeError(
+                f"the challenge expired {now - record.expires_at:.0f}s ago (it is valid for "
+                f"{record.expires_at - record.created_at:.0f}s); start enrollment again"
+            )
+        return record
+
+    def purge_challenges(self, *, now: float) -> int:
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM challenges WHERE expires_at < ?", (now,))
+            return cursor.rowcount
+
+    # -- devices and SVIDs ---------------------------------------------------------------------------------
+    def record_enrollment(self, device: DeviceRecord, svid: SvidRecord, event: AuditEvent) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                holder = self._db.execute(
+                    "SELECT ek_fingerprint FROM devices WHERE spiffe_id = ?", (device.spiffe_id,)
+                ).fetchone()
+                if holder is not None and holder[0] != device.ek_fingerprint:
+                    raise StoreConflictError(
+                        f"{device.spiffe_id} is already held by another TPM (EK {holder[0][:16]}…); "
+                        "revoke that device first, or enroll under another name"
+                    )
+                self._db.execute(
+                    "INSERT INTO devices VALUES (?,?,?,?,?,?,?) ON CONFLICT (ek_fingerprint) DO UPDATE SET "
+                    "spiffe_id = excluded.spiffe_id, device_class = excluded.device_class, claims = excluded.claims, "
+                    "ak_name = excluded.ak_name, enrolled_at = excluded.enrolled_at, status = excluded.status",
+                    (
+                        device.ek_fingerprint,
+                        device.spiffe_id,
+                        device.device_class,
+                        json.dumps(device.claims),
+                        device.ak_name,
+                        device.enrolled_at,
+                        device.status,
+                    ),
+                )
+                self._db.execute(
+                    "INSERT INTO svids VALUES (?,?,?,?,?,?)",
+                    (
+                        svid.serial,
+                        svid.spiffe_id,
+                        svid.ek_fingerprint,
+                        svid.not_before,
+                        svid.not_after,
+                        svid.kind,
+                    ),
+                )
+                self._insert_audit(event)
+                self._db.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                self._db.execute("ROLLBACK")
+                raise StoreConflictError(f"enrollment conflicts with stored state: {exc}") from exc
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def device(self, ek_fingerprint: str) -> DeviceRecord | None:
+        row = self._one("SELECT * FROM devices WHERE ek_fingerprint = ?", (ek_fingerprint,))
+        return None if row is None else _device(row)
+
+    def device_by_spiffe_id(self, spiffe_id: str) -> DeviceRecord | None:
+        row = self._one("SELECT * FROM devices WHERE spiffe_id = ?", (spiffe_id,))
+        return None if row is None else _device(row)
+
+    def devices(self) -> Sequence[DeviceRecord]:
+        return [_device(r) for r in self._all("SELECT * FROM devices ORDER BY spiffe_id", ())]
+
+    def svids(self, spiffe_id: str) -> Sequence[SvidRecord]:
+        rows = self._all("SELECT * FROM svids WHERE spiffe_id = ? ORDER BY not_before", (spiffe_id,))
+        return [SvidRecord(*r) for r in rows]
+
+    # -- audit ---------------------------------------------------------------------------------------------
+    def audit(self, event: AuditEvent) -> None:
+        with self._lock:
+            self._insert_audit(event)
+
+    def audit_events(self, *, limit: int = 100) -> Sequence[AuditEvent]:
+        rows = self._all("SELECT at, event, outcome, subject, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [AuditEvent(at=r[0], event=r[1], outcome=r[2], subject=r[3], detail=json.loads(r[4])) for r in rows]
+
+    def _insert_audit(self, event: AuditEvent) -> None:
+        self._db.execute(
+            "INSERT INTO audit (at, event, outcome, subject, detail) VALUES (?,?,?,?,?)",
+            (event.at, event.event, event.outcome, event.subject, json.dumps(event.detail)),
+        )
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+    def _one(self, sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:
+        with self._lock:
+            row: tuple[Any, ...] | None = self._db.execute(sql, args).fetchone()
+            return row
+
+    def _all(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _challenge(row: tuple[Any, ...]) -> ChallengeRecord:
+    (cid, ek, ak_public, nonce, digest, claims, created, expires, used) = row
+    return ChallengeRecord(
+        id=str(cid),
+        ek_fingerprint=str(ek),
+        ak_public=bytes(ak_public),
+        nonce=bytes(nonce),
+        secret_digest=bytes(digest),
+        claims=json.loads(str(claims)),
+        created_at=float(created),
+        expires_at=float(expires),
+        used_at=None if used is None else float(used),
+    )
+
+
+def _device(row: tuple[Any, ...]) -> DeviceRecord:
+    (ek, spiffe_id, device_class, claims, ak_name, enrolled, status) = row
+    return DeviceRecord(
+        ek_fingerprint=str(ek),
+        spiffe_id=str(spiffe_id),
+        device_class=str(device_class),
+        claims=json.loads(str(claims)),
+        ak_name=str(ak_name),
+        enrolled_at=float(enrolled),
+        status=str(status),
+    )
