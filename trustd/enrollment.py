@@ -22,14 +22,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from attestation.credential import make_credential
+from attestation.ek import EKVerifier, ek_fingerprint
+from attestation.errors import AttestationError, CredentialActivationError, MalformedStructureError
 from attestation.eventlog import EventLog, parse_event_log
 from attestation.quote import check_ak_attributes, verify_quote
 from attestation.refvalues import ReferencePolicy
 from attestation.tpm2.constants import HashAlg
 from attestation.tpm2.public import parse_public
-
-from attestation.ek import EKVerifier, ek_fingerprint
-from attestation.errors import AttestationError, CredentialActivationError, MalformedStructureError
 from trustd.api_models import (
     ChallengeRequest,
     ChallengeResponse,

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from attestation.refvalues import ReferencePolicy
 from fastapi import FastAPI
 
 from attestation.ek import EKVerifier
+from attestation.refvalues import ReferencePolicy
 from trustd.app import create_app
 from trustd.ca import SpiffeCA
 from trustd.enroll_client import write_private

@@ -6,12 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from attestation.tpm2.public import parse_public
 
 from attestation.device import TPMDevice
 from attestation.ek import EKVerifier, ek_fingerprint
 from attestation.errors import EKMismatchError, MalformedStructureError, PolicyConfigError, UntrustedEKError
 from attestation.swtpm import SoftwareTPMFactory
+from attestation.tpm2.public import parse_public
 from tests.integration.conftest import BootedDevice
 
 pytestmark = pytest.mark.integration

@@ -7,18 +7,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from attestation.refvalues import ReferencePolicy
-from trustd.ca import SpiffeCA
-from trustd.errors import ChallengeError
-from trustd.spiffe_id import TrustDomain
 
 from attestation.device import TPMDevice
 from attestation.ek import EKVerifier
+from attestation.refvalues import ReferencePolicy
 from tests.integration.conftest import BootedDevice
 from tests.support.hub import golden_reference_values
 from tests.support.protocol import ManualEnrollment
 from trustd.api_models import ChallengeRequest, EnrollRequest
+from trustd.ca import SpiffeCA
 from trustd.enrollment import EnrollmentPolicy, EnrollmentService
+from trustd.errors import ChallengeError
+from trustd.spiffe_id import TrustDomain
 from trustd.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.integration

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from attestation.tpm2.constants import HashAlg
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from attestation.device import AttestationKey, EndorsementKey, TPMDevice
+from attestation.tpm2.constants import HashAlg
 from trustd.api_models import b64
 
 Body = dict[str, Any]

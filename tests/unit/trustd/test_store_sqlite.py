@@ -4,8 +4,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from trustd.errors import ChallengeError, StoreConflictError, StoreError
 
+from trustd.errors import ChallengeError, StoreConflictError, StoreError
 from trustd.store import AuditEvent, ChallengeRecord, DeviceRecord, SvidRecord, open_store
 from trustd.store.sqlite import MIGRATIONS, SQLiteStore
 
