@@ -93,6 +93,7 @@ class TPMDevice:
         self._handles: list[Any] = []
         self._ek: Any = None
         self._ak: Any = None
+        self._ek_policy_or = False
         if flush_stale:
             self._flush_stale_transients()
 
@@ -121,8 +122,11 @@ class TPMDevice:
             raise _tss("flushing stale transient handles", exc) from exc
 
     # -- endorsement --------------------------------------------------------------------------------------
-    def endorsement_key(self, kind: EKKind = "rsa") -> EndorsementKey:
-        """Recreate the EK from the TCG default template (it is deterministic) and read its certificate from NV."""
+    def endorsement_key(self, kind: EKKind = "rsa", *, template_name: str | None = None) -> EndorsementKey:
+        """Recreate the EK from the TCG default template (it is deterministic) and read its certificate from NV.
+
+        `template_name` forces one TCG template (e.g. "EK-ECC256"), certificate or not.
+        """
         if self._ek is not None:  # one EK at a time: a TPM without a resource manager has 3 object slots
             self._handles.remove(self._ek)
             with contextlib.suppress(TSS2_Exception):
@@ -130,17 +134,21 @@ class TPMDevice:
             self._ek = None
         try:
             reader = NVReadEK(self._ectx)
-            cert, template = create_ek_template(_EK_TEMPLATES[kind][0], reader)
-            for name in _EK_TEMPLATES[kind][1:]:
+            names = (template_name,) if template_name else _EK_TEMPLATES[kind]
+            used = names[0]
+            cert, template = create_ek_template(used, reader)
+            for name in names[1:]:
                 if cert:
                     break
                 with contextlib.suppress(ValueError):  # high-range templates raise when their cert is absent
                     cert, template = create_ek_template(name, reader)
+                    used = name
             ek, ek_pub, *_ = self._ectx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
         except (TSS2_Exception, ValueError) as exc:
             raise _tss("creating the endorsement key", exc) from exc
         self._handles.append(ek)
         self._ek = ek
+        self._ek_policy_or = used.startswith("EK-HIGH")
         return EndorsementKey(public=bytes(ek_pub.publicArea.marshal()), certificate=bytes(cert) if cert else None)
 
     # -- attestation key ----------------------------------------------------------------------------------
@@ -163,6 +171,11 @@ class TPMDevice:
         """Recover the hub's secret: only the TPM holding both the EK and the AK named in the blob can."""
         if self._ek is None or self._ak is None:
             raise TPMDeviceError("activate_credential needs endorsement_key() and create_attestation_key() first")
+        if self._ek_policy_or:
+            raise TPMDeviceError(
+                "this EK uses a high-range TCG template whose policy is a PolicyOR, not yet supported for "
+                "ActivateCredential; enroll with the RSA EK (trustctl enroll --ek rsa)"
+            )
         try:
             id_object, _ = TPM2B_ID_OBJECT.unmarshal(blob)
             secret, _ = TPM2B_ENCRYPTED_SECRET.unmarshal(encrypted_secret)
