@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -63,3 +64,12 @@ def test_verify_quote(attest: bytes, signature: bytes) -> None:
     ak = parse_public(CASE["ak_public"])
     with contextlib.suppress(AttestationError):
         verify_quote(ak=ak, attest=attest, signature=signature, nonce=CASE["nonce"], pcr_values=CASE["pcr_values"])
+
+
+REAL_LOG = (Path(__file__).resolve().parents[2] / "data" / "eventlogs" / "event-sd-boot-fedora37.bin").read_bytes()
+
+
+@FUZZ
+@given(_mutations(REAL_LOG))
+def test_real_event_log(data: bytes) -> None:
+    _only_ours(parse_event_log, data)
