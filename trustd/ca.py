@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-import os
 import secrets
 import stat
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from trustd.errors import CAConfigError, CSRError, JWTSVIDError
+from trustd.files import write_private
 from trustd.spiffe_id import SpiffeId, TrustDomain
 
 #: tolerate devices whose clocks run a little behind the hub's
@@ -56,20 +56,10 @@ class X509Svid:
 
 
 def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(
-            fd,
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ),
-        )
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private(
+        path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
 
 
 def read_private_key(path: Path) -> ec.EllipticCurvePrivateKey:

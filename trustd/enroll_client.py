@@ -7,7 +7,6 @@ The device generates its SVID key itself (it never leaves the device) and sends 
 from __future__ import annotations
 
 import base64
-import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from attestation.device import AKKind, EKKind, TPMDevice
 from attestation.tpm2.constants import HashAlg
 from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse, b64
 from trustd.errors import EnrollmentError, HubUnreachableError
+from trustd.files import write_private
 
 #: a device on a slow link still answers within this; longer means the hub is gone
 DEFAULT_TIMEOUT_S = 30.0
@@ -36,19 +36,6 @@ class Enrollment:
     key_path: Path
     bundle_path: Path
     jwt_svids: Mapping[str, str]
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret with mode 0600 from its first byte, then move it into place atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def enroll(

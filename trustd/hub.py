@@ -17,8 +17,8 @@ from attestation.ek import EKVerifier
 from attestation.refvalues import ReferencePolicy
 from trustd.app import create_app
 from trustd.ca import SpiffeCA
-from trustd.enroll_client import write_private
 from trustd.enrollment import EnrollmentPolicy, EnrollmentService
+from trustd.files import write_private
 from trustd.settings import TrustdSettings
 from trustd.spiffe_id import SpiffeId, TrustDomain
 from trustd.store import Store, open_store
