@@ -43,7 +43,7 @@ def _cpu_seconds(pid: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=10, help="enrollments per device")
+    parser.add_argument("--rounds", type=int, default=15, help="enrollments per device")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-enroll-"))

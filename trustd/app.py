@@ -6,11 +6,11 @@ can act on (`{"error": code, "reason": text}`), never to a stack trace.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attestation.errors import AttestationError, MalformedStructureError, UnsupportedAlgorithmError
 from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse
@@ -24,13 +24,6 @@ MAX_BODY_BYTES = 6 * 1024 * 1024
 
 def create_app(*, service: EnrollmentService, ca: SpiffeCA) -> FastAPI:
     app = FastAPI(title="trustd", version="0.1.0", docs_url=None, redoc_url=None)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
 
     @app.exception_handler(AttestationError)
     async def attestation_refused(_request: Request, exc: AttestationError) -> JSONResponse:
@@ -64,7 +57,53 @@ def create_app(*, service: EnrollmentService, ca: SpiffeCA) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     return app
+
+
+class BodyLimit:
+    """Refuse bodies over a size, declared or streamed, before anything parses them.
+
+    A plain ASGI middleware: Starlette's `BaseHTTPMiddleware` costs a task and a stream copy per request.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self._app = app
+        self._max = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self._max):
+                await _too_large(scope, receive, send, self._max)
+                return
+        seen = 0
+        refused = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self._max:
+                # Answer now and tell the app the client left: it stops reading, and its answer is dropped.
+                refused = True
+                await _too_large(scope, receive, send, self._max)
+                return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self._app(scope, counting_receive, guarded_send)
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    await _error(413, "body_too_large", f"request bodies are limited to {limit} bytes")(scope, receive, send)
 
 
 def _error(status: int, code: str, reason: str) -> JSONResponse:

@@ -126,3 +126,12 @@ def test_fuzzed_challenge_requests_never_break_the_hub(client: TestClient, hub: 
     answer = client.post("/v1/enroll/challenge", json=body)
     assert answer.status_code in (400, 403, 422), answer.text
     assert hub.store.devices() == []
+
+
+def test_oversized_streamed_body_without_length(client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(8):
+            yield b" " * (1024 * 1024)
+
+    answer = client.post("/v1/enroll/challenge", content=chunks(), headers={"content-type": "application/json"})
+    assert answer.status_code == 413
