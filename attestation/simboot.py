@@ -37,11 +37,7 @@ class BootEvent:
     measured: bytes
 
     def digest(self, bank: HashAlg) -> bytes:
-        from cryptography.hazmat.primitives import hashes
-
-        h = hashes.Hash(bank.hash_algorithm())
-        h.update(self.measured)
-        return h.finalize()
+        return bank.digest(self.measured)
 
 
 def _efi_variable(name: str, value: bytes) -> bytes:
