@@ -135,3 +135,18 @@ def test_oversized_streamed_body_without_length(client: TestClient) -> None:
 
     answer = client.post("/v1/enroll/challenge", content=chunks(), headers={"content-type": "application/json"})
     assert answer.status_code == 413
+
+
+def test_bundle_endpoints_serve_the_trust_domain(client: TestClient, hub: Hub) -> None:
+    bundle = client.get("/v1/bundle").json()
+    assert {k["use"] for k in bundle["keys"]} == {"x509-svid", "jwt-svid"}
+    assert client.get("/v1/bundle.pem").content == hub.ca.x509_authorities_pem()
+
+
+def test_trustd_bundle_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trustd.cli import main
+
+    assert main(["bundle", "--pem", "--data-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("-----BEGIN CERTIFICATE-----")
+    assert main(["bundle", "--data-dir", str(tmp_path), "--trust-domain", "Bad Domain"]) == 1
+    assert "trust domain" in capsys.readouterr().err
