@@ -16,8 +16,7 @@ def open_store(url: str) -> Store:
     if url.startswith("sqlite://"):
         from trustd.store.sqlite import SQLiteStore
 
-        path = url.removeprefix("sqlite://")
-        if path.startswith("/"):
-            path = path[1:] if path.startswith("//") else path
+        # As SQLAlchemy spells it: sqlite:///relative/path, sqlite:////absolute/path, sqlite:// for memory.
+        path = url.removeprefix("sqlite://").removeprefix("/")
         return SQLiteStore(path or ":memory:")
     raise StoreError(f"unsupported store URL {url.split(':', 1)[0]!r}: use sqlite:///path/to/trustd.db")

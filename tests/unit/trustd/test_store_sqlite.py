@@ -112,3 +112,13 @@ def test_reopening_keeps_state_and_schema_version(tmp_path: Path) -> None:
 def test_unknown_store_url_is_a_clear_error() -> None:
     with pytest.raises(StoreError, match="unsupported store URL 'mysql'"):
         open_store("mysql://x")
+
+
+def test_store_urls_relative_absolute_and_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    open_store("sqlite:///rel.db").close()
+    assert (tmp_path / "rel.db").exists()
+    open_store(f"sqlite:///{tmp_path / 'abs.db'}").close()
+    assert (tmp_path / "abs.db").exists()
+    memory = open_store("sqlite://")
+    assert memory.devices() == []
