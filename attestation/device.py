@@ -31,14 +31,18 @@ except ImportError as exc:  # pragma: no cover - exercised only on machines with
     ) from exc
 
 EKKind = Literal["rsa", "ecc"]
-AKKind = Literal["ecc", "rsa"]
+AKKind = Literal["ecc", "rsa", "rsapss"]
 
 #: TCG EK Credential Profile templates, in order of preference; the first with a certificate in NV wins
 _EK_TEMPLATES: dict[str, tuple[str, ...]] = {
     "rsa": ("EK-RSA2048", "EK-HIGH-RSA2048"),
     "ecc": ("EK-ECC256", "EK-HIGH-ECC256", "EK-HIGH-ECC384"),
 }
-_AK_TEMPLATES: dict[str, str] = {"ecc": "ecc256:ecdsa-sha256:null", "rsa": "rsa2048:rsassa-sha256:null"}
+_AK_TEMPLATES: dict[str, str] = {
+    "ecc": "ecc256:ecdsa-sha256:null",
+    "rsa": "rsa2048:rsassa-sha256:null",
+    "rsapss": "rsa2048:rsapss-sha256:null",
+}
 _AK_ATTRIBUTES = (
     TPMA_OBJECT.RESTRICTED
     | TPMA_OBJECT.SIGN_ENCRYPT

@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     enroll.add_argument("--node", help="shorthand for --claim node=...")
     enroll.add_argument("--claim", type=_claim, action="append", default=[], help="naming claim KEY=VALUE")
     enroll.add_argument("--ek", choices=["rsa", "ecc"], default="rsa", help="endorsement key type")
-    enroll.add_argument("--ak", choices=["ecc", "rsa"], default="ecc", help="attestation key type")
+    enroll.add_argument("--ak", choices=["ecc", "rsa", "rsapss"], default="ecc", help="attestation key type")
     enroll.add_argument(
         "--event-log",
         type=Path,

@@ -23,6 +23,7 @@ CASES = [
     ("ecc-sha256", "ecc", {HashAlg.SHA256: [0, 1, 2, 3, 4, 5, 6, 7, 10, 16]}),
     ("rsa-sha256", "rsa", {HashAlg.SHA256: [0, 1, 2, 3, 4, 5, 6, 7, 10, 16]}),
     ("ecc-sha1-sha256", "ecc", {HashAlg.SHA1: [0, 4, 7], HashAlg.SHA256: [0, 4, 7]}),
+    ("rsapss-sha256", "rsapss", {HashAlg.SHA256: [0, 4, 7]}),
 ]
 
 

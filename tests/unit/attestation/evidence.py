@@ -29,4 +29,4 @@ def quote_case(name: str) -> dict[str, Any]:
     return case
 
 
-CASES = ("ecc-sha256", "rsa-sha256", "ecc-sha1-sha256")
+CASES = ("ecc-sha256", "rsa-sha256", "ecc-sha1-sha256", "rsapss-sha256")

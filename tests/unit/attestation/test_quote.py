@@ -107,3 +107,13 @@ def test_attest_parses_and_rejects_trailing_bytes() -> None:
         parse_attest(case["attest"] + b"\x00")
     with pytest.raises(MalformedStructureError, match="truncated"):
         parse_attest(case["attest"][:-3])
+
+
+def test_recorded_signature_schemes_are_the_three_we_claim() -> None:
+    from attestation.tpm2.constants import TPM2_ALG
+    from attestation.tpm2.signature import parse_signature
+
+    schemes = {name: parse_signature(quote_case(name)["signature"]).scheme for name in CASES}
+    assert schemes["ecc-sha256"] == TPM2_ALG.ECDSA
+    assert schemes["rsa-sha256"] == TPM2_ALG.RSASSA
+    assert schemes["rsapss-sha256"] == TPM2_ALG.RSAPSS
