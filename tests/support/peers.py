@@ -19,7 +19,7 @@ def pinned() -> dict[str, tuple[str, str, str]]:
     entries: dict[str, tuple[str, str, str]] = {}
     for line in (REPO / "hack" / "peers.lock").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
-            name, module, version, binary = line.split()
+            name, module, version, binary = line.split()[:4]
             entries[name] = (module, version, binary)
     return entries
 

@@ -1,0 +1,47 @@
+"""`edgetrust-admission serve`: the webhook process (in the chart, beside its OPA sidecar)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from admission.errors import AdmissionError
+from admission.server import serve
+from admission.settings import AdmissionSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgetrust-admission", description="edgetrust admission webhook")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="serve AdmissionReviews over HTTPS")
+    run.add_argument("--policy-dir", type=Path)
+    run.add_argument("--listen-host")
+    run.add_argument("--listen-port", type=int)
+    run.add_argument("--tls-cert", type=Path)
+    run.add_argument("--tls-key", type=Path)
+    run.add_argument("--opa-port", type=int)
+    run.add_argument("--registry-ca-file", type=Path)
+    run.add_argument("--exempt-namespace", action="append", dest="exempt_namespaces")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    if "exempt_namespaces" in overrides:
+        overrides["exempt_namespaces"] = tuple(overrides["exempt_namespaces"])
+    try:
+        settings = AdmissionSettings(**overrides)
+        serve(settings)
+    except ValidationError as exc:
+        print(f"edgetrust-admission: bad settings: {exc}", file=sys.stderr)
+        return 2
+    except AdmissionError as exc:
+        print(f"edgetrust-admission: {exc.diagnostics()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""One AdmissionRequest in, one answer out: every applicable policy decided concurrently, then combined.
+
+What a violation does depends on the policy's mode (enforce denies, warn warns, audit logs, dryrun records in
+the API server's audit log); what an undecidable policy does (OPA or registry unreachable) depends on its
+failure mode (closed denies, open admits with a warning). Exempt namespaces are admitted before any of it, so a
+broken policy, OPA or registry can never lock kube-system out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from admission.errors import AdmissionError, ImageReferenceError
+from admission.imageref import parse_image_reference
+from admission.images import ImageVerifier, VerifiedImage
+from admission.metrics import AdmissionMetrics
+from admission.opa import OpaDecider
+from admission.policy import FailureMode, ImagePolicy, Mode, PolicySet, RegoPolicy
+from admission.review import AdmissionRequest, build_response
+from admission.workloads import ContainerImage, container_images
+
+log = logging.getLogger("edgetrust.admission")
+
+
+@dataclass(slots=True)
+class PolicyOutcome:
+    policy: str
+    mode: Mode
+    failure: FailureMode
+    violations: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # offline admits and the like, surfaced as warnings
+
+
+@dataclass(slots=True)
+class Verdict:
+    allowed: bool
+    denials: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    audit_annotations: dict[str, str] = field(default_factory=dict)
+    patch: list[dict[str, Any]] = field(default_factory=list)
+
+
+class AdmissionController:
+    def __init__(self, policies: PolicySet, opa: OpaDecider, images: ImageVerifier, metrics: AdmissionMetrics) -> None:
+        self._policies = policies
+        self._opa = opa
+        self._images = images
+        self._metrics = metrics
+
+    @property
+    def policies(self) -> PolicySet:
+        return self._policies
+
+    @property
+    def metrics(self) -> AdmissionMetrics:
+        return self._metrics
+
+    async def start(self) -> None:
+        """Load the Rego policies into OPA; the webhook reports ready only after this."""
+        await self._opa.load(self._policies.rego, self._policies.libraries)
+
+    async def close(self) -> None:
+        await self._opa.close()
+        await self._images.close()
+
+    async def answer(self, request: AdmissionRequest, *, mutate: bool = False) -> dict[str, Any]:
+        verdict = await self.decide(request, mutate=mutate)
+        subject = f"{request.kind} {request.namespace + '/' if request.namespace else ''}{request.name}"
+        message = ""
+        if not verdict.allowed:
+            message = f"edgetrust denied {subject}: " + "; ".join(verdict.denials)
+        self._metrics.requests.labels("allowed" if verdict.allowed else "denied").inc()
+        log.info(
+            "admission uid=%s %s %s: %s%s",
+            request.uid,
+            request.operation,
+            subject,
+            "allowed" if verdict.allowed else "denied",
+            f" ({'; '.join(verdict.denials)})" if verdict.denials else "",
+        )
+        return build_response(
+            request.uid,
+            allowed=verdict.allowed,
+            message=message,
+            reason="Forbidden" if not verdict.allowed else "",
+            warnings=verdict.warnings,
+            audit_annotations=verdict.audit_annotations,
+            patch=verdict.patch if verdict.allowed else None,
+        )
+
+    async def decide(self, request: AdmissionRequest, *, mutate: bool = False) -> Verdict:
+        if request.operation not in ("CREATE", "UPDATE"):
+            return Verdict(allowed=True)
+        if request.namespace and self._policies.exempt(request.namespace):
+            self._metrics.decisions.labels("exempt-namespace", "allowed").inc()
+            return Verdict(allowed=True)
+        rego = [p for p in self._policies.rego if p.match.applies(request.kind, request.namespace)]
+        image_policies = [p for p in self._policies.images if p.match.applies(request.kind, request.namespace)]
+        containers = container_images(request.kind, request.obj) if image_policies else []
+        rego_task = self._decide_rego(request, rego)
+        image_task = self._decide_images(containers, image_policies)
+        rego_outcomes, (image_outcomes, verified) = await asyncio.gather(rego_task, image_task)
+        verdict = self._combine([*rego_outcomes, *image_outcomes])
+        if mutate and verdict.allowed:
+            verdict.patch = _pin_patch(containers, verified)
+        return verdict
+
+    async def _decide_rego(self, request: AdmissionRequest, policies: Sequence[RegoPolicy]) -> list[PolicyOutcome]:
+        outcomes = {p.name: PolicyOutcome(p.name, p.mode, p.failure) for p in policies}
+        if not policies:
+            return []
+        try:
+            decided = await self._opa.decide(request.raw, policies)
+        except AdmissionError as exc:
+            self._metrics.opa_errors.labels(exc.code).inc()
+            for outcome in outcomes.values():
+                outcome.errors.append(f"OPA could not decide: {exc}")
+            return list(outcomes.values())
+        for name, outcome in outcomes.items():
+            if name not in decided:
+                outcome.errors.append("OPA has no decision for this policy (not loaded?)")
+            else:
+                outcome.violations.extend(decided[name])
+        return list(outcomes.values())
+
+    async def _decide_images(
+        self, containers: Sequence[ContainerImage], policies: Sequence[ImagePolicy]
+    ) -> tuple[list[PolicyOutcome], dict[str, VerifiedImage]]:
+        outcomes = {p.name: PolicyOutcome(p.name, p.mode, p.failure) for p in policies}
+        checks: list[tuple[ContainerImage, ImagePolicy]] = []
+        for container in containers:
+            try:
+                reference = parse_image_reference(container.image)
+            except ImageReferenceError as exc:
+                for policy in policies:
+                    outcomes[policy.name].violations.append(f"container {container.container}: {exc}")
+                continue
+            checks.extend((container, p) for p in policies if p.covers(reference))
+        results = await asyncio.gather(*(self._images.verify(c.image, p) for c, p in checks), return_exceptions=True)
+        verified: dict[str, VerifiedImage] = {}
+        for (container, policy), result in zip(checks, results, strict=True):
+            outcome = outcomes[policy.name]
+            where = f"container {container.container} image {container.image}"
+            if isinstance(result, VerifiedImage):
+                verified[container.pointer] = result
+                if result.offline:
+                    outcome.notes.append(f"{where} admitted from the verification cache: its registry is unreachable")
+            elif isinstance(result, AdmissionError):
+                if result.code in ("registry_unreachable",):
+                    outcome.errors.append(f"{where}: {result}")
+                else:
+                    outcome.violations.append(f"{where}: {result}")
+            elif isinstance(result, BaseException):
+                raise result
+        return list(outcomes.values()), verified
+
+    def _combine(self, outcomes: Sequence[PolicyOutcome]) -> Verdict:
+        verdict = Verdict(allowed=True)
+        for outcome in outcomes:
+            problems = list(outcome.violations)
+            for error in outcome.errors:
+                if outcome.failure is FailureMode.CLOSED:
+                    problems.append(f"undecided, failing closed: {error}")
+                else:
+                    verdict.warnings.append(f"[{outcome.policy}] admitted undecided (failure mode open): {error}")
+            verdict.warnings.extend(f"[{outcome.policy}] {note}" for note in outcome.notes)
+            result = self._apply_mode(outcome, problems, verdict)
+            self._metrics.decisions.labels(outcome.policy, result).inc()
+        return verdict
+
+    @staticmethod
+    def _apply_mode(outcome: PolicyOutcome, problems: list[str], verdict: Verdict) -> str:
+        if not problems:
+            return "allowed"
+        text = "; ".join(problems)
+        if outcome.mode is Mode.ENFORCE:
+            verdict.allowed = False
+            verdict.denials.append(f"[{outcome.policy}] {text}")
+            return "error" if outcome.errors and not outcome.violations else "denied"
+        if outcome.mode is Mode.WARN:
+            verdict.warnings.append(f"[{outcome.policy}] {text}")
+            return "warned"
+        if outcome.mode is Mode.DRYRUN:
+            verdict.audit_annotations[f"edgetrust.io/dryrun-{outcome.policy}"[:63]] = text[:1024]
+            return "dryrun"
+        log.warning("audit-mode policy %s would deny: %s", outcome.policy, text)
+        return "audited"
+
+
+def _pin_patch(containers: Sequence[ContainerImage], verified: dict[str, VerifiedImage]) -> list[dict[str, Any]]:
+    """JSON patch pinning every verified image to the digest that was verified (tags can move after us)."""
+    patch: list[dict[str, Any]] = []
+    for container in containers:
+        image = verified.get(container.pointer)
+        if image is None:
+            continue
+        pinned = image.reference.with_digest(image.digest)
+        if image.reference.digest != image.digest or image.reference.tag:
+            patch.append({"op": "replace", "path": container.pointer, "value": pinned})
+    return patch

@@ -1,0 +1,122 @@
+"""Decide whether one image satisfies one image-signature policy, from the registry or from memory.
+
+Order: parse the reference; pin it to a digest (the reference's own digest, a young tag resolution, or the
+registry); answer from the verdict cache if this digest passed this policy revision before; otherwise verify
+(cosign keys, then Sigstore identities: either is enough) and remember the verdict. When the registry cannot be
+reached, a remembered verdict still admits, marked `offline` so the answer can say so; anything else raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from admission.cache import TTLCache
+from admission.cosign import verify_cosign
+from admission.errors import AdmissionError, RegistryUnreachableError, SignatureError
+from admission.imageref import ImageReference, parse_image_reference
+from admission.keyless import verify_keyless
+from admission.metrics import AdmissionMetrics
+from admission.policy import ImagePolicy
+from admission.registry import RegistryClient
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedImage:
+    reference: ImageReference
+    digest: str
+    policy: str
+    signer: str
+    from_cache: bool = False
+    offline: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    verdict_ttl_s: float = 3600.0
+    tag_ttl_s: float = 60.0
+    max_entries: int = 10_000
+
+
+class ImageVerifier:
+    def __init__(
+        self, registry: RegistryClient, metrics: AdmissionMetrics, settings: CacheSettings | None = None
+    ) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self._settings = settings or CacheSettings()
+        self._verdicts: TTLCache[tuple[str, str, str], str] = TTLCache(
+            max_entries=self._settings.max_entries, ttl_s=self._settings.verdict_ttl_s
+        )
+        self._tags: TTLCache[tuple[str, str], str] = TTLCache(
+            max_entries=self._settings.max_entries, ttl_s=self._settings.verdict_ttl_s
+        )
+
+    async def close(self) -> None:
+        await self._registry.aclose()
+
+    def forget(self) -> None:
+        self._verdicts.clear()
+        self._tags.clear()
+
+    async def verify(self, text: str, policy: ImagePolicy) -> VerifiedImage:
+        reference = parse_image_reference(text)
+        digest, offline = await self._pin(reference)
+        key = (digest, policy.name, policy.revision)
+        cached = self._verdicts.get(key)
+        if cached is not None:
+            self._metrics.cache_hits.inc()
+            if offline:
+                self._metrics.offline_admits.inc()
+            return VerifiedImage(reference, digest, policy.name, cached.value, from_cache=True, offline=offline)
+        self._metrics.cache_misses.inc()
+        if offline:
+            raise RegistryUnreachableError(f"{reference.registry} is unreachable and {reference} was never verified")
+        try:
+            signer = await self._verify_uncached(reference, digest, policy)
+        except AdmissionError as exc:
+            if exc.code.startswith(("registry", "blob", "manifest")):
+                self._metrics.registry_errors.labels(exc.code).inc()
+            raise
+        self._verdicts.put(key, signer)
+        return VerifiedImage(reference, digest, policy.name, signer)
+
+    async def _pin(self, reference: ImageReference) -> tuple[str, bool]:
+        if reference.digest:
+            return reference.digest, False
+        key = (reference.name, reference.tag or "latest")
+        young = self._tags.get(key, max_age=self._settings.tag_ttl_s)
+        if young is not None:
+            return young.value, False
+        try:
+            manifest = await self._registry.resolve(reference)
+        except RegistryUnreachableError:
+            self._metrics.registry_errors.labels("registry_unreachable").inc()
+            last_known = self._tags.get(key)
+            if last_known is None:
+                raise
+            return last_known.value, True
+        except AdmissionError as exc:
+            self._metrics.registry_errors.labels(exc.code).inc()
+            raise
+        self._tags.put(key, manifest.digest)
+        return manifest.digest, False
+
+    async def _verify_uncached(self, reference: ImageReference, digest: str, policy: ImagePolicy) -> str:
+        failures: list[AdmissionError] = []
+        if policy.keys:
+            try:
+                signature = await verify_cosign(self._registry, reference, digest, policy.keys)
+                return f"key {signature.key}"
+            except SignatureError as exc:
+                failures.append(exc)
+        if policy.identities and policy.trusted_root is not None:
+            try:
+                keyless = await verify_keyless(
+                    self._registry, reference, digest, policy.trusted_root, policy.identities
+                )
+                return f"{keyless.identity} ({keyless.issuer})"
+            except SignatureError as exc:
+                failures.append(exc)
+        if len(failures) == 1:
+            raise failures[0]
+        raise SignatureError("; ".join(str(f) for f in failures))

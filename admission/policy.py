@@ -1,0 +1,249 @@
+"""The admission policy set: what each policy checks, where it applies, and what a violation does.
+
+Layout, one folder per policy as gatekeeper-library keeps them:
+    policies/admission/<name>/policy.yaml     metadata below
+    policies/admission/<name>/<name>.rego     package edgetrust.admission.<name>, `violation[{"msg": ...}]`
+    policies/admission/<name>/*_test.rego     run by `opa test`
+A policy is `type: rego` (decided by OPA over input.review and input.parameters, Gatekeeper's contract) or
+`type: image-signature` (cosign keys and/or Sigstore keyless identities per image glob).
+Mistakes in a policy file are named at load; a webhook with a broken policy set does not start.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from admission.cosign import VerificationKey
+from admission.errors import ConfigError
+from admission.imageref import ImageReference
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+DEFAULT_EXEMPT_NAMESPACES = ("kube-system",)
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+class Mode(enum.StrEnum):
+    ENFORCE = "enforce"  # a violation denies
+    WARN = "warn"  # admitted; the violation comes back as a warning to the client
+    AUDIT = "audit"  # admitted; logged and counted only
+    DRYRUN = "dryrun"  # admitted; recorded in the API server's audit log (auditAnnotations)
+
+
+class FailureMode(enum.StrEnum):
+    CLOSED = "closed"  # cannot decide -> deny (default)
+    OPEN = "open"  # cannot decide -> admit with a warning
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    kinds: frozenset[str] = frozenset()  # empty: every kind the webhook is sent
+    namespaces: tuple[str, ...] = ()  # globs; empty: every namespace
+    excluded_namespaces: tuple[str, ...] = ()
+
+    def applies(self, kind: str, namespace: str) -> bool:
+        if self.kinds and kind not in self.kinds:
+            return False
+        if self.namespaces and not any(fnmatch.fnmatchcase(namespace, g) for g in self.namespaces):
+            return False
+        return not any(fnmatch.fnmatchcase(namespace, g) for g in self.excluded_namespaces)
+
+
+@dataclass(frozen=True, slots=True)
+class RegoPolicy:
+    name: str
+    mode: Mode
+    failure: FailureMode
+    match: Match
+    rego: Mapping[str, str]  # module id -> source
+    parameters: Mapping[str, Any]
+
+    @property
+    def package(self) -> str:
+        return f"edgetrust.admission.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class RegoLibrary:
+    """Shared Rego (e.g. where pod specs live per kind) that policies import; loaded, never queried."""
+
+    name: str
+    rego: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class KeylessIdentity:
+    issuer: str
+    subject: str  # exact SAN (email or URI)
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePolicy:
+    name: str
+    mode: Mode
+    failure: FailureMode
+    match: Match
+    images: tuple[str, ...]  # globs over registry/repository, e.g. "ghcr.io/acme/*"
+    keys: tuple[VerificationKey, ...] = ()
+    trusted_root: Path | None = None
+    identities: tuple[KeylessIdentity, ...] = ()
+    revision: str = ""  # digest of what the policy trusts: a changed key invalidates cached verdicts
+
+    def covers(self, image: ImageReference) -> bool:
+        return any(fnmatch.fnmatchcase(image.name, pattern) for pattern in self.images)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    rego: tuple[RegoPolicy, ...] = ()
+    images: tuple[ImagePolicy, ...] = ()
+    libraries: tuple[RegoLibrary, ...] = ()
+    exempt_namespaces: tuple[str, ...] = DEFAULT_EXEMPT_NAMESPACES
+    revision: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def exempt(self, namespace: str) -> bool:
+        return any(fnmatch.fnmatchcase(namespace, g) for g in self.exempt_namespaces)
+
+    @classmethod
+    def load(cls, directory: Path, *, exempt_namespaces: Sequence[str] = DEFAULT_EXEMPT_NAMESPACES) -> PolicySet:
+        if not directory.is_dir():
+            raise ConfigError(f"policy directory {directory} does not exist")
+        rego: list[RegoPolicy] = []
+        images: list[ImagePolicy] = []
+        libraries: list[RegoLibrary] = []
+        digest = hashlib.sha256()
+        for meta_path in sorted(directory.glob("*/policy.yaml")):
+            digest.update(meta_path.read_bytes())
+            for source in sorted(meta_path.parent.glob("*.rego")):
+                digest.update(source.read_bytes())
+            policy = load_policy(meta_path)
+            if isinstance(policy, RegoPolicy):
+                rego.append(policy)
+            elif isinstance(policy, ImagePolicy):
+                images.append(policy)
+            else:
+                libraries.append(policy)
+        names = [p.name for p in rego] + [p.name for p in images]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"policy names used twice: {', '.join(duplicates)}")
+        return cls(
+            rego=tuple(rego),
+            images=tuple(images),
+            libraries=tuple(libraries),
+            exempt_namespaces=tuple(exempt_namespaces),
+            revision=digest.hexdigest()[:16],
+        )
+
+
+def load_policy(meta_path: Path) -> RegoPolicy | ImagePolicy | RegoLibrary:
+    where = str(meta_path)
+    try:
+        meta = yaml.safe_load(meta_path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{where}: cannot read: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{where}: must be a mapping")
+    unknown = set(meta) - {"name", "type", "mode", "failure", "match", "parameters", "images", "keys", "keyless"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown fields {sorted(unknown)}")
+    name = meta.get("name", meta_path.parent.name.replace("-", "_"))
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(f"{where}: name {name!r} must match {_NAME_RE.pattern} (it becomes a Rego package)")
+    mode = _enum(Mode, meta.get("mode", "enforce"), where, "mode")
+    failure = _enum(FailureMode, meta.get("failure", "closed"), where, "failure")
+    match = _match(meta.get("match") or {}, where)
+    kind = meta.get("type", "rego")
+    if kind in ("rego", "library"):
+        modules = {f"{name}/{p.name}": p.read_text() for p in sorted(meta_path.parent.glob("*.rego"))}
+        modules = {k: v for k, v in modules.items() if not k.endswith("_test.rego")}
+        if not modules:
+            raise ConfigError(f"{where}: a {kind} policy needs a .rego file beside policy.yaml")
+        if kind == "library":
+            return RegoLibrary(name, modules)
+        parameters = meta.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise ConfigError(f"{where}: parameters must be a mapping")
+        return RegoPolicy(name, mode, failure, match, modules, parameters)
+    if kind == "image-signature":
+        return _image_policy(meta, meta_path.parent, name, mode, failure, match, where)
+    raise ConfigError(f"{where}: type {kind!r} is not rego, library or image-signature")
+
+
+def _image_policy(
+    meta: Mapping[str, Any], base: Path, name: str, mode: Mode, failure: FailureMode, match: Match, where: str
+) -> ImagePolicy:
+    patterns = meta.get("images")
+    if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) for p in patterns):
+        raise ConfigError(f"{where}: images must be a non-empty list of globs")
+    revision = hashlib.sha256(json.dumps(patterns).encode())
+    keys: list[VerificationKey] = []
+    for entry in meta.get("keys") or []:
+        path = base / str(entry)
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{where}: key {entry!r}: {exc}") from exc
+        keys.append(VerificationKey.from_pem(str(entry), pem))
+        revision.update(pem)
+    trusted_root, identities = None, []
+    keyless = meta.get("keyless")
+    if keyless is not None:
+        if not isinstance(keyless, dict) or "trustedRoot" not in keyless or not keyless.get("identities"):
+            raise ConfigError(f"{where}: keyless needs trustedRoot and identities")
+        trusted_root = base / str(keyless["trustedRoot"])
+        if not trusted_root.is_file():
+            raise ConfigError(f"{where}: trusted root {trusted_root} does not exist")
+        revision.update(trusted_root.read_bytes())
+        for identity in keyless["identities"]:
+            if not isinstance(identity, dict) or not identity.get("issuer") or not identity.get("subject"):
+                raise ConfigError(f"{where}: each keyless identity needs issuer and subject")
+            identities.append(KeylessIdentity(str(identity["issuer"]), str(identity["subject"])))
+            revision.update(f"{identity['issuer']}\0{identity['subject']}".encode())
+    if not keys and not identities:
+        raise ConfigError(f"{where}: an image-signature policy needs keys or keyless identities")
+    return ImagePolicy(
+        name=name,
+        mode=mode,
+        failure=failure,
+        match=match,
+        images=tuple(patterns),
+        keys=tuple(keys),
+        trusted_root=trusted_root,
+        identities=tuple(identities),
+        revision=revision.hexdigest()[:16],
+    )
+
+
+def _enum(cls: type[_E], value: Any, where: str, what: str) -> _E:
+    try:
+        return cls(str(value).replace("-", "").lower())
+    except ValueError:
+        raise ConfigError(f"{where}: {what} {value!r} is not one of {[m.value for m in cls]}") from None
+
+
+def _match(raw: Any, where: str) -> Match:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: match must be a mapping")
+
+    def strings(key: str) -> tuple[str, ...]:
+        value = raw.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: match.{key} must be a list of strings")
+        return tuple(value)
+
+    return Match(
+        kinds=frozenset(strings("kinds")),
+        namespaces=strings("namespaces"),
+        excluded_namespaces=strings("excludedNamespaces"),
+    )

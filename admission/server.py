@@ -1,0 +1,59 @@
+"""Assemble a webhook from its settings; the one place that turns configuration into objects."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from admission.app import create_app
+from admission.controller import AdmissionController
+from admission.images import CacheSettings, ImageVerifier
+from admission.metrics import AdmissionMetrics
+from admission.opa import OpaDecider, OpaSettings
+from admission.policy import PolicySet
+from admission.registry import RegistryClient, RegistrySettings
+from admission.settings import AdmissionSettings
+
+log = logging.getLogger("edgetrust.admission")
+
+
+def build_controller(settings: AdmissionSettings) -> AdmissionController:
+    policies = PolicySet.load(settings.policy_dir, exempt_namespaces=settings.exempt_namespaces)
+    metrics = AdmissionMetrics()
+    registry = RegistryClient(
+        RegistrySettings(
+            ca_file=str(settings.registry_ca_file) if settings.registry_ca_file else None,
+            plain_http=frozenset(settings.plain_http_registries),
+            timeout_s=settings.registry_timeout_s,
+        )
+    )
+    images = ImageVerifier(
+        registry,
+        metrics,
+        CacheSettings(
+            verdict_ttl_s=settings.verdict_ttl_s, tag_ttl_s=settings.tag_ttl_s, max_entries=settings.cache_entries
+        ),
+    )
+    opa = OpaDecider(OpaSettings(host=settings.opa_host, port=settings.opa_port, timeout_s=settings.opa_timeout_s))
+    return AdmissionController(policies, opa, images, metrics)
+
+
+def build_app(settings: AdmissionSettings) -> FastAPI:
+    return create_app(build_controller(settings))
+
+
+def serve(settings: AdmissionSettings) -> None:
+    import uvicorn
+
+    app = build_app(settings)
+    log.info("admission webhook on https://%s:%d", settings.listen_host, settings.listen_port)
+    uvicorn.run(
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        ssl_certfile=str(settings.tls_cert),
+        ssl_keyfile=str(settings.tls_key),
+        log_level="warning",
+        access_log=False,
+    )

@@ -1,0 +1,31 @@
+"""The webhook's configuration: one typed object, from arguments, `ADMISSION_*` variables, then defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AdmissionSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ADMISSION_", extra="forbid", frozen=True)
+
+    policy_dir: Path = Path("/etc/edgetrust/policies/admission")
+    #: namespaces never checked, so that a broken policy, OPA or registry cannot lock the cluster out;
+    #: the webhook's own namespace is added by the chart
+    exempt_namespaces: tuple[str, ...] = ("kube-system",)
+    opa_host: str = "127.0.0.1"
+    opa_port: int = Field(default=8181, ge=1, le=65535)
+    opa_timeout_s: float = Field(default=2.0, gt=0, le=8)
+    registry_ca_file: Path | None = None
+    #: registries spoken to without TLS; for loopback test registries only
+    plain_http_registries: tuple[str, ...] = ()
+    registry_timeout_s: float = Field(default=3.0, gt=0, le=8)
+    verdict_ttl_s: float = Field(default=3600.0, gt=0)
+    tag_ttl_s: float = Field(default=60.0, gt=0)
+    cache_entries: int = Field(default=10_000, ge=1)
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8443, ge=0, le=65535)
+    tls_cert: Path = Path("/etc/edgetrust/admission/tls.crt")
+    tls_key: Path = Path("/etc/edgetrust/admission/tls.key")

@@ -1,0 +1,36 @@
+"""A real OPA server (the pinned peer) on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.support.hub import free_port
+from tests.support.peers import peer
+from tests.support.processes import running
+
+
+@dataclass(frozen=True)
+class OpaServer:
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def opa_server(workdir: Path, *, port: int | None = None) -> Iterator[OpaServer]:
+    port = port or free_port()
+    argv = [str(peer("opa")), "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error"]
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def healthy() -> bool:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+
+    with running(argv, ready=healthy, log=workdir / f"opa-{port}.log"):
+        yield OpaServer(port)
