@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -113,6 +114,24 @@ class Registry:
             cwd=path.parent,
         )
 
+    def http_get_json(self, path: str) -> dict[str, object]:
+        accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+        answer = httpx.get(
+            f"https://{self.host}/v2/{path}",
+            verify=ssl.create_default_context(cafile=str(self.ca_file)),
+            headers={"Accept": accept},
+        )
+        answer.raise_for_status()
+        body: dict[str, object] = answer.json()
+        return body
+
+    def delete_blob(self, repository: str, digest: str) -> None:
+        answer = httpx.delete(
+            f"https://{self.host}/v2/{repository}/blobs/{digest}",
+            verify=ssl.create_default_context(cafile=str(self.ca_file)),
+        )
+        assert answer.status_code == 202, answer.text
+
     def run(self, binary: Path | str, *args: str, cwd: Path) -> str:
         result = subprocess.run(
             [str(binary), *args], capture_output=True, text=True, env=self.tool_env(), cwd=cwd, timeout=180
@@ -142,7 +161,12 @@ def running_registry(workdir: Path, ca: TestCA, *, port: int | None = None) -> I
     config_path.write_text(yaml.safe_dump(config))
 
     def answering() -> bool:
-        return httpx.get(f"https://127.0.0.1:{port}/v2/", verify=str(ca.ca_file), timeout=1).status_code == 200
+        return (
+            httpx.get(
+                f"https://127.0.0.1:{port}/v2/", verify=ssl.create_default_context(cafile=str(ca.ca_file)), timeout=1
+            ).status_code
+            == 200
+        )
 
     with running([registry_binary(), "serve", str(config_path)], ready=answering, log=workdir / "registry.log"):
         yield Registry(host=f"127.0.0.1:{port}", ca=ca, workdir=workdir, port=port)
