@@ -133,9 +133,14 @@ def workload(kind: str, pod_object: Mapping[str, Any]) -> dict[str, Any]:
     """Wrap a Pod's spec in another pod-bearing kind."""
     if kind == "Pod":
         return dict(pod_object)
-    template = {"metadata": {"labels": pod_object["metadata"]["labels"]}, "spec": pod_object["spec"]}
+    labels = dict(pod_object["metadata"]["labels"]) or {"edgetrust.io/test": "workload"}
+    template: dict[str, Any] = {"metadata": {"labels": labels}, "spec": dict(pod_object["spec"])}
     group, version = WORKLOAD_GROUPS[kind]
     spec: dict[str, Any] = {"template": template}
+    if group == "apps":
+        spec["selector"] = {"matchLabels": labels}  # what the API server's validation requires of these kinds
+    if kind in ("Job", "CronJob"):
+        template["spec"]["restartPolicy"] = "Never"
     if kind == "CronJob":
         spec = {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": template}}}
     return {

@@ -22,6 +22,16 @@ KEYLESS_ISSUER = "https://token.edge.test"
 KEYLESS_IDENTITY = "release@edge.test"
 
 
+DRYRUN_REGO = """package edgetrust.admission.no_debug_pods
+
+import rego.v1
+
+violation contains {"msg": "debug pods are not for production"} if {
+	input.review.object.metadata.annotations["edgetrust.io/debug"] == "true"
+}
+"""
+
+
 @dataclass
 class Images:
     signed: str  # repo:tag, cosign-signed with the trusted key
@@ -123,7 +133,11 @@ def webhook(
     images: Images,
 ) -> Iterator[RunningWebhook]:
     work = tmp_path_factory.mktemp("webhook")
-    policies = policy_dir(work / "policies", extra={"signed_images": signature_policy(registry, cosign_keys, sigstore)})
+    extra = {
+        "signed_images": signature_policy(registry, cosign_keys, sigstore),
+        "no_debug_pods": {"mode": "dryrun", "files": {"no_debug_pods.rego": DRYRUN_REGO}},
+    }
+    policies = policy_dir(work / "policies", extra=extra)
     with running_webhook(
         work, test_ca, policy_dir=policies, opa_port=opa.port, registry_ca_file=registry.ca_file
     ) as running:

@@ -169,10 +169,17 @@ def test_rego_enforce_warn_audit_and_dryrun(webhook: RunningWebhook, images: Ima
     unlimited = pod(images.signed)
     del unlimited["spec"]["containers"][0]["resources"]
     answer = webhook.review(review(unlimited))
-    assert answer["allowed"] is True and "warnings" not in answer  # audit mode: logged and counted only
+    assert answer["allowed"] is True
+    assert "warnings" not in answer
     with webhook.client() as client:
         metrics = client.get("/metrics").text
     assert re.search(r'edgetrust_admission_decisions_total\{policy="require_limits",result="audited"\} [1-9]', metrics)
+
+    debug = pod(images.signed)
+    debug["metadata"]["annotations"] = {"edgetrust.io/debug": "true"}
+    answer = webhook.review(review(debug))
+    assert answer["allowed"] is True
+    assert answer["auditAnnotations"] == {"edgetrust.io/dryrun-no_debug_pods": "debug pods are not for production"}
 
 
 def test_kube_system_is_exempt(webhook: RunningWebhook, images: Images) -> None:

@@ -1,0 +1,112 @@
+"""A real kube-apiserver (built from k8s.io/kubernetes by hack/install-peers) over a real etcd, on loopback.
+
+Only the API server and its store: no scheduler, controller manager or kubelet, so Pods are stored and stay
+Pending, which is all an admission test needs. The ServiceAccount admission plugin is off because the
+controller that creates default service accounts is not running.
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.support.hub import free_port
+from tests.support.peers import peer
+from tests.support.processes import running
+from tests.support.tlsca import TestCA
+
+
+@dataclass(frozen=True)
+class KubeAPI:
+    url: str
+    token: str
+    ca_file: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self.token}"},
+            verify=ssl.create_default_context(cafile=str(self.ca_file)),
+            timeout=30,
+        )
+
+
+@contextmanager
+def running_etcd(workdir: Path) -> Iterator[str]:
+    client_port, peer_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{client_port}"
+    argv = [
+        str(peer("etcd")),
+        "--name=edgetrust-test",
+        f"--data-dir={workdir / 'etcd-data'}",
+        f"--listen-client-urls={url}",
+        f"--advertise-client-urls={url}",
+        f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+        f"--initial-cluster=edgetrust-test=http://127.0.0.1:{peer_port}",
+        "--log-level=error",
+        "--unsafe-no-fsync",  # a test store: durability across power loss is not what is tested
+    ]
+
+    def healthy() -> bool:
+        return httpx.get(f"{url}/health", timeout=1).json().get("health") == "true"
+
+    with running(argv, ready=healthy, log=workdir / "etcd.log", timeout_s=30):
+        yield url
+
+
+@contextmanager
+def running_kube_apiserver(workdir: Path, ca: TestCA) -> Iterator[KubeAPI]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    tokens = workdir / "tokens.csv"
+    tokens.write_text(f'{token},edgetrust-admin,1,"system:masters"\n')
+    tokens.chmod(0o600)
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (workdir / "sa.key").write_bytes(
+        sa_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    (workdir / "sa.key").chmod(0o600)
+    (workdir / "sa.pub").write_bytes(
+        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    serving = ca.issue("kube-apiserver", hosts=("127.0.0.1", "localhost", "kubernetes.default.svc"))
+    port = free_port()
+    with running_etcd(workdir) as etcd_url:
+        argv = [
+            str(peer("kube-apiserver")),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--tls-cert-file={serving.cert}",
+            f"--tls-private-key-file={serving.key}",
+            f"--token-auth-file={tokens}",
+            "--authorization-mode=RBAC",
+            f"--service-account-key-file={workdir / 'sa.pub'}",
+            f"--service-account-signing-key-file={workdir / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            "--service-cluster-ip-range=10.96.0.0/24",
+            "--disable-admission-plugins=ServiceAccount",
+            "--endpoint-reconciler-type=none",  # it refuses a loopback advertise address otherwise
+            f"--cert-dir={workdir / 'certs'}",
+            "--v=0",
+        ]
+        api = KubeAPI(url=f"https://127.0.0.1:{port}", token=token, ca_file=ca.ca_file)
+
+        def ready() -> bool:
+            with api.client() as client:
+                return client.get("/readyz", timeout=2).status_code == 200
+
+        with running(argv, ready=ready, log=workdir / "kube-apiserver.log", timeout_s=90):
+            yield api
