@@ -8,7 +8,7 @@ deps:
 	@hack/install-deps
 
 demo: deps
-	@$(PY) -m trustd.demo
+	@$(PY) -m demo
 
 lint: deps
 	.venv/bin/ruff check .

@@ -112,7 +112,7 @@ async def verify_cosign(
     try:
         manifest = await registry.manifest(image, digest.replace(":", "-") + ".sig")
     except ManifestNotFoundError as exc:
-        raise NoSignatureError(f"{image.name}@{digest} has no cosign signature ({exc})") from exc
+        raise NoSignatureError(f"{image.name}@{digest} has no cosign signature") from exc
     layers = [layer for layer in manifest.layers if layer.get("mediaType") == SIMPLE_SIGNING_MEDIA_TYPE]
     if not layers:
         raise NoSignatureError(f"{image.name}@{digest}: the .sig manifest holds no simple-signing layer")

@@ -57,7 +57,7 @@ def running_etcd(workdir: Path) -> Iterator[str]:
     ]
 
     def healthy() -> bool:
-        return httpx.get(f"{url}/health", timeout=1).json().get("health") == "true"
+        return bool(httpx.get(f"{url}/health", timeout=1).json().get("health") == "true")
 
     with running(argv, ready=healthy, log=workdir / "etcd.log", timeout_s=30):
         yield url
@@ -98,6 +98,7 @@ def running_kube_apiserver(workdir: Path, ca: TestCA) -> Iterator[KubeAPI]:
             "--service-account-issuer=https://kubernetes.default.svc",
             "--service-cluster-ip-range=10.96.0.0/24",
             "--disable-admission-plugins=ServiceAccount",
+            "--allow-privileged=true",  # so that privileged pods reach the webhook, which decides
             "--endpoint-reconciler-type=none",  # it refuses a loopback advertise address otherwise
             f"--cert-dir={workdir / 'certs'}",
             "--v=0",

@@ -14,9 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_policy_library_rego_tests_pass() -> None:
-    result = subprocess.run(
-        [str(peer("opa")), "test", str(REPO_POLICIES)], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([str(peer("opa")), "test", str(REPO_POLICIES)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     passed = re.search(r"PASS: (\d+)/(\d+)", result.stdout)
     assert passed is not None

@@ -1,0 +1,23 @@
+"""Run the demos of each plane in order; the exit code says whether each showed what it should."""
+
+from __future__ import annotations
+
+import sys
+
+from demo import admission_demo
+from trustd import demo as identity_demo
+
+
+def main() -> int:
+    print("######## Plane 1: attestation -> identity ########", flush=True)
+    identity = identity_demo.main()
+    print("\n######## Plane 2: admission ########", flush=True)
+    admission = admission_demo.main()
+    print("\n######## Done ########")
+    for plane, code in (("identity", identity), ("admission", admission)):
+        print(f"   {plane} plane: {'ok' if code == 0 else 'FAILED'}")
+    return 0 if identity == admission == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
