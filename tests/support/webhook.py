@@ -111,8 +111,7 @@ def pod(
     containers = []
     for index, image in enumerate(images):
         container: dict[str, Any] = {"name": f"c{index}", "image": image, "resources": {"limits": {"memory": "64Mi"}}}
-        if security:
-            container["securityContext"] = dict(security)
+        container["securityContext"] = {"runAsNonRoot": True, **(security or {})}
         containers.append(container)
     metadata = {"name": name, "labels": dict(labels if labels is not None else {"app.kubernetes.io/name": name})}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": {"containers": containers, **spec}}

@@ -19,4 +19,12 @@ def test_policy_library_rego_tests_pass() -> None:
     passed = re.search(r"PASS: (\d+)/(\d+)", result.stdout)
     assert passed is not None
     assert passed.group(1) == passed.group(2)
-    assert int(passed.group(1)) >= 15
+    assert int(passed.group(1)) >= 25
+
+
+def test_policy_library_is_opa_formatted() -> None:
+    result = subprocess.run(
+        [str(peer("opa")), "fmt", "--list", str(REPO_POLICIES)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"run: opa fmt -w policies/admission\n{result.stdout}"
