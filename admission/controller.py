@@ -75,7 +75,8 @@ class AdmissionController:
         if not verdict.allowed:
             message = f"edgetrust denied {subject}: " + "; ".join(verdict.denials)
         self._metrics.requests.labels("allowed" if verdict.allowed else "denied").inc()
-        log.info(
+        log.log(
+            logging.DEBUG if verdict.allowed and not verdict.warnings else logging.INFO,
             "admission uid=%s %s %s: %s%s",
             request.uid,
             request.operation,
@@ -102,9 +103,10 @@ class AdmissionController:
         rego = [p for p in self._policies.rego if p.match.applies(request.kind, request.namespace)]
         image_policies = [p for p in self._policies.images if p.match.applies(request.kind, request.namespace)]
         containers = container_images(request.kind, request.obj) if image_policies else []
-        rego_task = self._decide_rego(request, rego)
-        image_task = self._decide_images(containers, image_policies)
-        rego_outcomes, (image_outcomes, verified) = await asyncio.gather(rego_task, image_task)
+        # OPA and the registry are asked at the same time; a warm image check never waits on I/O at all.
+        rego_task = asyncio.ensure_future(self._decide_rego(request, rego)) if rego else None
+        image_outcomes, verified = await self._decide_images(containers, image_policies)
+        rego_outcomes = await rego_task if rego_task is not None else []
         verdict = self._combine([*rego_outcomes, *image_outcomes])
         if mutate and verdict.allowed:
             verdict.patch = _pin_patch(containers, verified)
@@ -141,7 +143,16 @@ class AdmissionController:
                     outcomes[policy.name].violations.append(f"container {container.container}: {exc}")
                 continue
             checks.extend((container, p) for p in policies if p.covers(reference))
-        results = await asyncio.gather(*(self._images.verify(c.image, p) for c, p in checks), return_exceptions=True)
+        results: list[VerifiedImage | BaseException]
+        if len(checks) == 1:  # the common case; a task per check costs more than a warm check itself
+            try:
+                results = [await self._images.verify(checks[0][0].image, checks[0][1])]
+            except AdmissionError as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(
+                *(self._images.verify(c.image, p) for c, p in checks), return_exceptions=True
+            )
         verified: dict[str, VerifiedImage] = {}
         for (container, policy), result in zip(checks, results, strict=True):
             outcome = outcomes[policy.name]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from admission.errors import ImageReferenceError
 
@@ -48,6 +49,7 @@ class ImageReference:
         return text
 
 
+@lru_cache(maxsize=4096)  # pure, and every review of a workload names the same few images
 def parse_image_reference(text: str) -> ImageReference:
     """Split `host[:port]/path[:tag][@digest]`, applying Docker's defaults (docker.io, library/, latest)."""
     if not text:

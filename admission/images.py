@@ -8,6 +8,7 @@ reached, a remembered verdict still admits, marked `offline` so the answer can s
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from admission.cache import TTLCache
@@ -50,6 +51,7 @@ class ImageVerifier:
         self._tags: TTLCache[tuple[str, str], str] = TTLCache(
             max_entries=self._settings.max_entries, ttl_s=self._settings.verdict_ttl_s
         )
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[str]] = {}
 
     async def close(self) -> None:
         await self._registry.aclose()
@@ -71,6 +73,18 @@ class ImageVerifier:
         self._metrics.cache_misses.inc()
         if offline:
             raise RegistryUnreachableError(f"{reference.registry} is unreachable and {reference} was never verified")
+        # Single flight: a rollout sends the same new image in many reviews at once; verify it once.
+        pending = self._inflight.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._verify_and_remember(reference, digest, policy, key))
+            self._inflight[key] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(key, None))
+        signer = await asyncio.shield(pending)
+        return VerifiedImage(reference, digest, policy.name, signer)
+
+    async def _verify_and_remember(
+        self, reference: ImageReference, digest: str, policy: ImagePolicy, key: tuple[str, str, str]
+    ) -> str:
         try:
             signer = await self._verify_uncached(reference, digest, policy)
         except AdmissionError as exc:
@@ -78,7 +92,7 @@ class ImageVerifier:
                 self._metrics.registry_errors.labels(exc.code).inc()
             raise
         self._verdicts.put(key, signer)
-        return VerifiedImage(reference, digest, policy.name, signer)
+        return signer
 
     async def _pin(self, reference: ImageReference) -> tuple[str, bool]:
         if reference.digest:

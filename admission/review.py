@@ -7,10 +7,11 @@ values we produced, never by editing the request in place.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from admission.errors import ReviewError
 
@@ -37,7 +38,7 @@ def parse_review(body: bytes) -> AdmissionRequest:
     if len(body) > MAX_REVIEW_BYTES:
         raise ReviewError(f"AdmissionReview is {len(body)} bytes, over the {MAX_REVIEW_BYTES}-byte limit")
     try:
-        review = json.loads(body)
+        review = orjson.loads(body)  # strict (no NaN, int64, nesting <= 1024) and ~3x faster than json
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ReviewError(f"body is not JSON: {exc}") from exc
     if not isinstance(review, dict):
@@ -90,7 +91,7 @@ def _generate_name(obj: Any) -> str:
 def uid_of(body: bytes) -> str:
     """Best effort uid for an answer to a review we refused to parse; empty when there is none."""
     try:
-        uid = json.loads(body)["request"]["uid"]
+        uid = orjson.loads(body)["request"]["uid"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         return ""
     return uid if isinstance(uid, str) and len(uid) <= MAX_UID_LENGTH else ""
@@ -119,7 +120,7 @@ def build_response(
         response["auditAnnotations"] = dict(audit_annotations)
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+        response["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI
-
-from admission.app import create_app
+from admission.app import ReviewEndpoints, create_app
 from admission.controller import AdmissionController
 from admission.images import CacheSettings, ImageVerifier
 from admission.metrics import AdmissionMetrics
@@ -39,7 +37,7 @@ def build_controller(settings: AdmissionSettings) -> AdmissionController:
     return AdmissionController(policies, opa, images, metrics)
 
 
-def build_app(settings: AdmissionSettings) -> FastAPI:
+def build_app(settings: AdmissionSettings) -> ReviewEndpoints:
     return create_app(build_controller(settings))
 
 
@@ -56,4 +54,6 @@ def serve(settings: AdmissionSettings) -> None:
         ssl_keyfile=str(settings.tls_key),
         log_level="warning",
         access_log=False,
+        loop="uvloop",
+        http="httptools",
     )

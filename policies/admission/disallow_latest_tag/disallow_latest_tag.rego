@@ -15,7 +15,5 @@ pinned(image) if contains(image, "@")
 
 untagged_or_latest(image) if endswith(image, ":latest")
 
-untagged_or_latest(image) if {
-	last := regex.split("/", image)[count(regex.split("/", image)) - 1]
-	not contains(last, ":")
-}
+# no ':' after the last '/': no tag at all
+untagged_or_latest(image) if not regex.match(`:[^/]*$`, image)
