@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from admission.errors import AdmissionError, ImageReferenceError
+from admission.gatekeeper import Constraint
 from admission.imageref import parse_image_reference
 from admission.images import ImageVerifier, VerifiedImage
+from admission.inventory import Inventory, InventorySync
+from admission.match import expand_to_pod
 from admission.metrics import AdmissionMetrics
 from admission.opa import OpaDecider
 from admission.policy import FailureMode, ImagePolicy, Mode, PolicySet, RegoPolicy
 from admission.review import AdmissionRequest, build_response
-from admission.workloads import ContainerImage, container_images
+from admission.workloads import ContainerImage, container_images, pod_spec
 
 log = logging.getLogger("edgetrust.admission")
 
@@ -46,11 +49,24 @@ class Verdict:
 
 
 class AdmissionController:
-    def __init__(self, policies: PolicySet, opa: OpaDecider, images: ImageVerifier, metrics: AdmissionMetrics) -> None:
+    def __init__(
+        self,
+        policies: PolicySet,
+        opa: OpaDecider,
+        images: ImageVerifier,
+        metrics: AdmissionMetrics,
+        *,
+        inventory: Inventory | None = None,
+        inventory_sync: InventorySync | None = None,
+        expand_workloads: bool = True,
+    ) -> None:
         self._policies = policies
         self._opa = opa
         self._images = images
         self._metrics = metrics
+        self._inventory = inventory or Inventory()
+        self._inventory_sync = inventory_sync
+        self._expand_workloads = expand_workloads
 
     @property
     def policies(self) -> PolicySet:
@@ -62,9 +78,14 @@ class AdmissionController:
 
     async def start(self) -> None:
         """Load the Rego policies into OPA; the webhook reports ready only after this."""
-        await self._opa.load(self._policies.rego, self._policies.libraries)
+        await self._opa.load(self._policies.rego, self._policies.libraries, self._policies.gatekeeper)
+        if self._inventory_sync is not None:
+            await self._inventory_sync.sync_once()  # templates that need the inventory see it from the first review
+            self._inventory_sync.start()
 
     async def close(self) -> None:
+        if self._inventory_sync is not None:
+            await self._inventory_sync.close()
         await self._opa.close()
         await self._images.close()
 
@@ -104,7 +125,11 @@ class AdmissionController:
         image_policies = [p for p in self._policies.images if p.match.applies(request.kind, request.namespace)]
         containers = container_images(request.kind, request.obj) if image_policies else []
         # OPA and the registry are asked at the same time; a warm image check never waits on I/O at all.
-        rego_task = asyncio.ensure_future(self._decide_rego(request, rego)) if rego else None
+        rego_task = (
+            asyncio.ensure_future(self._decide_rego(request, rego))
+            if rego or self._policies.gatekeeper.constraints
+            else None
+        )
         image_outcomes, verified = await self._decide_images(containers, image_policies)
         rego_outcomes = await rego_task if rego_task is not None else []
         verdict = self._combine([*rego_outcomes, *image_outcomes])
@@ -113,21 +138,38 @@ class AdmissionController:
         return verdict
 
     async def _decide_rego(self, request: AdmissionRequest, policies: Sequence[RegoPolicy]) -> list[PolicyOutcome]:
+        gatekeeper = self._policies.gatekeeper
+        labels = self._inventory.namespace_labels
+        constraints = [c for c in gatekeeper.constraints if c.match.matches(request.raw, labels)]
+        implied: list[Constraint] = []
+        implied_review = None
+        if self._expand_workloads and request.kind != "Pod" and gatekeeper.constraints:
+            found = pod_spec(request.kind, request.obj)
+            implied_review = expand_to_pod(request.raw, found[0]) if found else None
+            if implied_review is not None:
+                implied = [c for c in gatekeeper.constraints if c.match.matches(implied_review, labels)]
         outcomes = {p.name: PolicyOutcome(p.name, p.mode, p.failure) for p in policies}
-        if not policies:
+        for constraint in (*constraints, *implied):
+            outcomes.setdefault(constraint.name, PolicyOutcome(constraint.name, constraint.mode, FailureMode.CLOSED))
+        if not outcomes:
             return []
         try:
-            decided = await self._opa.decide(request.raw, policies)
+            decided = await self._opa.decide(request.raw, policies, constraints, implied, implied_review)
         except AdmissionError as exc:
             self._metrics.opa_errors.labels(exc.code).inc()
             for outcome in outcomes.values():
                 outcome.errors.append(f"OPA could not decide: {exc}")
             return list(outcomes.values())
-        for name, outcome in outcomes.items():
-            if name not in decided:
-                outcome.errors.append("OPA has no decision for this policy (not loaded?)")
-            else:
-                outcome.violations.extend(decided[name])
+        for policy in policies:
+            _record(outcomes[policy.name], decided.policies.get(policy.name))
+        for constraint in constraints:
+            _record(outcomes[constraint.name], decided.constraints.get(constraint.id))
+        for constraint in implied:
+            messages = decided.implied.get(constraint.id)
+            prefixed = (
+                [f"[Implied by {request.kind} expansion] {m}" for m in messages] if messages is not None else None
+            )
+            _record(outcomes[constraint.name], prefixed)
         return list(outcomes.values())
 
     async def _decide_images(
@@ -201,6 +243,13 @@ class AdmissionController:
             return "dryrun"
         log.warning("audit-mode policy %s would deny: %s", outcome.policy, text)
         return "audited"
+
+
+def _record(outcome: PolicyOutcome, messages: list[str] | None) -> None:
+    if messages is None:
+        outcome.errors.append("OPA has no decision for this policy (not loaded?)")
+    else:
+        outcome.violations.extend(messages)
 
 
 def _pin_patch(containers: Sequence[ContainerImage], verified: dict[str, VerifiedImage]) -> list[dict[str, Any]]:

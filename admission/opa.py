@@ -1,42 +1,61 @@
 """Rego decisions from an OPA sidecar through opa-python-client, in Gatekeeper's shape.
 
-Each policy is a package `edgetrust.admission.<name>` defining `violation[{"msg": ...}]` over `input.review`
-(the AdmissionRequest) and `input.parameters`. To ask OPA once per review rather than once per policy, a small
-generated module evaluates every applicable policy with its own parameters and returns {policy: [violations]}.
-A policy missing from that answer was not loaded: the caller treats it as undecided, never as clean.
+Our policies are packages `edgetrust.admission.<name>`; Gatekeeper templates are moved to `templates.<Kind>`
+(admission/gatekeeper.py). Both define `violation[{"msg": ...}]` over `input.review` (the AdmissionRequest) and
+`input.parameters`. Parameters are loaded once as data (`data.edgetrust.config`); each review then costs one
+query, naming the applicable policies and constraints, answered by a small generated module with
+{name: [violation, ...]} per kind of policy. A name missing from that answer was not loaded: the caller treats
+it as undecided, never as clean.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from opa_client.errors import ConnectionsError, QueryExecuteError, RegoParseError
 from opa_client.opa_async import AsyncOpaClient
 
-from admission.errors import OpaUnavailableError, PolicyDecisionError
+from admission.errors import ConfigError, OpaUnavailableError, PolicyDecisionError
+from admission.gatekeeper import Constraint, GatekeeperSet
 from admission.policy import RegoLibrary, RegoPolicy
 
 DECISION_PACKAGE = "edgetrust/decision"
-DECISION_RULE = "violations"
 DECISION_MODULE = """package edgetrust.decision
 
 import rego.v1
 
-# {policy name: [violation, ...]} for the policies named in input.policies, each run with its own parameters.
-# `with` costs OPA a fresh evaluation context per policy (measured: 430 -> 270 us for the library's 9 policies),
-# so it is used only for policies that have parameters.
+config := data.edgetrust.config
+
+# Our policies. `with` costs OPA a fresh evaluation context per policy (measured: 430 -> 270 us for the
+# library's 9 policies), so it is used only for policies that have parameters.
 violations[name] := [v | some v in data.edgetrust.admission[name].violation] if {
-	some name, params in input.policies
-	params == {}
+	some name in input.policies
+	config.policies[name] == {}
 }
 
 violations[name] := [v | some v in found] if {
-	some name, params in input.policies
+	some name in input.policies
+	params := config.policies[name]
 	params != {}
 	found := data.edgetrust.admission[name].violation with input.parameters as params
+}
+
+# Gatekeeper constraints, each run by its template with the constraint's parameters.
+constraints[id] := [v | some v in found] if {
+	some id in input.constraints
+	c := config.constraints[id]
+	found := data.templates[c.kind].violation with input.parameters as c.parameters
+}
+
+# Pod constraints judged on the Pod a workload would create (Gatekeeper's expansion).
+implied[id] := [v | some v in found] if {
+	some id in input.implied
+	c := config.constraints[id]
+	found := data.templates[c.kind].violation with input.parameters as c.parameters
+		with input.review as input.implied_review
 }
 """
 
@@ -46,6 +65,13 @@ class OpaSettings:
     host: str = "127.0.0.1"
     port: int = 8181
     timeout_s: float = 2.0  # below the API server's webhook timeout (10 s default) so we answer, not it
+
+
+@dataclass(slots=True)
+class Decision:
+    policies: dict[str, list[str]] = field(default_factory=dict)
+    constraints: dict[str, list[str]] = field(default_factory=dict)
+    implied: dict[str, list[str]] = field(default_factory=dict)
 
 
 class OpaDecider:
@@ -64,28 +90,72 @@ class OpaDecider:
             await self._client.close_connection()
             self._started = False
 
-    async def load(self, policies: Sequence[RegoPolicy], libraries: Sequence[RegoLibrary] = ()) -> None:
-        """Push every policy module and the decision module; a module OPA refuses stops the webhook's start."""
+    async def load(
+        self,
+        policies: Sequence[RegoPolicy],
+        libraries: Sequence[RegoLibrary] = (),
+        gatekeeper: GatekeeperSet | None = None,
+    ) -> None:
+        """Push every module, the parameters and the decision module; a module OPA refuses stops the start."""
         await self.start()
+        gatekeeper = gatekeeper or GatekeeperSet()
         try:
-            modules = [m for library in libraries for m in library.rego.items()]
-            modules += [m for policy in policies for m in policy.rego.items()]
-            for module_id, source in modules:
-                await self._client.update_policy_from_string(source, _policy_id(module_id), rego_compat=False)
+            modules = [(m, "policy library") for library in libraries for m in library.rego.items()]
+            modules += [(m, f"policy {policy.name}") for policy in policies for m in policy.rego.items()]
+            for template in gatekeeper.templates.values():
+                # libs first: the template's imports must resolve when OPA compiles it
+                ordered = sorted(
+                    template.modules.items(), key=lambda item: not item[0].split("/")[-1].startswith("lib")
+                )
+                modules += [(m, f"ConstraintTemplate {template.name}") for m in ordered]
+            for (module_id, source), owner in modules:
+                try:
+                    await self._client.update_policy_from_string(source, _policy_id(module_id), rego_compat=False)
+                except RegoParseError as exc:
+                    raise ConfigError(f"{owner}: OPA refused it: {exc}") from exc
+            config = {
+                "policies": {p.name: dict(p.parameters) for p in policies},
+                "constraints": {
+                    c.id: {"kind": c.kind, "parameters": dict(c.parameters)} for c in gatekeeper.constraints
+                },
+            }
+            await self._client.update_or_create_data(config, "edgetrust/config")
             await self._client.update_policy_from_string(DECISION_MODULE, "edgetrust-decision", rego_compat=False)
         except RegoParseError as exc:
-            raise PolicyDecisionError(f"OPA refused a policy module: {exc}") from exc
+            raise PolicyDecisionError(f"OPA refused a module: {exc}") from exc
         except (aiohttp.ClientError, ConnectionsError, TimeoutError) as exc:
             raise OpaUnavailableError(f"OPA at {self._settings.host}:{self._settings.port}: {exc}") from exc
 
-    async def decide(self, review: Mapping[str, Any], policies: Sequence[RegoPolicy]) -> dict[str, list[str]]:
-        """Violation messages per policy name; raises when OPA cannot answer or skipped a policy."""
-        if not policies:
-            return {}
+    async def set_inventory(self, inventory: Mapping[str, Any]) -> None:
+        """Replace `data.inventory` (Gatekeeper's view of other cluster objects)."""
         await self.start()
-        request = {"review": review, "policies": {p.name: p.parameters for p in policies}}
         try:
-            answer = await self._client.query_rule(request, DECISION_PACKAGE, DECISION_RULE)
+            await self._client.update_or_create_data(dict(inventory), "inventory")
+        except (aiohttp.ClientError, ConnectionsError, TimeoutError) as exc:
+            raise OpaUnavailableError(f"OPA at {self._settings.host}:{self._settings.port}: {exc}") from exc
+
+    async def decide(
+        self,
+        review: Mapping[str, Any],
+        policies: Sequence[RegoPolicy],
+        constraints: Sequence[Constraint] = (),
+        implied: Sequence[Constraint] = (),
+        implied_review: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """Violation messages per policy and constraint; raises when OPA cannot answer."""
+        if not policies and not constraints and not implied:
+            return Decision()
+        await self.start()
+        request: dict[str, Any] = {
+            "review": review,
+            "policies": [p.name for p in policies],
+            "constraints": [c.id for c in constraints],
+            "implied": [c.id for c in implied],
+        }
+        if implied and implied_review is not None:
+            request["implied_review"] = implied_review
+        try:
+            answer = await self._client.query_rule(request, DECISION_PACKAGE)
         except TimeoutError as exc:
             raise OpaUnavailableError(f"OPA did not answer within {self._settings.timeout_s}s") from exc
         except aiohttp.ClientResponseError as exc:
@@ -93,15 +163,17 @@ class OpaDecider:
         except (aiohttp.ClientError, ConnectionsError, QueryExecuteError) as exc:
             raise OpaUnavailableError(f"OPA at {self._settings.host}:{self._settings.port}: {exc}") from exc
         result = answer.get("result") if isinstance(answer, dict) else None
-        if not isinstance(result, dict):
-            result = {}
-        decided: dict[str, list[str]] = {}
-        for policy in policies:
-            violations = result.get(policy.name)
-            if not isinstance(violations, list):
-                continue
-            decided[policy.name] = [_message(v) for v in violations]
-        return decided
+        result = result if isinstance(result, dict) else {}
+        return Decision(
+            policies=_messages(result.get("violations"), [p.name for p in policies]),
+            constraints=_messages(result.get("constraints"), [c.id for c in constraints]),
+            implied=_messages(result.get("implied"), [c.id for c in implied]),
+        )
+
+
+def _messages(found: Any, names: Sequence[str]) -> dict[str, list[str]]:
+    found = found if isinstance(found, dict) else {}
+    return {name: [_message(v) for v in found[name]] for name in names if isinstance(found.get(name), list)}
 
 
 def _policy_id(module_id: str) -> str:

@@ -25,23 +25,16 @@ import yaml
 
 from admission.cosign import VerificationKey
 from admission.errors import ConfigError
+from admission.gatekeeper import GatekeeperSet
+from admission.gatekeeper import load_directory as load_gatekeeper_directory
 from admission.imageref import ImageReference
+from admission.modes import FailureMode, Mode
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+__all__ = ["FailureMode", "ImagePolicy", "KeylessIdentity", "Match", "Mode", "PolicySet", "RegoLibrary", "RegoPolicy"]
+
 DEFAULT_EXEMPT_NAMESPACES = ("kube-system",)
 _E = TypeVar("_E", bound=enum.StrEnum)
-
-
-class Mode(enum.StrEnum):
-    ENFORCE = "enforce"  # a violation denies
-    WARN = "warn"  # admitted; the violation comes back as a warning to the client
-    AUDIT = "audit"  # admitted; logged and counted only
-    DRYRUN = "dryrun"  # admitted; recorded in the API server's audit log (auditAnnotations)
-
-
-class FailureMode(enum.StrEnum):
-    CLOSED = "closed"  # cannot decide -> deny (default)
-    OPEN = "open"  # cannot decide -> admit with a warning
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +100,7 @@ class PolicySet:
     rego: tuple[RegoPolicy, ...] = ()
     images: tuple[ImagePolicy, ...] = ()
     libraries: tuple[RegoLibrary, ...] = ()
+    gatekeeper: GatekeeperSet = field(default_factory=GatekeeperSet)
     exempt_namespaces: tuple[str, ...] = DEFAULT_EXEMPT_NAMESPACES
     revision: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -115,7 +109,13 @@ class PolicySet:
         return any(fnmatch.fnmatchcase(namespace, g) for g in self.exempt_namespaces)
 
     @classmethod
-    def load(cls, directory: Path, *, exempt_namespaces: Sequence[str] = DEFAULT_EXEMPT_NAMESPACES) -> PolicySet:
+    def load(
+        cls,
+        directory: Path,
+        *,
+        exempt_namespaces: Sequence[str] = DEFAULT_EXEMPT_NAMESPACES,
+        gatekeeper_dir: Path | None = None,
+    ) -> PolicySet:
         if not directory.is_dir():
             raise ConfigError(f"policy directory {directory} does not exist")
         rego: list[RegoPolicy] = []
@@ -137,10 +137,19 @@ class PolicySet:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"policy names used twice: {', '.join(duplicates)}")
+        gatekeeper = GatekeeperSet()
+        if gatekeeper_dir is not None and gatekeeper_dir.is_dir():
+            for path in sorted(gatekeeper_dir.rglob("*.y*ml")):
+                digest.update(path.read_bytes())
+            gatekeeper = load_gatekeeper_directory(gatekeeper_dir)
+            clash = sorted({c.name for c in gatekeeper.constraints} & set(names))
+            if clash:
+                raise ConfigError(f"constraint names also used by policies: {', '.join(clash)}")
         return cls(
             rego=tuple(rego),
             images=tuple(images),
             libraries=tuple(libraries),
+            gatekeeper=gatekeeper,
             exempt_namespaces=tuple(exempt_namespaces),
             revision=digest.hexdigest()[:16],
         )

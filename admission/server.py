@@ -7,6 +7,7 @@ import logging
 from admission.app import ReviewEndpoints, create_app
 from admission.controller import AdmissionController
 from admission.images import CacheSettings, ImageVerifier
+from admission.inventory import Inventory, InventorySync, KubeSource
 from admission.metrics import AdmissionMetrics
 from admission.opa import OpaDecider, OpaSettings
 from admission.policy import PolicySet
@@ -17,7 +18,9 @@ log = logging.getLogger("edgetrust.admission")
 
 
 def build_controller(settings: AdmissionSettings) -> AdmissionController:
-    policies = PolicySet.load(settings.policy_dir, exempt_namespaces=settings.exempt_namespaces)
+    policies = PolicySet.load(
+        settings.policy_dir, exempt_namespaces=settings.exempt_namespaces, gatekeeper_dir=settings.gatekeeper_dir
+    )
     metrics = AdmissionMetrics()
     registry = RegistryClient(
         RegistrySettings(
@@ -34,7 +37,26 @@ def build_controller(settings: AdmissionSettings) -> AdmissionController:
         ),
     )
     opa = OpaDecider(OpaSettings(host=settings.opa_host, port=settings.opa_port, timeout_s=settings.opa_timeout_s))
-    return AdmissionController(policies, opa, images, metrics)
+    inventory = Inventory()
+    sync = None
+    if settings.inventory_resources:
+        source = (
+            KubeSource(settings.kube_url, settings.kube_token_file.read_text().strip(), settings.kube_ca_file)
+            if settings.kube_url and settings.kube_token_file
+            else KubeSource.in_cluster()
+        )
+        sync = InventorySync(
+            source, settings.inventory_resources, inventory, opa, interval_s=settings.inventory_interval_s
+        )
+    return AdmissionController(
+        policies,
+        opa,
+        images,
+        metrics,
+        inventory=inventory,
+        inventory_sync=sync,
+        expand_workloads=settings.expand_workloads,
+    )
 
 
 def build_app(settings: AdmissionSettings) -> ReviewEndpoints:

@@ -12,6 +12,17 @@ class AdmissionSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ADMISSION_", extra="forbid", frozen=True)
 
     policy_dir: Path = Path("/etc/edgetrust/policies/admission")
+    #: Gatekeeper ConstraintTemplates and Constraints (YAML, any layout; `samples/` folders are skipped)
+    gatekeeper_dir: Path | None = None
+    #: judge Pod constraints on the Pod a Deployment/Job/... would create (Gatekeeper's expansion)
+    expand_workloads: bool = True
+    #: API paths listed into data.inventory, e.g. api/v1/namespaces (Gatekeeper's sync.syncOnly)
+    inventory_resources: tuple[str, ...] = ()
+    inventory_interval_s: float = Field(default=30.0, gt=0)
+    #: the API server to list from; in a pod, the service account is used when this is not set
+    kube_url: str | None = None
+    kube_token_file: Path | None = None
+    kube_ca_file: Path | None = None
     #: namespaces never checked, so that a broken policy, OPA or registry cannot lock the cluster out;
     #: the webhook's own namespace is added by the chart
     exempt_namespaces: tuple[str, ...] = ("kube-system",)

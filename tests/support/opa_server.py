@@ -26,7 +26,17 @@ class OpaServer:
 @contextmanager
 def opa_server(workdir: Path, *, port: int | None = None) -> Iterator[OpaServer]:
     port = port or free_port()
-    argv = [str(peer("opa")), "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error"]
+    # --v0-compatible: Gatekeeper templates are written in Rego v0; our own modules `import rego.v1`
+    argv = [
+        str(peer("opa")),
+        "run",
+        "--server",
+        "--v0-compatible",
+        "--addr",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "error",
+    ]
     workdir.mkdir(parents=True, exist_ok=True)
 
     def healthy() -> bool:

@@ -49,6 +49,8 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 
 @pytest.fixture(scope="session")
 def opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
+    """The session webhook's sidecar. A webhook owns its OPA's policies and data: tests that start another
+    webhook start another OPA."""
     with opa_server(tmp_path_factory.mktemp("opa")) as server:
         yield server
 

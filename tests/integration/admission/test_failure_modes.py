@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.opa_server import OpaServer, opa_server
+from tests.support.opa_server import opa_server
 from tests.support.registry import running_registry
 from tests.support.tlsca import TestCA
 from tests.support.webhook import pod, policy_dir, review, running_webhook
@@ -20,9 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_registry_outage_admits_known_images_from_cache_and_fails_closed_for_strangers(
-    tmp_path: Path, test_ca: TestCA, opa: OpaServer
+    tmp_path: Path, test_ca: TestCA
 ) -> None:
-    with ExitStack() as outlives_registry:
+    with opa_server(tmp_path / "opa") as opa, ExitStack() as outlives_registry:
         with running_registry(tmp_path / "registry", test_ca) as registry:
             key, public = registry.cosign_keypair("k")
             digest = registry.push_image("closed/app", "v1", content=b"known")

@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.admission.conftest import Images, signature_policy
 from tests.support.kube import KubeAPI, running_kube_apiserver
-from tests.support.opa_server import OpaServer
+from tests.support.opa_server import opa_server
 from tests.support.registry import Registry
 from tests.support.sigstore_instance import PrivateSigstore
 from tests.support.tlsca import TestCA
@@ -88,7 +88,6 @@ def test_api_server_calls_the_webhook_over_tls(
     kube: KubeAPI,
     tmp_path: Path,
     test_ca: TestCA,
-    opa: OpaServer,
     registry: Registry,
     cosign_keys: tuple[Path, Path],
     sigstore: PrivateSigstore,
@@ -97,7 +96,8 @@ def test_api_server_calls_the_webhook_over_tls(
     policies = policy_dir(
         tmp_path / "policies", extra={"signed_images": signature_policy(registry, cosign_keys, sigstore)}
     )
-    with kube.client() as client, ExitStack() as webhook_alive:
+    # its own OPA: a webhook owns its sidecar's policies and data (the session's OPA serves another webhook)
+    with kube.client() as client, opa_server(tmp_path / "opa") as opa, ExitStack() as webhook_alive:
         for namespace in ("shop", WEBHOOK_NAMESPACE):
             assert client.post("/api/v1/namespaces", json={"metadata": {"name": namespace}}).status_code == 201
         webhook = webhook_alive.enter_context(

@@ -1,0 +1,100 @@
+"""`trustctl policy test`: what a policy-as-code PR must pass before it is merged.
+
+Runs, against a private OPA on loopback: every Gatekeeper suite (`suite.yaml`) under the given paths, with
+`gator verify`'s semantics (admission/suites.py), and `opa test` for every folder holding `*_test.rego`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+from admission.errors import AdmissionError
+from admission.opa import OpaDecider
+from admission.suites import CaseResult, find_suites, local_opa, opa_binary, run_suite
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    policy = sub.add_parser("policy", help="policy-as-code: test policies before they ship")
+    commands = policy.add_subparsers(dest="policy_command", required=True)
+    test = commands.add_parser("test", help="run Gatekeeper suites (suite.yaml) and Rego unit tests (*_test.rego)")
+    test.add_argument("paths", nargs="+", type=Path, help="suite files or folders to search")
+    test.add_argument("--opa", help="the opa binary (default: on PATH, or the one hack/install-peers built)")
+    test.add_argument("--json", action="store_true", help="machine-readable output")
+    test.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        binary = args.opa or opa_binary()
+        suites = find_suites(args.paths)
+        results = _run_suites(binary, suites)
+    except AdmissionError as exc:
+        print(f"trustctl policy test: {exc.diagnostics()}")
+        return 2
+    rego = [_opa_test(binary, folder) for folder in _rego_test_folders(args.paths)]
+    failed = [r for r in results if not r.ok]
+    rego_failed = [r for r in rego if not r[1]]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "cases": [{"name": r.name, "ok": r.ok, "detail": r.detail} for r in results],
+                    "rego_tests": [{"folder": f, "ok": ok, "output": out} for f, ok, out in rego],
+                    "passed": len(results) - len(failed),
+                    "failed": len(failed) + len(rego_failed),
+                }
+            )
+        )
+    else:
+        for result in results:
+            if not result.ok:
+                print(f"FAIL {result.name}: {result.detail}")
+            elif args.verbose:
+                print(f"ok   {result.name}")
+        for folder, ok, output in rego:
+            print(f"{'ok  ' if ok else 'FAIL'} opa test {folder}" + ("" if ok else f"\n{output}"))
+        print(
+            f"{len(suites)} suites, {len(results)} cases: {len(results) - len(failed)} passed, {len(failed)} failed"
+            + (f"; Rego unit tests: {len(rego) - len(rego_failed)}/{len(rego)} folders passed" if rego else "")
+        )
+    return 1 if failed or rego_failed else 0
+
+
+def _run_suites(binary: str, suites: list[Path]) -> list[CaseResult]:
+    if not suites:
+        return []
+    with local_opa(binary, _free_port()) as settings:
+
+        async def all_suites() -> list[CaseResult]:
+            opa = OpaDecider(settings)
+            try:
+                results: list[CaseResult] = []
+                for suite in suites:
+                    results.extend(await run_suite(suite, opa))
+                return results
+            finally:
+                await opa.close()
+
+        return asyncio.run(all_suites())
+
+
+def _rego_test_folders(paths: list[Path]) -> list[Path]:
+    return [p for p in paths if p.is_dir() and any(p.rglob("*_test.rego"))]
+
+
+def _opa_test(binary: str, folder: Path) -> tuple[str, bool, str]:
+    done = subprocess.run(
+        [binary, "test", "--v0-compatible", str(folder)], capture_output=True, text=True, timeout=300, check=False
+    )
+    return str(folder), done.returncode == 0, (done.stdout + done.stderr).strip()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
