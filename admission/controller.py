@@ -64,7 +64,7 @@ class AdmissionController:
         self._opa = opa
         self._images = images
         self._metrics = metrics
-        self._inventory = inventory or Inventory()
+        self._inventory = inventory if inventory is not None else Inventory()  # an empty one is falsy
         self._inventory_sync = inventory_sync
         self._expand_workloads = expand_workloads
 

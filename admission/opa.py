@@ -98,7 +98,7 @@ class OpaDecider:
     ) -> None:
         """Push every module, the parameters and the decision module; a module OPA refuses stops the start."""
         await self.start()
-        gatekeeper = gatekeeper or GatekeeperSet()
+        gatekeeper = gatekeeper if gatekeeper is not None else GatekeeperSet()
         try:
             modules = [(m, "policy library") for library in libraries for m in library.rego.items()]
             modules += [(m, f"policy {policy.name}") for policy in policies for m in policy.rego.items()]
@@ -112,7 +112,7 @@ class OpaDecider:
                 try:
                     await self._client.update_policy_from_string(source, _policy_id(module_id), rego_compat=False)
                 except RegoParseError as exc:
-                    raise ConfigError(f"{owner}: OPA refused it: {exc}") from exc
+                    raise ConfigError(f"{owner}: OPA refused it: {_compile_errors(exc)}") from exc
             config = {
                 "policies": {p.name: dict(p.parameters) for p in policies},
                 "constraints": {
@@ -174,6 +174,17 @@ class OpaDecider:
 def _messages(found: Any, names: Sequence[str]) -> dict[str, list[str]]:
     found = found if isinstance(found, dict) else {}
     return {name: [_message(v) for v in found[name]] for name in names if isinstance(found.get(name), list)}
+
+
+def _compile_errors(exc: RegoParseError) -> str:
+    """OPA's own words, one per error, with the line in the module: what a policy author needs to fix it."""
+    parts = []
+    for error in getattr(exc, "errors", None) or []:
+        if isinstance(error, dict):
+            row = (error.get("location") or {}).get("row")
+            where = f" (line {row})" if row else ""
+            parts.append(f"{error.get('code', 'error')}{where}: {error.get('message', '')}")
+    return "; ".join(parts) or str(getattr(exc, "message", exc))
 
 
 def _policy_id(module_id: str) -> str:
