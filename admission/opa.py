@@ -10,6 +10,7 @@ it as undecided, never as clean.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,14 +30,19 @@ import rego.v1
 
 config := data.edgetrust.config
 
+# Only the message travels back: violations may carry large `details` that nobody reads here.
+msg(v) := v.msg if is_string(v.msg)
+
+else := sprintf("violation without a msg: %v", [v])
+
 # Our policies. `with` costs OPA a fresh evaluation context per policy (measured: 430 -> 270 us for the
 # library's 9 policies), so it is used only for policies that have parameters.
-violations[name] := [v | some v in data.edgetrust.admission[name].violation] if {
+violations[name] := [msg(v) | some v in data.edgetrust.admission[name].violation] if {
 	some name in input.policies
 	config.policies[name] == {}
 }
 
-violations[name] := [v | some v in found] if {
+violations[name] := [msg(v) | some v in found] if {
 	some name in input.policies
 	params := config.policies[name]
 	params != {}
@@ -44,18 +50,10 @@ violations[name] := [v | some v in found] if {
 }
 
 # Gatekeeper constraints, each run by its template with the constraint's parameters.
-constraints[id] := [v | some v in found] if {
+constraints[id] := [msg(v) | some v in found] if {
 	some id in input.constraints
 	c := config.constraints[id]
 	found := data.templates[c.kind].violation with input.parameters as c.parameters
-}
-
-# Pod constraints judged on the Pod a workload would create (Gatekeeper's expansion).
-implied[id] := [v | some v in found] if {
-	some id in input.implied
-	c := config.constraints[id]
-	found := data.templates[c.kind].violation with input.parameters as c.parameters
-		with input.review as input.implied_review
 }
 """
 
@@ -77,7 +75,15 @@ class Decision:
 class OpaDecider:
     def __init__(self, settings: OpaSettings) -> None:
         self._settings = settings
-        self._client = AsyncOpaClient(host=settings.host, port=settings.port, retries=0, timeout=settings.timeout_s)
+        # identity: OPA gzips larger answers, and for a sidecar on loopback that costs more than it saves
+        # (measured: +2 ms per review with 50 constraints)
+        self._client = AsyncOpaClient(
+            host=settings.host,
+            port=settings.port,
+            retries=0,
+            timeout=settings.timeout_s,
+            headers={"Accept-Encoding": "identity"},
+        )
         self._started = False
 
     async def start(self) -> None:
@@ -146,16 +152,30 @@ class OpaDecider:
         if not policies and not constraints and not implied:
             return Decision()
         await self.start()
-        request: dict[str, Any] = {
+        request = {
             "review": review,
             "policies": [p.name for p in policies],
             "constraints": [c.id for c in constraints],
-            "implied": [c.id for c in implied],
         }
-        if implied and implied_review is not None:
-            request["implied_review"] = implied_review
+        if not implied or implied_review is None:
+            result = await self._query(request)
+            return Decision(
+                policies=_messages(result.get("violations"), [p.name for p in policies]),
+                constraints=_messages(result.get("constraints"), [c.id for c in constraints]),
+            )
+        # The implied Pod goes as a review of its own, in parallel: `with input.review as ...` would make OPA
+        # re-evaluate every input-dependent rule (measured: 6.1 vs 2.4 ms for 16 library constraints).
+        implied_request = {"review": implied_review, "policies": [], "constraints": [c.id for c in implied]}
+        result, implied_result = await asyncio.gather(self._query(request), self._query(implied_request))
+        return Decision(
+            policies=_messages(result.get("violations"), [p.name for p in policies]),
+            constraints=_messages(result.get("constraints"), [c.id for c in constraints]),
+            implied=_messages(implied_result.get("constraints"), [c.id for c in implied]),
+        )
+
+    async def _query(self, request: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            answer = await self._client.query_rule(request, DECISION_PACKAGE)
+            answer = await self._client.query_rule(dict(request), DECISION_PACKAGE)
         except TimeoutError as exc:
             raise OpaUnavailableError(f"OPA did not answer within {self._settings.timeout_s}s") from exc
         except aiohttp.ClientResponseError as exc:
@@ -163,12 +183,7 @@ class OpaDecider:
         except (aiohttp.ClientError, ConnectionsError, QueryExecuteError) as exc:
             raise OpaUnavailableError(f"OPA at {self._settings.host}:{self._settings.port}: {exc}") from exc
         result = answer.get("result") if isinstance(answer, dict) else None
-        result = result if isinstance(result, dict) else {}
-        return Decision(
-            policies=_messages(result.get("violations"), [p.name for p in policies]),
-            constraints=_messages(result.get("constraints"), [c.id for c in constraints]),
-            implied=_messages(result.get("implied"), [c.id for c in implied]),
-        )
+        return result if isinstance(result, dict) else {}
 
 
 def _messages(found: Any, names: Sequence[str]) -> dict[str, list[str]]:
@@ -192,6 +207,6 @@ def _policy_id(module_id: str) -> str:
 
 
 def _message(violation: Any) -> str:
-    if isinstance(violation, dict) and isinstance(violation.get("msg"), str):
-        return str(violation["msg"])
+    if isinstance(violation, str):
+        return violation[:4096]
     return f"violation without a msg: {str(violation)[:200]}"

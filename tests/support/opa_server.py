@@ -17,6 +17,7 @@ from tests.support.processes import running
 @dataclass(frozen=True)
 class OpaServer:
     port: int
+    pid: int = 0
 
     @property
     def url(self) -> str:
@@ -42,5 +43,5 @@ def opa_server(workdir: Path, *, port: int | None = None) -> Iterator[OpaServer]
     def healthy() -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
 
-    with running(argv, ready=healthy, log=workdir / f"opa-{port}.log"):
-        yield OpaServer(port)
+    with running(argv, ready=healthy, log=workdir / f"opa-{port}.log") as process:
+        yield OpaServer(port, process.pid)
