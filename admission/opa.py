@@ -28,9 +28,8 @@ DECISION_MODULE = """package edgetrust.decision
 
 import rego.v1
 
-config := data.edgetrust.config
-
-# Only the message travels back: violations may carry large `details` that nobody reads here.
+# Every rule of this package is in each answer: keep it to the two results (no helper documents), and
+# only the message travels back: violations may carry large `details` that nobody reads here.
 msg(v) := v.msg if is_string(v.msg)
 
 else := sprintf("violation without a msg: %v", [v])
@@ -39,12 +38,12 @@ else := sprintf("violation without a msg: %v", [v])
 # library's 9 policies), so it is used only for policies that have parameters.
 violations[name] := [msg(v) | some v in data.edgetrust.admission[name].violation] if {
 	some name in input.policies
-	config.policies[name] == {}
+	data.edgetrust.config.policies[name] == {}
 }
 
 violations[name] := [msg(v) | some v in found] if {
 	some name in input.policies
-	params := config.policies[name]
+	params := data.edgetrust.config.policies[name]
 	params != {}
 	found := data.edgetrust.admission[name].violation with input.parameters as params
 }
@@ -52,7 +51,7 @@ violations[name] := [msg(v) | some v in found] if {
 # Gatekeeper constraints, each run by its template with the constraint's parameters.
 constraints[id] := [msg(v) | some v in found] if {
 	some id in input.constraints
-	c := config.constraints[id]
+	c := data.edgetrust.config.constraints[id]
 	found := data.templates[c.kind].violation with input.parameters as c.parameters
 }
 """

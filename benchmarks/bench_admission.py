@@ -65,8 +65,8 @@ def reviews(host: str) -> list[bytes]:
 def opa_input(body: bytes, policies: PolicySet) -> bytes:
     """The query the webhook sends OPA for this review (admission/opa.py's decision contract)."""
     request = json.loads(body)["request"]
-    parameters = {p.name: p.parameters for p in policies.rego}
-    return json.dumps({"input": {"review": request, "policies": parameters}}).encode()
+    names = [p.name for p in policies.rego]
+    return json.dumps({"input": {"review": request, "policies": names, "constraints": []}}).encode()
 
 
 def attack(

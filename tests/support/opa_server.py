@@ -33,6 +33,7 @@ def opa_server(workdir: Path, *, port: int | None = None) -> Iterator[OpaServer]
         "run",
         "--server",
         "--v0-compatible",
+        "--optimize-store-for-read-speed",
         "--addr",
         f"127.0.0.1:{port}",
         "--log-level",
