@@ -62,6 +62,7 @@ class OpaSettings:
     host: str = "127.0.0.1"
     port: int = 8181
     timeout_s: float = 2.0  # below the API server's webhook timeout (10 s default) so we answer, not it
+    constraints_per_query: int = 8
 
 
 @dataclass(slots=True)
@@ -151,30 +152,31 @@ class OpaDecider:
         if not policies and not constraints and not implied:
             return Decision()
         await self.start()
-        request = {
-            "review": review,
-            "policies": [p.name for p in policies],
-            "constraints": [c.id for c in constraints],
-        }
-        if not implied or implied_review is None:
-            result = await self._query(request)
-            return Decision(
-                policies=_messages(result.get("violations"), [p.name for p in policies]),
-                constraints=_messages(result.get("constraints"), [c.id for c in constraints]),
-            )
-        # The implied Pod goes as a review of its own, in parallel: `with input.review as ...` would make OPA
-        # re-evaluate every input-dependent rule (measured: 6.1 vs 2.4 ms for 16 library constraints).
-        implied_request = {"review": implied_review, "policies": [], "constraints": [c.id for c in implied]}
-        result, implied_result = await asyncio.gather(self._query(request), self._query(implied_request))
-        return Decision(
-            policies=_messages(result.get("violations"), [p.name for p in policies]),
-            constraints=_messages(result.get("constraints"), [c.id for c in constraints]),
-            implied=_messages(implied_result.get("constraints"), [c.id for c in implied]),
-        )
+        # One query per shard, concurrently: OPA evaluates each on its own core, so a review that many
+        # constraints apply to is answered in the time of its largest shard. The implied Pod goes as a review of
+        # its own: `with input.review as ...` would make OPA re-evaluate every input-dependent rule (measured:
+        # 6.1 vs 2.4 ms for 16 library constraints).
+        shards: list[dict[str, Any]] = []
+        ids = [c.id for c in constraints]
+        first = ids[: self._settings.constraints_per_query]
+        shards.append({"review": review, "policies": [p.name for p in policies], "constraints": first})
+        for chunk in _chunks(ids[len(first) :], self._settings.constraints_per_query):
+            shards.append({"review": review, "policies": [], "constraints": chunk})
+        implied_ids = [c.id for c in implied] if implied_review is not None else []
+        for chunk in _chunks(implied_ids, self._settings.constraints_per_query):
+            shards.append({"review": implied_review, "policies": [], "constraints": chunk, "implied": True})
+        results = await asyncio.gather(*(self._query(shard) for shard in shards))
+        decision = Decision(policies=_messages(results[0].get("violations"), [p.name for p in policies]))
+        for shard, result in zip(shards, results, strict=True):
+            target = decision.implied if shard.get("implied") else decision.constraints
+            target.update(_messages(result.get("constraints"), shard["constraints"]))
+        return decision
 
     async def _query(self, request: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            answer = await self._client.query_rule(dict(request), DECISION_PACKAGE)
+            answer = await self._client.query_rule(
+                {k: v for k, v in request.items() if k != "implied"}, DECISION_PACKAGE
+            )
         except TimeoutError as exc:
             raise OpaUnavailableError(f"OPA did not answer within {self._settings.timeout_s}s") from exc
         except aiohttp.ClientResponseError as exc:
@@ -183,6 +185,10 @@ class OpaDecider:
             raise OpaUnavailableError(f"OPA at {self._settings.host}:{self._settings.port}: {exc}") from exc
         result = answer.get("result") if isinstance(answer, dict) else None
         return result if isinstance(result, dict) else {}
+
+
+def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def _messages(found: Any, names: Sequence[str]) -> dict[str, list[str]]:
