@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve AdmissionReviews over HTTPS")
     run.add_argument("--policy-dir", type=Path)
+    run.add_argument("--gatekeeper-dir", type=Path, help="Gatekeeper ConstraintTemplates and Constraints (YAML)")
     run.add_argument("--listen-host")
     run.add_argument("--listen-port", type=int)
     run.add_argument("--tls-cert", type=Path)
