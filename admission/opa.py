@@ -165,7 +165,10 @@ class OpaDecider:
         implied_ids = [c.id for c in implied] if implied_review is not None else []
         for chunk in _chunks(implied_ids, self._settings.constraints_per_query):
             shards.append({"review": implied_review, "policies": [], "constraints": chunk, "implied": True})
-        results = await asyncio.gather(*(self._query(shard) for shard in shards))
+        if len(shards) == 1:  # the common case: no task to schedule
+            results = [await self._query(shards[0])]
+        else:
+            results = list(await asyncio.gather(*(self._query(shard) for shard in shards)))
         decision = Decision(policies=_messages(results[0].get("violations"), [p.name for p in policies]))
         for shard, result in zip(shards, results, strict=True):
             target = decision.implied if shard.get("implied") else decision.constraints
