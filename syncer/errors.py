@@ -1,0 +1,34 @@
+"""Every way a policy bundle is refused, as one family; `code` goes into status reports and metrics."""
+
+from __future__ import annotations
+
+
+class SyncerError(Exception):
+    code = "syncer_error"
+
+    def diagnostics(self) -> str:
+        return str(self)
+
+
+class BundleBuildError(SyncerError):
+    """The policy repository cannot become a bundle (an invalid NetworkPolicy, a bad path...)."""
+
+    code = "bundle_build_failed"
+
+
+class BundleFormatError(SyncerError):
+    """Not a well-formed bundle: truncated tar, unsafe paths, oversized, missing manifest."""
+
+    code = "bundle_malformed"
+
+
+class BundleSignatureError(SyncerError):
+    """Unsigned, signed by an unknown key, or a file does not match what was signed."""
+
+    code = "bundle_signature_invalid"
+
+
+class RollbackError(SyncerError):
+    """A bundle older than (or as old as) one already applied: a replay, or a rollback attack."""
+
+    code = "bundle_rollback"

@@ -1,0 +1,51 @@
+"""The highest bundle revision this cluster ever applied, kept on disk so no restart re-opens a rollback.
+
+Written atomically (temporary file, fsync, rename) before a bundle is applied: a crash mid-apply leaves the
+guard at the new revision, and the agent converges forward on restart, never back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from syncer.bundle import Bundle
+from syncer.errors import RollbackError, SyncerError
+
+
+class RevisionGuard:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    @property
+    def highest(self) -> int:
+        try:
+            state = json.loads(self._path.read_text())
+        except FileNotFoundError:
+            return -1
+        except (OSError, ValueError) as exc:
+            # an unreadable guard must not silently reset to "anything goes"
+            raise SyncerError(f"revision guard {self._path} is unreadable: {exc}") from exc
+        counter = state.get("counter") if isinstance(state, dict) else None
+        if not isinstance(counter, int):
+            raise SyncerError(f"revision guard {self._path} holds no counter")
+        return counter
+
+    def check(self, bundle: Bundle) -> None:
+        highest = self.highest
+        if bundle.counter <= highest:
+            raise RollbackError(
+                f"bundle revision {bundle.revision} (counter {bundle.counter}) is not newer than the applied "
+                f"counter {highest}: refused as a replay or rollback"
+            )
+
+    def advance(self, bundle: Bundle) -> None:
+        self.check(bundle)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._path.with_suffix(".tmp")
+        with temporary.open("w") as handle:
+            json.dump({"counter": bundle.counter, "revision": bundle.revision}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self._path)
