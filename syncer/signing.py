@@ -122,6 +122,11 @@ def verify_bundle(bundle: Bundle, keys: Mapping[str, ec.EllipticCurvePublicKey])
     except jwt.PyJWTError as exc:
         raise BundleSignatureError(f"bundle signature is not a JWT: {exc}") from exc
     key_id = header.get("kid")
+    if key_id is None:  # OPA's order: the JWT header's kid, else the (deprecated) keyid claim
+        try:
+            key_id = jwt.decode(token, options={"verify_signature": False}).get("keyid")
+        except jwt.PyJWTError as exc:
+            raise BundleSignatureError(f"bundle signature is not a JWT: {exc}") from exc
     if header.get("alg") != ALGORITHM:
         raise BundleSignatureError(f"bundle signature uses {header.get('alg')!r}; only {ALGORITHM} is accepted")
     if not isinstance(key_id, str) or key_id not in keys:
