@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +31,15 @@ log = logging.getLogger("edgetrust.syncer")
 
 class SourceUnreachableError(SyncerError):
     code = "hub_unreachable"
+
+
+def hub_reporter(url: str, client: httpx.AsyncClient) -> Callable[[list[dict[str, Any]]], Awaitable[None]]:
+    async def send(reports: list[dict[str, Any]]) -> None:
+        answer = await client.post(url, json=reports)
+        if answer.status_code != 200:
+            raise SourceUnreachableError(f"{url}: the hub answered {answer.status_code}")
+
+    return send
 
 
 class BundleSource(Protocol):
@@ -58,20 +67,24 @@ class FileSource:
 
 
 class HTTPSource:
-    """A bundle URL with ETag / If-None-Match, so an idle poll costs a 304 and a few hundred bytes."""
+    """The hub's bundle endpoint (mTLS with the cluster's SVID), long-polled with ETag / If-None-Match, so an
+    idle poll costs a 304 and a few hundred bytes every `wait_s`."""
 
-    def __init__(self, url: str, client: httpx.AsyncClient) -> None:
+    def __init__(self, url: str, client: httpx.AsyncClient, *, wait_s: float = 30.0) -> None:
         self._url = url
         self._client = client
         self._etag: str | None = None
+        self._wait = wait_s
 
     async def fetch(self) -> bytes | None:
         headers = {"If-None-Match": self._etag} if self._etag else {}
         try:
-            answer = await self._client.get(self._url, headers=headers)
+            answer = await self._client.get(
+                self._url, headers=headers, params={"wait": str(self._wait)}, timeout=self._wait + 10
+            )
         except httpx.HTTPError as exc:
             raise SourceUnreachableError(f"{self._url}: {exc}") from exc
-        if answer.status_code == 304:
+        if answer.status_code in (204, 304):
             return None
         if answer.status_code != 200:
             raise SourceUnreachableError(f"{self._url}: the hub answered {answer.status_code}")
@@ -108,6 +121,7 @@ class SyncAgent:
         keys: Mapping[str, ec.EllipticCurvePublicKey],
         kube: KubeClient,
         state: AgentState,
+        reporter: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
     ) -> None:
         self.cluster = cluster
         self.site_class = site_class
@@ -115,6 +129,7 @@ class SyncAgent:
         self._keys = keys
         self._kube = kube
         self.state = state
+        self._reporter = reporter
         self.last_contact: float | None = None
 
     def _wanted(self, bundle: Bundle) -> list[dict[str, Any]]:
@@ -135,6 +150,7 @@ class SyncAgent:
             return self._record(SyncOutcome("unreachable", error=exc.diagnostics()))
         self.last_contact = time.time()
         if blob is None:
+            await self.flush_reports()
             return SyncOutcome("not-modified")
         try:
             bundle = unpack(blob)
@@ -162,4 +178,23 @@ class SyncAgent:
 
     def _record(self, outcome: SyncOutcome) -> SyncOutcome:
         self.state.queue_report(outcome.report(self.cluster))
+        return outcome
+
+    async def flush_reports(self) -> None:
+        """Deliver what was queued (also while offline); kept for the next contact if the hub is unreachable."""
+        reports = list(self.state.queued_reports())
+        if not reports or self._reporter is None:
+            return
+        try:
+            await self._reporter(reports)
+        except (SyncerError, httpx.HTTPError) as exc:
+            log.info("status reports kept for later: %s", exc)
+            return
+        self.state.clear_reports()
+
+    async def run_once(self) -> SyncOutcome:
+        """One sync and the reports it produced delivered: the agent's loop body."""
+        outcome = await self.sync_once()
+        if outcome.result != "unreachable":
+            await self.flush_reports()
         return outcome

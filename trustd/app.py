@@ -17,13 +17,17 @@ from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest
 from trustd.ca import SpiffeCA
 from trustd.enrollment import EnrollmentService
 from trustd.errors import TrustdError
+from trustd.policy_api import policy_router
+from trustd.policy_bundles import PolicyBundles
 
 #: the largest legitimate body is an enrollment carrying a big event log (see api_models)
 MAX_BODY_BYTES = 6 * 1024 * 1024
 
 
-def create_app(*, service: EnrollmentService, ca: SpiffeCA) -> FastAPI:
+def create_app(*, service: EnrollmentService, ca: SpiffeCA, policy: PolicyBundles | None = None) -> FastAPI:
     app = FastAPI(title="trustd", version="0.1.0", docs_url=None, redoc_url=None)
+    if policy is not None:
+        app.include_router(policy_router(policy, ca.trust_domain))
 
     @app.exception_handler(AttestationError)
     async def attestation_refused(_request: Request, exc: AttestationError) -> JSONResponse:

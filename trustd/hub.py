@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -15,13 +16,17 @@ from fastapi import FastAPI
 
 from attestation.ek import EKVerifier
 from attestation.refvalues import ReferencePolicy
+from syncer.signing import load_verification_keys
 from trustd.app import create_app
 from trustd.ca import SpiffeCA
 from trustd.enrollment import EnrollmentPolicy, EnrollmentService
+from trustd.errors import TrustdError
 from trustd.files import write_private
+from trustd.policy_bundles import Fleet, PolicyBundles
 from trustd.settings import TrustdSettings
 from trustd.spiffe_id import SpiffeId, TrustDomain
 from trustd.store import Store, open_store
+from trustd.tls_peer import PeerCertificateProtocol
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,8 @@ class Hub:
     app: FastAPI
     tls_cert: Path
     tls_key: Path
+    client_roots: Path
+    policy: PolicyBundles | None = None
 
     def close(self) -> None:
         self.store.close()
@@ -61,14 +68,25 @@ def build_hub(settings: TrustdSettings) -> Hub:
         ),
     )
     tls_cert, tls_key = _serving_certificate(settings, ca, trust_domain)
+    policy = None
+    if settings.fleet_file is not None:
+        keys_dir = settings.policy_keys_dir
+        if keys_dir is None or not keys_dir.is_dir():
+            raise TrustdError("fleet_file needs policy_keys_dir: the publishers' bundle-signing keys")
+        keys = load_verification_keys({p.stem: p.read_bytes() for p in sorted(keys_dir.glob("*.pem"))})
+        policy = PolicyBundles(settings.data_dir / "policy", Fleet.load(settings.fleet_file), keys)
+    client_roots = settings.data_dir / "tls" / "client-roots.pem"
+    client_roots.write_bytes(ca.x509_authorities_pem())
     return Hub(
         settings=settings,
         ca=ca,
         store=store,
         service=service,
-        app=create_app(service=service, ca=ca),
+        app=create_app(service=service, ca=ca, policy=policy),
         tls_cert=tls_cert,
         tls_key=tls_key,
+        client_roots=client_roots,
+        policy=policy,
     )
 
 
@@ -105,6 +123,10 @@ def serve(settings: TrustdSettings) -> None:
             port=settings.listen_port,
             ssl_certfile=str(hub.tls_cert),
             ssl_keyfile=str(hub.tls_key),
+            # clients may present an X.509-SVID (clusters, publishers); enrollment needs none
+            ssl_cert_reqs=ssl.CERT_OPTIONAL,
+            ssl_ca_certs=str(hub.client_roots),
+            http=PeerCertificateProtocol,
             log_level="warning",
             access_log=False,
         )

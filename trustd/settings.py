@@ -35,6 +35,10 @@ class TrustdSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     server_dns_names: tuple[str, ...] = ("localhost",)
+    #: policy distribution: cluster groups, clusters and publishers (YAML); off when not set
+    fleet_file: Path | None = None
+    #: publishers' bundle-signing public keys, one PEM per file, the key id being the file name without .pem
+    policy_keys_dir: Path | None = None
     server_ip_addresses: tuple[str, ...] = ("127.0.0.1",)
 
     @field_validator("spiffe_id_template")

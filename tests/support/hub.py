@@ -19,6 +19,7 @@ from attestation.simboot import boot_events, write_event_log
 from attestation.tpm2.constants import HashAlg
 from trustd.hub import Hub, build_hub
 from trustd.settings import TrustdSettings
+from trustd.tls_peer import PeerCertificateProtocol
 
 GOLDEN_BANKS = (HashAlg.SHA256, HashAlg.SHA1)
 
@@ -94,6 +95,9 @@ def running_hub(
         port=port,
         ssl_certfile=str(hub.tls_cert),
         ssl_keyfile=str(hub.tls_key),
+        ssl_cert_reqs=ssl.CERT_OPTIONAL,
+        ssl_ca_certs=str(hub.client_roots),
+        http=PeerCertificateProtocol,
         log_level="warning",
         access_log=False,
         lifespan="off",

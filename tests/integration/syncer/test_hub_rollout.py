@@ -1,0 +1,161 @@
+"""Policy distribution end to end: a publisher pushes a signed bundle to trustd over mTLS; two clusters (each a
+real kube-apiserver) long-poll for it with their SVIDs; the canary gets it first, the next wave only after the
+canary reported it applied; status reaches the hub; a cluster outside the fleet gets nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+from contextlib import ExitStack
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from syncer.agent import HTTPSource, SyncAgent, hub_reporter
+from syncer.bundle import build_files, pack, read_repository
+from syncer.kube import KubeClient, KubeConfig
+from syncer.signing import SigningKey, sign_files
+from syncer.state import AgentState
+from tests.support.hub import RunningHub, running_hub
+from tests.support.kube import KubeAPI, running_kube_apiserver
+from tests.support.tlsca import TestCA
+from trustd.spiffe_id import SpiffeId
+
+pytestmark = pytest.mark.integration
+
+REPO_POLICIES = Path(__file__).resolve().parents[3] / "policies"
+
+
+def svid_files(hub: RunningHub, path: str, directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgetrust")]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    svid = hub.hub.ca.issue_x509_svid(csr, SpiffeId.parse(f"spiffe://edge.example{path}"), ttl=timedelta(hours=1))
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = directory / "svid.pem"
+    cert.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (svid.certificate, *svid.chain)))
+    key_path = directory / "svid.key"
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_path.chmod(0o600)
+    return cert, key_path
+
+
+def mtls(hub: RunningHub, cert: Path, key: Path) -> httpx.AsyncClient:
+    context = ssl.create_default_context(cafile=str(hub.ca_bundle))
+    context.load_cert_chain(str(cert), str(key))
+    return httpx.AsyncClient(base_url=hub.url, verify=context, timeout=30)
+
+
+def test_canary_then_wave_over_mtls_with_long_polls(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "ca")
+    signing = ec.generate_private_key(ec.SECP256R1())
+    keys = tmp_path / "publisher-keys"
+    keys.mkdir()
+    (keys / "ci-1.pem").write_bytes(
+        signing.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        yaml.safe_dump(
+            {
+                "groups": {
+                    "gateways": {"matchLabels": {"site-class": "edge-gateway"}, "canary": ["site-a"], "waves": [100]}
+                },
+                "clusters": {
+                    "site-a": {"labels": {"site-class": "edge-gateway"}},
+                    "site-b": {"labels": {"site-class": "edge-gateway"}},
+                },
+                "publishers": ["spiffe://edge.example/operator/ci"],
+            }
+        )
+    )
+    ek_roots = tmp_path / "ek-roots"
+    ek_roots.mkdir()
+    shutil.copy(ca.ca_file, ek_roots / "unused.pem")
+    with ExitStack() as stack:
+        hub = stack.enter_context(
+            running_hub(
+                tmp_path / "hub", ek_roots=ek_roots, fleet_file=fleet, policy_keys_dir=keys, trust_domain="edge.example"
+            )
+        )
+        kubes = {
+            name: stack.enter_context(running_kube_apiserver(tmp_path / name, ca)) for name in ("site-a", "site-b")
+        }
+        for api in kubes.values():
+            with api.client() as client:
+                assert client.post("/api/v1/namespaces", json={"metadata": {"name": "workloads"}}).status_code == 201
+        asyncio.run(scenario(hub, kubes, tmp_path, SigningKey("ci-1", signing)))
+
+
+async def scenario(hub: RunningHub, kubes: dict[str, KubeAPI], work: Path, signing: SigningKey) -> None:
+    publisher = mtls(hub, *svid_files(hub, "/operator/ci", work / "publisher"))
+    agents: dict[str, SyncAgent] = {}
+    clients: list[Any] = [publisher]
+    for name, api in kubes.items():
+        http = mtls(hub, *svid_files(hub, f"/cluster/{name}", work / name / "svid"))
+        kube = KubeClient(KubeConfig(api.url, api.token, api.ca_file))
+        clients += [http, kube]
+        agents[name] = SyncAgent(
+            cluster=name,
+            site_class="edge-gateway",
+            source=HTTPSource("/v1/policy/bundle", http, wait_s=5),
+            keys=hub.hub.policy._keys if hub.hub.policy else {},
+            kube=kube,
+            state=AgentState(work / name / "state"),
+            reporter=hub_reporter("/v1/policy/status", http),
+        )
+
+    # nothing published yet: both long polls come back empty
+    assert (await agents["site-a"].run_once()).result == "not-modified"
+
+    stranger = mtls(hub, *svid_files(hub, "/cluster/not-in-fleet", work / "stranger"))
+    clients.append(stranger)
+    assert (await stranger.get("/v1/policy/bundle")).status_code == 403
+    assert (await stranger.post("/v1/policy/bundles/gateways", content=b"x")).status_code == 403
+
+    waiting_b = asyncio.create_task(agents["site-b"].run_once())  # site-b long-polls through the publish
+    blob = pack(sign_files(build_files(read_repository(REPO_POLICIES), counter=1, commit="abc"), signing))
+    published = await publisher.post("/v1/policy/bundles/gateways", content=blob)
+    assert published.status_code == 200, published.text
+    view = published.json()
+    assert [w["clusters"] for w in view["waves"]] == [["site-a"], ["site-b"]]
+    assert [w["open"] for w in view["waves"]] == [True, False]
+
+    canary = await agents["site-a"].run_once()
+    assert canary.result == "applied"
+    outcome_b = await waiting_b  # woken by the wave opening once site-a's report arrived
+    assert outcome_b.result == "applied", outcome_b
+
+    rollout = (await publisher.get("/v1/policy/rollouts/gateways")).json()
+    assert rollout["complete"] is True
+    assert rollout["waves"][1]["applied"] == ["site-b"]
+    assert (await agents["site-a"].run_once()).result == "not-modified"
+
+    for name, api in kubes.items():
+        with api.client() as client:
+            names = {
+                i["metadata"]["name"]
+                for i in client.get("/apis/networking.k8s.io/v1/namespaces/workloads/networkpolicies").json()["items"]
+            }
+        assert names == {"default-deny", "allow-dns", "allow-hub"}, name
+
+    stale = await publisher.post("/v1/policy/bundles/gateways", content=blob)
+    assert stale.status_code == 403
+    assert "not newer" in stale.json()["reason"]
+    for client in clients:
+        await client.aclose()

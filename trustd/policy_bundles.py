@@ -1,0 +1,237 @@
+"""The hub's side of policy distribution: signed bundles per cluster group, staged rollouts, cluster status.
+
+A published bundle must verify under a publisher key the hub trusts and be newer than the group's last one;
+the hub never re-signs (the key that signs policy stays with the policy pipeline). Which revision a cluster
+gets follows the group's rollout: canary clusters first, then waves by share of the group; a wave opens when
+every cluster of the previous one reported the new revision applied; failures above the threshold halt it.
+Clusters long-poll: an unchanged answer is a 304 after up to `wait` seconds, a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from syncer.bundle import unpack
+from syncer.errors import SyncerError
+from syncer.signing import verify_bundle
+from trustd.errors import TrustdError
+from trustd.files import write_private
+
+DEFAULT_WAVES = (10, 50, 100)  # percent of the group's non-canary clusters, cumulative
+
+
+class PolicyDistributionError(TrustdError):
+    code = "policy_distribution_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    name: str
+    match_labels: Mapping[str, str]
+    canary: tuple[str, ...] = ()
+    waves: tuple[int, ...] = DEFAULT_WAVES
+    max_failures: int = 0  # failures tolerated before the rollout halts
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    groups: Mapping[str, Group]
+    clusters: Mapping[str, Mapping[str, str]]  # name -> labels
+    publishers: frozenset[str]  # SPIFFE IDs allowed to publish
+
+    @classmethod
+    def load(cls, path: Path) -> Fleet:
+        raw = yaml.safe_load(path.read_text()) or {}
+        groups = {}
+        for name, spec in (raw.get("groups") or {}).items():
+            groups[name] = Group(
+                name=name,
+                match_labels={str(k): str(v) for k, v in (spec.get("matchLabels") or {}).items()},
+                canary=tuple(spec.get("canary") or ()),
+                waves=tuple(int(w) for w in spec.get("waves") or DEFAULT_WAVES),
+                max_failures=int(spec.get("maxFailures", 0)),
+            )
+        clusters = {
+            str(k): {str(a): str(b) for a, b in (v or {}).get("labels", {}).items()}
+            for k, v in (raw.get("clusters") or {}).items()
+        }
+        return cls(groups=groups, clusters=clusters, publishers=frozenset(raw.get("publishers") or ()))
+
+    def group_of(self, cluster: str) -> Group | None:
+        labels = self.clusters.get(cluster)
+        if labels is None:
+            return None
+        for group in self.groups.values():
+            if all(labels.get(k) == v for k, v in group.match_labels.items()):
+                return group
+        return None
+
+    def members(self, group: Group) -> list[str]:
+        return sorted(c for c in self.clusters if self.group_of(c) == group)
+
+
+@dataclass(slots=True)
+class Rollout:
+    revision: str
+    counter: int
+    previous: int | None
+    waves: list[list[str]]
+    opened: int = 0  # waves[0..opened] receive the new revision
+    applied: dict[str, str] = field(default_factory=dict)  # cluster -> result
+    failed: dict[str, str] = field(default_factory=dict)  # cluster -> error
+    halted: bool = False
+
+    def released(self, cluster: str) -> bool:
+        return any(cluster in wave for wave in self.waves[: self.opened + 1])
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "counter": self.counter,
+            "halted": self.halted,
+            "waves": [
+                {
+                    "clusters": wave,
+                    "open": index <= self.opened,
+                    "applied": sorted(c for c in wave if c in self.applied),
+                    "failed": {c: self.failed[c] for c in wave if c in self.failed},
+                }
+                for index, wave in enumerate(self.waves)
+            ],
+            "complete": all(c in self.applied for wave in self.waves for c in wave),
+        }
+
+
+def plan_waves(members: list[str], group: Group) -> list[list[str]]:
+    canary = [c for c in group.canary if c in members]
+    rest = [c for c in members if c not in canary]
+    waves: list[list[str]] = [canary] if canary else []
+    done = 0
+    for percent in group.waves:
+        upto = min(len(rest), math.ceil(len(rest) * percent / 100))
+        if upto > done:
+            waves.append(rest[done:upto])
+            done = upto
+    if done < len(rest):
+        waves.append(rest[done:])
+    return waves or [[]]
+
+
+class PolicyBundles:
+    def __init__(self, directory: Path, fleet: Fleet, publisher_keys: Mapping[str, ec.EllipticCurvePublicKey]) -> None:
+        self._dir = directory
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.fleet = fleet
+        self._keys = publisher_keys
+        self._blobs: dict[tuple[str, int], bytes] = {}
+        self._rollouts: dict[str, Rollout] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self.status: dict[str, dict[str, Any]] = {}
+        self._load()
+
+    @property
+    def publisher_keys(self) -> Mapping[str, ec.EllipticCurvePublicKey]:
+        return self._keys
+
+    def _load(self) -> None:
+        for state in self._dir.glob("*/rollout.json"):
+            group = state.parent.name
+            raw = json.loads(state.read_text())
+            self._rollouts[group] = Rollout(**raw)
+            for path in state.parent.glob("*.tar.gz"):
+                self._blobs[(group, int(path.name.split(".")[0]))] = path.read_bytes()
+
+    def _save(self, group: str) -> None:
+        rollout = self._rollouts[group]
+        state = {k: getattr(rollout, k) for k in Rollout.__dataclass_fields__}
+        write_private(self._dir / group / "rollout.json", json.dumps(state).encode())
+
+    def _event(self, group: str) -> asyncio.Event:
+        return self._changed.setdefault(group, asyncio.Event())
+
+    def _notify(self, group: str) -> None:
+        event = self._changed.pop(group, None)
+        if event is not None:
+            event.set()
+
+    def publish(self, group_name: str, blob: bytes) -> Rollout:
+        group = self.fleet.groups.get(group_name)
+        if group is None:
+            raise PolicyDistributionError(f"no cluster group {group_name!r}")
+        try:
+            bundle = unpack(blob)
+            verify_bundle(bundle, self._keys)
+            counter = bundle.counter
+        except SyncerError as exc:
+            raise PolicyDistributionError(f"bundle refused: {exc.diagnostics()}") from exc
+        current = self._rollouts.get(group_name)
+        if current is not None and counter <= current.counter:
+            raise PolicyDistributionError(f"bundle counter {counter} is not newer than {current.counter}")
+        (self._dir / group_name).mkdir(exist_ok=True, mode=0o700)
+        write_private(self._dir / group_name / f"{counter}.tar.gz", blob)
+        self._blobs[(group_name, counter)] = blob
+        waves = plan_waves(self.fleet.members(group), group)
+        self._rollouts[group_name] = Rollout(bundle.revision, counter, current.counter if current else None, waves)
+        self._save(group_name)
+        self._notify(group_name)
+        return self._rollouts[group_name]
+
+    def rollout(self, group: str) -> Rollout | None:
+        return self._rollouts.get(group)
+
+    def bundle_for(self, cluster: str) -> tuple[bytes, str] | None:
+        group = self.fleet.group_of(cluster)
+        rollout = self._rollouts.get(group.name) if group else None
+        if group is None or rollout is None:
+            return None
+        counter = rollout.counter if rollout.released(cluster) and not rollout.halted else rollout.previous
+        if counter is None:
+            return None
+        blob = self._blobs[(group.name, counter)]
+        return blob, '"' + hashlib.sha256(blob).hexdigest()[:32] + '"'
+
+    async def wait_for_change(self, cluster: str, etag: str | None, wait_s: float) -> tuple[bytes, str] | None:
+        """The cluster's bundle if it differs from `etag`, waiting up to wait_s for a change; else None."""
+        group = self.fleet.group_of(cluster)
+        deadline = time.monotonic() + wait_s
+        while True:
+            found = self.bundle_for(cluster)
+            if found is not None and found[1] != etag:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or group is None:
+                return None
+            try:
+                await asyncio.wait_for(self._event(group.name).wait(), timeout=remaining)
+            except TimeoutError:
+                return None
+
+    def report(self, cluster: str, report: Mapping[str, Any]) -> None:
+        self.status[cluster] = {**report, "received": int(time.time())}
+        group = self.fleet.group_of(cluster)
+        rollout = self._rollouts.get(group.name) if group else None
+        if group is None or rollout is None or report.get("revision") != rollout.revision:
+            return
+        if report.get("result") in ("applied", "unchanged"):
+            rollout.applied[cluster] = str(report["result"])
+            rollout.failed.pop(cluster, None)
+        elif report.get("result") in ("failed", "refused"):
+            rollout.failed[cluster] = str(report.get("error", ""))[:300]
+            if len(rollout.failed) > group.max_failures:
+                rollout.halted = True
+        wave = rollout.waves[rollout.opened]
+        if not rollout.halted and all(c in rollout.applied for c in wave) and rollout.opened + 1 < len(rollout.waves):
+            rollout.opened += 1
+            self._notify(group.name)
+        self._save(group.name)

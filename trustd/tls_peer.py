@@ -1,0 +1,49 @@
+"""Who is on the other end of a TLS connection, for ASGI apps served by uvicorn.
+
+uvicorn verifies client certificates (ssl_cert_reqs) but does not hand them to the app. This protocol adds
+the ASGI TLS extension to every request's scope (`scope["extensions"]["tls"]["client_cert_chain"]`, PEM), so
+an endpoint can read the caller's SPIFFE ID from its verified X.509-SVID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography import x509
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from trustd.errors import TrustdError
+
+
+class PeerCertificateProtocol(HttpToolsProtocol):
+    _peer_pem: str | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if isinstance(ssl_object, ssl.SSLObject) else None
+        self._peer_pem = ssl.DER_cert_to_PEM_cert(der) if der else None
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        chain = [self._peer_pem] if self._peer_pem else []
+        self.scope["extensions"] = {"tls": {"client_cert_chain": chain}}
+
+
+def peer_spiffe_id(scope: Mapping[str, Any]) -> str:
+    """The URI SAN of the verified client certificate; the TLS layer already checked it against our CA."""
+    chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
+    if not chain:
+        raise TrustdError("this endpoint needs a client certificate (mTLS with an X.509-SVID)")
+    certificate = x509.load_pem_x509_certificate(chain[0].encode())
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise TrustdError("the client certificate has no SPIFFE ID") from None
+    uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")]
+    if len(uris) != 1:
+        raise TrustdError("the client certificate must carry exactly one SPIFFE ID")
+    return uris[0]
