@@ -16,19 +16,23 @@ from pathlib import Path
 from admission.errors import AdmissionError
 from admission.opa import OpaDecider
 from admission.suites import CaseResult, find_suites, local_opa, opa_binary, run_suite
+from trustd import policy_release_cli
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    policy = sub.add_parser("policy", help="policy-as-code: test policies before they ship")
+    policy = sub.add_parser("policy", help="policy-as-code: test, build, sign, publish, roll out")
     commands = policy.add_subparsers(dest="policy_command", required=True)
     test = commands.add_parser("test", help="run Gatekeeper suites (suite.yaml) and Rego unit tests (*_test.rego)")
     test.add_argument("paths", nargs="+", type=Path, help="suite files or folders to search")
     test.add_argument("--opa", help="the opa binary (default: on PATH, or the one hack/install-peers built)")
     test.add_argument("--json", action="store_true", help="machine-readable output")
     test.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    policy_release_cli.add_parsers(commands)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.policy_command != "test":
+        return policy_release_cli.run(args)
     try:
         binary = args.opa or opa_binary()
         suites = find_suites(args.paths)

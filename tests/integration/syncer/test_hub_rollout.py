@@ -5,8 +5,11 @@ canary reported it applied; status reaches the hub; a cluster outside the fleet 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import ssl
+import subprocess
+import sys
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
@@ -159,3 +162,108 @@ async def scenario(hub: RunningHub, kubes: dict[str, KubeAPI], work: Path, signi
     assert "not newer" in stale.json()["reason"]
     for client in clients:
         await client.aclose()
+
+
+def test_trustctl_publish_rollout_status_and_rollback(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "ca")
+    signing = ec.generate_private_key(ec.SECP256R1())
+    key = tmp_path / "ci.key"
+    key.write_bytes(
+        signing.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    keys = tmp_path / "publisher-keys"
+    keys.mkdir()
+    (keys / "ci-1.pem").write_bytes(
+        signing.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    fleet = tmp_path / "fleet.yaml"
+    clusters = {f"site-{i}": {"labels": {"site-class": "edge-gateway"}} for i in range(10)}
+    fleet.write_text(
+        yaml.safe_dump(
+            {
+                "groups": {
+                    "gateways": {
+                        "matchLabels": {"site-class": "edge-gateway"},
+                        "canary": ["site-0"],
+                        "waves": [50, 100],
+                    }
+                },
+                "clusters": clusters,
+                "publishers": ["spiffe://edge.example/operator/ci"],
+            }
+        )
+    )
+    ek_roots = tmp_path / "ek-roots"
+    ek_roots.mkdir()
+    shutil.copy(ca.ca_file, ek_roots / "unused.pem")
+    trustctl = str(Path(sys.executable).parent / "trustctl")
+    with running_hub(
+        tmp_path / "hub", ek_roots=ek_roots, fleet_file=fleet, policy_keys_dir=keys, trust_domain="edge.example"
+    ) as hub:
+        cert, svid_key = svid_files(hub, "/operator/ci", tmp_path / "publisher")
+        hub_args = [
+            "--hub",
+            hub.url,
+            "--ca-bundle",
+            str(hub.ca_bundle),
+            "--svid",
+            str(cert),
+            "--svid-key",
+            str(svid_key),
+        ]
+
+        def run(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([trustctl, "policy", *argv], capture_output=True, text=True, timeout=60)
+
+        first = tmp_path / "v1.tar.gz"
+        built = run(
+            "build",
+            str(REPO_POLICIES),
+            "--out",
+            str(first),
+            "--counter",
+            "1",
+            "--commit",
+            "aaaa",
+            "--key",
+            str(key),
+            "--key-id",
+            "ci-1",
+        )
+        assert built.returncode == 0, built.stderr
+        published = run("publish", str(first), "--group", "gateways", *hub_args)
+        assert published.returncode == 0, published.stderr
+        assert "wave 0 [" in published.stdout
+        assert "0/1 applied (open)" in published.stdout
+        assert "0/5 applied (waiting)" in published.stdout  # 50% of the 9 others, rounded up
+        status = run("rollout", "status", "gateways", "--json", *hub_args)
+        assert [len(w["clusters"]) for w in json.loads(status.stdout)["waves"]] == [1, 5, 4]
+
+        second = tmp_path / "v2.tar.gz"
+        run(
+            "build",
+            str(REPO_POLICIES),
+            "--out",
+            str(second),
+            "--counter",
+            "2",
+            "--commit",
+            "bbbb",
+            "--key",
+            str(key),
+            "--key-id",
+            "ci-1",
+        )
+        assert run("publish", str(second), "--group", "gateways", *hub_args).returncode == 0
+        replay = run("publish", str(first), "--group", "gateways", *hub_args)
+        assert replay.returncode == 1
+        assert "not newer" in replay.stderr
+        rolled = run("rollback", "gateways", "--to", str(first), "--key", str(key), "--key-id", "ci-1", *hub_args)
+        assert rolled.returncode == 0, rolled.stderr
+        assert "as revision 000000000003-aaaa" in rolled.stdout
+        assert hub.hub.policy is not None
+        current = hub.hub.policy.rollout("gateways")
+        assert current is not None
+        assert current.counter == 3
