@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from demo import admission_demo
+from demo import admission_demo, distribution_demo
 from trustd import demo as identity_demo
 
 
@@ -13,10 +13,12 @@ def main() -> int:
     identity = identity_demo.main()
     print("\n######## Plane 2: admission ########", flush=True)
     admission = admission_demo.main()
+    print("\n######## Plane 3: policy distribution ########", flush=True)
+    distribution = distribution_demo.main()
     print("\n######## Done ########")
-    for plane, code in (("identity", identity), ("admission", admission)):
+    for plane, code in (("identity", identity), ("admission", admission), ("distribution", distribution)):
         print(f"   {plane} plane: {'ok' if code == 0 else 'FAILED'}")
-    return 0 if identity == admission == 0 else 1
+    return 0 if identity == admission == distribution == 0 else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,210 @@
+"""The policy distribution plane: trustd serves signed bundles to a cluster group; a cluster's syncer agent
+long-polls over mTLS with its SVID, verifies, and applies the NetworkPolicies to a real kube-apiserver."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from syncer.agent import HTTPSource, SyncAgent, hub_reporter
+from syncer.kube import KubeClient, KubeConfig
+from syncer.state import AgentState
+from tests.support.hub import RunningHub, running_hub
+from tests.support.kube import running_kube_apiserver
+from tests.support.tlsca import TestCA
+from trustd.spiffe_id import SpiffeId
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _svid(hub: RunningHub, path: str, directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgetrust")]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    svid = hub.hub.ca.issue_x509_svid(csr, SpiffeId.parse(f"spiffe://edge.example{path}"), ttl=timedelta(hours=1))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "svid.pem").write_bytes(
+        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (svid.certificate, *svid.chain))
+    )
+    private = directory / "svid.key"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    private.chmod(0o600)
+    return directory / "svid.pem", private
+
+
+def main() -> int:
+    root = Path(".demo/distribution").resolve()
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    venv_bin = Path(sys.executable).parent
+    ok: dict[str, bool] = {}
+
+    _say("== 1. The policy repository (policies/) and the publisher's ES256 signing key")
+    repo = root / "repo"
+    shutil.copytree(Path("policies"), repo)
+    signing = ec.generate_private_key(ec.SECP256R1())
+    key = root / "ci.key"
+    key.write_bytes(
+        signing.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    key.chmod(0o600)
+    keys = root / "publisher-keys"
+    keys.mkdir()
+    public = signing.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (keys / "ci-1.pem").write_bytes(public)
+    fleet = root / "fleet.yaml"
+    fleet.write_text(
+        yaml.safe_dump(
+            {
+                "groups": {"gateways": {"matchLabels": {"site-class": "edge-gateway"}}},
+                "clusters": {"site-lyon": {"labels": {"site-class": "edge-gateway"}}},
+                "publishers": ["spiffe://edge.example/operator/ci"],
+            }
+        )
+    )
+    ca = TestCA(root / "ca")
+    ek_roots = root / "ek-roots"
+    ek_roots.mkdir()
+    shutil.copy(ca.ca_file, ek_roots / "unused.pem")
+
+    with (
+        running_hub(
+            root / "hub", ek_roots=ek_roots, fleet_file=fleet, policy_keys_dir=keys, trust_domain="edge.example"
+        ) as hub,
+        running_kube_apiserver(root / "kube", ca) as kube,
+    ):
+        _say(f"== 2. trustd at {hub.url} serves cluster group 'gateways'; site-lyon's API server at {kube.url}")
+        with kube.client() as client:
+            client.post("/api/v1/namespaces", json={"metadata": {"name": "workloads"}}).raise_for_status()
+        publisher_cert, publisher_key = _svid(hub, "/operator/ci", root / "publisher")
+        hub_args = [
+            "--hub",
+            hub.url,
+            "--ca-bundle",
+            str(hub.ca_bundle),
+            "--svid",
+            str(publisher_cert),
+            "--svid-key",
+            str(publisher_key),
+        ]
+
+        def trustctl(*argv: str) -> str:
+            done = subprocess.run([str(venv_bin / "trustctl"), "policy", *argv], capture_output=True, text=True)
+            for line in (done.stdout + done.stderr).strip().splitlines():
+                _say(f"   {line}")
+            return done.stdout
+
+        _say("== 3. trustctl policy build + publish (revision 1)")
+        bundle = root / "v1.tar.gz"
+        trustctl(
+            "build",
+            str(repo),
+            "--out",
+            str(bundle),
+            "--counter",
+            "1",
+            "--commit",
+            "demo1",
+            "--key",
+            str(key),
+            "--key-id",
+            "ci-1",
+        )
+        trustctl("publish", str(bundle), "--group", "gateways", *hub_args)
+
+        async def agent_round() -> str:
+            cert, private = _svid(hub, "/cluster/site-lyon", root / "site-lyon")
+            context = ssl.create_default_context(cafile=str(hub.ca_bundle))
+            context.load_cert_chain(str(cert), str(private))
+            async with httpx.AsyncClient(base_url=hub.url, verify=context, timeout=30) as http:
+                kube_client = KubeClient(KubeConfig(kube.url, kube.token, kube.ca_file))
+                agent = SyncAgent(
+                    cluster="site-lyon",
+                    site_class="edge-gateway",
+                    source=HTTPSource("/v1/policy/bundle", http, wait_s=2),
+                    keys=hub.hub.policy.publisher_keys if hub.hub.policy else {},
+                    kube=kube_client,
+                    state=AgentState(root / "site-lyon" / "state"),
+                    reporter=hub_reporter("/v1/policy/status", http),
+                )
+                outcome = await agent.run_once()
+                await kube_client.aclose()
+                detail = outcome.detail
+                return f"{outcome.result} {outcome.revision} (+{len(detail.applied)} -{len(detail.pruned)})"
+
+        _say("== 4. site-lyon's syncer: long poll over mTLS, verify the signature, apply by server-side apply")
+        _say(f"   {asyncio.run(agent_round())}")
+        with kube.client() as client:
+            names = sorted(
+                i["metadata"]["name"]
+                for i in client.get("/apis/networking.k8s.io/v1/namespaces/workloads/networkpolicies").json()["items"]
+            )
+        _say(f"   NetworkPolicies in workloads: {', '.join(names)}")
+        ok["applied"] = names == ["allow-dns", "allow-hub", "default-deny"]
+
+        _say("== 5. allow-hub leaves the repository; revision 2 is published and the agent prunes it")
+        (repo / "networkpolicies" / "edge-gateway" / "allow-hub.yaml").unlink()
+        bundle2 = root / "v2.tar.gz"
+        trustctl(
+            "build",
+            str(repo),
+            "--out",
+            str(bundle2),
+            "--counter",
+            "2",
+            "--commit",
+            "demo2",
+            "--key",
+            str(key),
+            "--key-id",
+            "ci-1",
+        )
+        trustctl("publish", str(bundle2), "--group", "gateways", *hub_args)
+        _say(f"   {asyncio.run(agent_round())}")
+        with kube.client() as client:
+            names = sorted(
+                i["metadata"]["name"]
+                for i in client.get("/apis/networking.k8s.io/v1/namespaces/workloads/networkpolicies").json()["items"]
+            )
+        _say(f"   NetworkPolicies in workloads: {', '.join(names)}")
+        ok["pruned"] = names == ["allow-dns", "default-deny"]
+
+        _say("== 6. a replay of revision 1 is refused by the hub; the rollout as the hub sees it")
+        trustctl("publish", str(bundle), "--group", "gateways", *hub_args)
+        trustctl("rollout", "status", "gateways", *hub_args)
+        rollout = hub.hub.policy.rollout("gateways") if hub.hub.policy else None
+        ok["reported"] = rollout is not None and "site-lyon" in rollout.applied
+
+    _say("== Summary")
+    for title, passed in ok.items():
+        _say(f"   {'ok  ' if passed else 'FAIL'} {title}")
+    return 0 if all(ok.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
