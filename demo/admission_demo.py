@@ -13,12 +13,11 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from tests.support.hub import free_port
-from tests.support.kube import running_kube_apiserver
+from tests.support.kube import running_kube_apiserver, validating_webhook
 from tests.support.opa_server import opa_server
 from tests.support.registry import running_registry
 from tests.support.tlsca import TestCA
@@ -42,37 +41,6 @@ def _wait(url: str, ca_file: Path, proc: subprocess.Popen[bytes]) -> None:
             pass
         time.sleep(0.1)
     raise SystemExit("the webhook did not become ready within 30 s")
-
-
-def _configuration(url: str, ca_file: Path) -> dict[str, Any]:
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": "edgetrust"},
-        "webhooks": [
-            {
-                "name": "validate.edgetrust.io",
-                "clientConfig": {"url": f"{url}/validate", "caBundle": base64.b64encode(ca_file.read_bytes()).decode()},
-                "rules": [
-                    {
-                        "operations": ["CREATE", "UPDATE"],
-                        "apiGroups": ["", "apps", "batch"],
-                        "apiVersions": ["v1"],
-                        "resources": ["pods", "deployments", "statefulsets", "daemonsets", "jobs", "cronjobs"],
-                    }
-                ],
-                "namespaceSelector": {
-                    "matchExpressions": [
-                        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}
-                    ]
-                },
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 5,
-            }
-        ],
-    }
 
 
 def main() -> int:
@@ -128,7 +96,7 @@ def main() -> int:
         client.post("/api/v1/namespaces", json={"metadata": {"name": "shop"}}).raise_for_status()
         client.post(
             "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
-            json=_configuration(url, ca.ca_file),
+            json=validating_webhook(url, ca.ca_file),
         ).raise_for_status()
         probe = pod(f"{registry.host}/edge/tool:1.0", name="probe")
         deadline = time.monotonic() + 20

@@ -8,23 +8,20 @@ import shutil
 import ssl
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from syncer.agent import HTTPSource, SyncAgent, hub_reporter
 from syncer.kube import KubeClient, KubeConfig
 from syncer.state import AgentState
 from tests.support.hub import RunningHub, running_hub
 from tests.support.kube import running_kube_apiserver
+from tests.support.svid import issue_svid_files
 from tests.support.tlsca import TestCA
-from trustd.spiffe_id import SpiffeId
 
 
 def _say(text: str = "") -> None:
@@ -32,24 +29,7 @@ def _say(text: str = "") -> None:
 
 
 def _svid(hub: RunningHub, path: str, directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgetrust")]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
-    svid = hub.hub.ca.issue_x509_svid(csr, SpiffeId.parse(f"spiffe://edge.example{path}"), ttl=timedelta(hours=1))
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "svid.pem").write_bytes(
-        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (svid.certificate, *svid.chain))
-    )
-    private = directory / "svid.key"
-    private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    private.chmod(0o600)
-    return directory / "svid.pem", private
+    return issue_svid_files(hub.hub.ca, f"spiffe://edge.example{path}", directory)
 
 
 def main() -> int:

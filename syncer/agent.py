@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from syncer.apply import ApplyResult, apply_with_rollback, desired
 from syncer.bundle import Bundle, unpack
 from syncer.errors import SyncerError
-from syncer.kube import KubeClient
+from syncer.kube import KubeTarget
 from syncer.signing import verify_bundle
 from syncer.state import AgentState
 
@@ -119,7 +119,7 @@ class SyncAgent:
         site_class: str,
         source: BundleSource,
         keys: Mapping[str, ec.EllipticCurvePublicKey],
-        kube: KubeClient,
+        kube: KubeTarget,
         state: AgentState,
         reporter: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
     ) -> None:

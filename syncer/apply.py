@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncer.errors import SyncerError
-from syncer.kube import MANAGED_BY, KubeClient
+from syncer.kube import MANAGED_BY, KubeTarget
 from syncer.networkpolicy import validate_network_policy
 
 
@@ -72,7 +72,7 @@ def _normalized_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-async def apply_set(kube: KubeClient, wanted: list[dict[str, Any]]) -> ApplyResult:
+async def apply_set(kube: KubeTarget, wanted: list[dict[str, Any]]) -> ApplyResult:
     result = ApplyResult()
     live = {_key(o): o for o in await kube.list_managed()}
     changed = [o for o in wanted if not _same(live.get(_key(o)), o)]
@@ -93,7 +93,7 @@ async def apply_set(kube: KubeClient, wanted: list[dict[str, Any]]) -> ApplyResu
 
 
 async def apply_with_rollback(
-    kube: KubeClient, wanted: list[dict[str, Any]], last_known_good: list[dict[str, Any]] | None
+    kube: KubeTarget, wanted: list[dict[str, Any]], last_known_good: list[dict[str, Any]] | None
 ) -> ApplyResult:
     try:
         return await apply_set(kube, wanted)

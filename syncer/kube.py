@@ -8,7 +8,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -31,6 +31,18 @@ class KubeConfig:
     url: str
     token: str
     ca_file: Path | None = None
+
+
+class KubeTarget(Protocol):
+    """Where NetworkPolicies are applied: the API server (KubeClient), or memory in the fleet simulation."""
+
+    writes: int
+
+    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]: ...
+
+    async def list_managed(self) -> list[dict[str, Any]]: ...
+
+    async def delete(self, namespace: str, name: str) -> None: ...
 
 
 class KubeClient:

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--store", help="store URL, e.g. sqlite:///var/lib/edgetrust/trustd.db")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8443)")
+    serve.add_argument("--fleet", type=Path, help="policy distribution: cluster groups, clusters, publishers (YAML)")
+    serve.add_argument("--policy-keys", type=Path, help="directory of publishers' bundle-signing public keys")
 
     bundle = sub.add_parser("bundle", help="print the trust bundle (SPIFFE JWKS, or PEM roots with --pem)")
     bundle.add_argument("--data-dir", type=Path)
@@ -46,6 +48,8 @@ def _settings(args: argparse.Namespace) -> TrustdSettings:
         "store_url": getattr(args, "store", None),
         "listen_host": getattr(args, "host", None),
         "listen_port": getattr(args, "port", None),
+        "fleet_file": getattr(args, "fleet", None),
+        "policy_keys_dir": getattr(args, "policy_keys", None),
     }
     return TrustdSettings(**{k: v for k, v in overrides.items() if v is not None})
 

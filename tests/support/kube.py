@@ -7,6 +7,7 @@ controller that creates default service accounts is not running.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import ssl
 from collections.abc import Iterator
@@ -111,3 +112,44 @@ def running_kube_apiserver(workdir: Path, ca: TestCA) -> Iterator[KubeAPI]:
 
         with running(argv, ready=ready, log=workdir / "kube-apiserver.log", timeout_s=90):
             yield api
+
+
+POD_BEARING_RULE = {
+    "operations": ["CREATE", "UPDATE"],
+    "apiGroups": ["", "apps", "batch"],
+    "apiVersions": ["v1"],
+    "resources": ["pods", "deployments", "statefulsets", "daemonsets", "replicasets", "jobs", "cronjobs"],
+    "scope": "Namespaced",
+}
+
+
+def validating_webhook(
+    url: str,
+    ca_file: Path,
+    *,
+    name: str = "edgetrust",
+    rules: list[dict[str, object]] | None = None,
+    excluded_namespaces: tuple[str, ...] = ("kube-system",),
+) -> dict[str, object]:
+    """What the chart installs: fail closed, and the excluded namespaces never sent to the webhook."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": "validate.edgetrust.io",
+                "clientConfig": {"url": f"{url}/validate", "caBundle": base64.b64encode(ca_file.read_bytes()).decode()},
+                "rules": rules or [POD_BEARING_RULE],
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": list(excluded_namespaces)}
+                    ]
+                },
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            }
+        ],
+    }

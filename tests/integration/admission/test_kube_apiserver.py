@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from tests.integration.admission.conftest import Images, signature_policy
-from tests.support.kube import KubeAPI, running_kube_apiserver
+from tests.support.kube import KubeAPI, running_kube_apiserver, validating_webhook
 from tests.support.opa_server import opa_server
 from tests.support.registry import Registry
 from tests.support.sigstore_instance import PrivateSigstore
@@ -29,51 +28,6 @@ WEBHOOK_NAMESPACE = "edgetrust-system"
 def kube(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[KubeAPI]:
     with running_kube_apiserver(tmp_path_factory.mktemp("kube"), test_ca) as api:
         yield api
-
-
-def webhook_configuration(url: str, ca_file: Path) -> dict[str, Any]:
-    """What the chart installs: fail closed, kube-system and our own namespace never sent to us."""
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": "edgetrust"},
-        "webhooks": [
-            {
-                "name": "validate.edgetrust.io",
-                "clientConfig": {"url": f"{url}/validate", "caBundle": base64.b64encode(ca_file.read_bytes()).decode()},
-                "rules": [
-                    {
-                        "operations": ["CREATE", "UPDATE"],
-                        "apiGroups": ["", "apps", "batch"],
-                        "apiVersions": ["v1"],
-                        "resources": [
-                            "pods",
-                            "deployments",
-                            "statefulsets",
-                            "daemonsets",
-                            "replicasets",
-                            "jobs",
-                            "cronjobs",
-                        ],
-                        "scope": "Namespaced",
-                    }
-                ],
-                "namespaceSelector": {
-                    "matchExpressions": [
-                        {
-                            "key": "kubernetes.io/metadata.name",
-                            "operator": "NotIn",
-                            "values": ["kube-system", WEBHOOK_NAMESPACE],
-                        }
-                    ]
-                },
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 5,
-            }
-        ],
-    }
 
 
 def create(client: httpx.Client, namespace: str, obj: dict[str, Any], *, dry_run: bool = False) -> httpx.Response:
@@ -105,7 +59,9 @@ def test_api_server_calls_the_webhook_over_tls(
                 tmp_path / "webhook", test_ca, policy_dir=policies, opa_port=opa.port, registry_ca_file=registry.ca_file
             )
         )
-        configuration = webhook_configuration(webhook.url, test_ca.ca_file)
+        configuration = validating_webhook(
+            webhook.url, test_ca.ca_file, excluded_namespaces=("kube-system", WEBHOOK_NAMESPACE)
+        )
         answer = client.post(
             "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations", json=configuration
         )

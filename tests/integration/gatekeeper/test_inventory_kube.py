@@ -3,7 +3,6 @@ and a constraint with a namespaceSelector, enforced when the API server calls th
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from tests.integration.gatekeeper.conftest import POD, constraint, gatekeeper_dir
-from tests.support.kube import KubeAPI, running_kube_apiserver
+from tests.support.kube import KubeAPI, running_kube_apiserver, validating_webhook
 from tests.support.opa_server import opa_server
 from tests.support.tlsca import TestCA
 from tests.support.webhook import pod, policy_dir, running_webhook
@@ -38,41 +37,15 @@ def ingress(name: str, host: str) -> dict[str, Any]:
     }
 
 
-def configuration(url: str, ca_file: Path) -> dict[str, Any]:
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": "edgetrust-gatekeeper"},
-        "webhooks": [
-            {
-                "name": "validate.edgetrust.io",
-                "clientConfig": {"url": f"{url}/validate", "caBundle": base64.b64encode(ca_file.read_bytes()).decode()},
-                "rules": [
-                    {
-                        "operations": ["CREATE", "UPDATE"],
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "resources": ["pods"],
-                    },
-                    {
-                        "operations": ["CREATE", "UPDATE"],
-                        "apiGroups": ["networking.k8s.io"],
-                        "apiVersions": ["v1"],
-                        "resources": ["ingresses"],
-                    },
-                ],
-                "namespaceSelector": {
-                    "matchExpressions": [
-                        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}
-                    ]
-                },
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 5,
-            }
-        ],
-    }
+RULES: list[dict[str, object]] = [
+    {"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]},
+    {
+        "operations": ["CREATE", "UPDATE"],
+        "apiGroups": ["networking.k8s.io"],
+        "apiVersions": ["v1"],
+        "resources": ["ingresses"],
+    },
+]
 
 
 def test_inventory_from_the_cluster_drives_decisions(kube: KubeAPI, tmp_path: Path, test_ca: TestCA) -> None:
@@ -117,7 +90,7 @@ def test_inventory_from_the_cluster_drives_decisions(kube: KubeAPI, tmp_path: Pa
         ):
             registered = client.post(
                 "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
-                json=configuration(webhook.url, test_ca.ca_file),
+                json=validating_webhook(webhook.url, test_ca.ca_file, name="edgetrust-gatekeeper", rules=RULES),
             )
             assert registered.status_code == 201, registered.text
 

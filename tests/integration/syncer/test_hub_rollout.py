@@ -11,17 +11,14 @@ import ssl
 import subprocess
 import sys
 from contextlib import ExitStack
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from syncer.agent import HTTPSource, SyncAgent, hub_reporter
 from syncer.bundle import build_files, pack, read_repository
@@ -30,8 +27,8 @@ from syncer.signing import SigningKey, sign_files
 from syncer.state import AgentState
 from tests.support.hub import RunningHub, running_hub
 from tests.support.kube import KubeAPI, running_kube_apiserver
+from tests.support.svid import issue_svid_files
 from tests.support.tlsca import TestCA
-from trustd.spiffe_id import SpiffeId
 
 pytestmark = pytest.mark.integration
 
@@ -39,23 +36,7 @@ REPO_POLICIES = Path(__file__).resolve().parents[3] / "policies"
 
 
 def svid_files(hub: RunningHub, path: str, directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgetrust")]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
-    svid = hub.hub.ca.issue_x509_svid(csr, SpiffeId.parse(f"spiffe://edge.example{path}"), ttl=timedelta(hours=1))
-    directory.mkdir(parents=True, exist_ok=True)
-    cert = directory / "svid.pem"
-    cert.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (svid.certificate, *svid.chain)))
-    key_path = directory / "svid.key"
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    key_path.chmod(0o600)
-    return cert, key_path
+    return issue_svid_files(hub.hub.ca, f"spiffe://edge.example{path}", directory)
 
 
 def mtls(hub: RunningHub, cert: Path, key: Path) -> httpx.AsyncClient:
