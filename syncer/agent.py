@@ -130,6 +130,7 @@ class SyncAgent:
         self._kube = kube
         self.state = state
         self._reporter = reporter
+        self._started = False
         self.last_contact: float | None = None
 
     def _wanted(self, bundle: Bundle) -> list[dict[str, Any]]:
@@ -138,6 +139,7 @@ class SyncAgent:
     async def start(self) -> SyncOutcome | None:
         """Enforce again what was accepted before a restart (current if its apply was cut short)."""
         current, good = self.state.current(), self.state.last_known_good()
+        self._started = True
         if current is None:
             return None
         fallback = self._wanted(good) if good is not None and good.revision != current.revision else None
@@ -155,6 +157,10 @@ class SyncAgent:
         try:
             bundle = unpack(blob)
             signer = verify_bundle(bundle, self._keys)
+            current = self.state.current()
+            if current is not None and current.revision == bundle.revision and self._started:
+                # what we accepted before a restart, already re-applied by start(): not a replay
+                return self._record(SyncOutcome("unchanged", bundle.revision))
             self.state.guard.check(bundle)
             wanted = self._wanted(bundle)  # validated before the guard moves
         except SyncerError as exc:

@@ -1,0 +1,100 @@
+"""`edgetrust-syncer run`: the per-cluster agent's process (a Deployment in each edge cluster).
+
+It re-applies the last accepted bundle from disk at start, then long-polls the hub forever; every outcome is
+logged and reported (queued while the hub is out of reach).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import ssl
+import sys
+from pathlib import Path
+
+import httpx
+
+from syncer.agent import HTTPSource, SyncAgent, hub_reporter
+from syncer.errors import SyncerError
+from syncer.kube import KubeClient, KubeConfig
+from syncer.signing import load_verification_keys
+from syncer.state import AgentState
+
+log = logging.getLogger("edgetrust.syncer")
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgetrust-syncer", description="edgetrust policy syncer (one per cluster)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="pull, verify and apply policy bundles until stopped")
+    run.add_argument("--hub", required=True, help="trustd URL")
+    run.add_argument("--ca-bundle", type=Path, required=True, help="roots that sign trustd's certificate")
+    run.add_argument("--svid", type=Path, required=True, help="this cluster's X.509-SVID (PEM)")
+    run.add_argument("--svid-key", type=Path, required=True)
+    run.add_argument("--cluster", required=True, help="this cluster's name in the fleet")
+    run.add_argument("--site-class", required=True, help="which NetworkPolicies of the bundle apply here")
+    run.add_argument("--verification-key", action="append", default=[], metavar="ID=PEM", help="publisher key")
+    run.add_argument("--state-dir", type=Path, default=Path("/var/lib/edgetrust/syncer"))
+    run.add_argument("--kube-url", default="https://kubernetes.default.svc")
+    run.add_argument("--kube-token-file", type=Path, default=SERVICE_ACCOUNT / "token")
+    run.add_argument("--kube-ca-file", type=Path, default=SERVICE_ACCOUNT / "ca.crt")
+    run.add_argument("--wait", type=float, default=30.0, help="long-poll seconds")
+    run.add_argument("--once", action="store_true", help="one sync, then exit (for jobs and tests)")
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    keys = {}
+    for entry in args.verification_key:
+        key_id, _, path = entry.partition("=")
+        keys[key_id] = Path(path).read_bytes()
+    context = ssl.create_default_context(cafile=str(args.ca_bundle))
+    context.load_cert_chain(str(args.svid), str(args.svid_key))
+    kube = KubeClient(KubeConfig(args.kube_url, args.kube_token_file.read_text().strip(), args.kube_ca_file))
+    async with httpx.AsyncClient(base_url=args.hub, verify=context, timeout=args.wait + 30) as http:
+        agent = SyncAgent(
+            cluster=args.cluster,
+            site_class=args.site_class,
+            source=HTTPSource("/v1/policy/bundle", http, wait_s=args.wait),
+            keys=load_verification_keys(keys),
+            kube=kube,
+            state=AgentState(args.state_dir),
+            reporter=hub_reporter("/v1/policy/status", http),
+        )
+        restored = await agent.start()
+        if restored is not None:
+            log.info("re-applied %s from disk: %s", restored.revision, restored.result)
+        backoff = 1.0
+        while True:
+            outcome = await agent.run_once()
+            if outcome.result != "not-modified":
+                log.info("sync: %s %s %s", outcome.result, outcome.revision, outcome.error)
+            if args.once:
+                await kube.aclose()
+                return 0 if outcome.result in ("applied", "unchanged", "not-modified") else 1
+            if outcome.result == "unreachable":
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+            else:
+                backoff = 1.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(_run(args))
+    except SyncerError as exc:
+        print(f"edgetrust-syncer: {exc.diagnostics()}", file=sys.stderr)
+        return 1
+    except (OSError, ssl.SSLError) as exc:
+        print(f"edgetrust-syncer: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
