@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("serve", help="serve AdmissionReviews over HTTPS")
     run.add_argument("--policy-dir", type=Path)
     run.add_argument("--gatekeeper-dir", type=Path, help="Gatekeeper ConstraintTemplates and Constraints (YAML)")
+    run.add_argument("--bundle", type=Path, help="a signed policy bundle to take policies from (e.g. the syncer's)")
+    run.add_argument("--bundle-key", action="append", dest="bundle_keys", metavar="ID=PEM", help="bundle signer key")
     run.add_argument("--listen-host")
     run.add_argument("--listen-port", type=int)
     run.add_argument("--tls-cert", type=Path)
@@ -30,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    if "bundle_keys" in overrides:
+        overrides["bundle_keys"] = tuple(overrides["bundle_keys"])
     if "exempt_namespaces" in overrides:
         overrides["exempt_namespaces"] = tuple(overrides["exempt_namespaces"])
     try:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 from admission.app import ReviewEndpoints, create_app
 from admission.controller import AdmissionController
+from admission.errors import ConfigError
 from admission.images import CacheSettings, ImageVerifier
 from admission.inventory import Inventory, InventorySync, KubeSource
 from admission.metrics import AdmissionMetrics
@@ -13,14 +16,18 @@ from admission.opa import OpaDecider, OpaSettings
 from admission.policy import PolicySet
 from admission.registry import RegistryClient, RegistrySettings
 from admission.settings import AdmissionSettings
+from syncer.bundle import unpack
+from syncer.errors import SyncerError
+from syncer.signing import load_verification_keys, verify_bundle
 
 log = logging.getLogger("edgetrust.admission")
 
 
 def build_controller(settings: AdmissionSettings) -> AdmissionController:
-    policies = PolicySet.load(
-        settings.policy_dir, exempt_namespaces=settings.exempt_namespaces, gatekeeper_dir=settings.gatekeeper_dir
-    )
+    policy_dir, gatekeeper_dir = settings.policy_dir, settings.gatekeeper_dir
+    if settings.bundle is not None:
+        policy_dir, gatekeeper_dir = policies_from_bundle(settings.bundle, settings.bundle_keys)
+    policies = PolicySet.load(policy_dir, exempt_namespaces=settings.exempt_namespaces, gatekeeper_dir=gatekeeper_dir)
     metrics = AdmissionMetrics()
     registry = RegistryClient(
         RegistrySettings(
@@ -57,6 +64,26 @@ def build_controller(settings: AdmissionSettings) -> AdmissionController:
         inventory_sync=sync,
         expand_workloads=settings.expand_workloads,
     )
+
+
+def policies_from_bundle(path: Path, key_specs: tuple[str, ...]) -> tuple[Path, Path]:
+    """Verify a signed policy bundle and unpack its admission and Gatekeeper folders for PolicySet.load."""
+    keys: dict[str, bytes] = {}
+    for spec in key_specs:
+        key_id, _, pem_path = spec.partition("=")
+        if not key_id or not pem_path:
+            raise ConfigError(f"bundle key {spec!r} must be 'key id=PEM file'")
+        keys[key_id] = Path(pem_path).read_bytes()
+    if not keys:
+        raise ConfigError("a policy bundle needs at least one verification key (bundle_keys)")
+    try:
+        bundle = unpack(path.read_bytes())
+        signer = verify_bundle(bundle, load_verification_keys(keys))
+    except (SyncerError, OSError) as exc:
+        raise ConfigError(f"policy bundle {path} refused: {exc}") from exc
+    work = Path(tempfile.mkdtemp(prefix="edgetrust-admission-"))
+    log.info("admission policies from bundle %s (signed by %s)", bundle.revision, signer)
+    return bundle.extract("admission", work / "admission"), bundle.extract("gatekeeper", work / "gatekeeper")
 
 
 def build_app(settings: AdmissionSettings) -> ReviewEndpoints:

@@ -12,6 +12,10 @@ class AdmissionSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ADMISSION_", extra="forbid", frozen=True)
 
     policy_dir: Path = Path("/etc/edgetrust/policies/admission")
+    #: take policies (and Gatekeeper files) from a signed policy bundle instead, e.g. the one the syncer keeps;
+    #: verified at start with bundle_keys ("key id=PEM file"), or the webhook does not start
+    bundle: Path | None = None
+    bundle_keys: tuple[str, ...] = ()
     #: Gatekeeper ConstraintTemplates and Constraints (YAML, any layout; `samples/` folders are skipped)
     gatekeeper_dir: Path | None = None
     #: judge Pod constraints on the Pod a Deployment/Job/... would create (Gatekeeper's expansion)

@@ -66,6 +66,17 @@ class Bundle:
             raise BundleFormatError(".manifest metadata.counter must be a non-negative integer")
         return counter
 
+    def extract(self, prefix: str, destination: Path) -> Path:
+        """Write the files under `prefix` (e.g. "admission") to `destination`, for a reader of plain folders."""
+        destination.mkdir(parents=True, exist_ok=True)
+        lead = f"{ROOT}/{prefix}/"
+        for name, content in self.files.items():
+            if name.startswith(lead):
+                target = destination / name[len(lead) :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+        return destination
+
     def data(self, path: str) -> Any:
         raw = self.files.get(f"{ROOT}/{path}/data.json")
         if raw is None:
@@ -95,6 +106,8 @@ class Source:
     """What goes into a bundle, read from a policies/-shaped repository."""
 
     rego: dict[str, bytes] = field(default_factory=dict)
+    #: files only the webhook reads (policy.yaml, keys, trust roots, Gatekeeper YAML); OPA ignores them
+    admission_files: dict[str, bytes] = field(default_factory=dict)
     network_policies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     revocations: dict[str, list[str]] = field(default_factory=dict)
 
@@ -105,9 +118,18 @@ def read_repository(policies: Path, *, revocations: Mapping[str, list[str]] | No
     source = Source(revocations={k: list(v) for k, v in (revocations or {}).items()})
     admission = policies / "admission"
     if admission.is_dir():
-        for path in sorted(admission.rglob("*.rego")):
-            if not path.name.endswith("_test.rego"):
-                source.rego[f"{ROOT}/admission/{path.relative_to(admission).as_posix()}"] = path.read_bytes()
+        for path in sorted(p for p in admission.rglob("*") if p.is_file()):
+            name = f"{ROOT}/admission/{path.relative_to(admission).as_posix()}"
+            if path.name.endswith("_test.rego") or path.name in ("data.json", "data.yaml", "data.yml"):
+                continue
+            (source.rego if path.suffix == ".rego" else source.admission_files)[name] = path.read_bytes()
+    gatekeeper = policies / "gatekeeper"
+    if gatekeeper.is_dir():
+        for path in sorted(p for p in gatekeeper.rglob("*.y*ml") if p.is_file() and "samples" not in p.parts):
+            if path.name not in ("data.yaml", "data.yml"):
+                source.admission_files[f"{ROOT}/gatekeeper/{path.relative_to(gatekeeper).as_posix()}"] = (
+                    path.read_bytes()
+                )
     network = policies / "networkpolicies"
     if network.is_dir():
         for site_class in sorted(p for p in network.iterdir() if p.is_dir()):
@@ -140,6 +162,7 @@ def build_files(source: Source, *, counter: int, commit: str) -> dict[str, bytes
     }
     files: dict[str, bytes] = {MANIFEST: _json(manifest)}
     files.update(source.rego)
+    files.update(source.admission_files)
     files[f"{ROOT}/networkpolicies/data.json"] = _json(source.network_policies)
     files[f"{ROOT}/revocations/data.json"] = _json(source.revocations)
     return files
