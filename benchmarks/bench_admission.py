@@ -17,12 +17,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +29,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from admission.policy import PolicySet
-from tests.support.hub import free_port
 from tests.support.opa_server import opa_server
 from tests.support.peers import peer
 from tests.support.registry import running_registry
 from tests.support.tlsca import TestCA
-from tests.support.webhook import pod, policy_dir, review, workload
+from tests.support.webhook import pod, policy_dir, review, webhook_process, workload
 
 RATE = 500
 SECONDS = 10
@@ -109,23 +106,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_ready(url: str, context: ssl.SSLContext, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", verify=context, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise SystemExit(f"webhook did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
-
-
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-admission-"))
     ca = TestCA(work / "ca")
-    venv_bin = Path(sys.executable).parent
     with running_registry(work / "registry", ca) as registry, opa_server(work / "opa") as opa:
         key, public = registry.cosign_keypair("bench")
         digest = registry.push_image("bench/app", "v1")
@@ -139,26 +122,9 @@ def main() -> None:
         policies_path = policy_dir(work / "policies", extra={"signed_images": signature})
         policies = PolicySet.load(policies_path)
         count = len(policies.rego) + len(policies.images)
-        port = free_port()
-        cert = ca.issue("webhook")
-        env = {
-            **os.environ,
-            "ADMISSION_POLICY_DIR": str(policies_path),
-            "ADMISSION_OPA_PORT": str(opa.port),
-            "ADMISSION_REGISTRY_CA_FILE": str(ca.ca_file),
-            "ADMISSION_LISTEN_PORT": str(port),
-            "ADMISSION_TLS_CERT": str(cert.cert),
-            "ADMISSION_TLS_KEY": str(cert.key),
-        }
-        log_path = work / "webhook.log"
-        with log_path.open("wb") as log:
-            webhook = subprocess.Popen(
-                [str(venv_bin / "edgetrust-admission"), "serve"], env=env, stdout=log, stderr=log
-            )
-        url = f"https://127.0.0.1:{port}"
-        context = ssl.create_default_context(cafile=str(ca.ca_file))
-        try:
-            wait_ready(url, context, webhook, log_path)
+        settings = {"policy_dir": policies_path, "opa_port": opa.port, "registry_ca_file": ca.ca_file}
+        with webhook_process(work / "webhook", ca, **settings) as webhook:
+            url, context = webhook.url, webhook.context
             bodies = reviews(registry.host)
             for body in bodies:  # warm: tag resolutions and verdicts, as in a webhook that has been running
                 httpx.post(f"{url}/validate", content=body, verify=context).raise_for_status()
@@ -179,9 +145,6 @@ def main() -> None:
                     hook_side += summarize(records)[0]
                     opa_side += summarize(attack(f"opa{rate}-{n}", opa_url, opa_bodies, work, rate=rate, seconds=3))[0]
                 side[rate] = (hook_side, opa_side)
-        finally:
-            webhook.terminate()
-            webhook.wait(timeout=10)
 
     p50, p90, p99 = (percentile(latencies, q) for q in (0.5, 0.9, 0.99))
     print(f"admission_load: {RATE}/s for {SECONDS}s, {count} policies, warm cache, {CONNECTIONS} connections")

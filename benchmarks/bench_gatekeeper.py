@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,13 +21,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_admission import attack, cpu_seconds, percentile, summarize, wait_ready
+from bench_admission import attack, cpu_seconds, percentile, summarize
 
 from admission.policy import PolicySet
-from tests.support.hub import free_port
 from tests.support.opa_server import opa_server
 from tests.support.tlsca import TestCA
-from tests.support.webhook import pod, policy_dir, review, workload
+from tests.support.webhook import pod, policy_dir, review, webhook_process, workload
 
 RATE = 500
 SECONDS = 10
@@ -95,49 +92,29 @@ def reviews() -> list[bytes]:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-gatekeeper-"))
     ca = TestCA(work / "ca")
-    venv_bin = Path(sys.executable).parent
     gk, description = gatekeeper_dir(work / "gatekeeper")
     policies = policy_dir(work / "policies", rego=False)
     loaded = PolicySet.load(policies, gatekeeper_dir=gk)
-    with opa_server(work / "opa") as opa:
-        port = free_port()
-        cert = ca.issue("webhook")
-        env = {
-            **os.environ,
-            "ADMISSION_POLICY_DIR": str(policies),
-            "ADMISSION_GATEKEEPER_DIR": str(gk),
-            "ADMISSION_OPA_PORT": str(opa.port),
-            "ADMISSION_LISTEN_PORT": str(port),
-            "ADMISSION_TLS_CERT": str(cert.cert),
-            "ADMISSION_TLS_KEY": str(cert.key),
-        }
-        log_path = work / "webhook.log"
-        with log_path.open("wb") as log:
-            webhook = subprocess.Popen(
-                [str(venv_bin / "edgetrust-admission"), "serve"], env=env, stdout=log, stderr=log
+    with (
+        opa_server(work / "opa") as opa,
+        webhook_process(work / "webhook", ca, policy_dir=policies, gatekeeper_dir=gk, opa_port=opa.port) as webhook,
+    ):
+        url, context = webhook.url, webhook.context
+        bodies = reviews()
+        warned = 0
+        for body in bodies:
+            answer = httpx.post(f"{url}/validate", content=body, verify=context).json()["response"]
+            warned += len(answer.get("warnings", []))
+        rows = []
+        for rate in RAMP:
+            seconds = SECONDS if rate == RATE else 5
+            before = cpu_seconds(webhook.pid), cpu_seconds(opa.pid)
+            records = attack(
+                f"gk{rate}", f"{url}/validate", bodies, work, rate=rate, seconds=seconds, ca_file=ca.ca_file
             )
-        url = f"https://127.0.0.1:{port}"
-        context = ssl.create_default_context(cafile=str(ca.ca_file))
-        try:
-            wait_ready(url, context, webhook, log_path)
-            bodies = reviews()
-            warned = 0
-            for body in bodies:
-                answer = httpx.post(f"{url}/validate", content=body, verify=context).json()["response"]
-                warned += len(answer.get("warnings", []))
-            rows = []
-            for rate in RAMP:
-                seconds = SECONDS if rate == RATE else 5
-                before = cpu_seconds(webhook.pid), cpu_seconds(opa.pid)
-                records = attack(
-                    f"gk{rate}", f"{url}/validate", bodies, work, rate=rate, seconds=seconds, ca_file=ca.ca_file
-                )
-                hook_cpu = (cpu_seconds(webhook.pid) - before[0]) / seconds * 100
-                opa_cpu = (cpu_seconds(opa.pid) - before[1]) / seconds * 100
-                rows.append((rate, summarize(records), hook_cpu, opa_cpu))
-        finally:
-            webhook.terminate()
-            webhook.wait(timeout=10)
+            hook_cpu = (cpu_seconds(webhook.pid) - before[0]) / seconds * 100
+            opa_cpu = (cpu_seconds(opa.pid) - before[1]) / seconds * 100
+            rows.append((rate, summarize(records), hook_cpu, opa_cpu))
     print(f"gatekeeper_load: {description}; loaded {len(loaded.gatekeeper.constraints)}")
     print(f"   violations reported across the {len(bodies)} review shapes (as warnings): {warned}")
     print(

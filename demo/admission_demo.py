@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
+import shutil
 import ssl
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -16,37 +15,22 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.hub import free_port
 from tests.support.kube import running_kube_apiserver, validating_webhook
 from tests.support.opa_server import opa_server
 from tests.support.registry import running_registry
 from tests.support.tlsca import TestCA
-from tests.support.webhook import pod, policy_dir, workload
+from tests.support.webhook import pod, policy_dir, webhook_process, workload
 
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _wait(url: str, ca_file: Path, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    context = ssl.create_default_context(cafile=str(ca_file))
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"edgetrust-admission exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", verify=context, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("the webhook did not become ready within 30 s")
-
-
 def main() -> int:
     root = Path(".demo/admission").resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    venv_bin = Path(sys.executable).parent
+    if root.exists():
+        shutil.rmtree(root)  # etcd's data from an earlier run would hold the demo's objects already
+    root.mkdir(parents=True)
     outcomes: dict[str, bool] = {}
     with ExitStack() as stack:
         ca = TestCA(root / "ca")
@@ -71,23 +55,10 @@ def main() -> int:
         }
         policies = policy_dir(root / "policies", extra={"signed_images": signature_policy})
         _say(f"   policies: {', '.join(sorted(p.name for p in policies.iterdir()))}")
-        port = free_port()
-        cert = ca.issue("webhook")
-        env = {
-            **os.environ,
-            "ADMISSION_POLICY_DIR": str(policies),
-            "ADMISSION_OPA_PORT": str(opa.port),
-            "ADMISSION_REGISTRY_CA_FILE": str(ca.ca_file),
-            "ADMISSION_LISTEN_PORT": str(port),
-            "ADMISSION_TLS_CERT": str(cert.cert),
-            "ADMISSION_TLS_KEY": str(cert.key),
-        }
-        log = (root / "webhook.log").open("wb")
-        stack.callback(log.close)
-        webhook = subprocess.Popen([str(venv_bin / "edgetrust-admission"), "serve"], env=env, stdout=log, stderr=log)
-        stack.callback(_stop, webhook)
-        url = f"https://127.0.0.1:{port}"
-        _wait(url, ca.ca_file, webhook)
+        webhook = stack.enter_context(
+            webhook_process(root / "webhook", ca, policy_dir=policies, opa_port=opa.port, registry_ca_file=ca.ca_file)
+        )
+        url = webhook.url
         _say(f"   serving {url}/validate and /mutate")
 
         _say("== 4. A real kube-apiserver (and etcd) calling the webhook through a ValidatingWebhookConfiguration")
@@ -167,14 +138,6 @@ def main() -> int:
 
 def _version(client: httpx.Client) -> str:
     return str(client.get("/version").json().get("gitVersion", "?")).lstrip("v")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import ssl
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from admission.controller import AdmissionController
 from admission.server import build_controller
 from admission.settings import AdmissionSettings
 from tests.support.hub import free_port
+from tests.support.processes import running
 from tests.support.tlsca import TestCA
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,3 +176,30 @@ def review(
             "dryRun": False,
         },
     }
+
+
+@dataclass(frozen=True)
+class WebhookProcess:
+    url: str
+    pid: int
+    context: ssl.SSLContext
+
+
+@contextmanager
+def webhook_process(workdir: Path, ca: TestCA, **settings: Any) -> Iterator[WebhookProcess]:
+    """`edgetrust-admission serve` in its own process (benchmarks, the demo), configured by ADMISSION_* variables."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cert = ca.issue(f"webhook-{uuid.uuid4().hex[:8]}")
+    env = dict(os.environ)
+    settings = {"listen_port": port, "tls_cert": cert.cert, "tls_key": cert.key, **settings}
+    env.update({f"ADMISSION_{key.upper()}": str(value) for key, value in settings.items()})
+    url = f"https://127.0.0.1:{port}"
+    context = ssl.create_default_context(cafile=str(ca.ca_file))
+
+    def ready() -> bool:
+        return httpx.get(f"{url}/readyz", verify=context, timeout=1).status_code == 200
+
+    argv = [str(Path(sys.executable).parent / "edgetrust-admission"), "serve"]
+    with running(argv, ready=ready, log=workdir / "webhook.log", env=env) as process:
+        yield WebhookProcess(url, process.pid, context)
