@@ -42,7 +42,10 @@ class KubeAPI:
 
 @contextmanager
 def running_etcd(workdir: Path) -> Iterator[str]:
-    client_port, peer_port = free_port(), free_port()
+    client_port = free_port()
+    peer_port = free_port()
+    while peer_port == client_port:  # the OS may hand out the same free port twice in a row
+        peer_port = free_port()
     url = f"http://127.0.0.1:{client_port}"
     argv = [
         str(peer("etcd")),
