@@ -161,10 +161,12 @@ class SyncAgent:
         try:
             bundle = unpack(blob)
             signer = verify_bundle(bundle, self._keys)
-            current = self.state.current()
-            if current is not None and current.revision == bundle.revision and self._started:
-                # what we accepted before a restart, already re-applied by start(): not a replay
-                return self._record(SyncOutcome("unchanged", bundle.revision))
+            current, good = self.state.current(), self.state.last_known_good()
+            if current is not None and current.revision == bundle.revision:
+                if (good is not None and good.revision == bundle.revision) or self._started:
+                    # the bundle we already applied (fetched again, e.g. after a lost answer), or the one start()
+                    # re-applied after a restart: not a replay, and nothing to do
+                    return self._record(SyncOutcome("unchanged", bundle.revision))
             self.state.guard.check(bundle)
             wanted = self._wanted(bundle)  # validated before the guard moves
         except SyncerError as exc:
