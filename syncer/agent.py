@@ -74,11 +74,7 @@ class HTTPSource:
         self._url = url
         self._client = client
         self._etag: str | None = None
-        self._long_wait = wait_s
         self._wait = wait_s
-
-    def hurry(self, yes: bool) -> None:
-        self._wait = min(1.0, self._long_wait) if yes else self._long_wait
 
     async def fetch(self) -> bytes | None:
         headers = {"If-None-Match": self._etag} if self._etag else {}
@@ -162,11 +158,11 @@ class SyncAgent:
             bundle = unpack(blob)
             signer = verify_bundle(bundle, self._keys)
             current, good = self.state.current(), self.state.last_known_good()
-            if current is not None and current.revision == bundle.revision:
-                if (good is not None and good.revision == bundle.revision) or self._started:
-                    # the bundle we already applied (fetched again, e.g. after a lost answer), or the one start()
-                    # re-applied after a restart: not a replay, and nothing to do
-                    return self._record(SyncOutcome("unchanged", bundle.revision))
+            applied_before = good is not None and good.revision == bundle.revision
+            if current is not None and current.revision == bundle.revision and (applied_before or self._started):
+                # the bundle we already applied (fetched again, e.g. after a lost answer), or the one start()
+                # re-applied after a restart: not a replay, and nothing to do
+                return self._record(SyncOutcome("unchanged", bundle.revision))
             self.state.guard.check(bundle)
             wanted = self._wanted(bundle)  # validated before the guard moves
         except SyncerError as exc:
@@ -209,8 +205,4 @@ class SyncAgent:
         outcome = await self.sync_once()
         if outcome.result != "unreachable":
             await self.flush_reports()
-        pending = any(True for _ in self.state.queued_reports())
-        if isinstance(self._source, HTTPSource):
-            # a report the hub has not received holds back its rollout's next wave: ask again soon, not in 30 s
-            self._source.hurry(pending)
         return outcome
