@@ -23,16 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -42,8 +39,9 @@ from syncer.signing import SigningKey, load_verification_keys, sign_files
 from syncer.simulation import InMemoryCluster
 from syncer.state import AgentState
 from tests.support.hub import free_port
+from tests.support.svid import issue_svid_files
 from trustd.ca import SpiffeCA
-from trustd.spiffe_id import SpiffeId, TrustDomain
+from trustd.spiffe_id import TrustDomain
 
 AGENTS = int(os.environ.get("FLEET_SIM_AGENTS", "10000"))
 WORKERS = 4
@@ -64,24 +62,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def issue(ca: SpiffeCA, spiffe_id: str, directory: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgetrust")]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
-    svid = ca.issue_x509_svid(csr, SpiffeId.parse(spiffe_id), ttl=timedelta(hours=2))
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "svid.pem").write_bytes(
-        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (svid.certificate, *svid.chain))
-    )
-    (directory / "svid.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
 
 
 def worker(
@@ -165,8 +145,8 @@ def main() -> None:
     shutil.copy(work / "hub" / "ca" / "ca.crt", work / "ek-roots" / "placeholder.pem")
     started = time.monotonic()
     for name in names:
-        issue(ca, f"spiffe://edge.example/cluster/{name}", work / "certs" / name)
-    issue(ca, "spiffe://edge.example/operator/ci", work / "publisher")
+        issue_svid_files(ca, f"spiffe://edge.example/cluster/{name}", work / "certs" / name)
+    issue_svid_files(ca, "spiffe://edge.example/operator/ci", work / "publisher")
     issued_s = time.monotonic() - started
     roots = work / "roots.pem"
     roots.write_bytes(ca.x509_authorities_pem())
