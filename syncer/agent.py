@@ -8,6 +8,7 @@ cluster enforcing the newest policies it ever verified.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -23,6 +24,7 @@ from syncer.apply import ApplyResult, apply_with_rollback, desired
 from syncer.bundle import Bundle, unpack
 from syncer.errors import SyncerError
 from syncer.kube import KubeTarget
+from syncer.oci import BundleRegistry, OCIError, OCIReference
 from syncer.signing import verify_bundle
 from syncer.state import AgentState
 
@@ -90,6 +92,25 @@ class HTTPSource:
             raise SourceUnreachableError(f"{self._url}: the hub answered {answer.status_code}")
         self._etag = answer.headers.get("etag")
         return answer.content
+
+
+class OCISource:
+    """A bundle published as an OCI artifact (a registry mirror near the site); 'changed' by manifest digest."""
+
+    def __init__(self, registry: BundleRegistry, reference: OCIReference) -> None:
+        self._registry = registry
+        self._reference = reference
+        self._seen: str | None = None
+
+    async def fetch(self) -> bytes | None:
+        try:
+            blob, digest = await asyncio.to_thread(self._registry.pull, self._reference)
+        except OCIError as exc:
+            raise SourceUnreachableError(str(exc)) from exc
+        if digest == self._seen:
+            return None
+        self._seen = digest
+        return blob
 
 
 @dataclass(slots=True)

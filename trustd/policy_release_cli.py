@@ -20,6 +20,7 @@ import httpx
 
 from syncer.bundle import SIGNATURES, build_files, pack, read_repository, unpack
 from syncer.errors import SyncerError
+from syncer.oci import BundleRegistry, OCIReference
 from syncer.signing import SigningKey, sign_files
 
 BAR_WIDTH = 30
@@ -42,6 +43,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     publish.add_argument("bundle", type=Path)
     publish.add_argument("--group", required=True)
     _hub_args(publish)
+
+    push = commands.add_parser("push", help="push a signed bundle to an OCI registry (for mirrors near sites)")
+    push.add_argument("bundle", type=Path)
+    push.add_argument("reference", help="registry/repository:tag")
+    push.add_argument("--registry-ca", type=Path, help="roots of the registry's TLS certificate")
 
     rollout = commands.add_parser("rollout", help="rollout progress of a cluster group")
     rollout_commands = rollout.add_subparsers(dest="rollout_command", required=True)
@@ -81,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
             return _show(_hub(args).post(f"/v1/policy/bundles/{args.group}", content=args.bundle.read_bytes()), args)
         if command == "rollout":
             return _status(args)
+        if command == "push":
+            return _push(args)
         if command == "rollback":
             return _rollback(args)
     except (SyncerError, OSError) as exc:
@@ -122,6 +130,21 @@ def _sign(args: argparse.Namespace) -> int:
     out = args.out or args.bundle
     out.write_bytes(pack(files))
     print(f"signed {out} (revision {bundle.revision}) with key {args.key_id}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    blob = args.bundle.read_bytes()
+    bundle = unpack(blob)
+    if SIGNATURES not in bundle.files:
+        print("refused: sign the bundle first (trustctl policy sign)", file=sys.stderr)
+        return 1
+    registry = BundleRegistry(ca_file=str(args.registry_ca) if args.registry_ca else None)
+    try:
+        digest = registry.push(OCIReference.parse(args.reference), blob)
+    finally:
+        registry.close()
+    print(f"pushed {bundle.revision} to {args.reference} ({digest})")
     return 0
 
 

@@ -1,0 +1,93 @@
+"""Bundles through an OCI registry (the real distribution registry over TLS): pushed by trustctl, read by the
+real oras, pulled by the agent (applying to the in-memory target: real applies are tested in
+test_agent_kube.py); a tag re-pointed at a bundle signed by someone else is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from syncer.agent import OCISource, SyncAgent
+from syncer.bundle import build_files, pack, read_repository
+from syncer.oci import BundleRegistry, OCIReference
+from syncer.signing import SigningKey, load_verification_keys, sign_files
+from syncer.simulation import InMemoryCluster
+from syncer.state import AgentState
+from tests.support.peers import peer
+from tests.support.registry import running_registry
+from tests.support.tlsca import TestCA
+
+pytestmark = pytest.mark.integration
+
+REPO_POLICIES = Path(__file__).resolve().parents[3] / "policies"
+
+
+def signed(counter: int, key: ec.EllipticCurvePrivateKey, key_id: str = "ci-1") -> bytes:
+    return pack(
+        sign_files(build_files(read_repository(REPO_POLICIES), counter=counter, commit="oci"), SigningKey(key_id, key))
+    )
+
+
+def test_push_pull_and_a_forged_tag(tmp_path: Path) -> None:
+    signing = ec.generate_private_key(ec.SECP256R1())
+    public = signing.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    ca = TestCA(tmp_path / "ca")
+    with running_registry(tmp_path / "registry", ca) as registry:
+        first = tmp_path / "v1.tar.gz"
+        first.write_bytes(signed(1, signing))
+        reference = f"{registry.host}/policy/gateways:current"
+        pushed = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "trustctl"),
+                "policy",
+                "push",
+                str(first),
+                reference,
+                "--registry-ca",
+                str(ca.ca_file),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert pushed.returncode == 0, pushed.stderr
+        assert "pushed 000000000001-oci" in pushed.stdout
+
+        pulled = tmp_path / "oras-pull"
+        pulled.mkdir()
+        registry.run(peer("oras"), "pull", "--ca-file", str(ca.ca_file), "-o", str(pulled), reference, cwd=pulled)
+        assert (pulled / "bundle.tar.gz").read_bytes() == first.read_bytes(), "oras got another blob than we pushed"
+
+        keys = load_verification_keys({"ci-1": public})
+        client = BundleRegistry(ca_file=str(ca.ca_file))
+        agent = SyncAgent(
+            cluster="site-a",
+            site_class="edge-gateway",
+            source=OCISource(client, OCIReference.parse(reference)),
+            keys=keys,
+            kube=InMemoryCluster(),
+            state=AgentState(tmp_path / "state"),
+        )
+
+        async def sync() -> tuple[str, str]:
+            return (await agent.sync_once()).result, (await agent.sync_once()).result
+
+        assert asyncio.run(sync()) == ("applied", "not-modified")
+
+        forger = ec.generate_private_key(ec.SECP256R1())
+        client.push(OCIReference.parse(reference), signed(2, forger))  # same key id, another key
+
+        async def forged() -> str:
+            outcome = await agent.sync_once()
+            return outcome.error
+
+        assert "does not verify under key 'ci-1'" in asyncio.run(forged())
+        client.close()
