@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 
 import httpx
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from syncer.agent import HTTPSource, SyncAgent, hub_reporter
 from syncer.kube import KubeClient, KubeConfig
 from syncer.state import AgentState
-from tests.support.hub import RunningHub, running_hub
+from tests.support.hub import RunningHub, running_policy_hub
 from tests.support.kube import running_kube_apiserver
 from tests.support.svid import issue_svid_files
 from tests.support.tlsca import TestCA
@@ -51,31 +50,18 @@ def main() -> int:
         )
     )
     key.chmod(0o600)
-    keys = root / "publisher-keys"
-    keys.mkdir()
     public = signing.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    (keys / "ci-1.pem").write_bytes(public)
-    fleet = root / "fleet.yaml"
-    fleet.write_text(
-        yaml.safe_dump(
-            {
-                "groups": {"gateways": {"matchLabels": {"site-class": "edge-gateway"}}},
-                "clusters": {"site-lyon": {"labels": {"site-class": "edge-gateway"}}},
-                "publishers": ["spiffe://edge.example/operator/ci"],
-            }
-        )
-    )
+    fleet: dict[str, object] = {
+        "groups": {"gateways": {"matchLabels": {"site-class": "edge-gateway"}}},
+        "clusters": {"site-lyon": {"labels": {"site-class": "edge-gateway"}}},
+        "publishers": ["spiffe://edge.example/operator/ci"],
+    }
     ca = TestCA(root / "ca")
-    ek_roots = root / "ek-roots"
-    ek_roots.mkdir()
-    shutil.copy(ca.ca_file, ek_roots / "unused.pem")
 
     with (
-        running_hub(
-            root / "hub", ek_roots=ek_roots, fleet_file=fleet, policy_keys_dir=keys, trust_domain="edge.example"
-        ) as hub,
+        running_policy_hub(root, fleet=fleet, publisher_keys={"ci-1": public}) as hub,
         running_kube_apiserver(root / "kube", ca) as kube,
     ):
         _say(f"== 2. trustd at {hub.url} serves cluster group 'gateways'; site-lyon's API server at {kube.url}")

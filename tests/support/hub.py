@@ -17,6 +17,7 @@ import yaml
 from attestation.eventlog import parse_event_log
 from attestation.simboot import boot_events, write_event_log
 from attestation.tpm2.constants import HashAlg
+from tests.support.tlsca import TestCA
 from trustd.hub import Hub, build_hub
 from trustd.settings import TrustdSettings
 from trustd.tls_peer import PeerCertificateProtocol
@@ -116,3 +117,25 @@ def running_hub(
         yield running
     finally:
         running.stop()
+
+
+@contextmanager
+def running_policy_hub(
+    workdir: Path, *, fleet: dict[str, object], publisher_keys: dict[str, bytes]
+) -> Iterator[RunningHub]:
+    """A hub serving policy bundles: the fleet file, the publishers' keys (id -> PEM), and no devices to enroll
+    (its EK roots are a throwaway certificate)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    keys = workdir / "publisher-keys"
+    keys.mkdir(exist_ok=True)
+    for key_id, pem in publisher_keys.items():
+        (keys / f"{key_id}.pem").write_bytes(pem)
+    fleet_file = workdir / "fleet.yaml"
+    fleet_file.write_text(yaml.safe_dump(fleet))
+    ek_roots = workdir / "ek-roots"
+    ek_roots.mkdir(exist_ok=True)
+    (ek_roots / "unused.pem").write_bytes(TestCA(workdir / "unused-ek-ca").ca_file.read_bytes())
+    with running_hub(
+        workdir / "hub", ek_roots=ek_roots, fleet_file=fleet_file, policy_keys_dir=keys, trust_domain="edge.example"
+    ) as hub:
+        yield hub

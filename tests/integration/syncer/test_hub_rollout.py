@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import ssl
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -25,7 +23,7 @@ from syncer.bundle import build_files, pack, read_repository
 from syncer.kube import KubeClient, KubeConfig
 from syncer.signing import SigningKey, sign_files
 from syncer.state import AgentState
-from tests.support.hub import RunningHub, running_hub
+from tests.support.hub import RunningHub, running_policy_hub
 from tests.support.kube import KubeAPI, running_kube_apiserver
 from tests.support.svid import issue_svid_files
 from tests.support.tlsca import TestCA
@@ -48,35 +46,19 @@ def mtls(hub: RunningHub, cert: Path, key: Path) -> httpx.AsyncClient:
 def test_canary_then_wave_over_mtls_with_long_polls(tmp_path: Path) -> None:
     ca = TestCA(tmp_path / "ca")
     signing = ec.generate_private_key(ec.SECP256R1())
-    keys = tmp_path / "publisher-keys"
-    keys.mkdir()
-    (keys / "ci-1.pem").write_bytes(
-        signing.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public = signing.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(
-        yaml.safe_dump(
-            {
-                "groups": {
-                    "gateways": {"matchLabels": {"site-class": "edge-gateway"}, "canary": ["site-a"], "waves": [100]}
-                },
-                "clusters": {
-                    "site-a": {"labels": {"site-class": "edge-gateway"}},
-                    "site-b": {"labels": {"site-class": "edge-gateway"}},
-                },
-                "publishers": ["spiffe://edge.example/operator/ci"],
-            }
-        )
-    )
-    ek_roots = tmp_path / "ek-roots"
-    ek_roots.mkdir()
-    shutil.copy(ca.ca_file, ek_roots / "unused.pem")
+    fleet = {
+        "groups": {"gateways": {"matchLabels": {"site-class": "edge-gateway"}, "canary": ["site-a"], "waves": [100]}},
+        "clusters": {
+            "site-a": {"labels": {"site-class": "edge-gateway"}},
+            "site-b": {"labels": {"site-class": "edge-gateway"}},
+        },
+        "publishers": ["spiffe://edge.example/operator/ci"],
+    }
     with ExitStack() as stack:
-        hub = stack.enter_context(
-            running_hub(
-                tmp_path / "hub", ek_roots=ek_roots, fleet_file=fleet, policy_keys_dir=keys, trust_domain="edge.example"
-            )
-        )
+        hub = stack.enter_context(running_policy_hub(tmp_path, fleet=fleet, publisher_keys={"ci-1": public}))
         kubes = {
             name: stack.enter_context(running_kube_apiserver(tmp_path / name, ca)) for name in ("site-a", "site-b")
         }
@@ -98,7 +80,7 @@ async def scenario(hub: RunningHub, kubes: dict[str, KubeAPI], work: Path, signi
             cluster=name,
             site_class="edge-gateway",
             source=HTTPSource("/v1/policy/bundle", http, wait_s=5),
-            keys=hub.hub.policy._keys if hub.hub.policy else {},
+            keys=hub.hub.policy.publisher_keys if hub.hub.policy else {},
             kube=kube,
             state=AgentState(work / name / "state"),
             reporter=hub_reporter("/v1/policy/status", http),
@@ -146,7 +128,6 @@ async def scenario(hub: RunningHub, kubes: dict[str, KubeAPI], work: Path, signi
 
 
 def test_trustctl_publish_rollout_status_and_rollback(tmp_path: Path) -> None:
-    ca = TestCA(tmp_path / "ca")
     signing = ec.generate_private_key(ec.SECP256R1())
     key = tmp_path / "ci.key"
     key.write_bytes(
@@ -154,35 +135,23 @@ def test_trustctl_publish_rollout_status_and_rollback(tmp_path: Path) -> None:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
-    keys = tmp_path / "publisher-keys"
-    keys.mkdir()
-    (keys / "ci-1.pem").write_bytes(
-        signing.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public = signing.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    fleet = tmp_path / "fleet.yaml"
     clusters = {f"site-{i}": {"labels": {"site-class": "edge-gateway"}} for i in range(10)}
-    fleet.write_text(
-        yaml.safe_dump(
-            {
-                "groups": {
-                    "gateways": {
-                        "matchLabels": {"site-class": "edge-gateway"},
-                        "canary": ["site-0"],
-                        "waves": [50, 100],
-                    }
-                },
-                "clusters": clusters,
-                "publishers": ["spiffe://edge.example/operator/ci"],
+    fleet = {
+        "groups": {
+            "gateways": {
+                "matchLabels": {"site-class": "edge-gateway"},
+                "canary": ["site-0"],
+                "waves": [50, 100],
             }
-        )
-    )
-    ek_roots = tmp_path / "ek-roots"
-    ek_roots.mkdir()
-    shutil.copy(ca.ca_file, ek_roots / "unused.pem")
+        },
+        "clusters": clusters,
+        "publishers": ["spiffe://edge.example/operator/ci"],
+    }
     trustctl = str(Path(sys.executable).parent / "trustctl")
-    with running_hub(
-        tmp_path / "hub", ek_roots=ek_roots, fleet_file=fleet, policy_keys_dir=keys, trust_domain="edge.example"
-    ) as hub:
+    with running_policy_hub(tmp_path, fleet=fleet, publisher_keys={"ci-1": public}) as hub:
         cert, svid_key = svid_files(hub, "/operator/ci", tmp_path / "publisher")
         hub_args = [
             "--hub",

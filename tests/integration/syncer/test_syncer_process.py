@@ -9,14 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from syncer.bundle import build_files, pack, read_repository, unpack
 from syncer.signing import SigningKey, sign_files
 from syncer.state import AgentState
-from tests.support.hub import RunningHub, running_hub
+from tests.support.hub import RunningHub, running_policy_hub
 from tests.support.kube import KubeAPI, running_kube_apiserver
 from tests.support.svid import issue_svid_files
 from tests.support.tlsca import TestCA
@@ -38,31 +37,18 @@ def test_syncer_process_once_and_after_a_kill_mid_apply(tmp_path: Path) -> None:
     public = signing.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    (tmp_path / "keys").mkdir()
-    (tmp_path / "keys" / "ci-1.pem").write_bytes(public)
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(
-        yaml.safe_dump(
-            {
-                "groups": {"all": {"matchLabels": {"site-class": "edge-gateway"}}},
-                "clusters": {"site-a": {"labels": {"site-class": "edge-gateway"}}},
-                "publishers": [],
-            }
-        )
-    )
-    (tmp_path / "ek-roots").mkdir()
-    shutil.copy(ca.ca_file, tmp_path / "ek-roots" / "unused.pem")
+    fleet: dict[str, object] = {
+        "groups": {"all": {"matchLabels": {"site-class": "edge-gateway"}}},
+        "clusters": {"site-a": {"labels": {"site-class": "edge-gateway"}}},
+        "publishers": [],
+    }
+    public_file = tmp_path / "ci-1.pem"
+    public_file.write_bytes(public)
     key = SigningKey("ci-1", signing)
     repo = tmp_path / "repo"
     shutil.copytree(REPO_POLICIES, repo)
     with (
-        running_hub(
-            tmp_path / "hub",
-            ek_roots=tmp_path / "ek-roots",
-            fleet_file=fleet,
-            policy_keys_dir=tmp_path / "keys",
-            trust_domain="edge.example",
-        ) as hub,
+        running_policy_hub(tmp_path, fleet=fleet, publisher_keys={"ci-1": public}) as hub,
         running_kube_apiserver(tmp_path / "kube", ca) as kube,
     ):
         with kube.client() as client:
@@ -85,7 +71,7 @@ def test_syncer_process_once_and_after_a_kill_mid_apply(tmp_path: Path) -> None:
                 str(private),
             ]
             argv += ["--cluster", "site-a", "--site-class", "edge-gateway", "--state-dir", str(state)]
-            argv += ["--verification-key", f"ci-1={tmp_path / 'keys' / 'ci-1.pem'}"]
+            argv += ["--verification-key", f"ci-1={public_file}"]
             argv += ["--kube-url", kube.url, "--kube-token-file", str(token), "--kube-ca-file", str(kube.ca_file)]
             return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
