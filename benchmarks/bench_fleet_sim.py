@@ -1,7 +1,8 @@
 """10,000 simulated cluster agents long-polling one trustd: convergence after a publish, idle cost, hub memory.
 
 A SIMULATION of the fleet, not of the agent: each simulated cluster runs the real SyncAgent (mTLS with its own
-X.509-SVID, long poll with ETag, signature check, rollback guard, status reports), but applies to an in-memory
+X.509-SVID, long poll with ETag, signature check, rollback guard, status reports carried on the polls, the
+hub's revocation list), but applies to an in-memory
 target (syncer/simulation.py) instead of a kube-apiserver, since 10,000 of those cannot run here. trustd runs as
 `trustd serve` in its own process; the agents run in worker processes.
 
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from syncer.agent import HTTPSource, SyncAgent, hub_reporter
 from syncer.bundle import build_files, pack, read_repository
+from syncer.revocations import KEY_ID, RevocationStore
 from syncer.signing import SigningKey, load_verification_keys, sign_files
 from syncer.simulation import InMemoryCluster
 from syncer.state import AgentState
@@ -65,15 +67,30 @@ def rss_mb(pid: int) -> float:
 
 
 def worker(
-    index: int, names: list[str], hub: str, roots: str, certs: str, states: str, public_pem: bytes, queue: Any
+    index: int,
+    names: list[str],
+    hub: str,
+    roots: str,
+    certs: str,
+    states: str,
+    keys_pem: tuple[bytes, bytes],
+    queue: Any,
 ) -> None:
-    asyncio.run(run_agents(index, names, hub, roots, Path(certs), Path(states), public_pem, queue))
+    asyncio.run(run_agents(index, names, hub, roots, Path(certs), Path(states), keys_pem, queue))
 
 
 async def run_agents(
-    index: int, names: list[str], hub: str, roots: str, certs: Path, states: Path, public_pem: bytes, queue: Any
+    index: int,
+    names: list[str],
+    hub: str,
+    roots: str,
+    certs: Path,
+    states: Path,
+    keys_pem: tuple[bytes, bytes],
+    queue: Any,
 ) -> None:
-    keys = load_verification_keys({"ci-1": public_pem})
+    keys = load_verification_keys({"ci-1": keys_pem[0]})
+    revocation_keys = load_verification_keys({KEY_ID: keys_pem[1]})
     polls = 0
     target: dict[str, str] = {}
 
@@ -86,11 +103,12 @@ async def run_agents(
             agent = SyncAgent(
                 cluster=name,
                 site_class="edge-gateway",
-                source=HTTPSource("/v1/policy/bundle", http, wait_s=WAIT_S),
+                source=HTTPSource("/v1/policy/bundle", http, wait_s=WAIT_S, revocations_url="/v1/policy/revocations"),
                 keys=keys,
                 kube=InMemoryCluster(),
                 state=AgentState(states / name),
                 reporter=hub_reporter("/v1/policy/status", http),
+                revocations=RevocationStore(states / name, revocation_keys),
             )
             first = True
             while True:
@@ -189,12 +207,13 @@ def main() -> None:
             raise SystemExit(f"trustd did not start: {(work / 'trustd.log').read_text()[-2000:]}")
         time.sleep(0.2)
 
+    revocation_pem = (work / "hub" / "revocations" / f"{KEY_ID}.pem").read_bytes()
     queue: Any = multiprocessing.get_context("spawn").Queue()
     slices = [names[i::WORKERS] for i in range(WORKERS)]
     processes = [
         multiprocessing.get_context("spawn").Process(
             target=worker,
-            args=(i, slices[i], url, str(roots), str(work / "certs"), str(states), public_pem, queue),
+            args=(i, slices[i], url, str(roots), str(work / "certs"), str(states), (public_pem, revocation_pem), queue),
             daemon=True,
         )
         for i in range(WORKERS)

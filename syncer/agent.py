@@ -25,10 +25,13 @@ from syncer.bundle import Bundle, unpack
 from syncer.errors import SyncerError
 from syncer.kube import KubeTarget
 from syncer.oci import BundleRegistry, OCIError, OCIReference
+from syncer.revocations import RevocationStore
 from syncer.signing import verify_bundle
 from syncer.state import AgentState
 
 log = logging.getLogger("edgetrust.syncer")
+
+REVOCATIONS_HEADER = "X-Edgetrust-Revocations"  # trustd/policy_api.py sends it; the value is an ETag
 
 
 class SourceUnreachableError(SyncerError):
@@ -72,26 +75,67 @@ class HTTPSource:
     """The hub's bundle endpoint (mTLS with the cluster's SVID), long-polled with ETag / If-None-Match, so an
     idle poll costs a 304 and a few hundred bytes every `wait_s`."""
 
-    def __init__(self, url: str, client: httpx.AsyncClient, *, wait_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        client: httpx.AsyncClient,
+        *,
+        wait_s: float = 30.0,
+        revocations_url: str | None = None,
+    ) -> None:
         self._url = url
         self._client = client
         self._etag: str | None = None
         self._wait = wait_s
+        self._revocations_url = revocations_url
+        #: the hub's current revocation list (its ETag) as the last answer announced it
+        self.revocations_etag: str | None = None
+        #: the list this agent holds; the one it last tried (sent, so the hub wakes it only for a newer one)
+        self.held_revocations: str | None = None
+        self.tried_revocations: str | None = None
+        #: status reports to carry on the next poll, and how many the last answer took
+        self.outbox: list[dict[str, Any]] = []
+        self.delivered = 0
 
     async def fetch(self) -> bytes | None:
         headers = {"If-None-Match": self._etag} if self._etag else {}
+        if self._revocations_url is not None:
+            headers[REVOCATIONS_HEADER] = self.tried_revocations or self.held_revocations or "none"
+        params = {"wait": str(self._wait)}
+        carried, self.outbox = self.outbox, []
         try:
-            answer = await self._client.get(
-                self._url, headers=headers, params={"wait": str(self._wait)}, timeout=self._wait + 10
-            )
+            if carried:  # status reports ride on the poll: one round trip per sync, not two
+                answer = await self._client.post(
+                    self._url, headers=headers, params=params, json={"reports": carried}, timeout=self._wait + 10
+                )
+            else:
+                answer = await self._client.get(self._url, headers=headers, params=params, timeout=self._wait + 10)
         except httpx.HTTPError as exc:
             raise SourceUnreachableError(f"{self._url}: {exc}") from exc
+        if answer.status_code in (200, 204, 304):
+            self.revocations_etag = answer.headers.get(REVOCATIONS_HEADER)
+            self.delivered = len(carried)
         if answer.status_code in (204, 304):
             return None
         if answer.status_code != 200:
             raise SourceUnreachableError(f"{self._url}: the hub answered {answer.status_code}")
         self._etag = answer.headers.get("etag")
         return answer.content
+
+    async def fetch_revocations(self) -> tuple[bytes, str | None] | None:
+        """The hub's signed revocation list, when the last answer said it moved past the one held."""
+        if self._revocations_url is None or self.revocations_etag in (None, self.held_revocations):
+            return None
+        # tried even if it fails: a refused list must not turn the long poll into a busy loop; it is fetched
+        # again on every later poll, and at once when the hub announces another
+        self.tried_revocations = self.revocations_etag
+        try:
+            answer = await self._client.get(self._revocations_url, timeout=30)
+        except httpx.HTTPError as exc:
+            raise SourceUnreachableError(f"{self._revocations_url}: {exc}") from exc
+        if answer.status_code != 200:
+            raise SourceUnreachableError(f"{self._revocations_url}: the hub answered {answer.status_code}")
+        return answer.content, answer.headers.get("etag")
 
 
 class OCISource:
@@ -143,6 +187,7 @@ class SyncAgent:
         kube: KubeTarget,
         state: AgentState,
         reporter: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
+        revocations: RevocationStore | None = None,
     ) -> None:
         self.cluster = cluster
         self.site_class = site_class
@@ -153,6 +198,9 @@ class SyncAgent:
         self._reporter = reporter
         self._started = False
         self.last_contact: float | None = None
+        self.revocations = revocations
+        if revocations is not None and isinstance(source, HTTPSource):
+            source.held_revocations = source.tried_revocations = revocations.etag
 
     def _wanted(self, bundle: Bundle) -> list[dict[str, Any]]:
         return desired(bundle.network_policies.get(self.site_class, []))
@@ -167,13 +215,21 @@ class SyncAgent:
         return await self._apply(current, fallback)
 
     async def sync_once(self) -> SyncOutcome:
+        carrier = self._source if isinstance(self._source, HTTPSource) else None
+        if carrier is not None:
+            carrier.outbox = list(self.state.queued_reports())
         try:
             blob = await self._source.fetch()
         except SyncerError as exc:
             return self._record(SyncOutcome("unreachable", error=exc.diagnostics()))
         self.last_contact = time.time()
+        if carrier is not None and carrier.delivered:
+            self.state.clear_reports()
+            carrier.delivered = 0
+        await self._sync_revocations()
         if blob is None:
-            await self.flush_reports()
+            if carrier is None:
+                await self.flush_reports()
             return SyncOutcome("not-modified")
         try:
             bundle = unpack(blob)
@@ -193,6 +249,23 @@ class SyncAgent:
         good = self.state.last_known_good()
         self.state.accept(blob, bundle)
         return await self._apply(bundle, self._wanted(good) if good is not None else None, wanted)
+
+    async def _sync_revocations(self) -> None:
+        """Take the hub's newer revocation list, if it announced one; a bad one is refused and reported."""
+        if self.revocations is None or not isinstance(self._source, HTTPSource):
+            return
+        try:
+            found = await self._source.fetch_revocations()
+            if found is None:
+                return
+            accepted = self.revocations.accept(*found)
+        except SyncerError as exc:
+            log.warning("revocation list refused: %s", exc.diagnostics())
+            self._record(SyncOutcome("revocations-refused", error=f"{exc.code}: {exc.diagnostics()}"))
+            return
+        self._source.held_revocations = self.revocations.etag
+        self._source.tried_revocations = self.revocations.etag
+        log.info("revocation list %s: %d SPIFFE IDs revoked", accepted.revision, len(accepted.spiffe_ids))
 
     async def _apply(
         self, bundle: Bundle, fallback: list[dict[str, Any]] | None, wanted: list[dict[str, Any]] | None = None
@@ -222,8 +295,9 @@ class SyncAgent:
         self.state.clear_reports()
 
     async def run_once(self) -> SyncOutcome:
-        """One sync and the reports it produced delivered: the agent's loop body."""
+        """One sync and the reports it produced sent: at once through the reporter, or, for the hub's own
+        source, on the next poll, which the agent's loop makes at once (call flush_reports before exiting)."""
         outcome = await self.sync_once()
-        if outcome.result != "unreachable":
+        if outcome.result != "unreachable" and not isinstance(self._source, HTTPSource):
             await self.flush_reports()
         return outcome

@@ -1,10 +1,13 @@
 """Policy bundles in OPA's format, so that a stock OPA can load what our syncer applies, and the reverse.
 
-    .manifest                                  {"revision", "roots": ["edgetrust"], "metadata": {...}}
+    .manifest                                  {"revision", "roots": [...POLICY_ROOTS], "metadata": {...}}
     edgetrust/admission/<policy>/<file>.rego   the admission policy library (tests left out)
+    edgetrust/gatekeeper/...                   ConstraintTemplates and constraints (YAML, for the webhook)
     edgetrust/networkpolicies/data.json        {"<site class>": [NetworkPolicy, ...]}
-    edgetrust/revocations/data.json            {"spiffe_ids": [...], "nodes": [...]}
     .signatures.json                           OPA's signature (syncer/signing.py)
+
+The hub's revocation list is a second bundle (root edgetrust/revocations, signed by the hub, see
+syncer/revocations.py); the roots are disjoint so that OPA loads both side by side.
 
 The revision is the policy repository's commit plus a counter that only grows; the counter decides which of
 two bundles is newer. Reading is bounded and strict: a bundle is an attacker-supplied archive until its
@@ -29,6 +32,7 @@ from syncer.errors import BundleBuildError, BundleFormatError
 from syncer.networkpolicy import validate_network_policy
 
 ROOT = "edgetrust"
+POLICY_ROOTS = [f"{ROOT}/admission", f"{ROOT}/gatekeeper", f"{ROOT}/lib", f"{ROOT}/networkpolicies"]
 MANIFEST = ".manifest"
 SIGNATURES = ".signatures.json"
 MAX_BUNDLE_BYTES = 8 * 1024 * 1024  # compressed
@@ -109,13 +113,12 @@ class Source:
     #: files only the webhook reads (policy.yaml, keys, trust roots, Gatekeeper YAML); OPA ignores them
     admission_files: dict[str, bytes] = field(default_factory=dict)
     network_policies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    revocations: dict[str, list[str]] = field(default_factory=dict)
 
 
-def read_repository(policies: Path, *, revocations: Mapping[str, list[str]] | None = None) -> Source:
+def read_repository(policies: Path) -> Source:
     """policies/admission/**.rego and policies/networkpolicies/<site class>/*.yaml; every NetworkPolicy is
     validated here, so that a bad one fails the build naming its file and field."""
-    source = Source(revocations={k: list(v) for k, v in (revocations or {}).items()})
+    source = Source()
     admission = policies / "admission"
     if admission.is_dir():
         for path in sorted(p for p in admission.rglob("*") if p.is_file()):
@@ -157,14 +160,13 @@ def build_files(source: Source, *, counter: int, commit: str) -> dict[str, bytes
         raise BundleBuildError("the revision counter must be >= 0")
     manifest = {
         "revision": f"{counter:012d}-{commit[:12]}",
-        "roots": [ROOT],
+        "roots": POLICY_ROOTS,
         "metadata": {"counter": counter, "commit": commit},
     }
     files: dict[str, bytes] = {MANIFEST: _json(manifest)}
     files.update(source.rego)
     files.update(source.admission_files)
     files[f"{ROOT}/networkpolicies/data.json"] = _json(source.network_policies)
-    files[f"{ROOT}/revocations/data.json"] = _json(source.revocations)
     return files
 
 

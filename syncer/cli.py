@@ -18,6 +18,7 @@ import httpx
 from syncer.agent import HTTPSource, SyncAgent, hub_reporter
 from syncer.errors import SyncerError
 from syncer.kube import KubeClient, KubeConfig
+from syncer.revocations import KEY_ID, RevocationStore
 from syncer.signing import load_verification_keys
 from syncer.state import AgentState
 
@@ -36,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cluster", required=True, help="this cluster's name in the fleet")
     run.add_argument("--site-class", required=True, help="which NetworkPolicies of the bundle apply here")
     run.add_argument("--verification-key", action="append", default=[], metavar="ID=PEM", help="publisher key")
+    run.add_argument(
+        "--revocation-key", type=Path, help="the hub's revocation-signing public key (PEM); enables the revocation list"
+    )
+    run.add_argument("--revocations-out", type=Path, help="where to write the verified revocation list (JSON)")
     run.add_argument("--state-dir", type=Path, default=Path("/var/lib/edgetrust/syncer"))
     run.add_argument("--kube-url", default="https://kubernetes.default.svc")
     run.add_argument("--kube-token-file", type=Path, default=SERVICE_ACCOUNT / "token")
@@ -57,11 +62,23 @@ async def _run(args: argparse.Namespace) -> int:
         agent = SyncAgent(
             cluster=args.cluster,
             site_class=args.site_class,
-            source=HTTPSource("/v1/policy/bundle", http, wait_s=args.wait),
+            source=HTTPSource(
+                "/v1/policy/bundle",
+                http,
+                wait_s=args.wait,
+                revocations_url="/v1/policy/revocations" if args.revocation_key else None,
+            ),
             keys=load_verification_keys(keys),
             kube=kube,
             state=AgentState(args.state_dir),
             reporter=hub_reporter("/v1/policy/status", http),
+            revocations=RevocationStore(
+                args.state_dir,
+                load_verification_keys({KEY_ID: args.revocation_key.read_bytes()}),
+                args.revocations_out,
+            )
+            if args.revocation_key
+            else None,
         )
         restored = await agent.start()
         if restored is not None:
@@ -72,6 +89,7 @@ async def _run(args: argparse.Namespace) -> int:
             if outcome.result != "not-modified":
                 log.info("sync: %s %s %s", outcome.result, outcome.revision, outcome.error)
             if args.once:
+                await agent.flush_reports()
                 await kube.aclose()
                 return 0 if outcome.result in ("applied", "unchanged", "not-modified") else 1
             if outcome.result == "unreachable":

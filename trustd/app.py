@@ -6,6 +6,9 @@ can act on (`{"error": code, "reason": text}`), never to a stack trace.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -17,15 +20,35 @@ from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest
 from trustd.ca import SpiffeCA
 from trustd.enrollment import EnrollmentService
 from trustd.errors import TrustdError
+from trustd.fleet_api import fleet_router
 from trustd.policy_api import policy_router
 from trustd.policy_bundles import PolicyBundles
+from trustd.revocations import Revocations
+from trustd.store import Store
 
 #: the largest legitimate body is an enrollment carrying a big event log (see api_models)
 MAX_BODY_BYTES = 6 * 1024 * 1024
 
 
-def create_app(*, service: EnrollmentService, ca: SpiffeCA, policy: PolicyBundles | None = None) -> FastAPI:
-    app = FastAPI(title="trustd", version="0.1.0", docs_url=None, redoc_url=None)
+def create_app(
+    *,
+    service: EnrollmentService,
+    ca: SpiffeCA,
+    store: Store,
+    revocations: Revocations,
+    operators: frozenset[str] = frozenset(),
+    policy: PolicyBundles | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(revocations.watch())
+        try:
+            yield
+        finally:
+            watcher.cancel()
+
+    app = FastAPI(title="trustd", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.include_router(fleet_router(store, revocations, lambda: operators, policy))
     if policy is not None:
         app.include_router(policy_router(policy, ca.trust_domain))
 

@@ -156,6 +156,10 @@ class EnrollmentService:
 
             spiffe_id = self._spiffe_id(claims, device_class, challenge.ek_fingerprint)
             known = self._store.device(challenge.ek_fingerprint)
+            if known is not None and known.status == "revoked":
+                raise EnrollmentError(f"this TPM's device ({known.spiffe_id}) was revoked; it may not enroll again")
+            if self._store.revocation(str(spiffe_id)) is not None:
+                raise EnrollmentError(f"{spiffe_id} was revoked; enroll this device under another name")
             if known is not None and known.spiffe_id != str(spiffe_id):
                 raise EnrollmentError(
                     f"this TPM is already enrolled as {known.spiffe_id}; revoke it before enrolling it as {spiffe_id}"

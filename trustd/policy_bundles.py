@@ -27,6 +27,7 @@ from syncer.errors import SyncerError
 from syncer.signing import verify_bundle
 from trustd.errors import TrustdError
 from trustd.files import write_private
+from trustd.revocations import Revocations
 
 DEFAULT_WAVES = (10, 50, 100)  # percent of the group's non-canary clusters, cumulative
 
@@ -49,6 +50,7 @@ class Fleet:
     groups: Mapping[str, Group]
     clusters: Mapping[str, Mapping[str, str]]  # name -> labels
     publishers: frozenset[str]  # SPIFFE IDs allowed to publish
+    operators: frozenset[str] = frozenset()  # SPIFFE IDs allowed to list and revoke (trustctl fleet)
 
     @classmethod
     def load(cls, path: Path) -> Fleet:
@@ -66,7 +68,12 @@ class Fleet:
             str(k): {str(a): str(b) for a, b in (v or {}).get("labels", {}).items()}
             for k, v in (raw.get("clusters") or {}).items()
         }
-        return cls(groups=groups, clusters=clusters, publishers=frozenset(raw.get("publishers") or ()))
+        return cls(
+            groups=groups,
+            clusters=clusters,
+            publishers=frozenset(raw.get("publishers") or ()),
+            operators=frozenset(raw.get("operators") or ()),
+        )
 
     def group_of(self, cluster: str) -> Group | None:
         labels = self.clusters.get(cluster)
@@ -91,9 +98,29 @@ class Rollout:
     applied: dict[str, str] = field(default_factory=dict)  # cluster -> result
     failed: dict[str, str] = field(default_factory=dict)  # cluster -> error
     halted: bool = False
+    _wave_of: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _pending: list[int] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Indexes, so that a cluster's poll and report cost O(1) even in a group of 10,000 clusters
+        self._wave_of = {cluster: index for index, wave in enumerate(self.waves) for cluster in wave}
+        self._pending = [sum(1 for c in wave if c not in self.applied) for wave in self.waves]
 
     def released(self, cluster: str) -> bool:
-        return any(cluster in wave for wave in self.waves[: self.opened + 1])
+        index = self._wave_of.get(cluster)
+        return index is not None and index <= self.opened
+
+    def mark_applied(self, cluster: str, result: str) -> None:
+        index = self._wave_of.get(cluster)
+        if index is not None and cluster not in self.applied:
+            self._pending[index] -= 1
+        self.applied[cluster] = result
+
+    def wave_done(self) -> bool:
+        return self._pending[self.opened] <= 0
+
+    def state(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("_")}
 
     def view(self) -> dict[str, Any]:
         return {
@@ -128,13 +155,26 @@ def plan_waves(members: list[str], group: Group) -> list[list[str]]:
     return waves or [[]]
 
 
+def _with_etag(blob: bytes) -> tuple[bytes, str]:
+    return blob, '"' + hashlib.sha256(blob).hexdigest()[:32] + '"'
+
+
 class PolicyBundles:
-    def __init__(self, directory: Path, fleet: Fleet, publisher_keys: Mapping[str, ec.EllipticCurvePublicKey]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        fleet: Fleet,
+        publisher_keys: Mapping[str, ec.EllipticCurvePublicKey],
+        revocations: Revocations | None = None,
+    ) -> None:
         self._dir = directory
+        self.revocations = revocations
+        if revocations is not None:
+            revocations.on_change(self._notify_all)
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.fleet = fleet
         self._keys = publisher_keys
-        self._blobs: dict[tuple[str, int], bytes] = {}
+        self._blobs: dict[tuple[str, int], tuple[bytes, str]] = {}  # (group, counter) -> (blob, ETag)
         self._rollouts: dict[str, Rollout] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self.status: dict[str, dict[str, Any]] = {}
@@ -152,12 +192,10 @@ class PolicyBundles:
             raw = json.loads(state.read_text())
             self._rollouts[group] = Rollout(**raw)
             for path in state.parent.glob("*.tar.gz"):
-                self._blobs[(group, int(path.name.split(".")[0]))] = path.read_bytes()
+                self._blobs[(group, int(path.name.split(".")[0]))] = _with_etag(path.read_bytes())
 
     def _save(self, group: str) -> None:
-        rollout = self._rollouts[group]
-        state = {k: getattr(rollout, k) for k in Rollout.__dataclass_fields__}
-        write_private(self._dir / group / "rollout.json", json.dumps(state).encode())
+        write_private(self._dir / group / "rollout.json", json.dumps(self._rollouts[group].state()).encode())
 
     def _event(self, group: str) -> asyncio.Event:
         return self._changed.setdefault(group, asyncio.Event())
@@ -166,6 +204,10 @@ class PolicyBundles:
         event = self._changed.pop(group, None)
         if event is not None:
             event.set()
+
+    def _notify_all(self) -> None:
+        for group in list(self._changed):
+            self._notify(group)
 
     def publish(self, group_name: str, blob: bytes) -> Rollout:
         group = self.fleet.groups.get(group_name)
@@ -182,7 +224,7 @@ class PolicyBundles:
             raise PolicyDistributionError(f"bundle counter {counter} is not newer than {current.counter}")
         (self._dir / group_name).mkdir(exist_ok=True, mode=0o700)
         write_private(self._dir / group_name / f"{counter}.tar.gz", blob)
-        self._blobs[(group_name, counter)] = blob
+        self._blobs[(group_name, counter)] = _with_etag(blob)
         waves = plan_waves(self.fleet.members(group), group)
         self._rollouts[group_name] = Rollout(bundle.revision, counter, current.counter if current else None, waves)
         self._save(group_name)
@@ -200,17 +242,27 @@ class PolicyBundles:
         counter = rollout.counter if rollout.released(cluster) and not rollout.halted else rollout.previous
         if counter is None:
             return None
-        blob = self._blobs[(group.name, counter)]
-        return blob, '"' + hashlib.sha256(blob).hexdigest()[:32] + '"'
+        return self._blobs[(group.name, counter)]
 
-    async def wait_for_change(self, cluster: str, etag: str | None, wait_s: float) -> tuple[bytes, str] | None:
-        """The cluster's bundle if it differs from `etag`, waiting up to wait_s for a change; else None."""
+    async def wait_for_change(
+        self, cluster: str, etag: str | None, wait_s: float, revocations_etag: str | None = None
+    ) -> tuple[bytes, str] | None:
+        """The cluster's bundle if it differs from `etag`, waiting up to wait_s for a change; else None.
+
+        Also returns (None) early when the revocation list moved past `revocations_etag`, so the cluster
+        learns of a revocation on the connection it already holds, without a second long poll."""
         group = self.fleet.group_of(cluster)
         deadline = time.monotonic() + wait_s
         while True:
             found = self.bundle_for(cluster)
             if found is not None and found[1] != etag:
                 return found
+            if (
+                revocations_etag is not None
+                and self.revocations is not None
+                and self.revocations.current().etag != revocations_etag
+            ):
+                return None
             remaining = deadline - time.monotonic()
             if remaining <= 0 or group is None:
                 return None
@@ -226,15 +278,14 @@ class PolicyBundles:
         if group is None or rollout is None or report.get("revision") != rollout.revision:
             return
         if report.get("result") in ("applied", "unchanged"):
-            rollout.applied[cluster] = str(report["result"])
+            rollout.mark_applied(cluster, str(report["result"]))
             rollout.failed.pop(cluster, None)
         elif report.get("result") in ("failed", "refused"):
             rollout.failed[cluster] = str(report.get("error", ""))[:300]
             if len(rollout.failed) > group.max_failures:
                 rollout.halted = True
-        wave = rollout.waves[rollout.opened]
         transition = rollout.halted and group.name not in self._halted_saved
-        if not rollout.halted and all(c in rollout.applied for c in wave) and rollout.opened + 1 < len(rollout.waves):
+        if not rollout.halted and rollout.wave_done() and rollout.opened + 1 < len(rollout.waves):
             rollout.opened += 1
             transition = True
             self._notify(group.name)

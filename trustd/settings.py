@@ -40,6 +40,8 @@ class TrustdSettings(BaseSettings):
     #: publishers' bundle-signing public keys, one PEM per file, the key id being the file name without .pem
     policy_keys_dir: Path | None = None
     server_ip_addresses: tuple[str, ...] = ("127.0.0.1",)
+    #: SPIFFE IDs of operators (trustctl fleet list/revoke), beside those the fleet file names
+    operators: tuple[str, ...] = ()
 
     @field_validator("spiffe_id_template")
     @classmethod
@@ -51,6 +53,10 @@ class TrustdSettings(BaseSettings):
     @property
     def effective_store_url(self) -> str:
         return self.store_url or f"sqlite:///{self.data_dir / 'trustd.db'}"
+
+    @property
+    def revocations_dir(self) -> Path:
+        return self.data_dir / "revocations"
 
     @property
     def ca_dir(self) -> Path:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from attestation.errors import AttestationError
-from trustd import policy_cli
+from trustd import fleet_cli, policy_cli
 from trustd.errors import HubUnreachableError, TrustdError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     enroll.add_argument("--jwt-audience", action="append", default=[], help="also issue a JWT-SVID for this audience")
     enroll.add_argument("--json", action="store_true", help="machine-readable output")
     policy_cli.add_parser(sub)
+    fleet_cli.add_parser(sub)
     return parser
 
 
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             return _enroll(args)
         if args.command == "policy":
             return policy_cli.run(args)
+        if args.command == "fleet":
+            return fleet_cli.run(args)
     except HubUnreachableError as exc:
         print(f"trustctl: {exc.diagnostics()}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -312,3 +312,27 @@ def flip_last_byte(value: str) -> str:
     raw = bytearray(base64.b64decode(value))
     raw[-1] ^= 0x01
     return base64.b64encode(bytes(raw)).decode()
+
+
+def test_a_revoked_device_may_not_enroll_again(hub: RunningHub, golden_device: BootedDevice, tmp_path: Path) -> None:
+    def enroll_gw(name: str) -> str:
+        return enroll(
+            server=hub.url,
+            tcti=golden_device.tcti,
+            out_dir=tmp_path / name,
+            device_class="edge-gateway",
+            claims={"site": "lab", "node": name},
+            ca_bundle=hub.ca_bundle,
+            event_log=golden_device.event_log,
+        ).spiffe_id
+
+    spiffe_id = enroll_gw("gw-01")
+    revoked = hub.hub.revocations.revoke("gw-01", reason="stolen", by="spiffe://edge.example/operator/admin")
+    assert revoked.spiffe_id == spiffe_id
+    with pytest.raises(
+        EnrollmentError, match=r"this TPM's device \(spiffe://edge.example/site/lab/node/gw-01\) was revoked"
+    ):
+        enroll_gw("gw-01")
+    with pytest.raises(EnrollmentError, match="was revoked"):  # nor under a new name: the TPM itself is barred
+        enroll_gw("gw-02")
+    assert [d.status for d in hub.hub.store.devices()] == ["revoked"]

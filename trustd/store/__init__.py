@@ -7,9 +7,9 @@
 from __future__ import annotations
 
 from trustd.errors import StoreError
-from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, Store, SvidRecord
+from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, RevocationRecord, Store, SvidRecord
 
-__all__ = ["AuditEvent", "ChallengeRecord", "DeviceRecord", "Store", "SvidRecord", "open_store"]
+__all__ = ["AuditEvent", "ChallengeRecord", "DeviceRecord", "RevocationRecord", "Store", "SvidRecord", "open_store"]
 
 
 def open_store(url: str) -> Store:

@@ -48,6 +48,18 @@ class SvidRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RevocationRecord:
+    """A SPIFFE ID taken away. `ek_fingerprint` is set when a device was revoked: its TPM may not enroll again."""
+
+    spiffe_id: str
+    ek_fingerprint: str
+    reason: str
+    revoked_by: str
+    revoked_at: float
+    sequence: int = 0  # the store's order of revocations; the revocation list's counter
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     at: float
     event: str
@@ -83,6 +95,17 @@ class Store(Protocol):
     def devices(self) -> Sequence[DeviceRecord]: ...
 
     def svids(self, spiffe_id: str) -> Sequence[SvidRecord]: ...
+
+    def revoke(self, revocation: RevocationRecord, event: AuditEvent) -> RevocationRecord:
+        """Record a revocation (the device, if any, marked revoked) and its audit event in one transaction.
+
+        Revoking what is already revoked returns the first record: the list's counter moves once per subject.
+        """
+        ...
+
+    def revocations(self) -> Sequence[RevocationRecord]: ...
+
+    def revocation(self, spiffe_id: str) -> RevocationRecord | None: ...
 
     def audit(self, event: AuditEvent) -> None: ...
 

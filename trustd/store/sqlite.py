@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trustd.errors import ChallengeError, StoreConflictError, StoreError
-from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, SvidRecord
+from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, RevocationRecord, SvidRecord
 
 #: each entry moves the schema one version up; never edit one that has shipped, append a new one
 MIGRATIONS: tuple[str, ...] = (
@@ -56,6 +56,16 @@ MIGRATIONS: tuple[str, ...] = (
         outcome TEXT NOT NULL,
         subject TEXT NOT NULL,
         detail TEXT NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE revocations (
+        sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+        spiffe_id TEXT NOT NULL UNIQUE,
+        ek_fingerprint TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        revoked_by TEXT NOT NULL,
+        revoked_at REAL NOT NULL
     );
     """,
 )
@@ -203,6 +213,46 @@ class SQLiteStore:
         rows = self._all("SELECT * FROM svids WHERE spiffe_id = ? ORDER BY not_before", (spiffe_id,))
         return [SvidRecord(*r) for r in rows]
 
+    # -- revocations ---------------------------------------------------------------------------------------
+    def revoke(self, revocation: RevocationRecord, event: AuditEvent) -> RevocationRecord:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(_REVOCATION_SELECT + " WHERE spiffe_id = ?", (revocation.spiffe_id,)).fetchone()
+                if row is None:
+                    self._db.execute(
+                        "INSERT INTO revocations (spiffe_id, ek_fingerprint, reason, revoked_by, revoked_at) "
+                        "VALUES (?,?,?,?,?)",
+                        (
+                            revocation.spiffe_id,
+                            revocation.ek_fingerprint,
+                            revocation.reason,
+                            revocation.revoked_by,
+                            revocation.revoked_at,
+                        ),
+                    )
+                    if revocation.ek_fingerprint:
+                        self._db.execute(
+                            "UPDATE devices SET status = 'revoked' WHERE ek_fingerprint = ?",
+                            (revocation.ek_fingerprint,),
+                        )
+                    self._insert_audit(event)
+                    row = self._db.execute(
+                        _REVOCATION_SELECT + " WHERE spiffe_id = ?", (revocation.spiffe_id,)
+                    ).fetchone()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return _revocation(row)
+
+    def revocations(self) -> Sequence[RevocationRecord]:
+        return [_revocation(r) for r in self._all(_REVOCATION_SELECT + " ORDER BY sequence", ())]
+
+    def revocation(self, spiffe_id: str) -> RevocationRecord | None:
+        row = self._one(_REVOCATION_SELECT + " WHERE spiffe_id = ?", (spiffe_id,))
+        return None if row is None else _revocation(row)
+
     # -- audit ---------------------------------------------------------------------------------------------
     def audit(self, event: AuditEvent) -> None:
         with self._lock:
@@ -231,6 +281,14 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+_REVOCATION_SELECT = "SELECT spiffe_id, ek_fingerprint, reason, revoked_by, revoked_at, sequence FROM revocations"
+
+
+def _revocation(row: tuple[Any, ...]) -> RevocationRecord:
+    (spiffe_id, ek, reason, by, at, sequence) = row
+    return RevocationRecord(str(spiffe_id), str(ek), str(reason), str(by), float(at), int(sequence))
 
 
 def _challenge(row: tuple[Any, ...]) -> ChallengeRecord:

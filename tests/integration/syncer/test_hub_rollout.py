@@ -104,13 +104,18 @@ async def scenario(hub: RunningHub, kubes: dict[str, KubeAPI], work: Path, signi
 
     canary = await agents["site-a"].run_once()
     assert canary.result == "applied"
+    assert list(agents["site-a"].state.queued_reports())  # its report rides on its next poll
+    next_poll_a = asyncio.create_task(agents["site-a"].run_once())
     outcome_b = await waiting_b  # woken by the wave opening once site-a's report arrived
     assert outcome_b.result == "applied", outcome_b
+    await agents["site-b"].flush_reports()  # or goes on its own (what `edgetrust-syncer --once` does)
+    assert not list(agents["site-b"].state.queued_reports())
 
     rollout = (await publisher.get("/v1/policy/rollouts/gateways")).json()
     assert rollout["complete"] is True
     assert rollout["waves"][1]["applied"] == ["site-b"]
-    assert (await agents["site-a"].run_once()).result == "not-modified"
+    assert (await next_poll_a).result == "not-modified"
+    assert not list(agents["site-a"].state.queued_reports())
 
     for name, api in kubes.items():
         with api.client() as client:

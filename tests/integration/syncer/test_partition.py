@@ -199,6 +199,8 @@ async def scenario(
             outcome = await healed.run_once()
         assert outcome.result == "applied", outcome
         assert outcome.revision == "000000000002-two"
+        # the next poll carries every report queued while offline, and this apply's
+        assert (await healed.run_once()).result == "not-modified"
     link.heal()
     assert names(kube) == {"default-deny", "allow-dns"}
     reports = [r["result"] for r in AgentState(state_dir).queued_reports()]

@@ -1,0 +1,93 @@
+"""`trustctl fleet list | revoke`: the operator's commands, spoken to trustd over mTLS with an operator SVID."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import ssl
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fleet = sub.add_parser("fleet", help="the fleet as the hub sees it: nodes, clusters, revocations")
+    commands = fleet.add_subparsers(dest="fleet_command", required=True)
+    listing = commands.add_parser("list", help="enrolled nodes (SVID expiry, status) and clusters (policy revision)")
+    _hub_args(listing)
+    revoke = commands.add_parser("revoke", help="revoke a node (its TPM may not enroll again) or any SPIFFE ID")
+    revoke.add_argument("target", help="SPIFFE ID, node name or EK fingerprint (at least 16 hex digits)")
+    revoke.add_argument("--reason", default="", help="kept in the audit log")
+    _hub_args(revoke)
+
+
+def _hub_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hub", required=True, help="trustd URL")
+    parser.add_argument("--ca-bundle", type=Path, required=True, help="roots that sign trustd's certificate")
+    parser.add_argument("--svid", type=Path, required=True, help="your X.509-SVID (PEM), an operator of the hub")
+    parser.add_argument("--svid-key", type=Path, required=True)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args: argparse.Namespace) -> int:
+    context = ssl.create_default_context(cafile=str(args.ca_bundle))
+    try:
+        context.load_cert_chain(str(args.svid), str(args.svid_key))
+    except (OSError, ssl.SSLError) as exc:
+        print(f"trustctl fleet: cannot load your SVID: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with httpx.Client(base_url=args.hub, verify=context, timeout=30) as hub:
+            if args.fleet_command == "list":
+                answer = hub.get("/v1/fleet/nodes")
+            else:
+                answer = hub.post("/v1/fleet/revocations", json={"target": args.target, "reason": args.reason})
+    except httpx.HTTPError as exc:
+        print(f"trustctl fleet: the hub is unreachable: {exc}", file=sys.stderr)
+        return 3
+    if answer.status_code != 200:
+        try:
+            reason = answer.json().get("reason", answer.text)
+        except ValueError:
+            reason = answer.text
+        print(f"trustctl fleet {args.fleet_command}: refused: {reason}", file=sys.stderr)
+        return 1
+    view = answer.json()
+    if args.json:
+        print(json.dumps(view))
+    elif args.fleet_command == "list":
+        print(render_list(view))
+    else:
+        print(f"revoked {view['spiffe_id']} (revocation list counter {view['counter']})")
+        if view["ek_fingerprint"]:
+            print(f"  its TPM (EK {view['ek_fingerprint'][:16]}…) may not enroll again")
+    return 0
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def render_list(view: dict[str, Any]) -> str:
+    lines = [f"{'NODE':<48} {'CLASS':<14} {'STATUS':<9} SVID EXPIRES (UTC)"]
+    for node in view["nodes"]:
+        lines.append(
+            f"{node['spiffe_id']:<48} {node['device_class']:<14} {node['status']:<9} {_when(node['svid_expires_at'])}"
+        )
+    if not view["nodes"]:
+        lines.append("(no enrolled nodes)")
+    if view["clusters"]:
+        lines.append("")
+        lines.append(f"{'CLUSTER':<32} {'REVISION':<28} {'RESULT':<10} LAST REPORT (UTC)")
+        for name, cluster in sorted(view["clusters"].items()):
+            lines.append(
+                f"{name:<32} {cluster['revision'] or '-':<28} {cluster['result'] or '-':<10} "
+                f"{_when(cluster['last_report'])}"
+            )
+    lines.append(f"revocation list counter: {view['revocations']}")
+    return "\n".join(lines)
