@@ -119,6 +119,7 @@ def main() -> int:
                     reporter=hub_reporter("/v1/policy/status", http),
                 )
                 outcome = await agent.run_once()
+                await agent.flush_reports()  # one round, then exit: send its report now (as --once does)
                 await kube_client.aclose()
                 detail = outcome.detail
                 return f"{outcome.result} {outcome.revision} (+{len(detail.applied)} -{len(detail.pruned)})"
