@@ -3,7 +3,8 @@
 A published bundle must verify under a publisher key the hub trusts and be newer than the group's last one;
 the hub never re-signs (the key that signs policy stays with the policy pipeline). Which revision a cluster
 gets follows the group's rollout: canary clusters first, then waves by share of the group; a wave opens when
-every cluster of the previous one reported the new revision applied; failures above the threshold halt it.
+every canary, or the group's `advanceAt` share of the previous wave, reported the new revision applied;
+failures above the threshold halt it.
 Clusters long-poll: an unchanged answer is a 304 after up to `wait` seconds, a few hundred bytes.
 """
 
@@ -43,6 +44,10 @@ class Group:
     canary: tuple[str, ...] = ()
     waves: tuple[int, ...] = DEFAULT_WAVES
     max_failures: int = 0  # failures tolerated before the rollout halts
+    #: share (percent) of a wave that must report the revision applied before the next wave opens; the canary
+    #: wave always needs all. Below 100, a site that is offline (there always is one at the edge) does not
+    #: hold the whole fleet back; it converges when it comes back.
+    advance_at: int = 95
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class Fleet:
                 canary=tuple(spec.get("canary") or ()),
                 waves=tuple(int(w) for w in spec.get("waves") or DEFAULT_WAVES),
                 max_failures=int(spec.get("maxFailures", 0)),
+                advance_at=_percent(spec.get("advanceAt", 95), f"groups.{name}.advanceAt"),
             )
         clusters = {
             str(k): {str(a): str(b) for a, b in (v or {}).get("labels", {}).items()}
@@ -98,6 +104,8 @@ class Rollout:
     applied: dict[str, str] = field(default_factory=dict)  # cluster -> result
     failed: dict[str, str] = field(default_factory=dict)  # cluster -> error
     halted: bool = False
+    canary: bool = False  # waves[0] is the canary wave, which must apply everywhere before the rollout goes on
+    advance_at: int = 100
     _wave_of: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _pending: list[int] = field(default_factory=list, init=False, repr=False)
 
@@ -117,7 +125,9 @@ class Rollout:
         self.applied[cluster] = result
 
     def wave_done(self) -> bool:
-        return self._pending[self.opened] <= 0
+        size = len(self.waves[self.opened])
+        needed = 100 if self.canary and self.opened == 0 else self.advance_at
+        return (size - self._pending[self.opened]) * 100 >= size * needed
 
     def state(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("_")}
@@ -138,6 +148,12 @@ class Rollout:
             ],
             "complete": all(c in self.applied for wave in self.waves for c in wave),
         }
+
+
+def _percent(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
+        raise PolicyDistributionError(f"fleet file: {where} must be a whole percentage from 1 to 100, not {value!r}")
+    return value
 
 
 def plan_waves(members: list[str], group: Group) -> list[list[str]]:
@@ -226,7 +242,14 @@ class PolicyBundles:
         write_private(self._dir / group_name / f"{counter}.tar.gz", blob)
         self._blobs[(group_name, counter)] = _with_etag(blob)
         waves = plan_waves(self.fleet.members(group), group)
-        self._rollouts[group_name] = Rollout(bundle.revision, counter, current.counter if current else None, waves)
+        self._rollouts[group_name] = Rollout(
+            bundle.revision,
+            counter,
+            current.counter if current else None,
+            waves,
+            canary=bool(group.canary),
+            advance_at=group.advance_at,
+        )
         self._save(group_name)
         self._notify(group_name)
         return self._rollouts[group_name]

@@ -16,7 +16,10 @@ from pathlib import Path
 from admission.errors import AdmissionError
 from admission.opa import OpaDecider
 from admission.suites import CaseResult, find_suites, local_opa, opa_binary, run_suite
+from syncer.bundle import unpack
+from syncer.errors import SyncerError
 from trustd import policy_release_cli
+from trustd.policy_review import PROTECTED_NAMESPACES, Review, markdown, review_repository
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,6 +30,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     test.add_argument("--opa", help="the opa binary (default: on PATH, or the one hack/install-peers built)")
     test.add_argument("--json", action="store_true", help="machine-readable output")
     test.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    test.add_argument("--against", type=Path, help="the published bundle: list the NetworkPolicy changes against it")
+    test.add_argument("--markdown", action="store_true", help="a summary fit for a PR comment")
+    test.add_argument(
+        "--protected-namespace",
+        action="append",
+        dest="protected",
+        help=f"NetworkPolicies may not restrict it (default: {', '.join(PROTECTED_NAMESPACES)})",
+    )
     policy_release_cli.add_parsers(commands)
 
 
@@ -43,6 +54,32 @@ def run(args: argparse.Namespace) -> int:
     rego = [_opa_test(binary, folder) for folder in _rego_test_folders(args.paths)]
     failed = [r for r in results if not r.ok]
     rego_failed = [r for r in rego if not r[1]]
+    try:
+        published = unpack(args.against.read_bytes()) if args.against else None
+    except (OSError, SyncerError) as exc:
+        print(f"trustctl policy test: --against {args.against}: {exc}")
+        return 2
+    review = Review(against=published.revision if published else None)
+    for path in args.paths:
+        if path.is_dir():
+            found = review_repository(path, published=published, protected=args.protected or PROTECTED_NAMESPACES)
+            review.errors += found.errors
+            review.changes.update(found.changes)
+    if not results and not rego:
+        review.warnings.append(
+            "no tests found (no suite.yaml, no *_test.rego): nothing about these policies' behaviour was checked"
+        )
+    if args.markdown:
+        print(
+            markdown(
+                suites=len(suites),
+                cases_passed=len(results) - len(failed),
+                cases_failed=[f"{r.name}: {r.detail}" for r in failed],
+                rego=rego,
+                review=review,
+            )
+        )
+        return 1 if failed or rego_failed or review.errors else 0
     if args.json:
         print(
             json.dumps(
@@ -51,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
                     "rego_tests": [{"folder": f, "ok": ok, "output": out} for f, ok, out in rego],
                     "passed": len(results) - len(failed),
                     "failed": len(failed) + len(rego_failed),
+                    "errors": review.errors,
+                    "warnings": review.warnings,
+                    "networkpolicy_changes": review.changes,
                 }
             )
         )
@@ -62,11 +102,15 @@ def run(args: argparse.Namespace) -> int:
                 print(f"ok   {result.name}")
         for folder, ok, output in rego:
             print(f"{'ok  ' if ok else 'FAIL'} opa test {folder}" + ("" if ok else f"\n{output}"))
+        for error in review.errors:
+            print(f"FAIL {error}")
+        for warning in review.warnings:
+            print(f"WARNING {warning}")
         print(
             f"{len(suites)} suites, {len(results)} cases: {len(results) - len(failed)} passed, {len(failed)} failed"
             + (f"; Rego unit tests: {len(rego) - len(rego_failed)}/{len(rego)} folders passed" if rego else "")
         )
-    return 1 if failed or rego_failed else 0
+    return 1 if failed or rego_failed or review.errors else 0
 
 
 def _run_suites(binary: str, suites: list[Path]) -> list[CaseResult]:
@@ -93,7 +137,12 @@ def _rego_test_folders(paths: list[Path]) -> list[Path]:
 
 def _opa_test(binary: str, folder: Path) -> tuple[str, bool, str]:
     done = subprocess.run(
-        [binary, "test", "--v0-compatible", str(folder)], capture_output=True, text=True, timeout=300, check=False
+        # YAML is ours (policy.yaml, NetworkPolicies, suites), not OPA data: loaded, it would clash at merge
+        [binary, "test", "--v0-compatible", "--ignore=*.yaml", "--ignore=*.yml", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     return str(folder), done.returncode == 0, (done.stdout + done.stderr).strip()
 

@@ -8,9 +8,10 @@ controller that creates default service accounts is not running.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,20 @@ class KubeAPI:
     url: str
     token: str
     ca_file: Path
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """For kubectl-shaped peers (helm): this API server, its CA, the admin token; 0600."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "test", "cluster": {"server": self.url, "certificate-authority": str(self.ca_file)}}],
+            "users": [{"name": "admin", "user": {"token": self.token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
+            "current-context": "test",
+        }
+        path.write_text(json.dumps(config))
+        path.chmod(0o600)
+        return path
 
     def client(self) -> httpx.Client:
         return httpx.Client(
@@ -68,7 +83,7 @@ def running_etcd(workdir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def running_kube_apiserver(workdir: Path, ca: TestCA) -> Iterator[KubeAPI]:
+def running_kube_apiserver(workdir: Path, ca: TestCA, *, extra_args: Sequence[str] = ()) -> Iterator[KubeAPI]:
     workdir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     tokens = workdir / "tokens.csv"
@@ -106,6 +121,7 @@ def running_kube_apiserver(workdir: Path, ca: TestCA) -> Iterator[KubeAPI]:
             "--endpoint-reconciler-type=none",  # it refuses a loopback advertise address otherwise
             f"--cert-dir={workdir / 'certs'}",
             "--v=0",
+            *extra_args,
         ]
         api = KubeAPI(url=f"https://127.0.0.1:{port}", token=token, ca_file=ca.ca_file)
 

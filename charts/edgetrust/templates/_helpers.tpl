@@ -1,0 +1,91 @@
+{{- define "edgetrust.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "edgetrust.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "edgetrust.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "edgetrust.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* Every container: no root, no privilege escalation, no capabilities, read-only root filesystem. */}}
+{{- define "edgetrust.containerSecurity" -}}
+securityContext:
+  runAsNonRoot: true
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities:
+    drop: [ALL]
+  seccompProfile:
+    type: RuntimeDefault
+{{- end -}}
+
+{{- define "edgetrust.podSecurity" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 65532
+  runAsGroup: 65532
+  fsGroup: 65532
+  seccompProfile:
+    type: RuntimeDefault
+{{- end -}}
+
+{{- define "edgetrust.webhookService" -}}
+{{ include "edgetrust.fullname" . }}-webhook
+{{- end -}}
+
+{{/* Namespaces never sent to the webhook: the configured ones and the release's own. */}}
+{{- define "edgetrust.exemptNamespaces" -}}
+{{- $all := append .Values.webhook.exemptNamespaces .Release.Namespace | uniq -}}
+{{ toJson $all }}
+{{- end -}}
+
+{{- define "edgetrust.webhookRules" -}}
+rules:
+  - apiGroups: [""]
+    apiVersions: [v1]
+    operations: [CREATE, UPDATE]
+    resources: [pods, pods/ephemeralcontainers, replicationcontrollers]
+    scope: Namespaced
+  - apiGroups: [apps]
+    apiVersions: [v1]
+    operations: [CREATE, UPDATE]
+    resources: [deployments, statefulsets, daemonsets, replicasets]
+    scope: Namespaced
+  - apiGroups: [batch]
+    apiVersions: [v1]
+    operations: [CREATE, UPDATE]
+    resources: [jobs, cronjobs]
+    scope: Namespaced
+namespaceSelector:
+  matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values: {{ include "edgetrust.exemptNamespaces" . }}
+    - key: edgetrust.io/ignore
+      operator: DoesNotExist
+failurePolicy: {{ .Values.webhook.failurePolicy }}
+timeoutSeconds: {{ .Values.webhook.timeoutSeconds }}
+sideEffects: None
+admissionReviewVersions: [v1]
+matchPolicy: Equivalent
+{{- with .Values.webhook.matchConditions }}
+matchConditions: {{ toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
