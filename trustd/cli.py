@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from attestation.errors import AttestationError
 from trustd.errors import TrustdError
@@ -31,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default 8443)")
     serve.add_argument("--fleet", type=Path, help="policy distribution: cluster groups, clusters, publishers (YAML)")
     serve.add_argument("--policy-keys", type=Path, help="directory of publishers' bundle-signing public keys")
+    serve.add_argument(
+        "--operator", action="append", help="SPIFFE ID allowed to list and revoke (trustctl fleet); repeatable"
+    )
 
     bundle = sub.add_parser("bundle", help="print the trust bundle (SPIFFE JWKS, or PEM roots with --pem)")
     bundle.add_argument("--data-dir", type=Path)
@@ -40,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> TrustdSettings:
-    overrides = {
+    overrides: dict[str, Any] = {
         "data_dir": getattr(args, "data_dir", None),
         "trust_domain": getattr(args, "trust_domain", None),
         "ek_roots_dir": getattr(args, "ek_roots", None),
@@ -50,6 +54,7 @@ def _settings(args: argparse.Namespace) -> TrustdSettings:
         "listen_port": getattr(args, "port", None),
         "fleet_file": getattr(args, "fleet", None),
         "policy_keys_dir": getattr(args, "policy_keys", None),
+        "operators": tuple(args.operator) if getattr(args, "operator", None) else None,
     }
     return TrustdSettings(**{k: v for k, v in overrides.items() if v is not None})
 

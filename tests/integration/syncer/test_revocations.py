@@ -251,6 +251,9 @@ def test_revocation_reaches_the_agent_opa_and_in_cluster_services(tmp_path: Path
             opa.terminate()
             opa.wait(timeout=10)
 
+        # a cluster is not an operator: it can neither revoke nor list
+        assert trustctl(["fleet", "revoke", "spiffe://edge.example/cluster/site-a", *hub_args(hub, site_a)]) == 1
+        assert hub.hub.revocations.current().counter == 1
         listed = trustctl_json(["fleet", "list", "--json", *hub_args(hub, operator)])
         assert listed["revocations"] == 1
         assert listed["clusters"]["site-a"]["result"] == "applied"
