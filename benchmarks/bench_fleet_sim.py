@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvloop
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -82,7 +83,9 @@ def worker(
     keys_pem: tuple[bytes, bytes],
     queue: Any,
 ) -> None:
-    asyncio.run(run_agents(index, names, hub, roots, Path(certs), Path(states), keys_pem, queue))
+    # uvloop: the simulation's own event loop cost (2,500 agents per process) is not the agent's; trustd runs on
+    # uvloop too (uvicorn[standard])
+    uvloop.run(run_agents(index, names, hub, roots, Path(certs), Path(states), keys_pem, queue))
 
 
 async def run_agents(
