@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from syncer.agent import HTTPSource, SyncAgent, hub_reporter
+from syncer.agent import HTTPSource, SyncAgent, hub_reporter, hub_session
 from syncer.bundle import build_files, pack, read_repository
 from syncer.revocations import KEY_ID, RevocationStore
 from syncer.signing import SigningKey, load_verification_keys, sign_files
@@ -107,8 +107,7 @@ async def run_agents(
         nonlocal polls
         context = ssl.create_default_context(cafile=roots)
         context.load_cert_chain(str(certs / name / "svid.pem"), str(certs / name / "svid.key"))
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(base_url=hub, verify=context, limits=limits, timeout=WAIT_S + 30) as http:
+        async with hub_session(hub, context) as http:
             agent = SyncAgent(
                 cluster=name,
                 site_class="edge-gateway",

@@ -10,11 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.agent import HTTPSource, SyncAgent, hub_reporter
+from syncer.agent import HTTPSource, SyncAgent, hub_reporter, hub_session
 from syncer.kube import KubeClient, KubeConfig
 from syncer.state import AgentState
 from tests.support.hub import RunningHub, running_policy_hub
@@ -107,7 +106,7 @@ def main() -> int:
             cert, private = _svid(hub, "/cluster/site-lyon", root / "site-lyon")
             context = ssl.create_default_context(cafile=str(hub.ca_bundle))
             context.load_cert_chain(str(cert), str(private))
-            async with httpx.AsyncClient(base_url=hub.url, verify=context, timeout=30) as http:
+            async with hub_session(hub.url, context) as http:
                 kube_client = KubeClient(KubeConfig(kube.url, kube.token, kube.ca_file))
                 agent = SyncAgent(
                     cluster="site-lyon",

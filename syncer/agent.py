@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from syncer.apply import ApplyResult, apply_with_rollback, desired
@@ -38,11 +39,38 @@ class SourceUnreachableError(SyncerError):
     code = "hub_unreachable"
 
 
-def hub_reporter(url: str, client: httpx.AsyncClient) -> Callable[[list[dict[str, Any]]], Awaitable[None]]:
+def hub_session(base_url: str, context: ssl.SSLContext) -> aiohttp.ClientSession:
+    """The agent's one keep-alive TLS connection to the hub (mTLS: `context` holds the cluster's SVID).
+
+    aiohttp rather than httpx here: 0.13 against 0.9 ms of client CPU per request over TLS (measured with both on
+    uvloop), which decided how fast 10,000 simulated clusters converge on one machine; and it costs a small node
+    the same.
+    """
+    return aiohttp.ClientSession(
+        base_url=base_url, connector=aiohttp.TCPConnector(ssl=context, limit=1, enable_cleanup_closed=True)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+async def _call(session: aiohttp.ClientSession, method: str, url: str, *, timeout_s: float, **kwargs: Any) -> _Answer:
+    try:
+        async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout_s), **kwargs) as answer:
+            return _Answer(answer.status, answer.headers, await answer.read())
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise SourceUnreachableError(f"{url}: {str(exc) or type(exc).__name__}") from exc
+
+
+def hub_reporter(url: str, session: aiohttp.ClientSession) -> Callable[[list[dict[str, Any]]], Awaitable[None]]:
     async def send(reports: list[dict[str, Any]]) -> None:
-        answer = await client.post(url, json=reports)
-        if answer.status_code != 200:
-            raise SourceUnreachableError(f"{url}: the hub answered {answer.status_code}")
+        answer = await _call(session, "POST", url, json=reports, timeout_s=30)
+        if answer.status != 200:
+            raise SourceUnreachableError(f"{url}: the hub answered {answer.status}")
 
     return send
 
@@ -78,15 +106,17 @@ class HTTPSource:
     def __init__(
         self,
         url: str,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         *,
         wait_s: float = 30.0,
         revocations_url: str | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self._url = url
         self._client = client
         self._etag: str | None = None
         self._wait = wait_s
+        self._timeout = timeout_s if timeout_s is not None else wait_s + 10
         self._revocations_url = revocations_url
         #: the hub's current revocation list (its ETag) as the last answer announced it
         self.revocations_etag: str | None = None
@@ -103,24 +133,23 @@ class HTTPSource:
             headers[REVOCATIONS_HEADER] = self.tried_revocations or self.held_revocations or "none"
         params = {"wait": str(self._wait)}
         carried, self.outbox = self.outbox, []
-        try:
-            if carried:  # status reports ride on the poll: one round trip per sync, not two
-                answer = await self._client.post(
-                    self._url, headers=headers, params=params, json={"reports": carried}, timeout=self._wait + 10
-                )
-            else:
-                answer = await self._client.get(self._url, headers=headers, params=params, timeout=self._wait + 10)
-        except httpx.HTTPError as exc:
-            raise SourceUnreachableError(f"{self._url}: {exc}") from exc
-        if answer.status_code in (200, 204, 304):
+        timeout_s = self._timeout
+        if carried:  # status reports ride on the poll: one round trip per sync, not two
+            answer = await _call(
+                self._client, "POST", self._url, headers=headers, params=params, json={"reports": carried},
+                timeout_s=timeout_s,
+            )  # fmt: skip
+        else:
+            answer = await _call(self._client, "GET", self._url, headers=headers, params=params, timeout_s=timeout_s)
+        if answer.status in (200, 204, 304):
             self.revocations_etag = answer.headers.get(REVOCATIONS_HEADER)
             self.delivered = len(carried)
-        if answer.status_code in (204, 304):
+        if answer.status in (204, 304):
             return None
-        if answer.status_code != 200:
-            raise SourceUnreachableError(f"{self._url}: the hub answered {answer.status_code}")
+        if answer.status != 200:
+            raise SourceUnreachableError(f"{self._url}: the hub answered {answer.status}")
         self._etag = answer.headers.get("etag")
-        return answer.content
+        return answer.body
 
     async def fetch_revocations(self) -> tuple[bytes, str | None] | None:
         """The hub's signed revocation list, when the last answer said it moved past the one held."""
@@ -129,13 +158,10 @@ class HTTPSource:
         # tried even if it fails: a refused list must not turn the long poll into a busy loop; it is fetched
         # again on every later poll, and at once when the hub announces another
         self.tried_revocations = self.revocations_etag
-        try:
-            answer = await self._client.get(self._revocations_url, timeout=30)
-        except httpx.HTTPError as exc:
-            raise SourceUnreachableError(f"{self._revocations_url}: {exc}") from exc
-        if answer.status_code != 200:
-            raise SourceUnreachableError(f"{self._revocations_url}: the hub answered {answer.status_code}")
-        return answer.content, answer.headers.get("etag")
+        answer = await _call(self._client, "GET", self._revocations_url, timeout_s=30)
+        if answer.status != 200:
+            raise SourceUnreachableError(f"{self._revocations_url}: the hub answered {answer.status}")
+        return answer.body, answer.headers.get("etag")
 
 
 class OCISource:
@@ -289,7 +315,7 @@ class SyncAgent:
             return
         try:
             await self._reporter(reports)
-        except (SyncerError, httpx.HTTPError) as exc:
+        except SyncerError as exc:
             log.info("status reports kept for later: %s", exc)
             return
         self.state.clear_reports()

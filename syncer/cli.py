@@ -13,9 +13,7 @@ import ssl
 import sys
 from pathlib import Path
 
-import httpx
-
-from syncer.agent import HTTPSource, SyncAgent, hub_reporter
+from syncer.agent import HTTPSource, SyncAgent, hub_reporter, hub_session
 from syncer.errors import SyncerError
 from syncer.kube import KubeClient, KubeConfig
 from syncer.revocations import KEY_ID, RevocationStore
@@ -58,7 +56,7 @@ async def _run(args: argparse.Namespace) -> int:
     context = ssl.create_default_context(cafile=str(args.ca_bundle))
     context.load_cert_chain(str(args.svid), str(args.svid_key))
     kube = KubeClient(KubeConfig(args.kube_url, args.kube_token_file.read_text().strip(), args.kube_ca_file))
-    async with httpx.AsyncClient(base_url=args.hub, verify=context, timeout=args.wait + 30) as http:
+    async with hub_session(args.hub, context) as http:
         agent = SyncAgent(
             cluster=args.cluster,
             site_class=args.site_class,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attestation.errors import AttestationError, MalformedStructureError, UnsupportedAlgorithmError
+from trustd.agent_api import agent_router
 from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse
 from trustd.ca import SpiffeCA
 from trustd.enrollment import EnrollmentService
@@ -38,6 +40,7 @@ def create_app(
     revocations: Revocations,
     operators: frozenset[str] = frozenset(),
     policy: PolicyBundles | None = None,
+    jwt_svid_ttl: timedelta = timedelta(minutes=5),
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -48,7 +51,8 @@ def create_app(
             watcher.cancel()
 
     app = FastAPI(title="trustd", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.include_router(fleet_router(store, revocations, lambda: operators, policy))
+    app.include_router(fleet_router(store, revocations, lambda: operators, policy, ca.trust_domain))
+    app.include_router(agent_router(store, ca, revocations, jwt_ttl=jwt_svid_ttl))
     if policy is not None:
         app.include_router(policy_router(policy, ca.trust_domain))
 

@@ -22,6 +22,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     revoke.add_argument("target", help="SPIFFE ID, node name or EK fingerprint (at least 16 hex digits)")
     revoke.add_argument("--reason", default="", help="kept in the audit log")
     _hub_args(revoke)
+    entry = commands.add_parser("entry", help="registration entries: which workloads on which node get which ID")
+    entry_commands = entry.add_subparsers(dest="entry_command", required=True)
+    create = entry_commands.add_parser("create", help="assign a SPIFFE ID to workloads matching selectors on a node")
+    create.add_argument("--spiffe-id", required=True)
+    create.add_argument("--parent", required=True, help="the node's SPIFFE ID (its agent serves the workload)")
+    create.add_argument("--selector", action="append", required=True, help="e.g. unix:uid:1000 (repeatable: all)")
+    create.add_argument("--ttl", type=int, default=3600, help="X.509-SVID lifetime, seconds")
+    _hub_args(create)
+    _hub_args(entry_commands.add_parser("list", help="every entry"))
+    delete = entry_commands.add_parser("delete", help="remove an entry (its SVIDs stop renewing)")
+    delete.add_argument("entry_id")
+    _hub_args(delete)
 
 
 def _hub_args(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +55,15 @@ def run(args: argparse.Namespace) -> int:
         with httpx.Client(base_url=args.hub, verify=context, timeout=30) as hub:
             if args.fleet_command == "list":
                 answer = hub.get("/v1/fleet/nodes")
-            else:
+            elif args.fleet_command == "revoke":
                 answer = hub.post("/v1/fleet/revocations", json={"target": args.target, "reason": args.reason})
+            elif args.entry_command == "create":
+                body = {"spiffe_id": args.spiffe_id, "parent_id": args.parent, "selectors": args.selector}
+                answer = hub.post("/v1/fleet/entries", json={**body, "ttl_s": args.ttl})
+            elif args.entry_command == "list":
+                answer = hub.get("/v1/fleet/entries")
+            else:
+                answer = hub.delete(f"/v1/fleet/entries/{args.entry_id}")
     except httpx.HTTPError as exc:
         print(f"trustctl fleet: the hub is unreachable: {exc}", file=sys.stderr)
         return 3
@@ -60,11 +79,25 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(view))
     elif args.fleet_command == "list":
         print(render_list(view))
+    elif args.fleet_command == "entry":
+        print(render_entries(view))
     else:
         print(f"revoked {view['spiffe_id']} (revocation list counter {view['counter']})")
         if view["ek_fingerprint"]:
             print(f"  its TPM (EK {view['ek_fingerprint'][:16]}…) may not enroll again")
     return 0
+
+
+def render_entries(view: dict[str, Any]) -> str:
+    if "deleted" in view:
+        return f"deleted entry {view['deleted']}"
+    entries = view.get("entries", [view])
+    lines = [f"{'ENTRY':<34} {'SPIFFE ID':<44} {'NODE':<44} SELECTORS"]
+    for entry in entries:
+        lines.append(
+            f"{entry['id']:<34} {entry['spiffe_id']:<44} {entry['parent_id']:<44} {', '.join(entry['selectors'])}"
+        )
+    return "\n".join(lines)
 
 
 def _when(timestamp: float | None) -> str:

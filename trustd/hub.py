@@ -93,6 +93,7 @@ def build_hub(settings: TrustdSettings) -> Hub:
             revocations=revocations,
             operators=frozenset(settings.operators) | (policy.fleet.operators if policy else frozenset()),
             policy=policy,
+            jwt_svid_ttl=timedelta(seconds=settings.jwt_svid_ttl_s),
         ),
         tls_cert=tls_cert,
         tls_key=tls_key,

@@ -138,7 +138,7 @@ def test_reopening_keeps_state_and_schema(opener: Opener) -> None:
     version = store.schema_version  # type: ignore[attr-defined]
     store.close()
     again = opener()
-    assert again.schema_version == version == 2  # type: ignore[attr-defined]
+    assert again.schema_version == version == 3  # type: ignore[attr-defined]
     assert [d.spiffe_id for d in again.devices()] == ["spiffe://edge.example/n/1"]
 
 

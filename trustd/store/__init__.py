@@ -8,9 +8,26 @@ several trustd replicas), behind the same `Store` protocol.
 from __future__ import annotations
 
 from trustd.errors import StoreError
-from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, RevocationRecord, Store, SvidRecord
+from trustd.store.base import (
+    AuditEvent,
+    ChallengeRecord,
+    DeviceRecord,
+    EntryRecord,
+    RevocationRecord,
+    Store,
+    SvidRecord,
+)
 
-__all__ = ["AuditEvent", "ChallengeRecord", "DeviceRecord", "RevocationRecord", "Store", "SvidRecord", "open_store"]
+__all__ = [
+    "AuditEvent",
+    "ChallengeRecord",
+    "DeviceRecord",
+    "EntryRecord",
+    "RevocationRecord",
+    "Store",
+    "SvidRecord",
+    "open_store",
+]
 
 
 def open_store(url: str) -> Store:

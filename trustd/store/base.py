@@ -60,6 +60,22 @@ class RevocationRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class EntryRecord:
+    """A registration entry: workloads on the node `parent_id` matching every selector get `spiffe_id`.
+
+    Selectors are SPIRE's spelling (`unix:uid:1000`, `unix:gid:50`, `k8s:ns:shop`, `k8s:sa:web`), so an
+    operator moving from SPIRE keeps its entries.
+    """
+
+    id: str
+    spiffe_id: str
+    parent_id: str
+    selectors: tuple[str, ...]
+    ttl_s: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     at: float
     event: str
@@ -106,6 +122,14 @@ class Store(Protocol):
     def revocations(self) -> Sequence[RevocationRecord]: ...
 
     def revocation(self, spiffe_id: str) -> RevocationRecord | None: ...
+
+    def put_entry(self, entry: EntryRecord) -> None:
+        """Raises StoreConflictError when an entry with the same SPIFFE ID, parent and selectors exists."""
+        ...
+
+    def delete_entry(self, entry_id: str) -> bool: ...
+
+    def entries(self, *, parent_id: str | None = None) -> Sequence[EntryRecord]: ...
 
     def audit(self, event: AuditEvent) -> None: ...
 

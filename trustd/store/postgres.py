@@ -22,7 +22,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from trustd.errors import ChallengeError, StoreConflictError, StoreError
-from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, RevocationRecord, SvidRecord
+from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, EntryRecord, RevocationRecord, SvidRecord
 
 T = TypeVar("T")
 RECONNECT_S = 15.0  # how long a call waits for the database to come back before it fails
@@ -78,6 +78,18 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_by TEXT NOT NULL,
         revoked_at DOUBLE PRECISION NOT NULL
     );
+    """,
+    """
+    CREATE TABLE entries (
+        id TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        selectors TEXT NOT NULL,
+        ttl_s INTEGER NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        UNIQUE (spiffe_id, parent_id, selectors)
+    );
+    CREATE INDEX entries_parent ON entries (parent_id);
     """,
 )
 
@@ -281,6 +293,28 @@ class PostgresStore:
         row = self._one(_REVOCATION_SELECT + " WHERE spiffe_id = %s", (spiffe_id,))
         return None if row is None else _revocation(row)
 
+    # -- registration entries ------------------------------------------------------------------------------
+    def put_entry(self, entry: EntryRecord) -> None:
+        try:
+            self._run(
+                lambda db: db.execute(
+                    "INSERT INTO entries VALUES (%s,%s,%s,%s,%s,%s)",
+                    (entry.id, entry.spiffe_id, entry.parent_id, _selectors(entry), entry.ttl_s, entry.created_at),
+                )
+            )
+        except pg_errors.IntegrityError as exc:
+            raise StoreConflictError(f"an entry for {entry.spiffe_id} with these selectors exists already") from exc
+
+    def delete_entry(self, entry_id: str) -> bool:
+        return self._run(lambda db: db.execute("DELETE FROM entries WHERE id = %s", (entry_id,)).rowcount > 0)
+
+    def entries(self, *, parent_id: str | None = None) -> Sequence[EntryRecord]:
+        if parent_id is None:
+            rows = self._all("SELECT * FROM entries ORDER BY spiffe_id, id", ())
+        else:
+            rows = self._all("SELECT * FROM entries WHERE parent_id = %s ORDER BY spiffe_id, id", (parent_id,))
+        return [_entry(r) for r in rows]
+
     # -- audit ---------------------------------------------------------------------------------------------
     def audit(self, event: AuditEvent) -> None:
         self._run(lambda db: _insert_audit(db, event))
@@ -312,6 +346,17 @@ def _insert_audit(db: psycopg.Connection[Any], event: AuditEvent) -> None:
 def _safe(exc: Exception) -> str:
     """The error's first line: libpq names the host, port and user, never the password."""
     return str(exc).strip().split("\n", 1)[0]
+
+
+def _selectors(entry: EntryRecord) -> str:
+    return json.dumps(sorted(entry.selectors))
+
+
+def _entry(row: tuple[Any, ...]) -> EntryRecord:
+    (eid, spiffe_id, parent_id, selectors, ttl_s, created) = row
+    return EntryRecord(
+        str(eid), str(spiffe_id), str(parent_id), tuple(json.loads(selectors)), int(ttl_s), float(created)
+    )
 
 
 def _revocation(row: tuple[Any, ...]) -> RevocationRecord:

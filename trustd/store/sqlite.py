@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trustd.errors import ChallengeError, StoreConflictError, StoreError
-from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, RevocationRecord, SvidRecord
+from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, EntryRecord, RevocationRecord, SvidRecord
 
 #: each entry moves the schema one version up; never edit one that has shipped, append a new one
 MIGRATIONS: tuple[str, ...] = (
@@ -67,6 +67,18 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_by TEXT NOT NULL,
         revoked_at REAL NOT NULL
     );
+    """,
+    """
+    CREATE TABLE entries (
+        id TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        selectors TEXT NOT NULL,
+        ttl_s INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (spiffe_id, parent_id, selectors)
+    );
+    CREATE INDEX entries_parent ON entries (parent_id);
     """,
 )
 
@@ -253,6 +265,28 @@ class SQLiteStore:
         row = self._one(_REVOCATION_SELECT + " WHERE spiffe_id = ?", (spiffe_id,))
         return None if row is None else _revocation(row)
 
+    # -- registration entries ------------------------------------------------------------------------------
+    def put_entry(self, entry: EntryRecord) -> None:
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT INTO entries VALUES (?,?,?,?,?,?)",
+                    (entry.id, entry.spiffe_id, entry.parent_id, _selectors(entry), entry.ttl_s, entry.created_at),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise StoreConflictError(f"an entry for {entry.spiffe_id} with these selectors exists already") from exc
+
+    def delete_entry(self, entry_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM entries WHERE id = ?", (entry_id,)).rowcount > 0
+
+    def entries(self, *, parent_id: str | None = None) -> Sequence[EntryRecord]:
+        if parent_id is None:
+            rows = self._all("SELECT * FROM entries ORDER BY spiffe_id, id", ())
+        else:
+            rows = self._all("SELECT * FROM entries WHERE parent_id = ? ORDER BY spiffe_id, id", (parent_id,))
+        return [_entry(r) for r in rows]
+
     # -- audit ---------------------------------------------------------------------------------------------
     def audit(self, event: AuditEvent) -> None:
         with self._lock:
@@ -284,6 +318,17 @@ class SQLiteStore:
 
 
 _REVOCATION_SELECT = "SELECT spiffe_id, ek_fingerprint, reason, revoked_by, revoked_at, sequence FROM revocations"
+
+
+def _selectors(entry: EntryRecord) -> str:
+    return json.dumps(sorted(entry.selectors))
+
+
+def _entry(row: tuple[Any, ...]) -> EntryRecord:
+    (eid, spiffe_id, parent_id, selectors, ttl_s, created) = row
+    return EntryRecord(
+        str(eid), str(spiffe_id), str(parent_id), tuple(json.loads(selectors)), int(ttl_s), float(created)
+    )
 
 
 def _revocation(row: tuple[Any, ...]) -> RevocationRecord:

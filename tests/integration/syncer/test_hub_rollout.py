@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.agent import HTTPSource, SyncAgent, hub_reporter
+from syncer.agent import HTTPSource, SyncAgent, hub_reporter, hub_session
 from syncer.bundle import build_files, pack, read_repository
 from syncer.kube import KubeClient, KubeConfig
 from syncer.signing import SigningKey, sign_files
@@ -72,10 +72,15 @@ async def scenario(hub: RunningHub, kubes: dict[str, KubeAPI], work: Path, signi
     publisher = mtls(hub, *svid_files(hub, "/operator/ci", work / "publisher"))
     agents: dict[str, SyncAgent] = {}
     clients: list[Any] = [publisher]
+    sessions = []
     for name, api in kubes.items():
-        http = mtls(hub, *svid_files(hub, f"/cluster/{name}", work / name / "svid"))
+        cert, key = svid_files(hub, f"/cluster/{name}", work / name / "svid")
+        context = ssl.create_default_context(cafile=str(hub.ca_bundle))
+        context.load_cert_chain(str(cert), str(key))
+        http = hub_session(hub.url, context)
         kube = KubeClient(KubeConfig(api.url, api.token, api.ca_file))
-        clients += [http, kube]
+        sessions.append(http)
+        clients.append(kube)
         agents[name] = SyncAgent(
             cluster=name,
             site_class="edge-gateway",
@@ -130,6 +135,8 @@ async def scenario(hub: RunningHub, kubes: dict[str, KubeAPI], work: Path, signi
     assert "not newer" in stale.json()["reason"]
     for client in clients:
         await client.aclose()
+    for session in sessions:
+        await session.close()
 
 
 def test_trustctl_publish_rollout_status_and_rollback(tmp_path: Path) -> None:

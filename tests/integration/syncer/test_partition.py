@@ -15,13 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.agent import HTTPSource, SyncAgent, hub_reporter
+from syncer.agent import HTTPSource, SyncAgent, hub_reporter, hub_session
 from syncer.bundle import build_files, pack, read_repository
 from syncer.kube import KubeClient, KubeConfig
 from syncer.signing import SigningKey, load_verification_keys, sign_files
@@ -153,11 +153,11 @@ async def scenario(
     keys = load_verification_keys({"ci-1": public})
     state_dir = work / "site-a" / "state"
 
-    def agent(http: httpx.AsyncClient, target: KubeClient) -> SyncAgent:
+    def agent(http: aiohttp.ClientSession, target: KubeClient, timeout_s: float = 30) -> SyncAgent:
         return SyncAgent(
             cluster="site-a",
             site_class="edge-gateway",
-            source=HTTPSource("/v1/policy/bundle", http, wait_s=1),
+            source=HTTPSource("/v1/policy/bundle", http, wait_s=1, timeout_s=timeout_s),
             keys=keys,
             kube=target,
             state=AgentState(state_dir),
@@ -167,8 +167,8 @@ async def scenario(
     base = f"https://{link.peer_address}:{PORT}"
     target = KubeClient(KubeConfig(kube.url, kube.token, kube.ca_file))
     publish_inside(link, work, pack(sign_files(build_files(read_repository(repo), counter=1, commit="one"), key)))
-    async with httpx.AsyncClient(base_url=base, verify=context, timeout=5) as http:
-        first = await agent(http, target).run_once()
+    async with hub_session(base, context) as http:
+        first = await agent(http, target, 5).run_once()
         assert first.result == "applied", first
     assert names(kube) == {"default-deny", "allow-dns", "allow-hub"}
 
@@ -177,8 +177,8 @@ async def scenario(
     publish_inside(link, work, pack(sign_files(build_files(read_repository(repo), counter=2, commit="two"), key)))
     with kube.client() as client:  # someone deletes a policy while the site is cut off
         client.delete("/apis/networking.k8s.io/v1/namespaces/workloads/networkpolicies/allow-dns")
-    async with httpx.AsyncClient(base_url=base, verify=context, timeout=3) as http:
-        restarted = agent(http, target)
+    async with hub_session(base, context) as http:
+        restarted = agent(http, target, 3)
         await restarted.start()  # a restart during the partition re-enforces what was verified
         assert names(kube) == {"default-deny", "allow-dns", "allow-hub"}
         cut_off = await restarted.run_once()
@@ -189,7 +189,7 @@ async def scenario(
         link.degrade("netem", "delay", "150ms", "loss", "10%")
     else:  # this kernel has no sch_netem: a 64 kbit/s token bucket with a short queue delays and drops instead
         link.degrade("tbf", "rate", "64kbit", "burst", "4kb", "latency", "50ms")
-    async with httpx.AsyncClient(base_url=base, verify=context, timeout=30) as http:
+    async with hub_session(base, context) as http:
         healed = agent(http, target)
         await healed.start()
         outcome = await healed.run_once()

@@ -27,7 +27,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.agent import HTTPSource, SyncAgent, hub_reporter
+from syncer.agent import HTTPSource, SyncAgent, hub_reporter, hub_session
 from syncer.bundle import build_files, pack, read_repository
 from syncer.revocations import KEY_ID, RevocationList, RevocationStore, RevokedError
 from syncer.signing import SigningKey, load_verification_keys, sign_files
@@ -180,7 +180,9 @@ def test_revocation_reaches_the_agent_opa_and_in_cluster_services(tmp_path: Path
         try:
 
             async def scenario() -> tuple[float, str]:
-                async with mtls(hub, *site_a) as http, mtls(hub, *site_b) as http_b:
+                context = ssl.create_default_context(cafile=str(hub.ca_bundle))
+                context.load_cert_chain(str(site_a[0]), str(site_a[1]))
+                async with hub_session(hub.url, context) as http, mtls(hub, *site_b) as http_b:
                     agent = SyncAgent(
                         cluster="site-a",
                         site_class="edge-store",
