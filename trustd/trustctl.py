@@ -14,6 +14,7 @@ from pathlib import Path
 
 from attestation.errors import AttestationError
 from trustd import fleet_cli, policy_cli
+from trustd.agent import cli as agent_cli
 from trustd.errors import HubUnreachableError, TrustdError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     enroll.add_argument("--json", action="store_true", help="machine-readable output")
     policy_cli.add_parser(sub)
     fleet_cli.add_parser(sub)
+    agent_cli.add_parser(sub)
     return parser
 
 
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             return policy_cli.run(args)
         if args.command == "fleet":
             return fleet_cli.run(args)
+        if args.command == "agent":
+            return agent_cli.run(args)
     except HubUnreachableError as exc:
         print(f"trustctl: {exc.diagnostics()}", file=sys.stderr)
         return EXIT_UNREACHABLE

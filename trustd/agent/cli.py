@@ -1,0 +1,75 @@
+"""`trustctl agent run | status`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from trustd.agent.node import run_agent
+
+DEFAULT_SOCKET = Path("/run/edgetrust/agent/api.sock")
+DEFAULT_STATE = Path("/var/lib/edgetrust/agent")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    agent = sub.add_parser("agent", help="the node agent: the SPIFFE Workload API for this node's workloads")
+    commands = agent.add_subparsers(dest="agent_command", required=True)
+    run = commands.add_parser("run", help="serve the Workload API until stopped")
+    run.add_argument("--hub", required=True, help="trustd URL")
+    run.add_argument("--svid-dir", type=Path, default=Path("/var/lib/edgetrust/svid"), help="from trustctl enroll")
+    run.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
+    run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
+    run.add_argument("--entry-poll", type=float, default=30.0, help="seconds between looks for new entries")
+    status = commands.add_parser("status", help="what this node holds and how long until it expires")
+    status.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
+    status.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.agent_command == "run":
+        try:
+            asyncio.run(run_agent(args.hub, args.svid_dir, args.socket, args.state_dir, entry_poll_s=args.entry_poll))
+        except KeyboardInterrupt:
+            return 0
+        return 0
+    return _status(args)
+
+
+def _left(expires: float, now: float) -> str:
+    seconds = int(expires - now)
+    if seconds <= 0:
+        return "EXPIRED"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        view = json.loads((args.state_dir / "status.json").read_text())
+    except (OSError, ValueError) as exc:
+        print(f"trustctl agent status: no status in {args.state_dir} ({exc}); is the agent running?", file=sys.stderr)
+        return 3
+    now = time.time()
+    view["stale"] = now - view["written_at"] > 30
+    if args.json:
+        print(json.dumps(view))
+        return 0
+    contact = view["last_hub_contact"]
+    print(f"node {view['node']}: node SVID expires in {_left(view['node_svid_expires_at'], now)}")
+    if contact is None:
+        print("  hub: never reached")
+    else:
+        print(f"  hub: last reached {datetime.fromtimestamp(contact, UTC):%Y-%m-%d %H:%M:%S} UTC")
+    if view["last_error"]:
+        print(f"  last error: {view['last_error']}")
+    for svid in view["svids"]:
+        print(f"  {svid['spiffe_id']} ({', '.join(svid['selectors'])}): expires in {_left(svid['expires_at'], now)}")
+    if view["stale"]:
+        print("  WARNING: the status is over 30 s old: the agent may have stopped")
+    return 0

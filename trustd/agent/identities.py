@@ -1,0 +1,232 @@
+"""The identities this node serves: its registration entries, an X.509-SVID per entry (keys made here, only
+CSRs leave the node), the trust bundle, and JWT-SVIDs on demand. Renewed at half their lifetime, with jitter,
+so that a fleet's agents do not all come back at once; served from memory while the hub is unreachable, until
+they expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from trustd.errors import HubUnreachableError, TrustdError
+
+log = logging.getLogger("edgetrust.agent")
+
+ENTRY_POLL_S = 30.0
+JITTER = 0.1  # renew between 45 % and 55 % of the lifetime
+
+
+class AgentError(TrustdError):
+    code = "agent_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: str
+    spiffe_id: str
+    selectors: frozenset[str]
+    ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    entry: Entry
+    key_der: bytes  # PKCS#8
+    chain_der: tuple[bytes, ...]
+    not_before: float
+    not_after: float
+
+    def renew_at(self, jitter: float) -> float:
+        return self.not_before + (self.not_after - self.not_before) * (0.5 + jitter)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What the Workload API serves; replaced whole on every change, so a reader never sees half an update."""
+
+    version: int = 0
+    trust_domain: str = ""
+    issued: dict[str, Issued] = field(default_factory=dict)  # entry id -> SVID
+    authorities_der: tuple[bytes, ...] = ()
+    jwt_keys: tuple[dict[str, Any], ...] = ()
+
+
+class HubClient:
+    """mTLS to trustd with the node's X.509-SVID (written by `trustctl enroll`)."""
+
+    def __init__(self, hub: str, svid_dir: Path) -> None:
+        context = ssl.create_default_context(cafile=str(svid_dir / "bundle.pem"))
+        context.load_cert_chain(str(svid_dir / "svid.pem"), str(svid_dir / "svid.key"))
+        self._http = httpx.AsyncClient(base_url=hub, verify=context, timeout=15)
+
+    async def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            answer = await self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise HubUnreachableError(f"the hub is unreachable: {exc}") from exc
+        try:
+            found = answer.json()
+        except ValueError:
+            found = {}
+        if answer.status_code != 200:
+            raise AgentError(f"the hub refused {path}: {found.get('reason', answer.status_code)}")
+        if not isinstance(found, dict):
+            raise AgentError(f"the hub answered {path} with something that is not an object")
+        return found
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+
+class Identities:
+    def __init__(
+        self, hub: HubClient, *, clock: Callable[[], float] = time.time, entry_poll_s: float = ENTRY_POLL_S
+    ) -> None:
+        self._hub = hub
+        self._entry_poll = entry_poll_s
+        self._clock = clock
+        self.snapshot = Snapshot()
+        self._changed = asyncio.Condition()
+        self._jitter: dict[str, float] = {}
+        self._jwt: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = {}
+        self.last_contact: float | None = None
+        self.last_error: str | None = None
+
+    async def wait_for_change(self, version: int) -> Snapshot:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.snapshot.version != version)
+            return self.snapshot
+
+    async def _publish(self, snapshot: Snapshot) -> None:
+        async with self._changed:
+            snapshot.version = self.snapshot.version + 1
+            self.snapshot = snapshot
+            self._changed.notify_all()
+
+    async def refresh(self) -> None:
+        """Entries and bundle from the hub; new SVIDs for new entries and for those past their renewal time."""
+        answer = await self._hub.call("GET", "/v1/agent/entries")
+        self.last_contact = self._clock()
+        entries = {
+            e["id"]: Entry(e["id"], e["spiffe_id"], frozenset(e["selectors"]), int(e["ttl_s"]))
+            for e in answer["entries"]
+        }
+        authorities, jwt_keys = _split_bundle(answer["bundle"])
+        now = self._clock()
+        current = self.snapshot
+        keep = {
+            i: s
+            for i, s in current.issued.items()
+            if i in entries and s.entry == entries[i] and now < s.renew_at(self._jitter.setdefault(i, _jitter()))
+        }
+        due = [entries[i] for i in entries if i not in keep]
+        fresh = await self._issue(due) if due else {}
+        changed = bool(due) or set(keep) != set(current.issued) or authorities != current.authorities_der
+        changed = changed or jwt_keys != current.jwt_keys
+        if changed:
+            await self._publish(
+                Snapshot(
+                    trust_domain=str(answer["trust_domain"]),
+                    issued={**keep, **fresh},
+                    authorities_der=authorities,
+                    jwt_keys=jwt_keys,
+                )
+            )
+        self.last_error = None
+
+    async def _issue(self, entries: Sequence[Entry]) -> dict[str, Issued]:
+        keys = {e.id: ec.generate_private_key(ec.SECP256R1()) for e in entries}
+        requests = [{"entry_id": e.id, "csr": _csr(keys[e.id])} for e in entries]
+        answer = await self._hub.call("POST", "/v1/agent/svids", {"requests": requests})
+        issued = {}
+        by_id = {e.id: e for e in entries}
+        for item in answer["svids"]:
+            chain = x509.load_pem_x509_certificates(item["chain"].encode())
+            self._jitter[item["entry_id"]] = _jitter()
+            issued[item["entry_id"]] = Issued(
+                entry=by_id[item["entry_id"]],
+                key_der=keys[item["entry_id"]].private_bytes(
+                    serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                ),
+                chain_der=tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
+                not_before=chain[0].not_valid_before_utc.timestamp(),
+                not_after=chain[0].not_valid_after_utc.timestamp(),
+            )
+        log.info("issued %d X.509-SVIDs: %s", len(issued), ", ".join(s.entry.spiffe_id for s in issued.values()))
+        return issued
+
+    async def jwt_svid(self, entry: Entry, audience: Sequence[str]) -> str:
+        """Cached until half its lifetime: a workload asking every second does not reach the hub every second."""
+        key = (entry.id, tuple(sorted(audience)))
+        cached = self._jwt.get(key)
+        if cached is not None and self._clock() < cached[1]:
+            return cached[0]
+        answer = await self._hub.call("POST", "/v1/agent/jwt", {"entry_id": entry.id, "audience": list(audience)})
+        token = str(answer["token"])
+        claims = json.loads(_b64url(token.split(".")[1]))
+        issued_at = float(claims.get("iat", self._clock()))
+        self._jwt[key] = (token, issued_at + (float(claims["exp"]) - issued_at) / 2)
+        return token
+
+    def next_due(self) -> float:
+        """Seconds until the next renewal or entry poll."""
+        now = float(self._clock())
+        due = [s.renew_at(self._jitter.get(i, 0.0)) - now for i, s in self.snapshot.issued.items()]
+        return max(1.0, min([self._entry_poll, *due]))
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await self.refresh()
+                backoff = 1.0
+                await asyncio.sleep(self.next_due())
+            except TrustdError as exc:
+                self.last_error = exc.diagnostics()
+                log.warning("keeping the identities held (%s); retrying in %.0f s", self.last_error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+
+
+def _jitter() -> float:
+    return random.uniform(-JITTER / 2, JITTER / 2)  # noqa: S311 - spreading load, not a secret
+
+
+def _csr(key: ec.EllipticCurvePrivateKey) -> str:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgetrust")]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _b64url(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _split_bundle(bundle: Mapping[str, Any]) -> tuple[tuple[bytes, ...], tuple[dict[str, Any], ...]]:
+    authorities: list[bytes] = []
+    jwt_keys: list[dict[str, Any]] = []
+    for key in bundle.get("keys", []):
+        if key.get("use") == "x509-svid":
+            authorities.extend(base64.b64decode(c) for c in key.get("x5c", []))
+        elif key.get("use") == "jwt-svid":
+            jwt_keys.append(dict(key))
+    return tuple(authorities), tuple(jwt_keys)
