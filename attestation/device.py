@@ -22,7 +22,7 @@ from attestation.tpm2.constants import HashAlg
 try:  # tpm2-pytss is a device-only dependency (the `device` extra); the hub never imports this module
     from tpm2_pytss import ESAPI, TPM2B_PUBLIC, TPMT_SYM_DEF, TSS2_Exception
     from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HT, TPM2_SE, TPMA_OBJECT
-    from tpm2_pytss.types import TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT
+    from tpm2_pytss.types import TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TPM2B_PRIVATE
     from tpm2_pytss.utils import NVReadEK, create_ek_template
 except ImportError as exc:  # pragma: no cover - exercised only on machines without the extra
     raise TPMDeviceError(
@@ -65,6 +65,10 @@ class EndorsementKey:
 class AttestationKey:
     public: bytes  # marshalled TPMT_PUBLIC
     name: bytes  # the TPM's Name for it
+    #: TPM2B_PRIVATE and TPM2B_PUBLIC as the TPM returned them: the private part is wrapped by this TPM's storage
+    #: key, useless elsewhere; kept by the device so it can quote with the same AK at renewal
+    private_blob: bytes = b""
+    public_blob: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,26 @@ class TPMDevice:
             name = bytes(self._ectx.tr_get_name(ak))
         except (TSS2_Exception, ValueError) as exc:
             raise _tss("creating the attestation key", exc) from exc
+        self._ak = ak
+        return AttestationKey(
+            public=bytes(ak_pub.publicArea.marshal()),
+            name=name,
+            private_blob=bytes(ak_priv.marshal()),
+            public_blob=bytes(ak_pub.marshal()),
+        )
+
+    def load_attestation_key(self, private_blob: bytes, public_blob: bytes) -> AttestationKey:
+        """The AK made at enrollment, loaded again under the (re-derived) storage key, for a renewal's quote."""
+        try:
+            srk, *_ = self._ectx.create_primary(None, "ecc256:aes128cfb")
+            self._handles.append(srk)
+            ak_priv, _ = TPM2B_PRIVATE.unmarshal(private_blob)
+            ak_pub, _ = TPM2B_PUBLIC.unmarshal(public_blob)
+            ak = self._ectx.load(srk, ak_priv, ak_pub)
+            self._handles.append(ak)
+            name = bytes(self._ectx.tr_get_name(ak))
+        except (TSS2_Exception, ValueError) as exc:
+            raise _tss("loading the attestation key", exc) from exc
         self._ak = ak
         return AttestationKey(public=bytes(ak_pub.publicArea.marshal()), name=name)
 

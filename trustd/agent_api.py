@@ -13,8 +13,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from trustd.api_models import RenewChallenge, RenewRequest, RenewResponse
 from trustd.ca import SpiffeCA
 from trustd.policy_api import NotAuthorizedError
+from trustd.renewal import RenewalService
 from trustd.revocations import Revocations
 from trustd.spiffe_id import SpiffeId
 from trustd.store import EntryRecord, Store
@@ -47,7 +49,9 @@ def entry_view(entry: EntryRecord) -> dict[str, Any]:
     }
 
 
-def agent_router(store: Store, ca: SpiffeCA, revocations: Revocations, *, jwt_ttl: timedelta) -> APIRouter:
+def agent_router(
+    store: Store, ca: SpiffeCA, revocations: Revocations, renewal: RenewalService, *, jwt_ttl: timedelta
+) -> APIRouter:
     router = APIRouter(prefix="/v1/agent")
 
     def node(request: Request) -> str:
@@ -64,6 +68,14 @@ def agent_router(store: Store, ca: SpiffeCA, revocations: Revocations, *, jwt_tt
             if entry.id == entry_id:
                 return entry
         raise NotAuthorizedError(f"entry {entry_id!r} is not assigned to {parent}")
+
+    @router.post("/renew/challenge")
+    def renew_challenge(request: Request) -> RenewChallenge:
+        return renewal.begin(peer_spiffe_id(request.scope))
+
+    @router.post("/renew")
+    def renew(body: RenewRequest, request: Request) -> RenewResponse:
+        return renewal.complete(peer_spiffe_id(request.scope), body)
 
     @router.get("/entries")
     def entries(request: Request) -> dict[str, Any]:

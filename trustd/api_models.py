@@ -61,6 +61,32 @@ class EnrollResponse(_Strict):
     jwt_svids: dict[str, str] = Field(default_factory=dict, description="audience -> JWT-SVID")
 
 
+class RenewChallenge(_Strict):
+    challenge_id: str
+    nonce: str
+    pcr_selection: dict[str, list[int]]
+    expires_at: float
+
+
+class RenewRequest(_Strict):
+    """A node's renewal: a fresh quote by the AK it enrolled with, over the hub's nonce, and a new key's CSR."""
+
+    challenge_id: str = Field(max_length=128)
+    ak_public: str = Field(max_length=_MAX_TPM_B64, description="base64 TPMT_PUBLIC of the enrolled AK")
+    attest: str = Field(max_length=_MAX_TPM_B64)
+    signature: str = Field(max_length=_MAX_TPM_B64)
+    pcr_values: dict[str, dict[int, str]] = Field(max_length=4)
+    event_log: str | None = Field(default=None, max_length=_MAX_EVENT_LOG_B64)
+    csr: str = Field(max_length=8192)
+
+
+class RenewResponse(_Strict):
+    spiffe_id: str
+    svid_chain: str
+    bundle: str
+    not_after: float
+
+
 class ErrorBody(_Strict):
     error: str
     reason: str

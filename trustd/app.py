@@ -25,6 +25,7 @@ from trustd.errors import TrustdError
 from trustd.fleet_api import fleet_router
 from trustd.policy_api import policy_router
 from trustd.policy_bundles import PolicyBundles
+from trustd.renewal import RenewalService
 from trustd.revocations import Revocations
 from trustd.store import Store
 
@@ -52,7 +53,15 @@ def create_app(
 
     app = FastAPI(title="trustd", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.include_router(fleet_router(store, revocations, lambda: operators, policy, ca.trust_domain))
-    app.include_router(agent_router(store, ca, revocations, jwt_ttl=jwt_svid_ttl))
+    renewal = RenewalService(
+        store=store,
+        ca=ca,
+        reference_policy=service.reference_policy,
+        revocations=revocations,
+        svid_ttl=service.policy.svid_ttl,
+        challenge_ttl=service.policy.challenge_ttl,
+    )
+    app.include_router(agent_router(store, ca, revocations, renewal, jwt_ttl=jwt_svid_ttl))
     if policy is not None:
         app.include_router(policy_router(policy, ca.trust_domain))
 

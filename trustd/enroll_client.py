@@ -112,6 +112,9 @@ def enroll(
     )
     svid_path.write_text(answer.svid_chain)
     bundle_path.write_text(answer.bundle)
+    # the AK, as this TPM wrapped it (useless on another TPM), and what to quote with it: for renewals
+    write_private(out_dir / "ak.priv", ak.private_blob)
+    (out_dir / "ak.pub").write_bytes(ak.public_blob)
     return Enrollment(
         spiffe_id=answer.spiffe_id,
         not_after=answer.not_after,

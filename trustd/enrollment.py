@@ -125,6 +125,14 @@ class EnrollmentService:
             expires_at=challenge.expires_at,
         )
 
+    @property
+    def reference_policy(self) -> ReferencePolicy:
+        return self._reference
+
+    @property
+    def policy(self) -> EnrollmentPolicy:
+        return self._policy
+
     # -- round 2 ---------------------------------------------------------------------------------------------
     def complete(self, request: EnrollRequest) -> EnrollResponse:
         now = self._clock()
@@ -145,7 +153,7 @@ class EnrollmentService:
                 attest=b64decode_field(request.attest, field="attest"),
                 signature=b64decode_field(request.signature, field="signature"),
                 nonce=challenge.nonce,
-                pcr_values=_pcr_values(request.pcr_values),
+                pcr_values=parse_pcr_values(request.pcr_values),
             )
             claims = dict(challenge.claims)
             device_class = claims.pop("device_class")
@@ -238,7 +246,7 @@ class EnrollmentService:
         )
 
 
-def _pcr_values(raw: dict[str, dict[int, str]]) -> dict[HashAlg, dict[int, bytes]]:
+def parse_pcr_values(raw: dict[str, dict[int, str]]) -> dict[HashAlg, dict[int, bytes]]:
     values: dict[HashAlg, dict[int, bytes]] = {}
     for label, pcrs in raw.items():
         bank = HashAlg.from_label(label)

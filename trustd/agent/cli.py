@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from trustd.agent.node import run_agent
+from trustd.agent.renewal_client import renew_node
 
 DEFAULT_SOCKET = Path("/run/edgetrust/agent/api.sock")
 DEFAULT_STATE = Path("/var/lib/edgetrust/agent")
@@ -25,6 +27,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     run.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
     run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
     run.add_argument("--entry-poll", type=float, default=30.0, help="seconds between looks for new entries")
+    run.add_argument("--tpm", help="TCTI of the node's TPM: renew the node SVID with fresh quotes (recommended)")
+    run.add_argument("--event-log", type=Path, help="boot event log sent with each renewal's quote")
+    renew = commands.add_parser("renew", help="renew the node SVID now, with a fresh quote")
+    renew.add_argument("--hub", required=True)
+    renew.add_argument("--svid-dir", type=Path, default=Path("/var/lib/edgetrust/svid"))
+    renew.add_argument("--tpm", required=True, help="TCTI, e.g. device:/dev/tpmrm0")
+    renew.add_argument("--event-log", type=Path)
     status = commands.add_parser("status", help="what this node holds and how long until it expires")
     status.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
     status.add_argument("--json", action="store_true")
@@ -32,10 +41,31 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     if args.agent_command == "run":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
-            asyncio.run(run_agent(args.hub, args.svid_dir, args.socket, args.state_dir, entry_poll_s=args.entry_poll))
+            asyncio.run(
+                run_agent(
+                    args.hub,
+                    args.svid_dir,
+                    args.socket,
+                    args.state_dir,
+                    entry_poll_s=args.entry_poll,
+                    tcti=args.tpm,
+                    event_log=args.event_log,
+                )
+            )
         except KeyboardInterrupt:
             return 0
+        return 0
+    if args.agent_command == "renew":
+        renewed = renew_node(
+            hub=args.hub,
+            svid_dir=args.svid_dir,
+            tcti=args.tpm,
+            event_log=args.event_log.read_bytes() if args.event_log else None,
+        )
+        until = datetime.fromtimestamp(renewed.not_after, UTC)
+        print(f"renewed {renewed.spiffe_id}: valid until {until:%Y-%m-%d %H:%M} UTC")
         return 0
     return _status(args)
 

@@ -71,9 +71,19 @@ class HubClient:
     """mTLS to trustd with the node's X.509-SVID (written by `trustctl enroll`)."""
 
     def __init__(self, hub: str, svid_dir: Path) -> None:
-        context = ssl.create_default_context(cafile=str(svid_dir / "bundle.pem"))
-        context.load_cert_chain(str(svid_dir / "svid.pem"), str(svid_dir / "svid.key"))
-        self._http = httpx.AsyncClient(base_url=hub, verify=context, timeout=15)
+        self._hub = hub
+        self._svid_dir = svid_dir
+        self._http = self._client()
+
+    def _client(self) -> httpx.AsyncClient:
+        context = ssl.create_default_context(cafile=str(self._svid_dir / "bundle.pem"))
+        context.load_cert_chain(str(self._svid_dir / "svid.pem"), str(self._svid_dir / "svid.key"))
+        return httpx.AsyncClient(base_url=self._hub, verify=context, timeout=15)
+
+    async def reload(self) -> None:
+        """Speak with the renewed node SVID from now on."""
+        old, self._http = self._http, self._client()
+        await old.aclose()
 
     async def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         try:

@@ -15,9 +15,12 @@ from typing import Any
 
 from cryptography import x509
 
+from attestation.errors import AttestationError
 from trustd.agent.identities import HubClient, Identities
 from trustd.agent.peercred import PeerCredFront
+from trustd.agent.renewal_client import renew_at, renew_node
 from trustd.agent.workload_api import serve
+from trustd.errors import TrustdError
 
 log = logging.getLogger("edgetrust.agent")
 STATUS_EVERY_S = 5.0
@@ -41,8 +44,39 @@ def status(identities: Identities, svid_dir: Path) -> dict[str, Any]:
     }
 
 
+async def keep_node_svid(
+    hub: str, svid_dir: Path, client: HubClient, identities: Identities, *, tcti: str, event_log: Path | None
+) -> None:
+    """Renew the node SVID at half its lifetime with a fresh quote; on refusal, say so and retry until expiry."""
+    backoff = 5.0
+    while True:
+        due = renew_at(svid_dir / "svid.pem")
+        log.info("node SVID renewal due at %s", time.ctime(due))
+        await asyncio.sleep(max(0.0, due - time.time()))
+        try:
+            log_bytes = event_log.read_bytes() if event_log is not None else None
+            renewed = await asyncio.to_thread(renew_node, hub=hub, svid_dir=svid_dir, tcti=tcti, event_log=log_bytes)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the node keeps its SVID and tries again
+            message = exc.diagnostics() if isinstance(exc, TrustdError | AttestationError) else repr(exc)
+            identities.last_error = f"node SVID renewal: {message}"
+            log.warning("node SVID renewal failed, retrying in %.0f s: %s", backoff, message)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 300.0)
+            continue
+        backoff = 5.0
+        await client.reload()
+        log.info("node SVID renewed (serial %x), valid until %s", renewed.serial, time.ctime(renewed.not_after))
+
+
 async def run_agent(
-    hub: str, svid_dir: Path, socket_path: Path, state_dir: Path, *, entry_poll_s: float = 30.0
+    hub: str,
+    svid_dir: Path,
+    socket_path: Path,
+    state_dir: Path,
+    *,
+    entry_poll_s: float = 30.0,
+    tcti: str | None = None,
+    event_log: Path | None = None,
 ) -> None:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     client = HubClient(hub, svid_dir)
@@ -52,15 +86,22 @@ async def run_agent(
     await front.start(port)
     log.info("Workload API on unix://%s", socket_path)
     renewals = asyncio.create_task(identities.run())
+    node_renewal = (
+        asyncio.create_task(keep_node_svid(hub, svid_dir, client, identities, tcti=tcti, event_log=event_log))
+        if tcti is not None
+        else None
+    )
     try:
         while True:  # at every change, and every few seconds (the hub contact time moves)
             _write_status(state_dir / "status.json", status(identities, svid_dir))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(identities.wait_for_change(identities.snapshot.version), STATUS_EVERY_S)
     finally:
-        renewals.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewals
+        for task in (renewals, node_renewal):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await front.close()
         await server.stop(grace=1)
         await client.close()

@@ -243,6 +243,20 @@ class PostgresStore:
         except pg_errors.IntegrityError as exc:
             raise StoreConflictError(f"enrollment conflicts with stored state: {_safe(exc)}") from exc
 
+    def record_svid(self, svid: SvidRecord, event: AuditEvent) -> None:
+        def record(db: psycopg.Connection[Any]) -> None:
+            with db.transaction():
+                db.execute(
+                    "INSERT INTO svids VALUES (%s,%s,%s,%s,%s,%s)",
+                    (svid.serial, svid.spiffe_id, svid.ek_fingerprint, svid.not_before, svid.not_after, svid.kind),
+                )
+                _insert_audit(db, event)
+
+        try:
+            self._run(record)
+        except pg_errors.IntegrityError as exc:
+            raise StoreConflictError(f"SVID serial {svid.serial} is recorded already") from exc
+
     def device(self, ek_fingerprint: str) -> DeviceRecord | None:
         row = self._one("SELECT * FROM devices WHERE ek_fingerprint = %s", (ek_fingerprint,))
         return None if row is None else _device(row)

@@ -210,6 +210,23 @@ class SQLiteStore:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def record_svid(self, svid: SvidRecord, event: AuditEvent) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO svids VALUES (?,?,?,?,?,?)",
+                    (svid.serial, svid.spiffe_id, svid.ek_fingerprint, svid.not_before, svid.not_after, svid.kind),
+                )
+                self._insert_audit(event)
+                self._db.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                self._db.execute("ROLLBACK")
+                raise StoreConflictError(f"SVID serial {svid.serial} is recorded already") from exc
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
     def device(self, ek_fingerprint: str) -> DeviceRecord | None:
         row = self._one("SELECT * FROM devices WHERE ek_fingerprint = ?", (ek_fingerprint,))
         return None if row is None else _device(row)

@@ -1,0 +1,96 @@
+"""The node's side of renewal: its TPM quotes again, with the AK it enrolled with, over the hub's fresh nonce,
+and the new SVID (a new key, made here) replaces the old one on disk only once the hub has signed it."""
+
+from __future__ import annotations
+
+import base64
+import random
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from attestation.device import TPMDevice
+from attestation.tpm2.constants import HashAlg
+from trustd.api_models import RenewChallenge, RenewRequest, RenewResponse, b64
+from trustd.errors import EnrollmentError, HubUnreachableError
+from trustd.files import write_private
+
+JITTER = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Renewed:
+    spiffe_id: str
+    serial: int
+    not_after: float
+
+
+def renew_at(svid_path: Path) -> float:
+    """When to renew: half the SVID's lifetime, give or take 5 %, so a fleet does not renew in one burst."""
+    cert = x509.load_pem_x509_certificates(svid_path.read_bytes())[0]
+    start, end = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+    return start + (end - start) * (0.5 + random.uniform(-JITTER / 2, JITTER / 2))  # noqa: S311 - load spreading
+
+
+def renew_node(*, hub: str, svid_dir: Path, tcti: str, event_log: bytes | None, timeout_s: float = 30) -> Renewed:
+    context = ssl.create_default_context(cafile=str(svid_dir / "bundle.pem"))
+    context.load_cert_chain(str(svid_dir / "svid.pem"), str(svid_dir / "svid.key"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgetrust")]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    with httpx.Client(base_url=hub, verify=context, timeout=timeout_s) as http, TPMDevice(tcti) as tpm:
+        challenge = RenewChallenge.model_validate(_post(http, "/v1/agent/renew/challenge", {}))
+        ak = tpm.load_attestation_key((svid_dir / "ak.priv").read_bytes(), (svid_dir / "ak.pub").read_bytes())
+        selection = {HashAlg.from_label(bank): pcrs for bank, pcrs in challenge.pcr_selection.items()}
+        quote = tpm.quote(selection, base64.b64decode(challenge.nonce))
+        body = RenewRequest(
+            challenge_id=challenge.challenge_id,
+            ak_public=b64(ak.public),
+            attest=b64(quote.attest),
+            signature=b64(quote.signature),
+            pcr_values={
+                bank.label: {i: v.hex() for i, v in values.items()} for bank, values in quote.pcr_values.items()
+            },
+            event_log=b64(event_log) if event_log is not None else None,
+            csr=csr.decode(),
+        )
+        answer = RenewResponse.model_validate(_post(http, "/v1/agent/renew", body.model_dump()))
+    write_private(
+        svid_dir / "svid.key.new",
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    (svid_dir / "svid.pem.new").write_text(answer.svid_chain)
+    (svid_dir / "bundle.pem").write_text(answer.bundle)
+    # key first, then certificate: a reader between the two renames sees the new key with the old certificate
+    # for an instant at worst, and retries; never a certificate without its key
+    (svid_dir / "svid.key.new").replace(svid_dir / "svid.key")
+    (svid_dir / "svid.pem.new").replace(svid_dir / "svid.pem")
+    leaf = x509.load_pem_x509_certificates(answer.svid_chain.encode())[0]
+    return Renewed(answer.spiffe_id, leaf.serial_number, answer.not_after)
+
+
+def _post(http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, object]:
+    try:
+        answer = http.post(path, json=body)
+    except httpx.HTTPError as exc:
+        raise HubUnreachableError(f"cannot reach trustd at {http.base_url}: {exc}") from exc
+    try:
+        payload = answer.json()
+    except ValueError:
+        payload = {}
+    if answer.status_code != 200:
+        reason = payload.get("reason", answer.status_code) if isinstance(payload, dict) else answer.status_code
+        raise EnrollmentError(f"trustd refused the renewal: {reason}")
+    if not isinstance(payload, dict):
+        raise EnrollmentError("trustd answered the renewal with JSON that is not an object")
+    return payload
