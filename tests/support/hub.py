@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,7 @@ import yaml
 from attestation.eventlog import parse_event_log
 from attestation.simboot import boot_events, write_event_log
 from attestation.tpm2.constants import HashAlg
+from tests.support.processes import running
 from tests.support.tlsca import TestCA
 from trustd.hub import Hub, build_hub
 from trustd.settings import TrustdSettings
@@ -139,3 +142,38 @@ def running_policy_hub(
         workdir / "hub", ek_roots=ek_roots, fleet_file=fleet_file, policy_keys_dir=keys, trust_domain="edge.example"
     ) as hub:
         yield hub
+
+
+@dataclass(frozen=True)
+class HubProcess:
+    url: str
+    ca_bundle: Path
+    data_dir: Path
+    pid: int
+
+
+@contextmanager
+def hub_process(workdir: Path, *, ek_roots: Path, extra_args: tuple[str, ...] = ()) -> Iterator[HubProcess]:
+    """`trustd serve` in its own process (benchmarks: the hub must not share a GIL with its load)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    refvalues = workdir / "reference-values.yaml"
+    refvalues.write_text(yaml.safe_dump(golden_reference_values()))
+    port = free_port()
+    data = workdir / "hub"
+    argv = [str(Path(sys.executable).parent / "trustd"), "serve", "--data-dir", str(data), "--ek-roots", str(ek_roots)]
+    argv += ["--reference-values", str(refvalues), "--port", str(port), "--trust-domain", "edge.example", *extra_args]
+    ca = data / "ca" / "ca.crt"
+
+    def ready() -> bool:
+        return (
+            ca.exists()
+            and httpx.get(
+                f"https://127.0.0.1:{port}/healthz", verify=ssl.create_default_context(cafile=str(ca)), timeout=1
+            ).status_code
+            == 200
+        )
+
+    with running(argv, ready=ready, log=workdir / "trustd.log") as process:
+        roots = workdir / "hub-roots.pem"
+        roots.write_bytes(ca.read_bytes())
+        yield HubProcess(f"https://127.0.0.1:{port}", roots, data, process.pid)
