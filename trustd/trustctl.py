@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from attestation.errors import AttestationError
-from trustd import fleet_cli, policy_cli
+from trustd import fleet_cli, policy_cli, svid_cli
 from trustd.agent import cli as agent_cli
 from trustd.errors import HubUnreachableError, TrustdError
 
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     policy_cli.add_parser(sub)
     fleet_cli.add_parser(sub)
     agent_cli.add_parser(sub)
+    svid_cli.add_parser(sub)
     return parser
 
 
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             return fleet_cli.run(args)
         if args.command == "agent":
             return agent_cli.run(args)
+        if args.command == "svid":
+            return svid_cli.run(args)
     except HubUnreachableError as exc:
         print(f"trustctl: {exc.diagnostics()}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -188,6 +188,16 @@ def test_a_workload_no_entry_matches_is_refused(hub: RunningHub, node: tuple[str
             client.close()
 
 
+def test_svid_show_reads_the_node_svid(node: tuple[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    node_id, svid_dir = node
+    assert trustctl(["svid", "show", str(svid_dir / "svid.pem"), "--json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert view["spiffe_id"] == node_id
+    assert view["expires_in_s"] > 3000
+    assert trustctl(["svid", "show", str(svid_dir / "bundle.pem")]) == 1  # a CA is not an SVID
+    assert "not an X.509-SVID" in capsys.readouterr().out
+
+
 def test_a_non_operator_cannot_register_entries(hub: RunningHub, node: tuple[str, Path], tmp_path: Path) -> None:
     node_id, svid_dir = node
     argv = ["fleet", "entry", "create", "--spiffe-id", "spiffe://edge.example/x", "--parent", node_id]

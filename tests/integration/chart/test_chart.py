@@ -151,6 +151,7 @@ def test_the_webhook_configuration_exempts_system_namespaces_and_takes_its_setti
         (["syncer.hub=http://hub:8443"], "at '/syncer/hub'"),
         (["syncer.verificationKeys.ci-1=not a key"], "at '/syncer/verificationKeys/ci-1'"),
         (["webhook.policyBundleBase64=%%%"], "at '/webhook/policyBundleBase64'"),
+        (["nodeAgent.enabled=true"], "at '/nodeAgent/hub'"),
     ],
 )
 def test_wrong_values_are_refused_by_name(values: list[str], message: str) -> None:
