@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from trustd.api_models import RenewChallenge, RenewRequest, RenewResponse
 from trustd.ca import SpiffeCA
+from trustd.federation import Federation
 from trustd.policy_api import NotAuthorizedError
 from trustd.renewal import RenewalService
 from trustd.revocations import Revocations
@@ -50,7 +51,13 @@ def entry_view(entry: EntryRecord) -> dict[str, Any]:
 
 
 def agent_router(
-    store: Store, ca: SpiffeCA, revocations: Revocations, renewal: RenewalService, *, jwt_ttl: timedelta
+    store: Store,
+    ca: SpiffeCA,
+    revocations: Revocations,
+    renewal: RenewalService,
+    *,
+    jwt_ttl: timedelta,
+    federation: Federation | None = None,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/agent")
 
@@ -84,6 +91,7 @@ def agent_router(
             "entries": [entry_view(e) for e in store.entries(parent_id=parent)],
             "bundle": ca.bundle(),
             "trust_domain": str(ca.trust_domain),
+            "federated": dict(federation.jwks()) if federation is not None else {},
         }
 
     @router.post("/svids")

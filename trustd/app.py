@@ -22,6 +22,7 @@ from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest
 from trustd.ca import SpiffeCA
 from trustd.enrollment import EnrollmentService
 from trustd.errors import TrustdError
+from trustd.federation import Federation
 from trustd.fleet_api import fleet_router
 from trustd.policy_api import policy_router
 from trustd.policy_bundles import PolicyBundles
@@ -42,14 +43,18 @@ def create_app(
     operators: frozenset[str] = frozenset(),
     policy: PolicyBundles | None = None,
     jwt_svid_ttl: timedelta = timedelta(minutes=5),
+    federation: Federation | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        watcher = asyncio.create_task(revocations.watch())
+        watchers = [asyncio.create_task(revocations.watch())]
+        if federation is not None:
+            watchers.append(asyncio.create_task(federation.watch()))
         try:
             yield
         finally:
-            watcher.cancel()
+            for watcher in watchers:
+                watcher.cancel()
 
     app = FastAPI(title="trustd", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.include_router(fleet_router(store, revocations, lambda: operators, policy, ca.trust_domain))
@@ -61,7 +66,7 @@ def create_app(
         svid_ttl=service.policy.svid_ttl,
         challenge_ttl=service.policy.challenge_ttl,
     )
-    app.include_router(agent_router(store, ca, revocations, renewal, jwt_ttl=jwt_svid_ttl))
+    app.include_router(agent_router(store, ca, revocations, renewal, jwt_ttl=jwt_svid_ttl, federation=federation))
     if policy is not None:
         app.include_router(policy_router(policy, ca.trust_domain))
 

@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default 8443)")
     serve.add_argument("--fleet", type=Path, help="policy distribution: cluster groups, clusters, publishers (YAML)")
     serve.add_argument("--policy-keys", type=Path, help="directory of publishers' bundle-signing public keys")
+    serve.add_argument("--federation", type=Path, help="trust domains to federate with (YAML)")
     serve.add_argument(
         "--operator", action="append", help="SPIFFE ID allowed to list and revoke (trustctl fleet); repeatable"
     )
@@ -54,6 +55,7 @@ def _settings(args: argparse.Namespace) -> TrustdSettings:
         "listen_port": getattr(args, "port", None),
         "fleet_file": getattr(args, "fleet", None),
         "policy_keys_dir": getattr(args, "policy_keys", None),
+        "federation_file": getattr(args, "federation", None),
         "operators": tuple(args.operator) if getattr(args, "operator", None) else None,
     }
     return TrustdSettings(**{k: v for k, v in overrides.items() if v is not None})

@@ -21,6 +21,7 @@ from trustd.app import create_app
 from trustd.ca import SpiffeCA
 from trustd.enrollment import EnrollmentPolicy, EnrollmentService
 from trustd.errors import TrustdError
+from trustd.federation import Federation
 from trustd.files import write_private
 from trustd.policy_bundles import Fleet, PolicyBundles
 from trustd.revocations import Revocations, load_or_create_key
@@ -47,6 +48,7 @@ class Hub:
     tls_key: Path
     client_roots: Path
     revocations: Revocations
+    federation: Federation
     policy: PolicyBundles | None = None
 
     def close(self) -> None:
@@ -72,6 +74,7 @@ def build_hub(settings: TrustdSettings) -> Hub:
     )
     tls_cert, tls_key = _serving_certificate(settings, ca, trust_domain)
     revocations = Revocations(store, load_or_create_key(settings.revocations_dir), trust_domain)
+    federation = Federation(settings.federation_file, settings.data_dir / "federation")
     policy = None
     if settings.fleet_file is not None:
         keys_dir = settings.policy_keys_dir
@@ -94,11 +97,13 @@ def build_hub(settings: TrustdSettings) -> Hub:
             operators=frozenset(settings.operators) | (policy.fleet.operators if policy else frozenset()),
             policy=policy,
             jwt_svid_ttl=timedelta(seconds=settings.jwt_svid_ttl_s),
+            federation=federation,
         ),
         tls_cert=tls_cert,
         tls_key=tls_key,
         client_roots=client_roots,
         revocations=revocations,
+        federation=federation,
         policy=policy,
     )
 

@@ -40,6 +40,9 @@ class TrustdSettings(BaseSettings):
     #: publishers' bundle-signing public keys, one PEM per file, the key id being the file name without .pem
     policy_keys_dir: Path | None = None
     server_ip_addresses: tuple[str, ...] = ("127.0.0.1",)
+    #: other trust domains to federate with (YAML: federates_with: [{trust_domain, bundle_endpoint_url,
+    #: endpoint_spiffe_id, bootstrap_bundle}]); their bundles go to our workloads
+    federation_file: Path | None = None
     #: SPIFFE IDs of operators (trustctl fleet list/revoke), beside those the fleet file names
     operators: tuple[str, ...] = ()
 

@@ -45,7 +45,12 @@ class TestCA:
         self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(
-        self, name: str, *, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), client: bool = False
+        self,
+        name: str,
+        *,
+        hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+        client: bool = False,
+        uris: tuple[str, ...] = (),
     ) -> ServerCert:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
@@ -55,6 +60,7 @@ class TestCA:
                 sans.append(x509.IPAddress(ipaddress.ip_address(host)))
             except ValueError:
                 sans.append(x509.DNSName(host))
+        sans.extend(x509.UniformResourceIdentifier(uri) for uri in uris)
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
         cert = (
             x509.CertificateBuilder()

@@ -65,6 +65,8 @@ class Snapshot:
     issued: dict[str, Issued] = field(default_factory=dict)  # entry id -> SVID
     authorities_der: tuple[bytes, ...] = ()
     jwt_keys: tuple[dict[str, Any], ...] = ()
+    #: federated trust domains: name -> (X.509 authorities, JWT keys)
+    federated: dict[str, tuple[tuple[bytes, ...], tuple[dict[str, Any], ...]]] = field(default_factory=dict)
 
 
 class HubClient:
@@ -138,6 +140,7 @@ class Identities:
             for e in answer["entries"]
         }
         authorities, jwt_keys = _split_bundle(answer["bundle"])
+        federated = {str(td): _split_bundle(b) for td, b in (answer.get("federated") or {}).items()}
         now = self._clock()
         current = self.snapshot
         keep = {
@@ -148,7 +151,7 @@ class Identities:
         due = [entries[i] for i in entries if i not in keep]
         fresh = await self._issue(due) if due else {}
         changed = bool(due) or set(keep) != set(current.issued) or authorities != current.authorities_der
-        changed = changed or jwt_keys != current.jwt_keys
+        changed = changed or jwt_keys != current.jwt_keys or federated != current.federated
         if changed:
             await self._publish(
                 Snapshot(
@@ -156,6 +159,7 @@ class Identities:
                     issued={**keep, **fresh},
                     authorities_der=authorities,
                     jwt_keys=jwt_keys,
+                    federated=federated,
                 )
             )
         self.last_error = None

@@ -70,7 +70,8 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                         bundle=bundle,
                     )
                     for s in found
-                ]
+                ],
+                federated_bundles={td: b"".join(b[0]) for td, b in snapshot.federated.items()},
             )
             snapshot = await self._identities.wait_for_change(snapshot.version)
 
@@ -80,7 +81,9 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         await self._caller(context)
         snapshot = self._identities.snapshot
         while True:
-            yield workload_pb2.X509BundlesResponse(bundles={snapshot.trust_domain: b"".join(snapshot.authorities_der)})
+            bundles = {td: b"".join(b[0]) for td, b in snapshot.federated.items()}
+            bundles[snapshot.trust_domain] = b"".join(snapshot.authorities_der)
+            yield workload_pb2.X509BundlesResponse(bundles=bundles)
             snapshot = await self._identities.wait_for_change(snapshot.version)
 
     # -- JWT -----------------------------------------------------------------------------------------------
@@ -107,8 +110,9 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         await self._caller(context)
         snapshot = self._identities.snapshot
         while True:
-            jwks = json.dumps({"keys": list(snapshot.jwt_keys)}).encode()
-            yield workload_pb2.JWTBundlesResponse(bundles={snapshot.trust_domain: jwks})
+            bundles = {td: json.dumps({"keys": list(b[1])}).encode() for td, b in snapshot.federated.items()}
+            bundles[snapshot.trust_domain] = json.dumps({"keys": list(snapshot.jwt_keys)}).encode()
+            yield workload_pb2.JWTBundlesResponse(bundles=bundles)
             snapshot = await self._identities.wait_for_change(snapshot.version)
 
     async def ValidateJWTSVID(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802
