@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attestation.errors import AttestationError, MalformedStructureError, UnsupportedAlgorithmError
+from trustd import ca_rotation
 from trustd.agent_api import agent_router
 from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse
 from trustd.ca import SpiffeCA
@@ -44,10 +46,13 @@ def create_app(
     policy: PolicyBundles | None = None,
     jwt_svid_ttl: timedelta = timedelta(minutes=5),
     federation: Federation | None = None,
+    ca_directory: Path | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         watchers = [asyncio.create_task(revocations.watch())]
+        if ca_directory is not None:
+            watchers.append(asyncio.create_task(ca_rotation.watch(ca, ca_directory)))
         if federation is not None:
             watchers.append(asyncio.create_task(federation.watch()))
         try:

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from trustd.ca_rotation import Published, published
 from trustd.errors import CAConfigError, CSRError, JWTSVIDError
 from trustd.files import write_private
 from trustd.spiffe_id import SpiffeId, TrustDomain
@@ -93,14 +94,31 @@ class SpiffeCA:
         certificate: x509.Certificate,
         chain: Sequence[x509.Certificate],
         jwt_key: ec.EllipticCurvePrivateKey,
+        published: Published | None = None,
+        directory: Path | None = None,
+    ) -> None:
+        self._directory = directory
+        self._set(trust_domain, key, certificate, chain, jwt_key, published or Published((), ()))
+
+    def _set(
+        self,
+        trust_domain: TrustDomain,
+        key: ec.EllipticCurvePrivateKey,
+        certificate: x509.Certificate,
+        chain: Sequence[x509.Certificate],
+        jwt_key: ec.EllipticCurvePrivateKey,
+        published: Published,
     ) -> None:
         self.trust_domain = trust_domain
+        self._published = published
+        self._jwt_public = {_kid(k): k for k in published.jwt_keys}
         self._key = key
         self.certificate = certificate
         #: upstream certificates above ours; the last one is the root when we are an intermediate
         self._upstream = tuple(chain)
         self._jwt_key = jwt_key
         self._jwt_kid = _kid(jwt_key.public_key())
+        self._jwt_public[self._jwt_kid] = jwt_key.public_key()
         self._hash = hashes.SHA256() if key.curve.key_size <= 256 else hashes.SHA384()
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
         self._intermediates = (certificate, *self._upstream[:-1]) if self._upstream else ()
@@ -165,7 +183,22 @@ class SpiffeCA:
             uris = []
         if uris and uris != [str(trust_domain.id)]:
             raise CAConfigError(f"the CA certificate names {uris}, not the trust domain {trust_domain.id}")
-        return cls(trust_domain=trust_domain, key=key, certificate=cert, chain=chain, jwt_key=jwt_key)
+        return cls(
+            trust_domain=trust_domain,
+            key=key,
+            certificate=cert,
+            chain=chain,
+            jwt_key=jwt_key,
+            published=published(directory),
+            directory=directory,
+        )
+
+    def reload(self) -> None:
+        """Take a rotation (`trustd ca prepare` / `activate`) made while running; every holder sees it."""
+        if self._directory is None:
+            return
+        fresh = SpiffeCA.load(self._directory, trust_domain=self.trust_domain)
+        self._set(fresh.trust_domain, fresh._key, fresh.certificate, fresh._upstream, fresh._jwt_key, fresh._published)
 
     # -- X.509 -----------------------------------------------------------------------------------------------
     def _leaf(
@@ -234,8 +267,10 @@ class SpiffeCA:
         return key_pem, chain
 
     def x509_authorities(self) -> tuple[x509.Certificate, ...]:
-        """What relying parties trust: our root, or the upstream root when we are an intermediate."""
-        return (self._upstream[-1],) if self._upstream else (self.certificate,)
+        """What relying parties trust: our root (or the upstream root when we are an intermediate), then the
+        next CA once prepared and the retired ones whose SVIDs may still be presented."""
+        own = (self._upstream[-1],) if self._upstream else (self.certificate,)
+        return own + tuple(c for c in self._published.certificates if c not in own)
 
     def x509_authorities_pem(self) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.x509_authorities())
@@ -253,11 +288,12 @@ class SpiffeCA:
     def validate_jwt_svid(self, token: str, *, audience: str) -> SpiffeId:
         try:
             header = jwt.get_unverified_header(token)
-            if header.get("kid") != self._jwt_kid:
+            public = self._jwt_public.get(str(header.get("kid")))
+            if public is None:
                 raise JWTSVIDError(f"JWT-SVID signed with unknown key id {header.get('kid')!r}")
             claims = jwt.decode(
                 token,
-                self._jwt_key.public_key(),
+                public,
                 algorithms=["ES256"],
                 audience=audience,
                 options={"require": ["sub", "aud", "exp"]},
@@ -276,9 +312,10 @@ class SpiffeCA:
                 use="x509-svid", x5c=[base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
             )
             keys.append(entry)
-        jwt_entry = _ec_jwk(self._jwt_key.public_key())
-        jwt_entry.update(use="jwt-svid", kid=self._jwt_kid)
-        keys.append(jwt_entry)
+        for kid, public in self._jwt_public.items():
+            jwt_entry = _ec_jwk(public)
+            jwt_entry.update(use="jwt-svid", kid=kid)
+            keys.append(jwt_entry)
         return {"keys": keys, "spiffe_sequence": sequence, "spiffe_refresh_hint": refresh_hint}
 
 

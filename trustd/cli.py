@@ -41,7 +41,47 @@ def _parser() -> argparse.ArgumentParser:
     bundle.add_argument("--data-dir", type=Path)
     bundle.add_argument("--trust-domain")
     bundle.add_argument("--pem", action="store_true", help="the X.509 roots a device passes to trustctl --ca-bundle")
+    rotation = sub.add_parser("ca", help="rotate the CA without downtime: prepare, wait, activate")
+    steps = rotation.add_subparsers(dest="ca_command", required=True)
+    for step, text in (
+        ("prepare", "make the next CA and publish it in the bundle (it does not sign yet)"),
+        ("activate", "sign with the next CA; keep the old one in the bundle until its SVIDs expire"),
+        ("status", "the signing CA, the prepared one, the retired ones"),
+    ):
+        command = steps.add_parser(step, help=text)
+        command.add_argument("--data-dir", type=Path)
+        command.add_argument("--trust-domain")
+        if step == "activate":
+            command.add_argument("--keep-for", type=float, default=24 * 3600, help="seconds: the longest SVID TTL")
+            command.add_argument(
+                "--min-published", type=float, default=900, help="seconds the next CA must have been in the bundle"
+            )
     return parser
+
+
+def _rotate(args: argparse.Namespace, settings: TrustdSettings) -> int:
+    from datetime import timedelta
+
+    from trustd import ca_rotation
+    from trustd.ca import SpiffeCA
+    from trustd.spiffe_id import TrustDomain
+
+    trust_domain = TrustDomain.parse(settings.trust_domain)
+    if args.ca_command == "prepare":
+        cert = ca_rotation.prepare(settings.ca_dir, trust_domain)
+        print(f"prepared the next CA (serial {cert.serial_number:x}); it is in the bundle now and signs after activate")
+    elif args.ca_command == "activate":
+        ca_rotation.activate(
+            settings.ca_dir,
+            keep_for=timedelta(seconds=args.keep_for),
+            min_published=timedelta(seconds=args.min_published),
+        )
+        print("the next CA signs from now on; the old one stays in the bundle until its last SVID expires")
+    ca = SpiffeCA.load(settings.ca_dir, trust_domain=trust_domain)
+    print(f"signing CA: serial {ca.certificate.serial_number:x}, valid until {ca.certificate.not_valid_after_utc}")
+    for authority in ca.x509_authorities()[1:]:
+        print(f"also in the bundle: serial {authority.serial_number:x}")
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> TrustdSettings:
@@ -73,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
             serve(settings)
             return 0
+        if args.command == "ca":
+            return _rotate(args, settings)
         from trustd.ca import SpiffeCA
         from trustd.spiffe_id import TrustDomain
 

@@ -98,6 +98,7 @@ def build_hub(settings: TrustdSettings) -> Hub:
             policy=policy,
             jwt_svid_ttl=timedelta(seconds=settings.jwt_svid_ttl_s),
             federation=federation,
+            ca_directory=settings.ca_dir,
         ),
         tls_cert=tls_cert,
         tls_key=tls_key,
