@@ -11,11 +11,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from trustd.agent.k8s import KubeAttestor
 from trustd.agent.node import run_agent
 from trustd.agent.renewal_client import renew_node
 
 DEFAULT_SOCKET = Path("/run/edgetrust/agent/api.sock")
 DEFAULT_STATE = Path("/var/lib/edgetrust/agent")
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,6 +31,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     run.add_argument("--entry-poll", type=float, default=30.0, help="seconds between looks for new entries")
     run.add_argument("--tpm", help="TCTI of the node's TPM: renew the node SVID with fresh quotes (recommended)")
     run.add_argument("--event-log", type=Path, help="boot event log sent with each renewal's quote")
+    run.add_argument("--kube-node", help="on a Kubernetes node (DaemonSet): its name, enabling k8s:* selectors")
+    run.add_argument("--kube-url", default="https://kubernetes.default.svc")
+    run.add_argument("--kube-token-file", type=Path, default=SERVICE_ACCOUNT / "token")
+    run.add_argument("--kube-ca-file", type=Path, default=SERVICE_ACCOUNT / "ca.crt")
+    run.add_argument("--proc-root", type=Path, default=Path("/proc"), help="the host's /proc (e.g. /host/proc)")
     renew = commands.add_parser("renew", help="renew the node SVID now, with a fresh quote")
     renew.add_argument("--hub", required=True)
     renew.add_argument("--svid-dir", type=Path, default=Path("/var/lib/edgetrust/svid"))
@@ -52,6 +59,15 @@ def run(args: argparse.Namespace) -> int:
                     entry_poll_s=args.entry_poll,
                     tcti=args.tpm,
                     event_log=args.event_log,
+                    kube=KubeAttestor(
+                        node=args.kube_node,
+                        url=args.kube_url,
+                        token_file=args.kube_token_file,
+                        ca_file=args.kube_ca_file,
+                        proc_root=args.proc_root,
+                    )
+                    if args.kube_node
+                    else None,
                 )
             )
         except KeyboardInterrupt:

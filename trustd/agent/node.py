@@ -17,6 +17,7 @@ from cryptography import x509
 
 from attestation.errors import AttestationError
 from trustd.agent.identities import HubClient, Identities
+from trustd.agent.k8s import KubeAttestor
 from trustd.agent.peercred import PeerCredFront
 from trustd.agent.renewal_client import renew_at, renew_node
 from trustd.agent.workload_api import serve
@@ -77,12 +78,13 @@ async def run_agent(
     entry_poll_s: float = 30.0,
     tcti: str | None = None,
     event_log: Path | None = None,
+    kube: KubeAttestor | None = None,
 ) -> None:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     client = HubClient(hub, svid_dir)
     identities = Identities(client, entry_poll_s=entry_poll_s)
     front = PeerCredFront(socket_path)
-    server, port = await serve(identities, front)
+    server, port = await serve(identities, front, kube=kube)
     await front.start(port)
     log.info("Workload API on unix://%s", socket_path)
     renewals = asyncio.create_task(identities.run())
@@ -105,6 +107,8 @@ async def run_agent(
         await front.close()
         await server.stop(grace=1)
         await client.close()
+        if kube is not None:
+            await kube.close()
 
 
 def _write_status(path: Path, body: dict[str, Any]) -> None:

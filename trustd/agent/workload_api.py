@@ -22,6 +22,7 @@ from google.protobuf import struct_pb2
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from trustd.agent.identities import AgentError, Entry, Identities, Issued, Snapshot
+from trustd.agent.k8s import KubeAttestor
 from trustd.agent.peercred import Caller, PeerCredFront
 from trustd.errors import TrustdError
 
@@ -30,12 +31,24 @@ HEADER = "workload.spiffe.io"
 
 
 class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
-    def __init__(self, identities: Identities, front: PeerCredFront) -> None:
+    def __init__(self, identities: Identities, front: PeerCredFront, kube: KubeAttestor | None = None) -> None:
         self._identities = identities
         self._front = front
+        self._kube = kube
 
     # -- who is asking -------------------------------------------------------------------------------------
-    async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+    async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> frozenset[str]:
+        """The caller's selectors: unix (uid, gid, pid), and k8s when the agent runs on a Kubernetes node."""
+        caller = await self._peer(context)
+        selectors = caller.selectors
+        if self._kube is not None:
+            try:
+                selectors |= await self._kube.selectors(caller.pid)
+            except TrustdError as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot attest the workload: {exc.diagnostics()}")
+        return selectors
+
+    async def _peer(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         metadata = dict(context.invocation_metadata() or ())
         if metadata.get(HEADER) != "true":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "security header missing from request")
@@ -47,8 +60,8 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         return caller
 
     @staticmethod
-    def _matching(snapshot: Snapshot, caller: Caller) -> list[Issued]:
-        return [s for s in snapshot.issued.values() if s.entry.selectors <= caller.selectors]
+    def _matching(snapshot: Snapshot, selectors: frozenset[str]) -> list[Issued]:
+        return [s for s in snapshot.issued.values() if s.entry.selectors <= selectors]
 
     # -- X.509 ---------------------------------------------------------------------------------------------
     async def FetchX509SVID(  # noqa: N802 - the protocol's name
@@ -154,10 +167,12 @@ def _validate(token: str, audience: str, snapshot: Snapshot) -> dict[str, Any]:
     return claims
 
 
-async def serve(identities: Identities, front: PeerCredFront, port: int = 0) -> tuple[grpc.aio.Server, int]:
+async def serve(
+    identities: Identities, front: PeerCredFront, port: int = 0, kube: KubeAttestor | None = None
+) -> tuple[grpc.aio.Server, int]:
     """The gRPC server on loopback, behind the unix socket front (its port is where the front relays to)."""
     server = grpc.aio.server()
-    workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(WorkloadAPI(identities, front), server)  # type: ignore[no-untyped-call]
+    workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(WorkloadAPI(identities, front, kube), server)  # type: ignore[no-untyped-call]
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     return server, bound

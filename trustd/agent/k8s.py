@@ -1,0 +1,90 @@
+"""Workload attestation on Kubernetes: which pod a calling process belongs to, and so its namespace, service
+account, name and labels, as SPIRE's k8s workload attestor names them (`k8s:ns:shop`, `k8s:sa:web`, ...).
+
+The kernel says which cgroup the caller's process is in; the container runtime puts the pod's UID in that path
+(`.../kubepods-besteffort-pod<uid>.slice/...` with the systemd driver, `.../kubepods/besteffort/pod<uid>/...`
+with cgroupfs). The pod is then looked up among this node's pods on the API server, which is the authority on
+its namespace and service account; a process in no pod gets no k8s selectors.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from trustd.errors import TrustdError
+
+_POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+CACHE_S = 5.0
+
+
+class KubeAttestorError(TrustdError):
+    code = "k8s_attestation_failed"
+
+
+def pod_uid(cgroup: str) -> str | None:
+    for line in cgroup.splitlines():
+        found = _POD_UID.search(line)
+        if found:
+            return found.group(1).replace("_", "-")
+    return None
+
+
+class KubeAttestor:
+    def __init__(
+        self, *, node: str, url: str, token_file: Path, ca_file: Path, proc_root: Path = Path("/proc")
+    ) -> None:
+        self._node = node
+        self._proc = proc_root
+        self._token_file = token_file
+        context = ssl.create_default_context(cafile=str(ca_file))
+        self._http = httpx.AsyncClient(base_url=url, verify=context, timeout=5)
+        self._pods: dict[str, dict[str, Any]] = {}
+        self._listed = 0.0
+
+    async def _pod(self, uid: str) -> dict[str, Any] | None:
+        if uid not in self._pods or time.monotonic() - self._listed > CACHE_S:
+            token = self._token_file.read_text().strip()  # re-read: projected tokens rotate
+            try:
+                answer = await self._http.get(
+                    "/api/v1/pods",
+                    params={"fieldSelector": f"spec.nodeName={self._node}"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            except httpx.HTTPError as exc:
+                raise KubeAttestorError(f"the API server is unreachable: {exc}") from exc
+            if answer.status_code != 200:
+                raise KubeAttestorError(f"listing this node's pods was refused ({answer.status_code})")
+            self._pods = {p["metadata"]["uid"]: p for p in answer.json().get("items", [])}
+            self._listed = time.monotonic()
+        return self._pods.get(uid)
+
+    async def selectors(self, pid: int) -> frozenset[str]:
+        try:
+            cgroup = (self._proc / str(pid) / "cgroup").read_text()
+        except OSError:
+            return frozenset()
+        uid = pod_uid(cgroup)
+        if uid is None:
+            return frozenset()
+        pod = await self._pod(uid)
+        if pod is None:
+            return frozenset()
+        metadata, spec = pod["metadata"], pod.get("spec", {})
+        found = {
+            f"k8s:ns:{metadata['namespace']}",
+            f"k8s:sa:{spec.get('serviceAccountName', 'default')}",
+            f"k8s:pod-name:{metadata['name']}",
+            f"k8s:pod-uid:{uid}",
+            f"k8s:node-name:{self._node}",
+        }
+        found.update(f"k8s:pod-label:{k}:{v}" for k, v in (metadata.get("labels") or {}).items())
+        return frozenset(found)
+
+    async def close(self) -> None:
+        await self._http.aclose()
