@@ -15,13 +15,18 @@ import ssl
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.eventlog import parse_event_log
 from attestation.tpm2.constants import HashAlg
+from trustd.files import write_private
 
 os.environ.setdefault("TSS2_LOG", "all+NONE")  # tpm2-tss logs probes of absent NV indexes as errors
 
@@ -31,6 +36,8 @@ from attestation.swtpm import SoftwareTPM, SoftwareTPMFactory
 
 BANKS = (HashAlg.SHA256, HashAlg.SHA1)
 DEVICE_CLASS = "edge-gateway"
+OPERATOR = "spiffe://edge.example/operator/demo"
+WORKLOAD = "spiffe://edge.example/workload/demo"
 QUOTED_PCRS = (0, 4, 7)
 
 
@@ -118,6 +125,8 @@ def main() -> int:
                     str(refvalues),
                     "--port",
                     str(port),
+                    "--operator",
+                    OPERATOR,
                 ],
                 env=env,
             )
@@ -168,11 +177,16 @@ def main() -> int:
                 _say(f"   {line}")
             _say(f"   (exit code {done.returncode})")
 
+        agent_ok = False
+        if results["gw-01"] == 0:
+            agent_ok = _node_agent(root, venv_bin, f"https://127.0.0.1:{port}", bundle, hub_dir, good, logs, started)
+
         _say("== Summary")
-        ok = results == {"gw-01": 0, "gw-02": 1}
+        ok = results == {"gw-01": 0, "gw-02": 1} and agent_ok
         _say(f"   gw-01 enrolled: {results['gw-01'] == 0}; gw-02 refused: {results['gw-02'] == 1}")
+        _say(f"   a workload got its SVID through gw-01's agent, which renewed, then was revoked: {agent_ok}")
         if ok:
-            _say("   The identity went only to the device whose TPM proved a golden boot.")
+            _say("   The identity went only to the device whose TPM proved a golden boot, and was taken back.")
         return 0 if ok else 1
     finally:
         for proc in started:
@@ -183,6 +197,88 @@ def main() -> int:
                 proc.kill()
         for tpm in tpms:
             tpm.stop()
+
+
+def _node_agent(
+    root: Path,
+    venv_bin: Path,
+    hub: str,
+    bundle: Path,
+    hub_dir: Path,
+    tpm: SoftwareTPM,
+    logs: dict[str, Path],
+    started: list[subprocess.Popen[bytes]],
+) -> bool:
+    """gw-01's node agent: an entry, the Workload API for a workload (this process), a renewal, a revocation."""
+    from spiffe import WorkloadApiClient
+
+    from trustd.ca import SpiffeCA
+    from trustd.spiffe_id import SpiffeId, TrustDomain
+
+    ca = SpiffeCA.load(hub_dir / "ca", trust_domain=TrustDomain.parse("edge.example"))
+    operator_dir = root / "operator"
+    operator_dir.mkdir()
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    svid = ca.issue_x509_svid(
+        csr.public_bytes(serialization.Encoding.PEM), SpiffeId.parse(OPERATOR), ttl=timedelta(hours=1)
+    )
+    (operator_dir / "svid.pem").write_bytes(svid.chain_pem())
+    write_private(
+        operator_dir / "svid.key",
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    operator = ["--hub", hub, "--ca-bundle", str(bundle), "--svid", str(operator_dir / "svid.pem")]
+    operator += ["--svid-key", str(operator_dir / "svid.key")]
+    node = "spiffe://edge.example/site/lab/node/gw-01"
+
+    def trustctl(*argv: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([str(venv_bin / "trustctl"), *argv], capture_output=True, text=True, check=False)
+        for line in (done.stdout + done.stderr).strip().splitlines():
+            _say(f"   {line}")
+        return done
+
+    _say(f"== 6. the operator registers a workload on gw-01 (unix uid {os.getuid()})")
+    trustctl("fleet", "entry", "create", "--spiffe-id", WORKLOAD, "--parent", node, "--selector",
+             f"unix:uid:{os.getuid()}", *operator)  # fmt: skip
+    _say("== 7. trustctl agent run on gw-01: the SPIFFE Workload API on a unix socket")
+    socket_path = root / "gw-01" / "agent.sock"
+    log = (root / "gw-01" / "agent.log").open("wb")
+    started.append(
+        subprocess.Popen(
+            [str(venv_bin / "trustctl"), "agent", "run", "--hub", hub, "--svid-dir", str(root / "gw-01" / "svid"),
+             "--socket", str(socket_path), "--state-dir", str(root / "gw-01" / "agent"), "--tpm", tpm.tcti,
+             "--event-log", str(logs["gw-01"]), "--entry-poll", "1"],
+            stdout=log,
+            stderr=log,
+        )
+    )  # fmt: skip
+    fetched = None
+    deadline = time.monotonic() + 20
+    while fetched is None and time.monotonic() < deadline:
+        if socket_path.exists():
+            client = WorkloadApiClient(f"unix://{socket_path}", default_timeout=2)
+            try:
+                fetched = client.fetch_x509_svid()
+                token = client.fetch_jwt_svid(audience={"spiffe://edge.example/api"})
+            except Exception:  # noqa: BLE001 - the agent is still fetching its SVIDs
+                time.sleep(0.3)
+            finally:
+                client.close()
+        else:
+            time.sleep(0.2)
+    if fetched is None:
+        _say("   the workload got no SVID; see .demo/gw-01/agent.log")
+        return False
+    _say(f"   py-spiffe fetch_x509_svid: {fetched.spiffe_id}, expires {fetched.leaf.not_valid_after_utc:%H:%M} UTC")
+    _say(f"   py-spiffe fetch_jwt_svid: {token.spiffe_id} for {sorted(token.audience)}")
+    _say("== 8. gw-01 renews its node SVID with a fresh quote; then the operator revokes gw-01")
+    renewed = trustctl("agent", "renew", "--hub", hub, "--svid-dir", str(root / "gw-01" / "svid"), "--tpm",
+                       tpm.tcti, "--event-log", str(logs["gw-01"]))  # fmt: skip
+    revoked = trustctl("fleet", "revoke", "gw-01", "--reason", "demo: reported stolen", *operator)
+    refused = trustctl("agent", "renew", "--hub", hub, "--svid-dir", str(root / "gw-01" / "svid"), "--tpm",
+                       tpm.tcti, "--event-log", str(logs["gw-01"]))  # fmt: skip
+    return renewed.returncode == 0 and revoked.returncode == 0 and refused.returncode == 1
 
 
 def _wait_for_hub(port: int, ca_cert: Path, proc: subprocess.Popen[bytes]) -> None:

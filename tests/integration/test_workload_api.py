@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from spiffe import WorkloadApiClient
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from tests.integration.conftest import BootedDevice
-from tests.support.hub import RunningHub, running_hub
+from tests.support.hub import RunningHub, free_port, running_hub
 from tests.support.processes import running
 from tests.support.svid import issue_svid_files
 from trustd.enroll_client import enroll
@@ -92,6 +93,8 @@ def test_py_spiffe_gets_its_identities_through_our_agent(
     create_entry(hub, tmp_path, workload, node_id, f"unix:uid:{os.getuid()}")
     create_entry(hub, tmp_path, "spiffe://edge.example/workload/other", node_id, "unix:uid:4242")
     argv, socket_path = agent_process(hub, svid_dir, tmp_path)
+    metrics_port = free_port()
+    argv += ["--metrics-port", str(metrics_port)]
     with running(argv, ready=lambda: serving(socket_path, workload), log=tmp_path / "agent.log"):
         client = WorkloadApiClient(f"unix://{socket_path}", default_timeout=5)
         try:
@@ -157,6 +160,9 @@ def test_py_spiffe_gets_its_identities_through_our_agent(
         assert status["node"] == node_id
         assert {s["spiffe_id"] for s in status["svids"]} >= {workload}
         assert all(s["expires_at"] > time.time() + 500 for s in status["svids"])
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert f'edgetrust_agent_svid_seconds_left{{spiffe_id="{workload}"}}' in metrics
+        assert "edgetrust_agent_hub_contact_age_seconds" in metrics
 
 
 def test_a_socket_left_by_a_dead_agent_is_taken_over(hub: RunningHub, node: tuple[str, Path], tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     run.add_argument("--kube-url", default="https://kubernetes.default.svc")
     run.add_argument("--kube-token-file", type=Path, default=SERVICE_ACCOUNT / "token")
     run.add_argument("--kube-ca-file", type=Path, default=SERVICE_ACCOUNT / "ca.crt")
+    run.add_argument("--metrics-port", type=int, help="Prometheus metrics on 127.0.0.1:PORT")
     run.add_argument("--proc-root", type=Path, default=Path("/proc"), help="the host's /proc (e.g. /host/proc)")
     renew = commands.add_parser("renew", help="renew the node SVID now, with a fresh quote")
     renew.add_argument("--hub", required=True)
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
                     )
                     if args.kube_node
                     else None,
+                    metrics_port=args.metrics_port,
                 )
             )
         except KeyboardInterrupt:

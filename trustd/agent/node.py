@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from attestation.errors import AttestationError
 from trustd.agent.identities import HubClient, Identities
@@ -25,6 +26,29 @@ from trustd.errors import TrustdError
 
 log = logging.getLogger("edgetrust.agent")
 STATUS_EVERY_S = 5.0
+
+
+class AgentMetrics:
+    """How long what the node holds has left, and how stale the hub contact is: what an alert should watch on a
+    site that has lost its link (Prometheus text on the given loopback port)."""
+
+    def __init__(self, port: int) -> None:
+        self.registry = CollectorRegistry()
+        self.svid_left = Gauge(
+            "edgetrust_agent_svid_seconds_left", "seconds until an SVID expires", ["spiffe_id"], registry=self.registry
+        )
+        self.hub_age = Gauge(
+            "edgetrust_agent_hub_contact_age_seconds", "seconds since the hub last answered", registry=self.registry
+        )
+        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+
+    def update(self, view: dict[str, Any]) -> None:
+        now = time.time()
+        self.svid_left.labels(view["node"]).set(view["node_svid_expires_at"] - now)
+        for svid in view["svids"]:
+            self.svid_left.labels(svid["spiffe_id"]).set(svid["expires_at"] - now)
+        if view["last_hub_contact"] is not None:
+            self.hub_age.set(now - view["last_hub_contact"])
 
 
 def status(identities: Identities, svid_dir: Path) -> dict[str, Any]:
@@ -79,6 +103,7 @@ async def run_agent(
     tcti: str | None = None,
     event_log: Path | None = None,
     kube: KubeAttestor | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     client = HubClient(hub, svid_dir)
@@ -94,8 +119,12 @@ async def run_agent(
         else None
     )
     try:
+        metrics = AgentMetrics(metrics_port) if metrics_port else None
         while True:  # at every change, and every few seconds (the hub contact time moves)
-            _write_status(state_dir / "status.json", status(identities, svid_dir))
+            view = status(identities, svid_dir)
+            _write_status(state_dir / "status.json", view)
+            if metrics is not None:
+                metrics.update(view)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(identities.wait_for_change(identities.snapshot.version), STATUS_EVERY_S)
     finally:
