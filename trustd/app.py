@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attestation.errors import AttestationError, MalformedStructureError, UnsupportedAlgorithmError
 from trustd import ca_rotation
-from trustd.agent_api import agent_router
+from trustd.agent_api import SvidFastPath, agent_router
 from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse
 from trustd.ca import SpiffeCA
 from trustd.enrollment import EnrollmentService
@@ -71,7 +71,8 @@ def create_app(
         svid_ttl=service.policy.svid_ttl,
         challenge_ttl=service.policy.challenge_ttl,
     )
-    app.include_router(agent_router(store, ca, revocations, renewal, jwt_ttl=jwt_svid_ttl, federation=federation))
+    agent_api = agent_router(store, ca, revocations, renewal, jwt_ttl=jwt_svid_ttl, federation=federation)
+    app.include_router(agent_api)
     if policy is not None:
         app.include_router(policy_router(policy, ca.trust_domain))
 
@@ -108,6 +109,7 @@ def create_app(
         return {"status": "ok"}
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(SvidFastPath, issue=agent_api.issue_svids)  # type: ignore[attr-defined]
     return app
 
 

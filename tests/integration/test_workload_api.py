@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -202,6 +203,33 @@ def test_svid_show_reads_the_node_svid(node: tuple[str, Path], capsys: pytest.Ca
     assert view["expires_in_s"] > 3000
     assert trustctl(["svid", "show", str(svid_dir / "bundle.pem")]) == 1  # a CA is not an SVID
     assert "not an X.509-SVID" in capsys.readouterr().out
+
+
+def test_the_svid_endpoint_refuses_garbage_and_strangers(
+    hub: RunningHub, node: tuple[str, Path], tmp_path: Path
+) -> None:
+    node_id, svid_dir = node
+    create_entry(hub, tmp_path, "spiffe://edge.example/workload/web", node_id, "unix:uid:0")
+    entry_id = hub.hub.store.entries()[0].id
+    context = ssl.create_default_context(cafile=str(hub.ca_bundle))
+    context.load_cert_chain(str(svid_dir / "svid.pem"), str(svid_dir / "svid.key"))
+    with httpx.Client(base_url=hub.url, verify=context) as http:
+        assert http.post("/v1/agent/svids", content=b"{not json").status_code == 422
+        assert http.post("/v1/agent/svids", json={"requests": []}).status_code == 422
+        assert http.post("/v1/agent/svids", content=b"x" * (3 * 1024 * 1024)).status_code == 413
+        foreign = http.post("/v1/agent/svids", json={"requests": [{"entry_id": "nope", "csr": "x"}]})
+        assert foreign.status_code == 403
+        assert "is not assigned to" in foreign.json()["reason"]
+        bad_csr = http.post("/v1/agent/svids", json={"requests": [{"entry_id": entry_id, "csr": "garbage"}]})
+        assert bad_csr.status_code == 403
+        assert "CSR" in bad_csr.json()["reason"]
+    cert, key = issue_svid_files(hub.hub.ca, "spiffe://edge.example/workload/stranger", tmp_path / "stranger")
+    stranger = ssl.create_default_context(cafile=str(hub.ca_bundle))
+    stranger.load_cert_chain(str(cert), str(key))
+    with httpx.Client(base_url=hub.url, verify=stranger) as http:
+        refused = http.post("/v1/agent/svids", json={"requests": [{"entry_id": entry_id, "csr": "x"}]})
+    assert refused.status_code == 403
+    assert "is not an enrolled node" in refused.json()["reason"]
 
 
 def test_a_non_operator_cannot_register_entries(hub: RunningHub, node: tuple[str, Path], tmp_path: Path) -> None:
