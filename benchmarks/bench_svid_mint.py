@@ -36,12 +36,12 @@ from attestation.device import TPMDevice
 from attestation.simboot import boot_events, measure_boot
 from attestation.swtpm import SoftwareTPMFactory
 from tests.support.hub import GOLDEN_BANKS, hub_process
+from tests.support.nodes import enroll_node
 from tests.support.postgres import running_postgres
 from tests.support.spire import running_spire_server
 from tests.support.svid import issue_svid_files
 from tests.support.tlsca import TestCA
 from trustd.ca import SpiffeCA
-from trustd.enroll_client import enroll
 from trustd.spiffe_id import TrustDomain
 from trustd.trustctl import main as trustctl
 
@@ -146,14 +146,14 @@ def main() -> None:
             running_postgres(TestCA(work / "pg-ca")) as postgres,
             running_spire_server(work / "spire", postgres) as spire,
         ):
-            node = enroll(
-                server=hub.url,
+            node = enroll_node(
+                hub.url,
+                hub.ca_bundle,
                 tcti=tpm.tcti,
-                out_dir=work / "svid",
-                device_class="edge-gateway",
-                claims={"site": "bench", "node": "n1"},
-                ca_bundle=hub.ca_bundle,
                 event_log=event_log,
+                out_dir=work / "svid",
+                node="n1",
+                site="bench",
             )
             ca = SpiffeCA.load_or_create_root(hub.data_dir / "ca", trust_domain=TrustDomain.parse("edge.example"))
             cert, key = issue_svid_files(ca, OPERATOR, work / "operator")

@@ -26,12 +26,12 @@ from attestation.device import TPMDevice
 from attestation.simboot import boot_events, measure_boot
 from attestation.swtpm import SoftwareTPMFactory
 from tests.support.hub import GOLDEN_BANKS, running_hub
+from tests.support.nodes import enroll_node
 from tests.support.postgres import running_postgres
 from tests.support.processes import running
 from tests.support.spire import register, running_spire_agent, running_spire_server, wait_for_svid
 from tests.support.svid import issue_svid_files
 from tests.support.tlsca import TestCA
-from trustd.enroll_client import enroll
 from trustd.trustctl import main as trustctl
 
 ROUNDS = 10
@@ -71,14 +71,14 @@ def main() -> None:
             running_spire_server(work / "spire-server", postgres) as spire,
             running_spire_agent(work / "spire-agent", spire) as spire_agent,
         ):
-            node = enroll(
-                server=hub.url,
+            node = enroll_node(
+                hub.url,
+                hub.ca_bundle,
                 tcti=tpm.tcti,
-                out_dir=work / "svid",
-                device_class="edge-gateway",
-                claims={"site": "bench", "node": "n1"},
-                ca_bundle=hub.ca_bundle,
                 event_log=event_log,
+                out_dir=work / "svid",
+                node="n1",
+                site="bench",
             )
             cert, key = issue_svid_files(hub.hub.ca, OPERATOR, work / "operator")
             ours_id = "spiffe://edge.example/workload/bench"

@@ -8,7 +8,6 @@ verifies: a revoked node's SVID is refused at once, though its certificate has h
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from syncer.bundle import ROOT, Bundle, unpack
 from syncer.errors import BundleFormatError, RollbackError, SyncerError
 from syncer.signing import verify_bundle
+from syncer.state import write_atomic
 
 ROOTS = [f"{ROOT}/revocations"]
 KEY_ID = "trustd-revocations"  # the key id the hub signs with (trustd/revocations.py)
@@ -116,20 +116,10 @@ class RevocationStore:
             raise RollbackError(
                 f"revocation list {found.revision} is older than the one held ({self.current.revision}): refused"
             )
-        _write(self._blob_path, blob)
+        write_atomic(self._blob_path, blob)
         if etag:
-            _write(self._etag_path, etag.encode())
+            write_atomic(self._etag_path, etag.encode())
         if self._out is not None:
-            _write(self._out, found.as_json())
+            write_atomic(self._out, found.as_json())
         self.current, self.etag = found, etag
         return found
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    with temporary.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)

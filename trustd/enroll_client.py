@@ -53,13 +53,7 @@ def enroll(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Enrollment:
     """Run both round trips; raises EnrollmentError with the hub's reason when refused."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgetrust")]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
+    key, csr = new_key_and_csr()
     with TPMDevice(tcti) as tpm, _client(server, ca_bundle, timeout_s) as http:
         ek = tpm.endorsement_key(ek_kind)
         if ek.certificate is None:
@@ -69,7 +63,7 @@ def enroll(
             )
         ak = tpm.create_attestation_key(ak_kind)
         challenge = ChallengeResponse.model_validate(
-            _post(
+            post_to_hub(
                 http,
                 "/v1/enroll/challenge",
                 ChallengeRequest(
@@ -87,7 +81,7 @@ def enroll(
         selection = {HashAlg.from_label(bank): pcrs for bank, pcrs in challenge.pcr_selection.items()}
         quote = tpm.quote(selection, base64.b64decode(challenge.nonce))
         answer = EnrollResponse.model_validate(
-            _post(
+            post_to_hub(
                 http,
                 "/v1/enroll/complete",
                 EnrollRequest(
@@ -137,7 +131,22 @@ def _client(server: str, ca_bundle: Path, timeout_s: float) -> httpx.Client:
     return httpx.Client(base_url=server, verify=ssl.create_default_context(cafile=str(ca_bundle)), timeout=timeout_s)
 
 
-def _post(http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, object]:
+def new_key_and_csr() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    """A fresh P-256 key for an SVID and its CSR (PEM): the key never leaves the device."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgetrust")]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    return key, csr
+
+
+def post_to_hub(
+    http: httpx.Client, path: str, body: dict[str, object], *, action: str = "enrollment"
+) -> dict[str, object]:
+    """POST a JSON body; the hub's refusal becomes EnrollmentError naming its reason."""
     try:
         response = http.post(path, json=body)
     except httpx.HTTPError as exc:
@@ -148,7 +157,7 @@ def _post(http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, o
         raise EnrollmentError(f"trustd answered {response.status_code} with a body that is not JSON") from exc
     if response.status_code != 200:
         if isinstance(payload, dict) and "reason" in payload:
-            raise EnrollmentError(f"trustd refused the enrollment ({payload.get('error')}): {payload['reason']}")
+            raise EnrollmentError(f"trustd refused the {action} ({payload.get('error')}): {payload['reason']}")
         raise EnrollmentError(f"trustd answered {response.status_code}: {str(payload)[:500]}")
     if not isinstance(payload, dict):
         raise EnrollmentError("trustd answered with JSON that is not an object")

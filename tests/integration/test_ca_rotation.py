@@ -18,12 +18,12 @@ from spiffe import WorkloadApiClient
 
 from tests.integration.conftest import BootedDevice
 from tests.support.hub import RunningHub, running_hub
+from tests.support.nodes import enroll_node
 from tests.support.processes import running
 from tests.support.spire import wait_for_svid
 from tests.support.svid import issue_svid_files
 from trustd import ca_rotation
 from trustd.cli import main as trustd
-from trustd.enroll_client import enroll
 from trustd.errors import CAConfigError
 from trustd.spiffe_id import SpiffeId
 from trustd.trustctl import main as trustctl
@@ -37,14 +37,12 @@ def workload(
     tmp_path: Path, ek_roots: Path, golden_device: BootedDevice
 ) -> Iterator[tuple[RunningHub, Path, list[str]]]:
     with running_hub(tmp_path / "hub", ek_roots=ek_roots, operators=(OPERATOR,)) as hub:
-        node = enroll(
-            server=hub.url,
+        node = enroll_node(
+            hub.url,
+            hub.ca_bundle,
             tcti=golden_device.tcti,
-            out_dir=tmp_path / "svid",
-            device_class="edge-gateway",
-            claims={"site": "lab", "node": "gw-01"},
-            ca_bundle=hub.ca_bundle,
             event_log=golden_device.event_log,
+            out_dir=tmp_path / "svid",
         )
         cert, key = issue_svid_files(hub.hub.ca, OPERATOR, tmp_path / "operator")
         hub_args = ["--hub", hub.url, "--ca-bundle", str(hub.ca_bundle), "--svid", str(cert), "--svid-key", str(key)]

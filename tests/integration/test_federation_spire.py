@@ -28,12 +28,12 @@ from spiffe import WorkloadApiClient
 
 from tests.integration.conftest import BootedDevice
 from tests.support.hub import RunningHub, running_hub
+from tests.support.nodes import enroll_node
 from tests.support.postgres import PostgresServer, running_postgres
 from tests.support.processes import running
 from tests.support.spire import register, running_spire_agent, running_spire_server, wait_for_svid
 from tests.support.svid import issue_svid_files
 from tests.support.tlsca import TestCA
-from trustd.enroll_client import enroll
 from trustd.federation import FederationError, Peer
 from trustd.trustctl import main as trustctl
 
@@ -117,14 +117,12 @@ def our_workload(
     with running_hub(
         tmp_path / "hub", ek_roots=ek_roots, operators=(OPERATOR,), federation_file=federation_file
     ) as hub:
-        node = enroll(
-            server=hub.url,
+        node = enroll_node(
+            hub.url,
+            hub.ca_bundle,
             tcti=golden_device.tcti,
-            out_dir=tmp_path / "svid",
-            device_class="edge-gateway",
-            claims={"site": "lab", "node": "gw-01"},
-            ca_bundle=hub.ca_bundle,
             event_log=golden_device.event_log,
+            out_dir=tmp_path / "svid",
         )
         cert, key = issue_svid_files(hub.hub.ca, OPERATOR, tmp_path / "operator")
         argv = ["fleet", "entry", "create", "--spiffe-id", "spiffe://edge.example/workload/api"]

@@ -18,26 +18,18 @@ from attestation.device import TPMDevice
 from attestation.tpm2.constants import HashAlg
 from tests.integration.conftest import BootedDevice
 from tests.support.hub import RunningHub, running_hub
+from tests.support.nodes import enroll_node
 from tests.support.processes import running
 from tests.support.protocol import make_csr
 from trustd.agent.renewal_client import renew_node
 from trustd.api_models import b64
-from trustd.enroll_client import enroll
 from trustd.errors import EnrollmentError
 
 pytestmark = pytest.mark.integration
 
 
 def enrolled(hub: RunningHub, device: BootedDevice, out: Path) -> str:
-    return enroll(
-        server=hub.url,
-        tcti=device.tcti,
-        out_dir=out,
-        device_class="edge-gateway",
-        claims={"site": "lab", "node": "gw-01"},
-        ca_bundle=hub.ca_bundle,
-        event_log=device.event_log,
-    ).spiffe_id
+    return enroll_node(hub.url, hub.ca_bundle, tcti=device.tcti, event_log=device.event_log, out_dir=out).spiffe_id
 
 
 def serial(svid_dir: Path) -> int:

@@ -25,9 +25,9 @@ from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from tests.integration.conftest import BootedDevice
 from tests.support.hub import RunningHub, free_port, running_hub
+from tests.support.nodes import enroll_node
 from tests.support.processes import running
 from tests.support.svid import issue_svid_files
-from trustd.enroll_client import enroll
 from trustd.trustctl import main as trustctl
 
 pytestmark = pytest.mark.integration
@@ -56,14 +56,8 @@ def create_entry(hub: RunningHub, work: Path, spiffe_id: str, parent: str, *sele
 
 @pytest.fixture
 def node(hub: RunningHub, golden_device: BootedDevice, tmp_path: Path) -> tuple[str, Path]:
-    result = enroll(
-        server=hub.url,
-        tcti=golden_device.tcti,
-        out_dir=tmp_path / "svid",
-        device_class="edge-gateway",
-        claims={"site": "lab", "node": "gw-01"},
-        ca_bundle=hub.ca_bundle,
-        event_log=golden_device.event_log,
+    result = enroll_node(
+        hub.url, hub.ca_bundle, tcti=golden_device.tcti, event_log=golden_device.event_log, out_dir=tmp_path / "svid"
     )
     return result.spiffe_id, tmp_path / "svid"
 

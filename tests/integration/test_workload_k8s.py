@@ -19,13 +19,13 @@ from spiffe import WorkloadApiClient
 from tests.integration.conftest import BootedDevice
 from tests.support.hub import running_hub
 from tests.support.kube import running_kube_apiserver
+from tests.support.nodes import enroll_node
 from tests.support.processes import running
 from tests.support.spire import wait_for_svid
 from tests.support.svid import issue_svid_files
 from tests.support.tlsca import TestCA
 from tests.support.webhook import pod
 from trustd.agent.k8s import pod_uid
-from trustd.enroll_client import enroll
 from trustd.trustctl import main as trustctl
 
 pytestmark = pytest.mark.integration
@@ -53,14 +53,13 @@ def test_a_pod_gets_the_svid_of_its_namespace_and_service_account(
             made = client.post("/api/v1/namespaces/shop/pods", json=body)
             assert made.status_code == 201, made.text
             uid = made.json()["metadata"]["uid"]
-        node = enroll(
-            server=hub.url,
+        node = enroll_node(
+            hub.url,
+            hub.ca_bundle,
             tcti=golden_device.tcti,
-            out_dir=tmp_path / "svid",
-            device_class="edge-gateway",
-            claims={"site": "lab", "node": "node-1"},
-            ca_bundle=hub.ca_bundle,
             event_log=golden_device.event_log,
+            out_dir=tmp_path / "svid",
+            node="node-1",
         )
         cert, key = issue_svid_files(hub.hub.ca, OPERATOR, tmp_path / "operator")
         hub_args = ["--hub", hub.url, "--ca-bundle", str(hub.ca_bundle), "--svid", str(cert), "--svid-key", str(key)]

@@ -11,14 +11,12 @@ from pathlib import Path
 
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from attestation.device import TPMDevice
 from attestation.tpm2.constants import HashAlg
 from trustd.api_models import RenewChallenge, RenewRequest, RenewResponse, b64
-from trustd.errors import EnrollmentError, HubUnreachableError
+from trustd.enroll_client import new_key_and_csr, post_to_hub
 from trustd.files import write_private
 
 JITTER = 0.1
@@ -41,15 +39,9 @@ def renew_at(svid_path: Path) -> float:
 def renew_node(*, hub: str, svid_dir: Path, tcti: str, event_log: bytes | None, timeout_s: float = 30) -> Renewed:
     context = ssl.create_default_context(cafile=str(svid_dir / "bundle.pem"))
     context.load_cert_chain(str(svid_dir / "svid.pem"), str(svid_dir / "svid.key"))
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgetrust")]))
-        .sign(key, hashes.SHA256())
-        .public_bytes(serialization.Encoding.PEM)
-    )
+    key, csr = new_key_and_csr()
     with httpx.Client(base_url=hub, verify=context, timeout=timeout_s) as http, TPMDevice(tcti) as tpm:
-        challenge = RenewChallenge.model_validate(_post(http, "/v1/agent/renew/challenge", {}))
+        challenge = RenewChallenge.model_validate(post_to_hub(http, "/v1/agent/renew/challenge", {}, action="renewal"))
         ak = tpm.load_attestation_key((svid_dir / "ak.priv").read_bytes(), (svid_dir / "ak.pub").read_bytes())
         selection = {HashAlg.from_label(bank): pcrs for bank, pcrs in challenge.pcr_selection.items()}
         quote = tpm.quote(selection, base64.b64decode(challenge.nonce))
@@ -64,7 +56,7 @@ def renew_node(*, hub: str, svid_dir: Path, tcti: str, event_log: bytes | None, 
             event_log=b64(event_log) if event_log is not None else None,
             csr=csr.decode(),
         )
-        answer = RenewResponse.model_validate(_post(http, "/v1/agent/renew", body.model_dump()))
+        answer = RenewResponse.model_validate(post_to_hub(http, "/v1/agent/renew", body.model_dump(), action="renewal"))
     write_private(
         svid_dir / "svid.key.new",
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
@@ -77,20 +69,3 @@ def renew_node(*, hub: str, svid_dir: Path, tcti: str, event_log: bytes | None, 
     (svid_dir / "svid.pem.new").replace(svid_dir / "svid.pem")
     leaf = x509.load_pem_x509_certificates(answer.svid_chain.encode())[0]
     return Renewed(answer.spiffe_id, leaf.serial_number, answer.not_after)
-
-
-def _post(http: httpx.Client, path: str, body: dict[str, object]) -> dict[str, object]:
-    try:
-        answer = http.post(path, json=body)
-    except httpx.HTTPError as exc:
-        raise HubUnreachableError(f"cannot reach trustd at {http.base_url}: {exc}") from exc
-    try:
-        payload = answer.json()
-    except ValueError:
-        payload = {}
-    if answer.status_code != 200:
-        reason = payload.get("reason", answer.status_code) if isinstance(payload, dict) else answer.status_code
-        raise EnrollmentError(f"trustd refused the renewal: {reason}")
-    if not isinstance(payload, dict):
-        raise EnrollmentError("trustd answered the renewal with JSON that is not an object")
-    return payload

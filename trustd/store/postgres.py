@@ -23,6 +23,14 @@ from psycopg import errors as pg_errors
 
 from trustd.errors import ChallengeError, StoreConflictError, StoreError
 from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, EntryRecord, RevocationRecord, SvidRecord
+from trustd.store.rows import (
+    REVOCATION_SELECT,
+    challenge_record,
+    device_record,
+    entry_record,
+    revocation_record,
+    selectors_column,
+)
 
 T = TypeVar("T")
 RECONNECT_S = 15.0  # how long a call waits for the database to come back before it fails
@@ -92,8 +100,6 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX entries_parent ON entries (parent_id);
     """,
 )
-
-_REVOCATION_SELECT = "SELECT spiffe_id, ek_fingerprint, reason, revoked_by, revoked_at, sequence FROM revocations"
 
 
 class PostgresStore:
@@ -188,7 +194,7 @@ class PostgresStore:
                     "unknown challenge: it was never issued, or it expired and was purged; start enrollment again"
                 )
             raise ChallengeError("this challenge was already answered once (a replayed nonce); start enrollment again")
-        record = _challenge(row)
+        record = challenge_record(row)
         if now > record.expires_at:
             raise ChallengeError(
                 f"the challenge expired {now - record.expires_at:.0f}s ago (it is valid for "
@@ -259,14 +265,14 @@ class PostgresStore:
 
     def device(self, ek_fingerprint: str) -> DeviceRecord | None:
         row = self._one("SELECT * FROM devices WHERE ek_fingerprint = %s", (ek_fingerprint,))
-        return None if row is None else _device(row)
+        return None if row is None else device_record(row)
 
     def device_by_spiffe_id(self, spiffe_id: str) -> DeviceRecord | None:
         row = self._one("SELECT * FROM devices WHERE spiffe_id = %s", (spiffe_id,))
-        return None if row is None else _device(row)
+        return None if row is None else device_record(row)
 
     def devices(self) -> Sequence[DeviceRecord]:
-        return [_device(r) for r in self._all("SELECT * FROM devices ORDER BY spiffe_id", ())]
+        return [device_record(r) for r in self._all("SELECT * FROM devices ORDER BY spiffe_id", ())]
 
     def svids(self, spiffe_id: str) -> Sequence[SvidRecord]:
         rows = self._all("SELECT * FROM svids WHERE spiffe_id = %s ORDER BY not_before", (spiffe_id,))
@@ -294,18 +300,18 @@ class PostgresStore:
                             (revocation.ek_fingerprint,),
                         )
                     _insert_audit(db, event)
-                row = db.execute(_REVOCATION_SELECT + " WHERE spiffe_id = %s", (revocation.spiffe_id,)).fetchone()
+                row = db.execute(REVOCATION_SELECT + " WHERE spiffe_id = %s", (revocation.spiffe_id,)).fetchone()
                 assert row is not None  # inserted or already there, in this transaction
                 return tuple(row)
 
-        return _revocation(self._run(revoke))
+        return revocation_record(self._run(revoke))
 
     def revocations(self) -> Sequence[RevocationRecord]:
-        return [_revocation(r) for r in self._all(_REVOCATION_SELECT + " ORDER BY sequence", ())]
+        return [revocation_record(r) for r in self._all(REVOCATION_SELECT + " ORDER BY sequence", ())]
 
     def revocation(self, spiffe_id: str) -> RevocationRecord | None:
-        row = self._one(_REVOCATION_SELECT + " WHERE spiffe_id = %s", (spiffe_id,))
-        return None if row is None else _revocation(row)
+        row = self._one(REVOCATION_SELECT + " WHERE spiffe_id = %s", (spiffe_id,))
+        return None if row is None else revocation_record(row)
 
     # -- registration entries ------------------------------------------------------------------------------
     def put_entry(self, entry: EntryRecord) -> None:
@@ -313,7 +319,14 @@ class PostgresStore:
             self._run(
                 lambda db: db.execute(
                     "INSERT INTO entries VALUES (%s,%s,%s,%s,%s,%s)",
-                    (entry.id, entry.spiffe_id, entry.parent_id, _selectors(entry), entry.ttl_s, entry.created_at),
+                    (
+                        entry.id,
+                        entry.spiffe_id,
+                        entry.parent_id,
+                        selectors_column(entry),
+                        entry.ttl_s,
+                        entry.created_at,
+                    ),
                 )
             )
         except pg_errors.IntegrityError as exc:
@@ -327,7 +340,7 @@ class PostgresStore:
             rows = self._all("SELECT * FROM entries ORDER BY spiffe_id, id", ())
         else:
             rows = self._all("SELECT * FROM entries WHERE parent_id = %s ORDER BY spiffe_id, id", (parent_id,))
-        return [_entry(r) for r in rows]
+        return [entry_record(r) for r in rows]
 
     # -- audit ---------------------------------------------------------------------------------------------
     def audit(self, event: AuditEvent) -> None:
@@ -360,47 +373,3 @@ def _insert_audit(db: psycopg.Connection[Any], event: AuditEvent) -> None:
 def _safe(exc: Exception) -> str:
     """The error's first line: libpq names the host, port and user, never the password."""
     return str(exc).strip().split("\n", 1)[0]
-
-
-def _selectors(entry: EntryRecord) -> str:
-    return json.dumps(sorted(entry.selectors))
-
-
-def _entry(row: tuple[Any, ...]) -> EntryRecord:
-    (eid, spiffe_id, parent_id, selectors, ttl_s, created) = row
-    return EntryRecord(
-        str(eid), str(spiffe_id), str(parent_id), tuple(json.loads(selectors)), int(ttl_s), float(created)
-    )
-
-
-def _revocation(row: tuple[Any, ...]) -> RevocationRecord:
-    (spiffe_id, ek, reason, by, at, sequence) = row
-    return RevocationRecord(str(spiffe_id), str(ek), str(reason), str(by), float(at), int(sequence))
-
-
-def _challenge(row: tuple[Any, ...]) -> ChallengeRecord:
-    (cid, ek, ak_public, nonce, digest, claims, created, expires, used) = row
-    return ChallengeRecord(
-        id=str(cid),
-        ek_fingerprint=str(ek),
-        ak_public=bytes(ak_public),
-        nonce=bytes(nonce),
-        secret_digest=bytes(digest),
-        claims=json.loads(str(claims)),
-        created_at=float(created),
-        expires_at=float(expires),
-        used_at=None if used is None else float(used),
-    )
-
-
-def _device(row: tuple[Any, ...]) -> DeviceRecord:
-    (ek, spiffe_id, device_class, claims, ak_name, enrolled, status) = row
-    return DeviceRecord(
-        ek_fingerprint=str(ek),
-        spiffe_id=str(spiffe_id),
-        device_class=str(device_class),
-        claims=json.loads(str(claims)),
-        ak_name=str(ak_name),
-        enrolled_at=float(enrolled),
-        status=str(status),
-    )

@@ -15,6 +15,14 @@ from typing import Any
 
 from trustd.errors import ChallengeError, StoreConflictError, StoreError
 from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, EntryRecord, RevocationRecord, SvidRecord
+from trustd.store.rows import (
+    REVOCATION_SELECT,
+    challenge_record,
+    device_record,
+    entry_record,
+    revocation_record,
+    selectors_column,
+)
 
 #: each entry moves the schema one version up; never edit one that has shipped, append a new one
 MIGRATIONS: tuple[str, ...] = (
@@ -141,7 +149,7 @@ class SQLiteStore:
                     raise ChallengeError(
                         "unknown challenge: it was never issued, or it expired and was purged; start enrollment again"
                     )
-                record = _challenge(row)
+                record = challenge_record(row)
                 if record.used_at is not None:
                     raise ChallengeError(
                         "this challenge was already answered once (a replayed nonce); start enrollment again"
@@ -229,14 +237,14 @@ class SQLiteStore:
 
     def device(self, ek_fingerprint: str) -> DeviceRecord | None:
         row = self._one("SELECT * FROM devices WHERE ek_fingerprint = ?", (ek_fingerprint,))
-        return None if row is None else _device(row)
+        return None if row is None else device_record(row)
 
     def device_by_spiffe_id(self, spiffe_id: str) -> DeviceRecord | None:
         row = self._one("SELECT * FROM devices WHERE spiffe_id = ?", (spiffe_id,))
-        return None if row is None else _device(row)
+        return None if row is None else device_record(row)
 
     def devices(self) -> Sequence[DeviceRecord]:
-        return [_device(r) for r in self._all("SELECT * FROM devices ORDER BY spiffe_id", ())]
+        return [device_record(r) for r in self._all("SELECT * FROM devices ORDER BY spiffe_id", ())]
 
     def svids(self, spiffe_id: str) -> Sequence[SvidRecord]:
         rows = self._all("SELECT * FROM svids WHERE spiffe_id = ? ORDER BY not_before", (spiffe_id,))
@@ -247,7 +255,7 @@ class SQLiteStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute(_REVOCATION_SELECT + " WHERE spiffe_id = ?", (revocation.spiffe_id,)).fetchone()
+                row = self._db.execute(REVOCATION_SELECT + " WHERE spiffe_id = ?", (revocation.spiffe_id,)).fetchone()
                 if row is None:
                     self._db.execute(
                         "INSERT INTO revocations (spiffe_id, ek_fingerprint, reason, revoked_by, revoked_at) "
@@ -267,20 +275,20 @@ class SQLiteStore:
                         )
                     self._insert_audit(event)
                     row = self._db.execute(
-                        _REVOCATION_SELECT + " WHERE spiffe_id = ?", (revocation.spiffe_id,)
+                        REVOCATION_SELECT + " WHERE spiffe_id = ?", (revocation.spiffe_id,)
                     ).fetchone()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return _revocation(row)
+        return revocation_record(row)
 
     def revocations(self) -> Sequence[RevocationRecord]:
-        return [_revocation(r) for r in self._all(_REVOCATION_SELECT + " ORDER BY sequence", ())]
+        return [revocation_record(r) for r in self._all(REVOCATION_SELECT + " ORDER BY sequence", ())]
 
     def revocation(self, spiffe_id: str) -> RevocationRecord | None:
-        row = self._one(_REVOCATION_SELECT + " WHERE spiffe_id = ?", (spiffe_id,))
-        return None if row is None else _revocation(row)
+        row = self._one(REVOCATION_SELECT + " WHERE spiffe_id = ?", (spiffe_id,))
+        return None if row is None else revocation_record(row)
 
     # -- registration entries ------------------------------------------------------------------------------
     def put_entry(self, entry: EntryRecord) -> None:
@@ -288,7 +296,14 @@ class SQLiteStore:
             with self._lock:
                 self._db.execute(
                     "INSERT INTO entries VALUES (?,?,?,?,?,?)",
-                    (entry.id, entry.spiffe_id, entry.parent_id, _selectors(entry), entry.ttl_s, entry.created_at),
+                    (
+                        entry.id,
+                        entry.spiffe_id,
+                        entry.parent_id,
+                        selectors_column(entry),
+                        entry.ttl_s,
+                        entry.created_at,
+                    ),
                 )
         except sqlite3.IntegrityError as exc:
             raise StoreConflictError(f"an entry for {entry.spiffe_id} with these selectors exists already") from exc
@@ -302,7 +317,7 @@ class SQLiteStore:
             rows = self._all("SELECT * FROM entries ORDER BY spiffe_id, id", ())
         else:
             rows = self._all("SELECT * FROM entries WHERE parent_id = ? ORDER BY spiffe_id, id", (parent_id,))
-        return [_entry(r) for r in rows]
+        return [entry_record(r) for r in rows]
 
     # -- audit ---------------------------------------------------------------------------------------------
     def audit(self, event: AuditEvent) -> None:
@@ -332,50 +347,3 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-_REVOCATION_SELECT = "SELECT spiffe_id, ek_fingerprint, reason, revoked_by, revoked_at, sequence FROM revocations"
-
-
-def _selectors(entry: EntryRecord) -> str:
-    return json.dumps(sorted(entry.selectors))
-
-
-def _entry(row: tuple[Any, ...]) -> EntryRecord:
-    (eid, spiffe_id, parent_id, selectors, ttl_s, created) = row
-    return EntryRecord(
-        str(eid), str(spiffe_id), str(parent_id), tuple(json.loads(selectors)), int(ttl_s), float(created)
-    )
-
-
-def _revocation(row: tuple[Any, ...]) -> RevocationRecord:
-    (spiffe_id, ek, reason, by, at, sequence) = row
-    return RevocationRecord(str(spiffe_id), str(ek), str(reason), str(by), float(at), int(sequence))
-
-
-def _challenge(row: tuple[Any, ...]) -> ChallengeRecord:
-    (cid, ek, ak_public, nonce, digest, claims, created, expires, used) = row
-    return ChallengeRecord(
-        id=str(cid),
-        ek_fingerprint=str(ek),
-        ak_public=bytes(ak_public),
-        nonce=bytes(nonce),
-        secret_digest=bytes(digest),
-        claims=json.loads(str(claims)),
-        created_at=float(created),
-        expires_at=float(expires),
-        used_at=None if used is None else float(used),
-    )
-
-
-def _device(row: tuple[Any, ...]) -> DeviceRecord:
-    (ek, spiffe_id, device_class, claims, ak_name, enrolled, status) = row
-    return DeviceRecord(
-        ek_fingerprint=str(ek),
-        spiffe_id=str(spiffe_id),
-        device_class=str(device_class),
-        claims=json.loads(str(claims)),
-        ak_name=str(ak_name),
-        enrolled_at=float(enrolled),
-        status=str(status),
-    )
