@@ -22,10 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from attestation.device import TPMDevice
-from attestation.simboot import boot_events, measure_boot
 from attestation.swtpm import SoftwareTPM, SoftwareTPMFactory
-from tests.support.hub import GOLDEN_BANKS, hub_process
+from tests.support.hub import hub_process
+from tests.support.nodes import boot_swtpm, ek_roots_of
 from tests.support.postgres import running_postgres
 from tests.support.tlsca import TestCA
 from trustd.agent.renewal_client import renew_node
@@ -66,13 +65,10 @@ def main() -> None:
     latencies: list[float] = []
     try:
         for i in range(DEVICES):
-            tpms.append(factory.start(f"dev{i}"))
-            with TPMDevice(tpms[-1].tcti) as device:
-                logs.append(measure_boot(device, boot_events(), GOLDEN_BANKS))
-        roots = work / "ek-roots"
-        roots.mkdir()
-        shutil.copy(factory.root_cert_path, roots / "root.pem")
-        shutil.copy(factory.issuer_cert_path, roots / "intermediate.pem")
+            tpm, event_log = boot_swtpm(factory, f"dev{i}")
+            tpms.append(tpm)
+            logs.append(event_log)
+        roots = ek_roots_of(factory, work / "ek-roots")
         with running_postgres(TestCA(work / "pg-ca")) as postgres:
             url = postgres.new_database()
             store = open_store(url)

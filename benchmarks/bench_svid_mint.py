@@ -32,23 +32,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from attestation.device import TPMDevice
-from attestation.simboot import boot_events, measure_boot
 from attestation.swtpm import SoftwareTPMFactory
-from tests.support.hub import GOLDEN_BANKS, hub_process
-from tests.support.nodes import enroll_node
+from tests.support.hub import hub_process
+from tests.support.nodes import OPERATOR, boot_swtpm, create_entry, ek_roots_of, enroll_node, operator_args
 from tests.support.postgres import running_postgres
 from tests.support.spire import running_spire_server
-from tests.support.svid import issue_svid_files
 from tests.support.tlsca import TestCA
 from trustd.ca import SpiffeCA
 from trustd.spiffe_id import TrustDomain
-from trustd.trustctl import main as trustctl
 
 THREADS = 4
 BATCH = 16
 SECONDS = float(os.environ.get("SVID_MINT_SECONDS", "6"))
-OPERATOR = "spiffe://edge.example/operator/admin"
 
 
 def csr(spiffe_id: str | None) -> bytes:
@@ -131,16 +126,11 @@ def cpu_s(pid: int) -> float:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-mint-"))
     factory = SoftwareTPMFactory(work / "tpms")
-    tpm = factory.start("node")
+    tpm, event_log = boot_swtpm(factory, "node")
     rates: dict[str, list[float]] = {"edgetrust": [], "edgetrust_batched": [], "spire": []}
     hub_cpu: list[float] = []
     try:
-        with TPMDevice(tpm.tcti) as device:
-            event_log = measure_boot(device, boot_events(), GOLDEN_BANKS)
-        roots = work / "ek-roots"
-        roots.mkdir()
-        shutil.copy(factory.root_cert_path, roots / "root.pem")
-        shutil.copy(factory.issuer_cert_path, roots / "intermediate.pem")
+        roots = ek_roots_of(factory, work / "ek-roots")
         with (
             hub_process(work / "hub", ek_roots=roots, extra_args=("--operator", OPERATOR)) as hub,
             running_postgres(TestCA(work / "pg-ca")) as postgres,
@@ -156,12 +146,9 @@ def main() -> None:
                 site="bench",
             )
             ca = SpiffeCA.load_or_create_root(hub.data_dir / "ca", trust_domain=TrustDomain.parse("edge.example"))
-            cert, key = issue_svid_files(ca, OPERATOR, work / "operator")
-            argv = ["fleet", "entry", "create", "--spiffe-id", "spiffe://edge.example/workload/mint"]
-            argv += ["--parent", node.spiffe_id, "--selector", f"unix:uid:{os.getuid()}", "--hub", hub.url]
-            assert (
-                trustctl([*argv, "--ca-bundle", str(hub.ca_bundle), "--svid", str(cert), "--svid-key", str(key)]) == 0
-            )
+            hub_args = operator_args(hub.url, hub.ca_bundle, ca, work / "operator")
+            create_entry(hub_args, "spiffe://edge.example/workload/mint", node.spiffe_id, f"unix:uid:{os.getuid()}")
+            cert, key = work / "operator" / "svid.pem", work / "operator" / "svid.key"
             operator = ssl.create_default_context(cafile=str(hub.ca_bundle))
             operator.load_cert_chain(str(cert), str(key))
             entry_id = httpx.get(f"{hub.url}/v1/fleet/entries", verify=operator).json()["entries"][0]["id"]

@@ -22,21 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from spiffe import WorkloadApiClient
 
-from attestation.device import TPMDevice
-from attestation.simboot import boot_events, measure_boot
 from attestation.swtpm import SoftwareTPMFactory
-from tests.support.hub import GOLDEN_BANKS, running_hub
-from tests.support.nodes import enroll_node
+from tests.support.hub import running_hub
+from tests.support.nodes import OPERATOR, boot_swtpm, create_entry, ek_roots_of, enroll_node, operator_args
 from tests.support.postgres import running_postgres
 from tests.support.processes import running
 from tests.support.spire import register, running_spire_agent, running_spire_server, wait_for_svid
-from tests.support.svid import issue_svid_files
 from tests.support.tlsca import TestCA
-from trustd.trustctl import main as trustctl
 
 ROUNDS = 10
 CALLS = 100  # per round and side
-OPERATOR = "spiffe://edge.example/operator/admin"
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -57,14 +52,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-workload-"))
     uid = os.getuid()
     factory = SoftwareTPMFactory(work / "tpms")
-    tpm = factory.start("node")
+    tpm, event_log = boot_swtpm(factory, "node")
     try:
-        with TPMDevice(tpm.tcti) as device:
-            event_log = measure_boot(device, boot_events(), GOLDEN_BANKS)
-        roots = work / "ek-roots"
-        roots.mkdir()
-        shutil.copy(factory.root_cert_path, roots / "root.pem")
-        shutil.copy(factory.issuer_cert_path, roots / "intermediate.pem")
+        roots = ek_roots_of(factory, work / "ek-roots")
         with (
             running_hub(work / "hub", ek_roots=roots, operators=(OPERATOR,)) as hub,
             running_postgres(TestCA(work / "pg-ca")) as postgres,
@@ -80,12 +70,9 @@ def main() -> None:
                 node="n1",
                 site="bench",
             )
-            cert, key = issue_svid_files(hub.hub.ca, OPERATOR, work / "operator")
             ours_id = "spiffe://edge.example/workload/bench"
-            argv = ["fleet", "entry", "create", "--spiffe-id", ours_id, "--parent", node.spiffe_id]
-            argv += ["--selector", f"unix:uid:{uid}", "--hub", hub.url, "--ca-bundle", str(hub.ca_bundle)]
-            code = trustctl([*argv, "--svid", str(cert), "--svid-key", str(key)])
-            assert code == 0
+            operator = operator_args(hub.url, hub.ca_bundle, hub.hub.ca, work / "operator")
+            create_entry(operator, ours_id, node.spiffe_id, f"unix:uid:{uid}")
             spire_id = "spiffe://spire.example/workload/bench"
             register(spire, spire_agent, spire_id, f"unix:uid:{uid}")
             socket = work / "agent" / "api.sock"

@@ -93,9 +93,9 @@ class Revocations:
         now = time.monotonic()
         if now - self._checked >= REFRESH_S:
             self._checked = now
-            records = self._store.revocations()
-            if (records[-1].sequence if records else 0) != self._current.counter:
-                self._changed(records)
+            # one number each second; the whole list only when it moved
+            if self._store.revocation_counter() != self._current.counter:
+                self._changed(self._store.revocations())
         return self._current
 
     async def watch(self) -> None:

@@ -125,6 +125,7 @@ def test_revocations_count_once_per_subject_and_bar_the_device(opener: Opener) -
     other = b.revoke(RevocationRecord("spiffe://edge.example/w/2", "", "", "op", 103.0), event)
     assert again == first
     assert other.sequence > first.sequence
+    assert a.revocation_counter() == b.revocation_counter() == other.sequence
     assert [r.spiffe_id for r in a.revocations()] == ["spiffe://edge.example/n/1", "spiffe://edge.example/w/2"]
     device = b.device("ek1")
     assert device is not None

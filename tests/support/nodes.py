@@ -4,9 +4,14 @@ tests and the benchmarks that compare it with SPIRE."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from attestation.device import TPMDevice
+from attestation.simboot import boot_events, measure_boot
+from attestation.swtpm import SoftwareTPM, SoftwareTPMFactory
+from tests.support.hub import GOLDEN_BANKS
 from tests.support.svid import issue_svid_files
 from trustd.ca import SpiffeCA
 from trustd.enroll_client import Enrollment, enroll
@@ -41,3 +46,18 @@ def create_entry(hub_args: Sequence[str], spiffe_id: str, parent: str, *selector
         argv += ["--selector", selector]
     if trustctl([*argv, *hub_args]) != 0:
         raise RuntimeError(f"trustctl fleet entry create {spiffe_id} was refused")
+
+
+def boot_swtpm(factory: SoftwareTPMFactory, name: str) -> tuple[SoftwareTPM, bytes]:
+    """A started swtpm that has measured the golden boot, and its TCG event log (the caller stops it)."""
+    tpm = factory.start(name)
+    with TPMDevice(tpm.tcti) as device:
+        return tpm, measure_boot(device, boot_events(), GOLDEN_BANKS)
+
+
+def ek_roots_of(factory: SoftwareTPMFactory, directory: Path) -> Path:
+    """The manufacturer's EK root and intermediate, as trustd's --ek-roots directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(factory.root_cert_path, directory / "root.pem")
+    shutil.copy(factory.issuer_cert_path, directory / "intermediate.pem")
+    return directory

@@ -127,6 +127,10 @@ class Store(Protocol):
 
     def revocation(self, spiffe_id: str) -> RevocationRecord | None: ...
 
+    def revocation_counter(self) -> int:
+        """The sequence of the newest revocation (0 for none): what replicas compare each second."""
+        ...
+
     def put_entry(self, entry: EntryRecord) -> None:
         """Raises StoreConflictError when an entry with the same SPIFFE ID, parent and selectors exists."""
         ...

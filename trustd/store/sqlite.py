@@ -286,6 +286,10 @@ class SQLiteStore:
     def revocations(self) -> Sequence[RevocationRecord]:
         return [revocation_record(r) for r in self._all(REVOCATION_SELECT + " ORDER BY sequence", ())]
 
+    def revocation_counter(self) -> int:
+        row = self._one("SELECT COALESCE(MAX(sequence), 0) FROM revocations", ())
+        return int(row[0]) if row else 0
+
     def revocation(self, spiffe_id: str) -> RevocationRecord | None:
         row = self._one(REVOCATION_SELECT + " WHERE spiffe_id = ?", (spiffe_id,))
         return None if row is None else revocation_record(row)
