@@ -1,6 +1,6 @@
 # The two promises of the README: `make demo` and `make test` install what is missing, then run.
 PY      := .venv/bin/python
-PACKAGES := attestation trustd admission syncer
+PACKAGES := attestation edgetrust trustd admission syncer
 
 .PHONY: deps demo test lint unit integration bench clean
 

@@ -1,0 +1,1 @@
+"""Plumbing written once (serving limits, bounded reads, ...): each module one guarantee, used everywhere."""
