@@ -26,6 +26,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 OIDC_ISSUER_V1 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 LOG_ORIGIN = "rekor.edge.test"
+# Rekor v1 checkpoints name the Trillian tree after the origin; sigstore-go (cosign v3) tells a v1 log from a
+# v2 (tile) log by this suffix, and verifies the inclusion proof the v1 way only when it is there.
+LOG_TREE_ID = 4242424242424242424
 
 
 def _b64(data: bytes) -> str:
@@ -149,9 +152,20 @@ class PrivateSigstore:
         )
         return builder.add_extension(extension, critical=False).sign(self.ca_key, hashes.SHA256())
 
-    def sign_digest(self, digest: str, identity: str, issuer: str, *, dsse: bool = False, name: str = "image") -> bytes:
-        """A bundle signing image `digest` (sha256:<hex>) as `identity`; DSSE wraps an in-toto statement."""
-        hex_digest = digest.removeprefix("sha256:")
+    def sign_digest(
+        self,
+        digest: str,
+        identity: str,
+        issuer: str,
+        *,
+        dsse: bool = False,
+        name: str = "image",
+        message_digest: bool = True,
+    ) -> bytes:
+        """A bundle signing image `digest` (sha256:<hex> or sha512:<hex>) as `identity`; DSSE wraps an in-toto
+        statement (cosign v3's layout), else a message signature over the digest (sigstore-python's), whose
+        optional `messageDigest` can be left out as a hostile or minimal bundle would."""
+        algorithm, _, hex_digest = digest.partition(":")
         key = ec.generate_private_key(ec.SECP256R1())
         leaf = self._leaf(key, identity, issuer)
         pem = leaf.public_bytes(serialization.Encoding.PEM)
@@ -159,7 +173,7 @@ class PrivateSigstore:
         if dsse:
             statement = {
                 "_type": "https://in-toto.io/Statement/v1",
-                "subject": [{"name": name, "digest": {"sha256": hex_digest}}],
+                "subject": [{"name": name, "digest": {algorithm: hex_digest}}],
                 "predicateType": "https://sigstore.dev/cosign/sign/v1",
                 "predicate": {},
             }
@@ -182,18 +196,20 @@ class PrivateSigstore:
                 },
             }
         else:
-            signature = key.sign(bytes.fromhex(hex_digest), ec.ECDSA(Prehashed(hashes.SHA256())))
-            content = {
-                "messageSignature": {
-                    "messageDigest": {"algorithm": "SHA2_256", "digest": _b64(bytes.fromhex(hex_digest))},
-                    "signature": _b64(signature),
+            prehash = hashes.SHA512() if algorithm == "sha512" else hashes.SHA256()
+            signature = key.sign(bytes.fromhex(hex_digest), ec.ECDSA(Prehashed(prehash)))
+            message: dict[str, object] = {"signature": _b64(signature)}
+            if message_digest:
+                message["messageDigest"] = {
+                    "algorithm": "SHA2_512" if algorithm == "sha512" else "SHA2_256",
+                    "digest": _b64(bytes.fromhex(hex_digest)),
                 }
-            }
+            content = {"messageSignature": message}
             body = {
                 "apiVersion": "0.0.1",
                 "kind": "hashedrekord",
                 "spec": {
-                    "data": {"hash": {"algorithm": "sha256", "value": hex_digest}},
+                    "data": {"hash": {"algorithm": algorithm, "value": hex_digest}},
                     "signature": {"content": _b64(signature), "publicKey": {"content": _b64(pem)}},
                 },
             }
@@ -212,7 +228,7 @@ class PrivateSigstore:
         canonical = rfc8785.dumps(body)
         log_id = hashlib.sha256(_spki(self.log_key)).digest()
         leaf_hash = hashlib.sha256(b"\x00" + canonical).digest()  # RFC 6962 leaf; a one-entry tree's root
-        note = f"{LOG_ORIGIN}\n1\n{_b64(leaf_hash)}\n"
+        note = f"{LOG_ORIGIN} - {LOG_TREE_ID}\n1\n{_b64(leaf_hash)}\n"
         note_signature = self.log_key.sign(note.encode(), ec.ECDSA(hashes.SHA256()))
         checkpoint = note + f"\n\u2014 {LOG_ORIGIN} {_b64(log_id[:4] + note_signature)}\n"
         integrated = int(self.now.timestamp())
