@@ -21,8 +21,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -111,6 +112,12 @@ def check_simple_signing(payload: bytes, signature_b64: str, keys: Sequence[Veri
     signer = next((key.name for key in keys if key.verify(signature, payload)), None)
     if signer is None:
         raise SignatureError(f"signature does not verify under any of the policy's keys ({_names(keys)})")
+    check_payload(payload, digest)
+    return signer
+
+
+def check_payload(payload: bytes, digest: str) -> None:
+    """The (verified) payload is a cosign image signature naming *this* digest."""
     try:
         document = json.loads(payload)
         critical = document["critical"]
@@ -122,7 +129,6 @@ def check_simple_signing(payload: bytes, signature_b64: str, keys: Sequence[Veri
         raise PayloadMismatchError(f"signed payload has type {kind!r}, expected {COSIGN_SIGNATURE_TYPE!r}")
     if claimed != digest:
         raise PayloadMismatchError(f"signed payload names {claimed}, but the image is {digest}")
-    return signer
 
 
 def check_keyed_bundle(body: bytes, keys: Sequence[VerificationKey], digest: str) -> str:
@@ -186,7 +192,7 @@ async def verify_cosign(
     if not keys:
         raise ConfigError("a keyed signature policy needs at least one key")
     reasons: list[str] = []
-    manifest = await _signature_manifest(registry, image, digest)
+    manifest = await signature_manifest(registry, image, digest)
     if manifest is not None:
         found = await _check_legacy(registry, image, digest, keys, manifest, reasons)
         if found is not None:
@@ -203,7 +209,8 @@ async def verify_cosign(
     raise SignatureError(f"{image.name}@{digest}: no valid signature: " + "; ".join(reasons))
 
 
-async def _signature_manifest(registry: RegistryClient, image: ImageReference, digest: str) -> Manifest | None:
+async def signature_manifest(registry: RegistryClient, image: ImageReference, digest: str) -> Manifest | None:
+    """The `.sig` manifest cosign v2 (or v3 with `--new-bundle-format=false`) wrote for `digest`, if any."""
     tag = digest.replace(":", "-") + ".sig"
     if len(tag) > MAX_TAG_LENGTH:
         return None  # cosign cannot write it either: such an image is signed by bundles only
@@ -221,7 +228,7 @@ async def _check_legacy(
     manifest: Manifest,
     reasons: list[str],
 ) -> CosignSignature | None:
-    layers = [layer for layer in manifest.layers if layer.get("mediaType") == SIMPLE_SIGNING_MEDIA_TYPE]
+    layers = simple_signing_layers(manifest)
     for layer in layers[:MAX_SIGNATURES]:
         annotations = layer.get("annotations")
         signature_b64 = annotations.get(SIGNATURE_ANNOTATION) if isinstance(annotations, dict) else None
@@ -243,6 +250,10 @@ async def _check_legacy(
     if len(layers) > MAX_SIGNATURES:
         reasons.append(f"{len(layers) - MAX_SIGNATURES} more signatures were not read (limit {MAX_SIGNATURES})")
     return None
+
+
+def simple_signing_layers(manifest: Manifest) -> list[Mapping[str, Any]]:
+    return [layer for layer in manifest.layers if layer.get("mediaType") == SIMPLE_SIGNING_MEDIA_TYPE]
 
 
 def _check_attached(

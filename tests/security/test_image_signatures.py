@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from tests.integration.admission.conftest import attach_bundle
 from tests.support.opa_server import opa_server
+from tests.support.peers import peer
 from tests.support.registry import Registry
 from tests.support.sigstore_instance import PrivateSigstore
 from tests.support.tlsca import TestCA
@@ -226,3 +229,96 @@ def test_bundle_from_an_issuer_outside_the_policy_is_refused_and_the_recorded_si
         for issuer in (ISSUER_A, ISSUER_B):
             oracle = registry.cosign_verify_keyless(by_c, setup.root, SUBJECT, issuer, peer_name=peer_name)
             assert oracle.returncode != 0, oracle.stdout
+
+
+def _legacy_keyless_variant(
+    registry: Registry, sigstore: PrivateSigstore, variant: str, workdir: Path, issuer: str
+) -> str:
+    """cosign v2 `sign --certificate` with a Fulcio-like leaf for a cosign key writes the legacy keyless `.sig`
+    layout; the stand-in Rekor's answer is then added as the `dev.sigstore.cosign/bundle` annotation, which is
+    where cosign puts Rekor's answer when a real Rekor is there."""
+    repository = f"sig/keyless/{variant}"
+    digest = registry.push_image(repository, "v1", content=variant.encode())
+    reference = f"{registry.host}/{repository}@{digest}"
+    key, public = registry.cosign_keypair(f"legacy-{variant}")
+    authority = PrivateSigstore.create() if variant == "cosign2-keyless-foreign-fulcio-and-rekor" else sigstore
+    cosign_public = load_pem_public_key(public.read_bytes())
+    assert isinstance(cosign_public, ec.EllipticCurvePublicKey)  # cosign generate-key-pair makes P-256 keys
+    leaf = workdir / "leaf.pem"
+    leaf.write_bytes(authority.certificate_for(cosign_public, SUBJECT, issuer))
+    chain = workdir / "chain.pem"
+    chain.write_bytes(authority.ca_pem())
+    registry.run(
+        peer("cosign"),
+        "sign",
+        "--yes",
+        "--key",
+        str(key),
+        "--certificate",
+        str(leaf),
+        "--certificate-chain",
+        str(chain),
+        "--tlog-upload=false",
+        reference,
+        cwd=registry.workdir,
+    )
+    if variant == "cosign2-keyless-without-rekor":
+        return reference
+    tag = digest.replace(":", "-") + ".sig"
+    manifest = json.loads(registry.get_manifest(repository, tag) or b"{}")
+    layer = manifest["layers"][0]
+    payload = registry.blob(repository, layer["digest"])
+    if variant == "cosign2-keyless-rekor-entry-for-another-payload":
+        payload = payload.replace(b"docker-reference", b"docker-referencf")
+    annotations = layer["annotations"]
+    annotations["dev.sigstore.cosign/bundle"] = authority.rekor_bundle_annotation(
+        payload,
+        annotations["dev.cosignproject.cosign/signature"],
+        annotations["dev.sigstore.cosign/certificate"].encode(),
+    )
+    answer = registry.put_manifest(repository, tag, json.dumps(manifest).encode(), manifest["mediaType"])
+    assert answer.status_code == 201, answer.text
+    return reference
+
+
+LEGACY_KEYLESS_VARIANTS = {  # issuer in the certificate, admitted?, why not
+    "cosign2-keyless": (ISSUER_B, True, ""),
+    "cosign2-keyless-issuer-outside-the-policy": (ISSUER_C, False, "matches none of the policy's identities"),
+    "cosign2-keyless-without-rekor": (ISSUER_B, False, "no Rekor entry"),
+    "cosign2-keyless-rekor-entry-for-another-payload": (ISSUER_B, False, "Rekor entry is for another payload"),
+    "cosign2-keyless-foreign-fulcio-and-rekor": (ISSUER_B, False, "keyless .sig signature rejected"),
+}
+
+
+@pytest.mark.parametrize("variant", list(LEGACY_KEYLESS_VARIANTS))
+def test_cosign_v2_keyless_sig_layout_is_admitted_exactly_when_cosign_verify_accepts_it(
+    setup: Setup, registry: Registry, sigstore: PrivateSigstore, tmp_path: Path, variant: str
+) -> None:
+    """cosign v2's default keyless output (certificate and Rekor answer as `.sig` annotations) used to be ignored
+    by the keyless policy path ("no Sigstore bundle attached"); it is verified now, against the same trust root."""
+    issuer, expected, reason = LEGACY_KEYLESS_VARIANTS[variant]
+    reference = _legacy_keyless_variant(registry, sigstore, variant, tmp_path, issuer)
+    trust = {
+        "ca.pem": sigstore.ca_pem(),
+        "rekor.pub": sigstore.public_pem("rekor"),
+        "ct.pub": sigstore.public_pem("ct"),
+    }
+    for name, content in trust.items():
+        (tmp_path / name).write_bytes(content)
+    legacy_env = {
+        "SIGSTORE_ROOT_FILE": str(tmp_path / "ca.pem"),
+        "SIGSTORE_REKOR_PUBLIC_KEY": str(tmp_path / "rekor.pub"),
+        "SIGSTORE_CT_LOG_PUBLIC_KEY_FILE": str(tmp_path / "ct.pub"),
+    }
+    v3 = registry.cosign_verify_keyless(reference, setup.root, SUBJECT, ISSUER_B)
+    v2 = registry.cosign_verify_keyless(
+        reference, setup.root, SUBJECT, ISSUER_B, peer_name="cosign", legacy_env=legacy_env
+    )
+    answer = setup.webhook.review(review(pod(reference, name="legacy")))
+    assert (v3.returncode == 0) is expected, v3.stderr
+    assert (v2.returncode == 0) is expected, v2.stderr
+    assert answer["allowed"] is expected, answer
+    if not expected:
+        assert answer["status"]["code"] == 403
+        assert "[keyless]" in answer["status"]["message"]
+        assert reason in answer["status"]["message"]

@@ -17,7 +17,7 @@ import shutil
 import ssl
 import subprocess
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,21 +128,34 @@ class Registry:
         return self._tool(peer(peer_name), args)
 
     def cosign_verify_keyless(
-        self, reference: str, trusted_root: Path, identity: str, issuer: str, *, peer_name: str = "cosign3"
+        self,
+        reference: str,
+        trusted_root: Path,
+        identity: str,
+        issuer: str,
+        *,
+        peer_name: str = "cosign3",
+        legacy_env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """`cosign verify` of a keyless bundle against a private trusted root, offline."""
-        args = [
-            "verify",
-            "--trusted-root",
-            str(trusted_root),
-            "--certificate-identity",
-            identity,
-            "--certificate-oidc-issuer",
-            issuer,
-            *(["--new-bundle-format"] if peer_name == "cosign" else []),
-            reference,
-        ]
-        return self._tool(peer(peer_name), args)
+        """`cosign verify` of a keyless signature against a private trust root, offline. cosign v3 takes the
+        trusted root for both layouts; cosign v2 takes it for bundles only (with --new-bundle-format), and for the
+        legacy `.sig` layout reads the same trust from SIGSTORE_* files in `legacy_env`."""
+        args = ["verify", "--certificate-identity", identity, "--certificate-oidc-issuer", issuer]
+        env = self.tool_env()
+        if peer_name == "cosign" and legacy_env is not None:
+            env.update(legacy_env)
+        elif peer_name == "cosign":
+            args += ["--new-bundle-format", "--trusted-root", str(trusted_root)]
+        else:
+            args += ["--trusted-root", str(trusted_root)]
+        return subprocess.run(
+            [str(peer(peer_name)), *args, reference],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.workdir,
+            timeout=120,
+        )
 
     def _tool(self, binary: Path, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -153,6 +166,12 @@ class Registry:
         return httpx.Client(
             base_url=f"https://{self.host}/v2", verify=ssl.create_default_context(cafile=str(self.ca_file)), timeout=30
         )
+
+    def blob(self, repository: str, digest: str) -> bytes:
+        with self._http() as client:
+            answer = client.get(f"/{repository}/blobs/{digest}")
+        answer.raise_for_status()
+        return answer.content
 
     def put_blob(self, repository: str, data: bytes) -> str:
         """A monolithic blob upload (distribution spec); returns its sha256 digest."""

@@ -113,12 +113,47 @@ class PrivateSigstore:
         path.write_text(json.dumps(self.trusted_root(), indent=2))
         return path
 
-    def _leaf(self, key: ec.EllipticCurvePrivateKey, identity: str, issuer: str) -> x509.Certificate:
+    def certificate_for(self, public_key: ec.EllipticCurvePublicKey, identity: str, issuer: str) -> bytes:
+        """A Fulcio-like leaf (PEM, SCT embedded) for a key someone else holds, e.g. a cosign key pair: how
+        `cosign sign --certificate` makes the legacy keyless `.sig` layout without a Fulcio."""
+        return self._leaf(public_key, identity, issuer).public_bytes(serialization.Encoding.PEM)
+
+    def ca_pem(self) -> bytes:
+        return self.ca_cert.public_bytes(serialization.Encoding.PEM)
+
+    def public_pem(self, which: str) -> bytes:
+        """The `rekor` or `ct` log's public key, PEM, for cosign's SIGSTORE_REKOR_PUBLIC_KEY and
+        SIGSTORE_CT_LOG_PUBLIC_KEY_FILE."""
+        key = {"rekor": self.log_key, "ct": self.ct_key}[which]
+        return key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def rekor_bundle_annotation(self, payload: bytes, signature_b64: str, certificate_pem: bytes) -> str:
+        """What cosign v2 puts in `dev.sigstore.cosign/bundle` after Rekor accepted a hashedrekord entry for
+        this signature: the entry body and the log's signed entry timestamp (no inclusion proof)."""
+        body = rfc8785.dumps(
+            {
+                "apiVersion": "0.0.1",
+                "kind": "hashedrekord",
+                "spec": {
+                    "data": {"hash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()}},
+                    "signature": {"content": signature_b64, "publicKey": {"content": _b64(certificate_pem)}},
+                },
+            }
+        )
+        log_id = hashlib.sha256(_spki(self.log_key)).hexdigest()
+        integrated = int(self.now.timestamp())
+        promise = {"body": _b64(body), "integratedTime": integrated, "logID": log_id, "logIndex": 0}
+        entry_timestamp = self.log_key.sign(rfc8785.dumps(promise), ec.ECDSA(hashes.SHA256()))
+        return json.dumps({"SignedEntryTimestamp": _b64(entry_timestamp), "Payload": promise})
+
+    def _leaf(self, key: ec.EllipticCurvePublicKey, identity: str, issuer: str) -> x509.Certificate:
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
             .issuer_name(self.ca_cert.subject)
-            .public_key(key.public_key())
+            .public_key(key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(self.now - datetime.timedelta(minutes=1))
             .not_valid_after(self.now + datetime.timedelta(minutes=10))
@@ -167,7 +202,7 @@ class PrivateSigstore:
         optional `messageDigest` can be left out as a hostile or minimal bundle would."""
         algorithm, _, hex_digest = digest.partition(":")
         key = ec.generate_private_key(ec.SECP256R1())
-        leaf = self._leaf(key, identity, issuer)
+        leaf = self._leaf(key.public_key(), identity, issuer)
         pem = leaf.public_bytes(serialization.Encoding.PEM)
         content: dict[str, object]
         if dsse:
