@@ -29,7 +29,7 @@ BUNDLE_ARTIFACT_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 IN_TOTO_STATEMENT_TYPES = frozenset({"https://in-toto.io/Statement/v1", "https://in-toto.io/Statement/v0.1"})
 COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
-MAX_BUNDLES = 16  # per image; a referrers index with thousands of entries is an attack on our latency
+MAX_BUNDLES = 32  # per image; more is refused (never a partial read): thousands would be an attack on our latency
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +45,15 @@ async def attached_bundles(
 ) -> list[AttachedBundle]:
     """The bundles attached to `digest`; a referrer that holds none is noted in `reasons`, not fatal."""
     referrers = await registry.referrers(image, digest, BUNDLE_ARTIFACT_TYPE)
+    if len(referrers) > MAX_BUNDLES:
+        raise SignatureError(
+            f"{image.name}@{digest}: {len(referrers)} bundles attached, over the limit of {MAX_BUNDLES}"
+        )
     found: list[AttachedBundle] = []
-    for descriptor in referrers[:MAX_BUNDLES]:
+    for descriptor in referrers:
         referrer = str(descriptor.get("digest", ""))
         try:
+            split_digest(referrer)  # a digest, not a path: the index is the registry's word, not ours
             manifest = await registry.manifest(image, referrer)
             layers = [layer for layer in manifest.layers if layer.get("mediaType") in BUNDLE_MEDIA_TYPES]
             if not layers:
@@ -59,8 +64,6 @@ async def attached_bundles(
             if exc.code == "registry_unreachable":
                 raise
             reasons.append(f"referrer {referrer}: {exc}")
-    if len(referrers) > MAX_BUNDLES:
-        reasons.append(f"{len(referrers) - MAX_BUNDLES} more bundles were not read (limit {MAX_BUNDLES})")
     return found
 
 

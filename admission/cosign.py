@@ -46,7 +46,7 @@ from admission.registry import Manifest, RegistryClient, split_digest
 SIMPLE_SIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 COSIGN_SIGNATURE_TYPE = "cosign container image signature"
-MAX_SIGNATURES = 32  # per image; a .sig manifest with thousands of layers is an attack on our latency
+MAX_SIGNATURES = 32  # per image; more is refused (never a partial read): thousands would be an attack on latency
 MAX_DSSE_SIGNATURES = 8  # per envelope
 MAX_TAG_LENGTH = 128  # distribution's tag grammar: a sha512 digest's `.sig` tag would not be a tag
 
@@ -229,7 +229,7 @@ async def _check_legacy(
     reasons: list[str],
 ) -> CosignSignature | None:
     layers = simple_signing_layers(manifest)
-    for layer in layers[:MAX_SIGNATURES]:
+    for layer in layers:
         annotations = layer.get("annotations")
         signature_b64 = annotations.get(SIGNATURE_ANNOTATION) if isinstance(annotations, dict) else None
         if not isinstance(signature_b64, str):
@@ -247,13 +247,15 @@ async def _check_legacy(
             reasons.append(str(exc))
             continue
         return CosignSignature(digest=digest, key=signer, docker_reference=_docker_reference(payload))
-    if len(layers) > MAX_SIGNATURES:
-        reasons.append(f"{len(layers) - MAX_SIGNATURES} more signatures were not read (limit {MAX_SIGNATURES})")
     return None
 
 
 def simple_signing_layers(manifest: Manifest) -> list[Mapping[str, Any]]:
-    return [layer for layer in manifest.layers if layer.get("mediaType") == SIMPLE_SIGNING_MEDIA_TYPE]
+    """The signature layers of a `.sig` manifest; more than MAX_SIGNATURES is refused, not read in part."""
+    layers = [layer for layer in manifest.layers if layer.get("mediaType") == SIMPLE_SIGNING_MEDIA_TYPE]
+    if len(layers) > MAX_SIGNATURES:
+        raise SignatureError(f"the .sig manifest holds {len(layers)} signatures, over the limit of {MAX_SIGNATURES}")
+    return layers
 
 
 def _check_attached(

@@ -20,7 +20,7 @@ from sigstore.verify.policy import AnyOf, Identity
 from sigstore_models.common.v1 import HashAlgorithm
 
 from admission.bundles import attached_bundles, check_statement
-from admission.cosign import MAX_SIGNATURES, signature_manifest, simple_signing_layers
+from admission.cosign import signature_manifest, simple_signing_layers
 from admission.errors import ConfigError, NoSignatureError, PayloadMismatchError, RegistryError, SignatureError
 from admission.imageref import ImageReference
 from admission.keyless_legacy import check_legacy_keyless, is_keyless_layer
@@ -99,7 +99,7 @@ async def verify_keyless(
     manifest = await signature_manifest(registry, image, digest)
     if manifest is not None:
         layers = [layer for layer in simple_signing_layers(manifest) if is_keyless_layer(layer.get("annotations"))]
-        for layer in layers[:MAX_SIGNATURES]:
+        for layer in layers:
             try:
                 payload = await registry.blob(image, str(layer.get("digest", "")))
                 signer = check_legacy_keyless(payload, layer["annotations"], digest, trusted_root, identities)

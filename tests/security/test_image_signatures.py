@@ -22,6 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from admission.bundles import MAX_BUNDLES
 from tests.integration.admission.conftest import attach_bundle
 from tests.support.opa_server import opa_server
 from tests.support.peers import peer
@@ -322,3 +323,31 @@ def test_cosign_v2_keyless_sig_layout_is_admitted_exactly_when_cosign_verify_acc
         assert answer["status"]["code"] == 403
         assert "[keyless]" in answer["status"]["message"]
         assert reason in answer["status"]["message"]
+
+
+def test_image_with_more_bundles_than_the_limit_is_refused_not_read_in_part(
+    setup: Setup, registry: Registry, cosign_keys: tuple[Path, Path]
+) -> None:
+    """A limit refuses: an image whose referrers index lists more bundles than MAX_BUNDLES is refused with the
+    reason, although its first bundle is a good cosign v3 signature (cosign v3 itself accepts it); at the limit
+    the same layout is admitted. Nothing is admitted or refused on a partial read."""
+    key, public = cosign_keys
+
+    def flooded(name: str, junk: int) -> str:
+        repository = f"sig/keyed/{name}"
+        digest = registry.push_image(repository, "v1", content=name.encode())
+        reference = f"{registry.host}/{repository}@{digest}"
+        registry.cosign3_sign(reference, key)
+        for n in range(junk):
+            bundle = json.dumps({"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "n": n}).encode()
+            registry.attach_with_referrers_tag(repository, digest, bundle)
+        assert registry.cosign_verify(reference, public, peer_name="cosign3").returncode == 0
+        return reference
+
+    at_limit = flooded("at-limit", MAX_BUNDLES - 1)
+    assert setup.webhook.review(review(pod(at_limit, name="at-limit")))["allowed"] is True
+    over = flooded("over-limit", MAX_BUNDLES)
+    answer = setup.webhook.review(review(pod(over, name="over-limit")))
+    assert answer["allowed"] is False, answer
+    assert answer["status"]["code"] == 403
+    assert f"{MAX_BUNDLES + 1} bundles attached, over the limit of {MAX_BUNDLES}" in answer["status"]["message"]
