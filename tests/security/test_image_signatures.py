@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from admission.bundles import MAX_BUNDLES
 from tests.integration.admission.conftest import attach_bundle
+from tests.support.hostile_registry import HostileRegistry, running_hostile_registry
 from tests.support.opa_server import opa_server
 from tests.support.peers import peer
 from tests.support.registry import Registry
@@ -47,15 +48,22 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
+def hostile(test_ca: TestCA) -> Iterator[HostileRegistry]:
+    with running_hostile_registry(test_ca) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
 def setup(
     tmp_path_factory: pytest.TempPathFactory,
     test_ca: TestCA,
     registry: Registry,
     cosign_keys: tuple[Path, Path],
     sigstore: PrivateSigstore,
+    hostile: HostileRegistry,
 ) -> Iterator[Setup]:
     """A webhook (own OPA) whose policies are the ones under attack: keyed, keyless with two issuers for one
-    subject, and both at once for sha512-pinned images."""
+    subject, both at once for sha512-pinned images, and keyed for images on the attacker's registry."""
     work = tmp_path_factory.mktemp("signatures")
     root = sigstore.write_trusted_root(work / "trusted_root.json")
     host = registry.host
@@ -77,6 +85,7 @@ def setup(
             "keyless": {"trustedRoot": "trusted_root.json", "identities": two_issuers[:1]},
             "files": {**key, **trusted_root},
         },
+        "hostile": {"type": "image-signature", "images": [f"{hostile.host}/*"], "keys": ["cosign.pub"], "files": key},
     }
     with opa_server(work / "opa") as opa:
         policies = policy_dir(work / "policies", rego=False, extra=extra)
@@ -351,3 +360,28 @@ def test_image_with_more_bundles_than_the_limit_is_refused_not_read_in_part(
     assert answer["allowed"] is False, answer
     assert answer["status"]["code"] == 403
     assert f"{MAX_BUNDLES + 1} bundles attached, over the limit of {MAX_BUNDLES}" in answer["status"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("repository", "reason"),
+    [
+        ("loop", "TooManyRedirects"),
+        ("bad-encoding", "DecodingError"),
+        ("huge-token", "over the 65536-byte limit"),
+        ("bad-token", "not printable ASCII"),
+    ],
+)
+def test_hostile_registry_redirect_loop_bad_encoding_and_token_abuse_get_a_refusal_not_a_500(
+    setup: Setup, hostile: HostileRegistry, registry: Registry, repository: str, reason: str
+) -> None:
+    """httpx errors that are not transport errors (a redirect loop, a Content-Encoding that does not decode)
+    used to escape the registry client and the webhook answered 500; a token service's answer was read
+    unbounded. Each is now the registry's fault in a clean refusal, and the webhook keeps deciding."""
+    answer = setup.webhook.review(review(pod(f"{hostile.host}/{repository}/app:v1", name=repository)))
+    assert answer["allowed"] is False, answer
+    assert answer["status"]["code"] == 403
+    assert "[hostile]" in answer["status"]["message"]
+    assert reason in answer["status"]["message"]
+    # still deciding, and still right, for the good registry
+    good = registry.push_image("sig/keyed/after-hostile", "v1", content=b"after the hostile registry")
+    assert setup.webhook.review(review(pod(f"{registry.host}/sig/keyed/after-hostile@{good}")))["allowed"] is False
