@@ -4,11 +4,16 @@ Order: parse the reference; pin it to a digest (the reference's own digest, a yo
 registry); answer from the verdict cache if this digest passed this policy revision before; otherwise verify
 (cosign keys, then Sigstore identities: either is enough) and remember the verdict. When the registry cannot be
 reached, a remembered verdict still admits, marked `offline` so the answer can say so; anything else raises.
+
+This is the boundary of the verification path: whatever it raises is an AdmissionError. An exception from the
+libraries below that slipped past their own conversion is turned into a signature failure here (fail closed),
+so a hostile registry or bundle gets a refusal, never an HTTP 500.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from admission.cache import TTLCache
@@ -19,6 +24,8 @@ from admission.keyless import verify_keyless
 from admission.metrics import AdmissionMetrics
 from admission.policy import ImagePolicy
 from admission.registry import RegistryClient
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,20 @@ class ImageVerifier:
         self._tags.clear()
 
     async def verify(self, text: str, policy: ImagePolicy) -> VerifiedImage:
+        try:
+            return await self._verify(text, policy)
+        except AdmissionError:
+            raise
+        except Exception as exc:  # the boundary: see the module docstring
+            log.exception("image %s under policy %s: verification raised %s", text, policy.name, type(exc).__name__)
+            raise SignatureError(f"{text}: verification failed ({type(exc).__name__}); refused") from exc
+
+    def remembered_signer(self, digest: str, policy: ImagePolicy) -> str | None:
+        """Who the verdict cache says signed `digest` for this policy revision (None: not verified, or expired)."""
+        entry = self._verdicts.get((digest, policy.name, policy.revision))
+        return entry.value if entry is not None else None
+
+    async def _verify(self, text: str, policy: ImagePolicy) -> VerifiedImage:
         reference = parse_image_reference(text)
         digest, offline = await self._pin(reference)
         key = (digest, policy.name, policy.revision)
@@ -91,6 +112,7 @@ class ImageVerifier:
             if exc.code.startswith(("registry", "blob", "manifest")):
                 self._metrics.registry_errors.labels(exc.code).inc()
             raise
+        log.info("verified %s@%s under policy %s: signed by %s", reference.name, digest, policy.name, signer)
         self._verdicts.put(key, signer)
         return signer
 

@@ -1,35 +1,34 @@
 """Sigstore keyless signatures on images, verified offline against a trust root the operator ships.
 
 The bundle (Fulcio certificate, Rekor entry with inclusion proof/promise) travels with the image as an OCI
-referrer. sigstore-python checks the certificate chain, SCT, log inclusion and identity; we add the one check
-it cannot know: that what was signed is *this* image digest, either as the message digest of a plain signature
-or as a subject of a DSSE in-toto statement.
+referrer (cosign v3's default, sigstore-python's); cosign v2's legacy `.sig` layout is read by
+admission/keyless_legacy.py. sigstore-python checks the certificate chain, SCT, log inclusion and identity; we
+add the one check it cannot know: that what was signed is *this* image digest, in the digest's own algorithm,
+either as the message digest of a plain signature or as a subject of a DSSE in-toto statement. The signer
+recorded is the policy identity whose subject *and* issuer the certificate carries.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-from cryptography import x509
-from sigstore.errors import Error as SigstoreError
 from sigstore.hashes import Hashed
-from sigstore.models import Bundle, TrustedRoot
-from sigstore.verify import Verifier
+from sigstore.models import Bundle
 from sigstore.verify.policy import AnyOf, Identity
 from sigstore_models.common.v1 import HashAlgorithm
 
+from admission.bundles import attached_bundles, check_statement
+from admission.cosign import signature_manifest, simple_signing_layers
 from admission.errors import ConfigError, NoSignatureError, PayloadMismatchError, RegistryError, SignatureError
 from admission.imageref import ImageReference
+from admission.keyless_legacy import check_legacy_keyless, is_keyless_layer
 from admission.policy import KeylessIdentity
-from admission.registry import RegistryClient
+from admission.registry import RegistryClient, split_digest
+from admission.sigstore_trust import FOREIGN_ERRORS, signer_of, verifier_for
 
-BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
-IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
-MAX_BUNDLES = 16  # per image
+_MESSAGE_ALGORITHMS = {"sha256": HashAlgorithm.SHA2_256}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,67 +38,52 @@ class KeylessSignature:
     issuer: str
 
 
-@lru_cache(maxsize=16)
-def _verifier(trusted_root: Path, mtime_ns: int) -> Verifier:
-    try:
-        return Verifier(trusted_root=TrustedRoot.from_file(str(trusted_root)))
-    except (SigstoreError, ValueError, OSError) as exc:
-        raise ConfigError(f"trusted root {trusted_root}: {exc}") from exc
-
-
-def verifier_for(trusted_root: Path) -> Verifier:
-    return _verifier(trusted_root, trusted_root.stat().st_mtime_ns)
-
-
 def check_bundle(
     bundle_json: bytes, digest: str, trusted_root: Path, identities: Sequence[KeylessIdentity]
 ) -> KeylessSignature:
-    """Verify one bundle as a signature over image `digest` by one of `identities`."""
+    """Verify one bundle as a signature over image `digest` by one of `identities`.
+
+    Whatever sigstore-python, cryptography or the JSON layer raise on hostile input is converted here: a bundle
+    is a signature that did not verify, never a crash of the request.
+    """
     if not identities:
         raise ConfigError("a keyless policy needs at least one identity")
+    algorithm, hex_digest = split_digest(digest)
     try:
         bundle = Bundle.from_json(bundle_json)
-    except (SigstoreError, ValueError) as exc:
+    except FOREIGN_ERRORS as exc:
         raise SignatureError(f"Sigstore bundle is malformed: {exc}") from exc
     policy = AnyOf([Identity(identity=i.subject, issuer=i.issuer) for i in identities])
     verifier = verifier_for(trusted_root)
-    _algorithm, _, hex_digest = digest.partition(":")
     try:
         if bundle._dsse_envelope is not None:
             payload_type, payload = verifier.verify_dsse(bundle, policy)
-            _check_statement(payload_type, payload, hex_digest, digest)
+            check_statement(payload_type, payload, digest)
         else:
-            hashed = Hashed(algorithm=HashAlgorithm.SHA2_256, digest=bytes.fromhex(hex_digest))
-            verifier.verify_artifact(hashed, bundle, policy)
-    except SigstoreError as exc:
+            verifier.verify_artifact(_message_digest(bundle, algorithm, hex_digest, digest), bundle, policy)
+    except FOREIGN_ERRORS as exc:
         raise SignatureError(f"Sigstore bundle rejected: {exc}") from exc
-    certificate = bundle.signing_certificate
-    signer = next((i for i in identities if _has_san(certificate, i.subject)), identities[0])
+    signer = signer_of(bundle.signing_certificate, identities)
     return KeylessSignature(digest=digest, identity=signer.subject, issuer=signer.issuer)
 
 
-def _has_san(certificate: object, subject: str) -> bool:
-    if not isinstance(certificate, x509.Certificate):
-        return False
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
-    values = san.get_values_for_type(x509.RFC822Name) + san.get_values_for_type(x509.UniformResourceIdentifier)
-    return subject in values
+def _message_digest(bundle: Bundle, algorithm: str, hex_digest: str, digest: str) -> Hashed:
+    """The digest a message signature must be over: the image digest, in the image digest's algorithm.
 
-
-def _check_statement(payload_type: str, payload: bytes, hex_digest: str, digest: str) -> None:
-    if payload_type != IN_TOTO_PAYLOAD_TYPE:
-        raise PayloadMismatchError(f"DSSE payload type {payload_type!r} is not an in-toto statement")
-    try:
-        statement = json.loads(payload)
-        subjects = statement["subject"]
-        named = {s["digest"]["sha256"] for s in subjects if isinstance(s, dict) and "sha256" in s.get("digest", {})}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PayloadMismatchError("DSSE payload is not an in-toto statement with subjects") from exc
-    if hex_digest not in named:
-        raise PayloadMismatchError(f"in-toto statement does not name {digest} among its subjects")
+    A bundle's own `messageDigest` is optional and unsigned, so it is never believed; if present it must agree.
+    Sigstore's hashedrekord entries are SHA-256 only, so a sha512 pin can only be signed by a DSSE statement.
+    """
+    if algorithm not in _MESSAGE_ALGORITHMS:
+        raise PayloadMismatchError(
+            f"a message signature cannot sign {digest}: Sigstore message signatures are over SHA-256 digests; "
+            "sign a sha512-pinned image with an in-toto statement (cosign v3 does)"
+        )
+    claimed = bundle._inner.message_signature.message_digest if bundle._inner.message_signature else None
+    if claimed is not None and (
+        claimed.algorithm != _MESSAGE_ALGORITHMS[algorithm] or claimed.digest.hex() != hex_digest
+    ):
+        raise PayloadMismatchError(f"the bundle's message digest is not {digest}")
+    return Hashed(algorithm=_MESSAGE_ALGORITHMS[algorithm], digest=bytes.fromhex(hex_digest))
 
 
 async def verify_keyless(
@@ -109,22 +93,31 @@ async def verify_keyless(
     trusted_root: Path,
     identities: Sequence[KeylessIdentity],
 ) -> KeylessSignature:
-    """Find a Sigstore bundle attached to `digest` that verifies; every rejected candidate's reason is kept."""
-    referrers = await registry.referrers(image, digest, BUNDLE_MEDIA_TYPE)
-    if not referrers:
-        raise NoSignatureError(f"{image.name}@{digest} has no Sigstore bundle attached")
+    """Find a keyless signature on `digest` that verifies: cosign v2's legacy `.sig` layers carrying a Fulcio
+    certificate first, then attached Sigstore bundles; every rejected candidate's reason is kept."""
     reasons: list[str] = []
-    for descriptor in referrers[:MAX_BUNDLES]:
-        try:
-            manifest = await registry.manifest(image, str(descriptor.get("digest", "")))
-            layers = [layer for layer in manifest.layers if layer.get("mediaType") == BUNDLE_MEDIA_TYPE]
-            if not layers:
-                reasons.append("a bundle artifact holds no bundle layer")
+    manifest = await signature_manifest(registry, image, digest)
+    if manifest is not None:
+        layers = [layer for layer in simple_signing_layers(manifest) if is_keyless_layer(layer.get("annotations"))]
+        for layer in layers:
+            try:
+                payload = await registry.blob(image, str(layer.get("digest", "")))
+                signer = check_legacy_keyless(payload, layer["annotations"], digest, trusted_root, identities)
+            except RegistryError as exc:
+                if exc.code == "registry_unreachable":
+                    raise
+                reasons.append(f"signature payload: {exc}")
                 continue
-            bundle_json = await registry.blob(image, str(layers[0].get("digest", "")))
-            return check_bundle(bundle_json, digest, trusted_root, identities)
-        except (SignatureError, RegistryError) as exc:
-            if exc.code == "registry_unreachable":
-                raise
+            except SignatureError as exc:
+                reasons.append(str(exc))
+                continue
+            return KeylessSignature(digest=digest, identity=signer.subject, issuer=signer.issuer)
+    bundles = await attached_bundles(registry, image, digest, reasons)
+    if not bundles and not reasons:
+        raise NoSignatureError(f"{image.name}@{digest} has no keyless signature (no Sigstore bundle, no certificate)")
+    for attached in bundles:
+        try:
+            return check_bundle(attached.body, digest, trusted_root, identities)
+        except SignatureError as exc:
             reasons.append(str(exc))
-    raise SignatureError(f"{image.name}@{digest}: no valid Sigstore bundle: " + "; ".join(reasons))
+    raise SignatureError(f"{image.name}@{digest}: no valid keyless signature: " + "; ".join(reasons))

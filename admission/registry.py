@@ -21,6 +21,7 @@ from admission.imageref import ImageReference
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # the distribution spec's own manifest limit
 MAX_BLOB_BYTES = 1024 * 1024  # we only read signature payloads and bundles, never layers
+MAX_TOKEN_BYTES = 64 * 1024  # a bearer token answer; a token service is no more trusted than its registry
 
 MANIFEST_MEDIA_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -28,8 +29,29 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
-_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+_DIGEST_RE = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+_HASHES = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
+
+
+def split_digest(digest: str) -> tuple[str, str]:
+    """(`sha256` | `sha512`, hex) of a well-formed digest; anything else is a RegistryError, never a KeyError."""
+    if not _DIGEST_RE.match(digest):
+        raise RegistryError(f"digest {digest!r} is not sha256:<64 hex> or sha512:<128 hex>")
+    algorithm, _, hex_digest = digest.partition(":")
+    return algorithm, hex_digest
+
+
+def content_digest(algorithm: str, body: bytes) -> str:
+    """`body`'s digest in `algorithm`: content asked for by a sha512 digest is checked with sha512."""
+    return f"{algorithm}:{_HASHES[algorithm](body).hexdigest()}"
+
+
+def referrers_tag(digest: str) -> str:
+    """The OCI referrers-tag fallback: `<alg>-<hex>`, the algorithm cut to 32 and the hex to 64 characters
+    (distribution-spec 1.1), so a sha512 digest still makes a valid tag."""
+    algorithm, hex_digest = split_digest(digest)
+    return f"{algorithm[:32]}-{hex_digest[:64]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +113,16 @@ class RegistryClient:
     async def manifest(self, image: ImageReference, reference: str) -> Manifest:
         url = f"{self._base(image.registry)}/{image.repository}/manifests/{reference}"
         response = await self._get(image, url, accept=", ".join(MANIFEST_MEDIA_TYPES))
+        if response.status_code != 200:
+            await response.aclose()
         if response.status_code == 404:
             raise ManifestNotFoundError(f"{image.name}: no manifest {reference!r} in the registry")
         self._raise_for_status(image, response, f"manifest {reference!r}")
         body = await self._read_bounded(response, MAX_MANIFEST_BYTES, f"{image.name} manifest {reference!r}")
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        if _DIGEST_RE.match(reference) and digest != reference:
+        # Asked for by digest: checked in that digest's algorithm (a sha512 pin is not taken on trust).
+        pinned = _DIGEST_RE.match(reference)
+        digest = content_digest(reference.partition(":")[0] if pinned else "sha256", body)
+        if pinned and digest != reference:
             raise BlobMismatchError(f"{image.name}: manifest asked for as {reference} hashes to {digest}")
         try:
             parsed = json.loads(body)
@@ -109,31 +135,38 @@ class RegistryClient:
 
     async def blob(self, image: ImageReference, digest: str, *, limit: int = MAX_BLOB_BYTES) -> bytes:
         if not _DIGEST_RE.match(digest):
-            raise RegistryError(f"{image.name}: blob digest {digest!r} is not sha256:<64 hex>")
+            raise RegistryError(f"{image.name}: blob digest {digest!r} is not sha256:<64 hex> or sha512:<128 hex>")
         url = f"{self._base(image.registry)}/{image.repository}/blobs/{digest}"
         response = await self._get(image, url)
+        if response.status_code != 200:
+            await response.aclose()
         if response.status_code == 404:
             raise ManifestNotFoundError(f"{image.name}: blob {digest} is missing from the registry")
         self._raise_for_status(image, response, f"blob {digest}")
         body = await self._read_bounded(response, limit, f"{image.name} blob {digest}")
-        actual = "sha256:" + hashlib.sha256(body).hexdigest()
+        actual = content_digest(digest.partition(":")[0], body)
         if actual != digest:
             raise BlobMismatchError(f"{image.name}: blob {digest} hashes to {actual}")
         return body
 
     async def referrers(self, image: ImageReference, digest: str, artifact_type: str) -> list[Mapping[str, Any]]:
         """OCI 1.1 referrers, falling back to the `sha256-<hex>` tag schema for registries without the API."""
+        tag = referrers_tag(digest)
         url = f"{self._base(image.registry)}/{image.repository}/referrers/{digest}"
         response = await self._get(image, url, accept="application/vnd.oci.image.index.v1+json")
         if response.status_code == 200:
             body = await self._read_bounded(response, MAX_MANIFEST_BYTES, f"{image.name} referrers")
             try:
-                index = Manifest(digest="", media_type="", body=json.loads(body))
-            except (ValueError, AttributeError) as exc:
+                parsed = json.loads(body)
+            except ValueError as exc:
                 raise RegistryError(f"{image.name}: referrers answer is not JSON") from exc
+            if not isinstance(parsed, dict):
+                raise RegistryError(f"{image.name}: referrers answer is not a JSON object")
+            index = Manifest(digest="", media_type="", body=parsed)
         else:
+            await response.aclose()
             try:
-                index = await self.manifest(image, digest.replace(":", "-"))
+                index = await self.manifest(image, tag)
             except ManifestNotFoundError:
                 return []
         return [entry for entry in index.manifests if entry.get("artifactType") == artifact_type]
@@ -144,17 +177,31 @@ class RegistryClient:
         token = self._tokens.get((image.registry, scope))
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        response = await self._send(image, url, headers)
+        if response.status_code == 401 and "bearer" in response.headers.get("www-authenticate", "").lower():
+            await response.aclose()
+            token = await self._token(image, response.headers["www-authenticate"], scope)
+            headers["Authorization"] = f"Bearer {token}"
+            response = await self._send(image, url, headers)
+        return response
+
+    async def _send(
+        self,
+        image: ImageReference,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        params: Mapping[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> httpx.Response:
+        """One streamed GET; every httpx failure becomes ours (a redirect loop or a bad realm is not a 500)."""
         try:
-            request = self._http.build_request("GET", url, headers=headers)
-            response = await self._http.send(request, stream=True)
-            if response.status_code == 401 and "bearer" in response.headers.get("www-authenticate", "").lower():
-                await response.aclose()
-                token = await self._token(image, response.headers["www-authenticate"], scope)
-                headers["Authorization"] = f"Bearer {token}"
-                response = await self._http.send(self._http.build_request("GET", url, headers=headers), stream=True)
+            request = self._http.build_request("GET", url, headers=headers, params=params)
+            return await self._http.send(request, stream=True, auth=auth)
         except httpx.TransportError as exc:
             raise RegistryUnreachableError(f"{image.registry}: {type(exc).__name__}: {exc}") from exc
-        return response
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+            raise RegistryError(f"{image.registry}: {type(exc).__name__}: {exc}") from exc
 
     async def _token(self, image: ImageReference, challenge: str, scope: str) -> str:
         params = dict(_CHALLENGE_RE.findall(challenge))
@@ -163,17 +210,18 @@ class RegistryClient:
             raise RegistryError(f"{image.registry}: token realm {realm!r} is not https")
         params["scope"] = scope
         auth = self._settings.credentials.get(image.registry)
-        try:
-            response = await self._http.get(realm, params=params, auth=auth)
-        except httpx.TransportError as exc:
-            raise RegistryUnreachableError(f"{image.registry}: token service: {exc}") from exc
+        response = await self._send(image, realm, {}, params=params, auth=auth)
         if response.status_code != 200:
+            await response.aclose()
             raise RegistryError(f"{image.registry}: token service answered {response.status_code}")
+        body = await self._read_bounded(response, MAX_TOKEN_BYTES, f"{image.registry} token service")
         try:
-            body = response.json()
-            token = str(body.get("token") or body["access_token"])
-        except (ValueError, KeyError, AttributeError) as exc:
+            answer = json.loads(body)
+            token = str(answer.get("token") or answer["access_token"])
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
             raise RegistryError(f"{image.registry}: token service answer has no token") from exc
+        if not token.isascii() or not token.isprintable():
+            raise RegistryError(f"{image.registry}: token service answered a token that is not printable ASCII")
         self._tokens[(image.registry, scope)] = token
         return token
 
@@ -200,6 +248,8 @@ class RegistryClient:
                 chunks.append(chunk)
         except httpx.TransportError as exc:
             raise RegistryUnreachableError(f"{what}: connection lost: {exc}") from exc
+        except httpx.HTTPError as exc:  # e.g. a Content-Encoding that does not decode
+            raise RegistryError(f"{what}: {type(exc).__name__}: {exc}") from exc
         finally:
             await response.aclose()
         return b"".join(chunks)

@@ -1,10 +1,15 @@
 """A real CNCF distribution registry (Debian's docker-registry) over TLS on loopback, and the real tools that
-fill it: oras pushes test images, cosign signs them and attaches nothing we wrote ourselves.
+fill it: oras pushes test images, cosign (v2 `cosign`, v3 `cosign3`) signs them and verifies them as the oracle.
+
+Debian's registry has no referrers API, so cosign v3 and oras attach bundles under the referrers-tag fallback
+index. An attacker with write access to the registry is modelled by the raw `put_*` helpers and
+`attach_with_referrers_tag`, which write what cosign v3 writes, but with whatever content the test chooses.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -12,7 +17,7 @@ import shutil
 import ssl
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +32,12 @@ from tests.support.processes import running
 from tests.support.tlsca import TestCA
 
 COSIGN_PASSWORD = "edgetrust-test"  # protects a throwaway key in a temporary directory
+BUNDLE_ARTIFACT_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+# cosign v3 signs offline only with the signing config switched off (its default config names Rekor).
+COSIGN3_OFFLINE = ("--use-signing-config=false", "--tlog-upload=false")
 
 
 def registry_binary() -> str:
@@ -91,15 +102,134 @@ class Registry:
     def cosign_sign(self, reference: str, key: Path) -> None:
         self.run(peer("cosign"), "sign", "--yes", "--key", str(key), "--tlog-upload=false", reference, cwd=self.workdir)
 
-    def cosign_verify(self, reference: str, public_key: Path) -> subprocess.CompletedProcess[str]:
+    def cosign3_sign(
+        self,
+        reference: str,
+        key: Path,
+        *,
+        new_bundle_format: bool = True,
+        upload: bool = True,
+        bundle: Path | None = None,
+    ) -> None:
+        """cosign v3 `sign --key`, no Rekor: by default a Sigstore bundle attached as an OCI referrer; with
+        `new_bundle_format=False` the legacy `.sig` layout; with `upload=False` only the `bundle` file is written."""
+        args = ["sign", "--yes", "--key", str(key), *COSIGN3_OFFLINE]
+        args.append(f"--new-bundle-format={'true' if new_bundle_format else 'false'}")
+        args.append(f"--upload={'true' if upload else 'false'}")
+        if bundle is not None:
+            args += ["--bundle", str(bundle)]
+        self.run(peer("cosign3"), *args, reference, cwd=self.workdir)
+
+    def cosign_verify(
+        self, reference: str, public_key: Path, *, peer_name: str = "cosign", extra: Sequence[str] = ()
+    ) -> subprocess.CompletedProcess[str]:
+        """`cosign verify --key` offline (no Rekor here) with cosign v2 (`cosign`) or v3 (`cosign3`)."""
+        args = ["verify", "--key", str(public_key), "--insecure-ignore-tlog=true", *extra, reference]
+        return self._tool(peer(peer_name), args)
+
+    def cosign_verify_keyless(
+        self,
+        reference: str,
+        trusted_root: Path,
+        identity: str,
+        issuer: str,
+        *,
+        peer_name: str = "cosign3",
+        legacy_env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """`cosign verify` of a keyless signature against a private trust root, offline. cosign v3 takes the
+        trusted root for both layouts; cosign v2 takes it for bundles only (with --new-bundle-format), and for the
+        legacy `.sig` layout reads the same trust from SIGSTORE_* files in `legacy_env`."""
+        args = ["verify", "--certificate-identity", identity, "--certificate-oidc-issuer", issuer]
+        env = self.tool_env()
+        if peer_name == "cosign" and legacy_env is not None:
+            env.update(legacy_env)
+        elif peer_name == "cosign":
+            args += ["--new-bundle-format", "--trusted-root", str(trusted_root)]
+        else:
+            args += ["--trusted-root", str(trusted_root)]
         return subprocess.run(
-            [str(peer("cosign")), "verify", "--key", str(public_key), "--insecure-ignore-tlog=true", reference],
+            [str(peer(peer_name)), *args, reference],
             capture_output=True,
             text=True,
-            env=self.tool_env(),
+            env=env,
             cwd=self.workdir,
             timeout=120,
         )
+
+    def _tool(self, binary: Path, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(binary), *args], capture_output=True, text=True, env=self.tool_env(), cwd=self.workdir, timeout=120
+        )
+
+    def _http(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"https://{self.host}/v2", verify=ssl.create_default_context(cafile=str(self.ca_file)), timeout=30
+        )
+
+    def blob(self, repository: str, digest: str) -> bytes:
+        with self._http() as client:
+            answer = client.get(f"/{repository}/blobs/{digest}")
+        answer.raise_for_status()
+        return answer.content
+
+    def put_blob(self, repository: str, data: bytes) -> str:
+        """A monolithic blob upload (distribution spec); returns its sha256 digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        with self._http() as client:
+            started = client.post(f"/{repository}/blobs/uploads/")
+            assert started.status_code == 202, started.text
+            location = started.headers["location"]  # carries the upload's state in its query: append to it
+            location += ("&" if "?" in location else "?") + f"digest={digest}"
+            done = client.put(location, content=data, headers={"Content-Type": "application/octet-stream"})
+            assert done.status_code == 201, done.text
+        return digest
+
+    def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> httpx.Response:
+        with self._http() as client:
+            return client.put(
+                f"/{repository}/manifests/{reference}", content=body, headers={"Content-Type": media_type}
+            )
+
+    def get_manifest(self, repository: str, reference: str) -> bytes | None:
+        with self._http() as client:
+            answer = client.get(
+                f"/{repository}/manifests/{reference}", headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
+            )
+        if answer.status_code == 404:
+            return None
+        answer.raise_for_status()
+        return answer.content
+
+    def attach_with_referrers_tag(self, repository: str, subject: str, bundle: bytes) -> str:
+        """Attach `bundle` to image digest `subject` exactly as cosign v3 does on a registry without the
+        referrers API: an artifact manifest with a `subject`, listed in the `<alg>-<hex[:64]>` fallback index.
+        Works for sha512 subjects too (oras and cosign cannot resolve those here). Returns the artifact digest."""
+        config = self.put_blob(repository, b"{}")
+        layer = self.put_blob(repository, bundle)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": BUNDLE_ARTIFACT_TYPE,
+                "config": {"mediaType": OCI_EMPTY, "size": 2, "digest": config},
+                "layers": [{"mediaType": BUNDLE_ARTIFACT_TYPE, "size": len(bundle), "digest": layer}],
+                "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 0},
+            }
+        ).encode()
+        digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        answer = self.put_manifest(repository, digest, manifest, OCI_MANIFEST)
+        assert answer.status_code == 201, answer.text
+        algorithm, _, hex_digest = subject.partition(":")
+        tag = f"{algorithm[:32]}-{hex_digest[:64]}"
+        existing = self.get_manifest(repository, tag)
+        index = json.loads(existing) if existing else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        index["manifests"].append(
+            {"mediaType": OCI_MANIFEST, "size": len(manifest), "digest": digest, "artifactType": BUNDLE_ARTIFACT_TYPE}
+        )
+        answer = self.put_manifest(repository, tag, json.dumps(index).encode(), OCI_INDEX)
+        assert answer.status_code == 201, answer.text
+        return digest
 
     def oras_attach(self, reference: str, artifact_type: str, path: Path, media_type: str) -> None:
         self.run(

@@ -26,6 +26,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 OIDC_ISSUER_V1 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 LOG_ORIGIN = "rekor.edge.test"
+# Rekor v1 checkpoints name the Trillian tree after the origin; sigstore-go (cosign v3) tells a v1 log from a
+# v2 (tile) log by this suffix, and verifies the inclusion proof the v1 way only when it is there.
+LOG_TREE_ID = 4242424242424242424
 
 
 def _b64(data: bytes) -> str:
@@ -110,12 +113,47 @@ class PrivateSigstore:
         path.write_text(json.dumps(self.trusted_root(), indent=2))
         return path
 
-    def _leaf(self, key: ec.EllipticCurvePrivateKey, identity: str, issuer: str) -> x509.Certificate:
+    def certificate_for(self, public_key: ec.EllipticCurvePublicKey, identity: str, issuer: str) -> bytes:
+        """A Fulcio-like leaf (PEM, SCT embedded) for a key someone else holds, e.g. a cosign key pair: how
+        `cosign sign --certificate` makes the legacy keyless `.sig` layout without a Fulcio."""
+        return self._leaf(public_key, identity, issuer).public_bytes(serialization.Encoding.PEM)
+
+    def ca_pem(self) -> bytes:
+        return self.ca_cert.public_bytes(serialization.Encoding.PEM)
+
+    def public_pem(self, which: str) -> bytes:
+        """The `rekor` or `ct` log's public key, PEM, for cosign's SIGSTORE_REKOR_PUBLIC_KEY and
+        SIGSTORE_CT_LOG_PUBLIC_KEY_FILE."""
+        key = {"rekor": self.log_key, "ct": self.ct_key}[which]
+        return key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def rekor_bundle_annotation(self, payload: bytes, signature_b64: str, certificate_pem: bytes) -> str:
+        """What cosign v2 puts in `dev.sigstore.cosign/bundle` after Rekor accepted a hashedrekord entry for
+        this signature: the entry body and the log's signed entry timestamp (no inclusion proof)."""
+        body = rfc8785.dumps(
+            {
+                "apiVersion": "0.0.1",
+                "kind": "hashedrekord",
+                "spec": {
+                    "data": {"hash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()}},
+                    "signature": {"content": signature_b64, "publicKey": {"content": _b64(certificate_pem)}},
+                },
+            }
+        )
+        log_id = hashlib.sha256(_spki(self.log_key)).hexdigest()
+        integrated = int(self.now.timestamp())
+        promise = {"body": _b64(body), "integratedTime": integrated, "logID": log_id, "logIndex": 0}
+        entry_timestamp = self.log_key.sign(rfc8785.dumps(promise), ec.ECDSA(hashes.SHA256()))
+        return json.dumps({"SignedEntryTimestamp": _b64(entry_timestamp), "Payload": promise})
+
+    def _leaf(self, key: ec.EllipticCurvePublicKey, identity: str, issuer: str) -> x509.Certificate:
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
             .issuer_name(self.ca_cert.subject)
-            .public_key(key.public_key())
+            .public_key(key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(self.now - datetime.timedelta(minutes=1))
             .not_valid_after(self.now + datetime.timedelta(minutes=10))
@@ -149,17 +187,28 @@ class PrivateSigstore:
         )
         return builder.add_extension(extension, critical=False).sign(self.ca_key, hashes.SHA256())
 
-    def sign_digest(self, digest: str, identity: str, issuer: str, *, dsse: bool = False, name: str = "image") -> bytes:
-        """A bundle signing image `digest` (sha256:<hex>) as `identity`; DSSE wraps an in-toto statement."""
-        hex_digest = digest.removeprefix("sha256:")
+    def sign_digest(
+        self,
+        digest: str,
+        identity: str,
+        issuer: str,
+        *,
+        dsse: bool = False,
+        name: str = "image",
+        message_digest: bool = True,
+    ) -> bytes:
+        """A bundle signing image `digest` (sha256:<hex> or sha512:<hex>) as `identity`; DSSE wraps an in-toto
+        statement (cosign v3's layout), else a message signature over the digest (sigstore-python's), whose
+        optional `messageDigest` can be left out as a hostile or minimal bundle would."""
+        algorithm, _, hex_digest = digest.partition(":")
         key = ec.generate_private_key(ec.SECP256R1())
-        leaf = self._leaf(key, identity, issuer)
+        leaf = self._leaf(key.public_key(), identity, issuer)
         pem = leaf.public_bytes(serialization.Encoding.PEM)
         content: dict[str, object]
         if dsse:
             statement = {
                 "_type": "https://in-toto.io/Statement/v1",
-                "subject": [{"name": name, "digest": {"sha256": hex_digest}}],
+                "subject": [{"name": name, "digest": {algorithm: hex_digest}}],
                 "predicateType": "https://sigstore.dev/cosign/sign/v1",
                 "predicate": {},
             }
@@ -182,18 +231,20 @@ class PrivateSigstore:
                 },
             }
         else:
-            signature = key.sign(bytes.fromhex(hex_digest), ec.ECDSA(Prehashed(hashes.SHA256())))
-            content = {
-                "messageSignature": {
-                    "messageDigest": {"algorithm": "SHA2_256", "digest": _b64(bytes.fromhex(hex_digest))},
-                    "signature": _b64(signature),
+            prehash = hashes.SHA512() if algorithm == "sha512" else hashes.SHA256()
+            signature = key.sign(bytes.fromhex(hex_digest), ec.ECDSA(Prehashed(prehash)))
+            message: dict[str, object] = {"signature": _b64(signature)}
+            if message_digest:
+                message["messageDigest"] = {
+                    "algorithm": "SHA2_512" if algorithm == "sha512" else "SHA2_256",
+                    "digest": _b64(bytes.fromhex(hex_digest)),
                 }
-            }
+            content = {"messageSignature": message}
             body = {
                 "apiVersion": "0.0.1",
                 "kind": "hashedrekord",
                 "spec": {
-                    "data": {"hash": {"algorithm": "sha256", "value": hex_digest}},
+                    "data": {"hash": {"algorithm": algorithm, "value": hex_digest}},
                     "signature": {"content": _b64(signature), "publicKey": {"content": _b64(pem)}},
                 },
             }
@@ -212,7 +263,7 @@ class PrivateSigstore:
         canonical = rfc8785.dumps(body)
         log_id = hashlib.sha256(_spki(self.log_key)).digest()
         leaf_hash = hashlib.sha256(b"\x00" + canonical).digest()  # RFC 6962 leaf; a one-entry tree's root
-        note = f"{LOG_ORIGIN}\n1\n{_b64(leaf_hash)}\n"
+        note = f"{LOG_ORIGIN} - {LOG_TREE_ID}\n1\n{_b64(leaf_hash)}\n"
         note_signature = self.log_key.sign(note.encode(), ec.ECDSA(hashes.SHA256()))
         checkpoint = note + f"\n\u2014 {LOG_ORIGIN} {_b64(log_id[:4] + note_signature)}\n"
         integrated = int(self.now.timestamp())
