@@ -1,5 +1,9 @@
-"""The few Kubernetes API calls the syncer makes: server-side apply, list by label, delete. Errors from the API
-server are converted here, with its own message, so a refused apply names the object and the reason."""
+"""The few Kubernetes API calls the syncer makes: server-side apply, list by label, read, delete. Errors from the
+API server are converted here, with its own message, so a refused apply names the object and the reason.
+
+Apply is server-side apply with our field manager and force=false: a field another manager owns is a
+conflict (409), reported, never taken over.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,12 @@ class KubeUnreachableError(KubeError):
     code = "kube_unreachable"
 
 
+class KubeConflictError(KubeError):
+    """An object the bundle names exists and is not ours (no managed-by label, or fields another manager owns)."""
+
+    code = "apply_conflict"
+
+
 @dataclass(frozen=True, slots=True)
 class KubeConfig:
     url: str
@@ -41,6 +51,8 @@ class KubeTarget(Protocol):
     async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]: ...
 
     async def list_managed(self) -> list[dict[str, Any]]: ...
+
+    async def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
     async def delete(self, namespace: str, name: str) -> None: ...
 
@@ -68,7 +80,7 @@ class KubeClient:
 
     async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         metadata = obj["metadata"]
-        params = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        params = {"fieldManager": FIELD_MANAGER, "force": "false"}
         if dry_run:
             params["dryRun"] = "All"
         answer = await self._request(
@@ -80,6 +92,11 @@ class KubeClient:
         )
         if not dry_run:
             self.writes += 1
+        if answer.status_code == 409:
+            raise KubeConflictError(
+                f"NetworkPolicy {metadata['namespace']}/{metadata['name']} is also managed by someone else, who "
+                f"owns fields the bundle sets: not taken over ({_reason(answer)})"
+            )
         if answer.status_code not in (200, 201):
             raise KubeError(f"applying NetworkPolicy {metadata['namespace']}/{metadata['name']}: {_reason(answer)}")
         body: dict[str, Any] = answer.json()

@@ -29,6 +29,10 @@ class InMemoryCluster:
     async def list_managed(self) -> list[dict[str, Any]]:
         return [copy.deepcopy(o) for o in self.objects.values()]
 
+    async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.objects.get((namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
     async def delete(self, namespace: str, name: str) -> None:
         self.objects.pop((namespace, name), None)
         self.writes += 1

@@ -19,7 +19,13 @@ REPO_POLICIES = Path(__file__).resolve().parents[3] / "policies"
 def fleet_file(tmp_path: Path, advance_at: object) -> Path:
     path = tmp_path / "fleet.yaml"
     clusters = {f"s{i:02d}": {"labels": {"k": "v"}} for i in range(21)}
-    group = {"matchLabels": {"k": "v"}, "canary": ["s00"], "waves": [100], "advanceAt": advance_at}
+    group = {
+        "matchLabels": {"k": "v"},
+        "canary": ["s00"],
+        "waves": [100],
+        "advanceAt": advance_at,
+        "publishers": ["spiffe://t/ci"],
+    }
     path.write_text(yaml.safe_dump({"groups": {"g": group}, "clusters": clusters}))
     return path
 
@@ -27,8 +33,8 @@ def fleet_file(tmp_path: Path, advance_at: object) -> Path:
 def published(tmp_path: Path, advance_at: int) -> PolicyBundles:
     key = ec.generate_private_key(ec.SECP256R1())
     bundles = PolicyBundles(tmp_path / "state", Fleet.load(fleet_file(tmp_path, advance_at)), {"k": key.public_key()})
-    files = build_files(read_repository(REPO_POLICIES), counter=1, commit="c")
-    bundles.publish("g", pack(sign_files(files, SigningKey("k", key))))
+    files = build_files(read_repository(REPO_POLICIES), counter=1, commit="c", group="g")
+    bundles.publish("g", pack(sign_files(files, SigningKey("k", key))), publisher="spiffe://t/ci")
     return bundles
 
 
