@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgetrust._internal.bounded import CHUNK_BYTES, BoundedReadError, aread_bounded, declared_length
+from edgetrust._internal.bounded import CHUNK_BYTES, BoundedReadError, aread_bounded, declared_length, read_bounded
 from syncer.apply import ApplyResult, apply_with_rollback, desired
 from syncer.bundle import MAX_BUNDLE_BYTES, Bundle, check_network_policies, unpack
 from syncer.errors import BundleGroupError, SyncerError
@@ -114,8 +114,13 @@ class FileSource:
         self._seen: str | None = None
 
     async def fetch(self) -> bytes | None:
-        try:
-            blob = self._path.read_bytes()
+        try:  # bounded like every other source: a file dropped by a mirror is no more trusted than its answer
+            with self._path.open("rb") as handle:
+                blob = read_bounded(
+                    iter(lambda: handle.read(CHUNK_BYTES), b""), f"bundle file {self._path}", limit=MAX_BUNDLE_BYTES
+                )
+        except BoundedReadError as exc:
+            raise OversizedAnswerError(str(exc)) from exc
         except OSError as exc:
             raise SourceUnreachableError(f"bundle file {self._path}: {exc}") from exc
         digest = hashlib.sha256(blob).hexdigest()

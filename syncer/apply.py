@@ -87,7 +87,8 @@ async def apply_set(kube: KubeTarget, wanted: list[dict[str, Any]]) -> ApplyResu
         return result  # a no-change sync makes no API writes, not even dry runs
     foreign = []
     for obj in changed:  # 2. never what is not ours
-        if _key(obj) not in live and await kube.get(obj["metadata"]["namespace"], obj["metadata"]["name"]):
+        found = None if _key(obj) in live else await kube.get(obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if found is not None:
             foreign.append(_key(obj))
     if foreign:
         raise KubeConflictError(

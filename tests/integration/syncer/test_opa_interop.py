@@ -140,8 +140,6 @@ def test_a_bundle_opa_builds_and_signs_passes_our_verifier(tmp_path: Path) -> No
         [
             str(peer("opa")),
             "build",
-            "--group",
-            "gateways",
             "-b",
             str(source),
             "-o",

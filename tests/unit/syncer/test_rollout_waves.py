@@ -67,3 +67,23 @@ def test_failures_past_the_threshold_halt(tmp_path: Path) -> None:
 def test_advance_at_must_be_a_percentage(tmp_path: Path, bad: object) -> None:
     with pytest.raises(PolicyDistributionError, match="advanceAt must be a whole percentage"):
         Fleet.load(fleet_file(tmp_path, bad))
+
+
+def test_a_fleet_file_with_the_old_top_level_publishers_is_refused_saying_what_to_write(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump({"groups": {"g": {"matchLabels": {"k": "v"}}}, "publishers": ["spiffe://t/ci"]}))
+    with pytest.raises(PolicyDistributionError, match=r"groups\.<group>\.publishers"):
+        Fleet.load(path)
+
+
+def test_publishers_are_authorized_per_group_and_bundles_bound_to_theirs(tmp_path: Path) -> None:
+    bundles = published(tmp_path, 90)
+    key = ec.generate_private_key(ec.SECP256R1())
+    other = PolicyBundles(tmp_path / "other", bundles.fleet, {"k": key.public_key()})
+    files = build_files(read_repository(REPO_POLICIES), counter=2, commit="c", group="g")
+    with pytest.raises(PolicyDistributionError, match="may not publish to cluster group 'g'"):
+        other.publish("g", pack(sign_files(files, SigningKey("k", key))), publisher="spiffe://t/someone")
+    elsewhere = build_files(read_repository(REPO_POLICIES), counter=2, commit="c", group="h")
+    with pytest.raises(PolicyDistributionError, match="signed for cluster group 'h', not 'g'"):
+        other.publish("g", pack(sign_files(elsewhere, SigningKey("k", key))), publisher="spiffe://t/ci")
+    assert other.rollout("g") is None
