@@ -26,7 +26,7 @@ from syncer.apply import ApplyResult, apply_with_rollback, desired
 from syncer.bundle import MAX_BUNDLE_BYTES, Bundle, check_network_policies, unpack
 from syncer.errors import BundleGroupError, SyncerError
 from syncer.kube import KubeTarget
-from syncer.oci import BundleRegistry, OCIError, OCIReference
+from syncer.oci import BundleRegistry, OCIReference
 from syncer.revocations import RevocationStore
 from syncer.signing import verify_bundle
 from syncer.state import AgentState
@@ -204,10 +204,8 @@ class OCISource:
         self._seen: str | None = None
 
     async def fetch(self) -> bytes | None:
-        try:
-            blob, digest = await asyncio.to_thread(self._registry.pull, self._reference)
-        except OCIError as exc:
-            raise SourceUnreachableError(str(exc)) from exc
+        # an OCIError goes up as it is: its own code (oci_error, mirror_answer_refused) goes into the report
+        blob, digest = await asyncio.to_thread(self._registry.pull, self._reference)
         if digest == self._seen:
             return None
         self._seen = digest

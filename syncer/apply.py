@@ -4,8 +4,9 @@
 2. refuse the whole set if it names an object that exists and is not ours (no managed-by label): a
    hand-made NetworkPolicy of the same name is neither taken over nor, later, pruned; the conflict is
    reported naming it and the last known good set stays enforced;
-   then dry-run every apply on the API server (server-side apply, force=false): any refusal, a conflict
-   with another field manager included, and nothing is written;
+   then dry-run every apply on the API server (server-side apply; force=false unless the object already
+   carries our label, see kube.py): any refusal, a conflict with another field manager included, and nothing
+   is written;
 3. apply what differs (server-side apply, field manager edgetrust-syncer, our managed-by label);
 4. prune: delete only objects carrying our label that left the bundle.
 If step 3 or 4 fails part-way, the previous set (last known good) is applied back and the error reported.
@@ -96,9 +97,9 @@ async def apply_set(kube: KubeTarget, wanted: list[dict[str, Any]]) -> ApplyResu
             f"{MANAGED_BY[0]}={MANAGED_BY[1]} label): not taken over; rename it in the bundle or remove it"
         )
     for obj in changed:  # all or nothing: every object must be accepted before any is written
-        await kube.apply(obj, dry_run=True)
+        await kube.apply(obj, dry_run=True, force=_key(obj) in live)
     for obj in changed:  # 3.
-        await kube.apply(obj)
+        await kube.apply(obj, force=_key(obj) in live)
         result.applied.append(_key(obj))
     for obj in stale:  # 4. only ours, only what left the bundle
         await kube.delete(obj["metadata"]["namespace"], obj["metadata"]["name"])

@@ -1,8 +1,10 @@
 """The few Kubernetes API calls the syncer makes: server-side apply, list by label, read, delete. Errors from the
 API server are converted here, with its own message, so a refused apply names the object and the reason.
 
-Apply is server-side apply with our field manager and force=false: a field another manager owns is a
-conflict (409), reported, never taken over.
+Apply is server-side apply with our field manager. force=false for anything not already ours, so a field
+another manager owns is a conflict (409), reported, never taken over; force=true only on an object carrying
+our managed-by label (apply.py decides), so that a hand edit of one of our policies (`kubectl edit` loosening
+it) is put back by the next sync instead of blocking every later bundle.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class KubeTarget(Protocol):
 
     writes: int
 
-    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]: ...
+    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False, force: bool = False) -> dict[str, Any]: ...
 
     async def list_managed(self) -> list[dict[str, Any]]: ...
 
@@ -78,9 +80,9 @@ class KubeClient:
         base = f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"
         return f"{base}/{name}" if name else base
 
-    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False, force: bool = False) -> dict[str, Any]:
         metadata = obj["metadata"]
-        params = {"fieldManager": FIELD_MANAGER, "force": "false"}
+        params = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
         if dry_run:
             params["dryRun"] = "All"
         answer = await self._request(

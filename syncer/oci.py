@@ -28,6 +28,12 @@ class OCIError(SyncerError):
     code = "oci_error"
 
 
+class OCIAnswerRefusedError(OCIError):
+    """The mirror's answer broke a bound (more than declared or allowed) or did not match its digest."""
+
+    code = "mirror_answer_refused"
+
+
 @dataclass(frozen=True, slots=True)
 class OCIReference:
     registry: str
@@ -135,10 +141,12 @@ class BundleRegistry:
                     raise OCIError(f"{what}: sent {answer.headers['content-encoding']}-encoded; refused")
                 length = declared_length(answer.headers.get("content-length"), what)
                 if length is not None and length > (declared if declared is not None else limit):
-                    raise OCIError(f"{what}: Content-Length {length} is over the {declared or limit} bytes allowed")
+                    raise OCIAnswerRefusedError(
+                        f"{what}: Content-Length {length} is over the {declared or limit} bytes allowed"
+                    )
                 return read_bounded(answer.iter_raw(CHUNK_BYTES), what, limit=limit, declared=declared, digest=digest)
         except BoundedReadError as exc:
-            raise OCIError(str(exc)) from exc
+            raise OCIAnswerRefusedError(str(exc)) from exc
         except httpx.HTTPError as exc:
             raise OCIError(f"registry unreachable: {exc}") from exc
 

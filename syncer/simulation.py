@@ -15,7 +15,7 @@ class InMemoryCluster:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.writes = 0
 
-    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False, force: bool = False) -> dict[str, Any]:
         metadata = obj.get("metadata") or {}
         key = (str(metadata.get("namespace", "")), str(metadata.get("name", "")))
         if not all(key):
