@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import ssl
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 MAX_BUNDLE_BYTES = 8 * 1024 * 1024
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_MANIFEST_BYTES = 256 * 1024  # ours is a few hundred bytes; the OCI distribution spec suggests 4 MiB at most
 
 
@@ -113,6 +115,8 @@ class BundleRegistry:
             raise OCIError(f"{where} is not a policy bundle artifact") from exc
         if not isinstance(size, int) or isinstance(size, bool) or not isinstance(digest, str):
             raise OCIError(f"{where}: the bundle layer's size and digest are not a number and a string")
+        if not _SHA256.fullmatch(digest):  # it goes into the blob's URL: nothing but a digest
+            raise OCIError(f"{where}: the bundle layer's digest {digest[:80]!r} is not sha256:<64 hex digits>")
         if size > MAX_BUNDLE_BYTES:
             raise OCIError(f"bundle layer is {size} bytes, over the {MAX_BUNDLE_BYTES}-byte limit")
         blob = self._get_bounded(
@@ -138,7 +142,7 @@ class BundleRegistry:
                 if answer.status_code != 200:
                     raise OCIError(f"{what}: the registry answered {answer.status_code}")
                 if answer.headers.get("content-encoding", "identity") != "identity":
-                    raise OCIError(f"{what}: sent {answer.headers['content-encoding']}-encoded; refused")
+                    raise OCIAnswerRefusedError(f"{what}: sent {answer.headers['content-encoding']}-encoded; refused")
                 length = declared_length(answer.headers.get("content-length"), what)
                 if length is not None and length > (declared if declared is not None else limit):
                     raise OCIAnswerRefusedError(
