@@ -110,6 +110,7 @@ async def run_agents(
         async with hub_session(hub, context) as http:
             agent = SyncAgent(
                 cluster=name,
+                group="gateways",
                 site_class="edge-gateway",
                 source=HTTPSource("/v1/policy/bundle", http, wait_s=WAIT_S, revocations_url="/v1/policy/revocations"),
                 keys=keys,
@@ -160,10 +161,14 @@ def main() -> None:
     )
     fleet = {
         "groups": {
-            "gateways": {"matchLabels": {"site-class": "edge-gateway"}, "canary": names[:10], "waves": [10, 50, 100]}
+            "gateways": {
+                "matchLabels": {"site-class": "edge-gateway"},
+                "canary": names[:10],
+                "waves": [10, 50, 100],
+                "publishers": ["spiffe://edge.example/operator/ci"],
+            }
         },
         "clusters": {n: {"labels": {"site-class": "edge-gateway"}} for n in names},
-        "publishers": ["spiffe://edge.example/operator/ci"],
     }
     (work / "fleet.yaml").write_text(yaml.safe_dump(fleet))
     trust_domain = TrustDomain.parse("edge.example")
@@ -264,7 +269,8 @@ def main() -> None:
 
         blob = pack(
             sign_files(
-                build_files(read_repository(REPO / "policies"), counter=1, commit="fleet"), SigningKey("ci-1", signing)
+                build_files(read_repository(REPO / "policies"), counter=1, commit="fleet", group="gateways"),
+                SigningKey("ci-1", signing),
             )
         )
         hub_cpu0 = cpu_s(hub.pid)

@@ -53,9 +53,13 @@ def main() -> int:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     fleet: dict[str, object] = {
-        "groups": {"gateways": {"matchLabels": {"site-class": "edge-gateway"}}},
+        "groups": {
+            "gateways": {
+                "matchLabels": {"site-class": "edge-gateway"},
+                "publishers": ["spiffe://edge.example/operator/ci"],
+            }
+        },
         "clusters": {"site-lyon": {"labels": {"site-class": "edge-gateway"}}},
-        "publishers": ["spiffe://edge.example/operator/ci"],
     }
     ca = TestCA(root / "ca")
 
@@ -99,6 +103,8 @@ def main() -> int:
             str(key),
             "--key-id",
             "ci-1",
+            "--group",
+            "gateways",
         )
         trustctl("publish", str(bundle), "--group", "gateways", *hub_args)
 
@@ -110,6 +116,7 @@ def main() -> int:
                 kube_client = KubeClient(KubeConfig(kube.url, kube.token, kube.ca_file))
                 agent = SyncAgent(
                     cluster="site-lyon",
+                    group="gateways",
                     site_class="edge-gateway",
                     source=HTTPSource("/v1/policy/bundle", http, wait_s=2),
                     keys=hub.hub.policy.publisher_keys if hub.hub.policy else {},
@@ -149,6 +156,8 @@ def main() -> int:
             str(key),
             "--key-id",
             "ci-1",
+            "--group",
+            "gateways",
         )
         trustctl("publish", str(bundle2), "--group", "gateways", *hub_args)
         _say(f"   {asyncio.run(agent_round())}")

@@ -21,11 +21,12 @@ from typing import Any, Protocol
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust._internal.bounded import CHUNK_BYTES, BoundedReadError, aread_bounded, declared_length, read_bounded
 from syncer.apply import ApplyResult, apply_with_rollback, desired
-from syncer.bundle import Bundle, unpack
-from syncer.errors import SyncerError
+from syncer.bundle import MAX_BUNDLE_BYTES, Bundle, check_network_policies, unpack
+from syncer.errors import BundleGroupError, SyncerError
 from syncer.kube import KubeTarget
-from syncer.oci import BundleRegistry, OCIError, OCIReference
+from syncer.oci import BundleRegistry, OCIReference
 from syncer.revocations import RevocationStore
 from syncer.signing import verify_bundle
 from syncer.state import AgentState
@@ -33,10 +34,19 @@ from syncer.state import AgentState
 log = logging.getLogger("edgetrust.syncer")
 
 REVOCATIONS_HEADER = "X-Edgetrust-Revocations"  # trustd/policy_api.py sends it; the value is an ETag
+#: the largest answer the agent reads from the hub (a bundle, or the revocation list); past it, it stops reading
+MAX_ANSWER_BYTES = MAX_BUNDLE_BYTES
 
 
 class SourceUnreachableError(SyncerError):
     code = "hub_unreachable"
+
+
+class OversizedAnswerError(SourceUnreachableError):
+    """The hub's answer passed the agent's bound: refused like an unreachable hub (nothing applied, the last
+    known good kept), with its own code so that the report says why."""
+
+    code = "hub_answer_refused"
 
 
 def hub_session(base_url: str, context: ssl.SSLContext) -> aiohttp.ClientSession:
@@ -47,7 +57,11 @@ def hub_session(base_url: str, context: ssl.SSLContext) -> aiohttp.ClientSession
     the same.
     """
     return aiohttp.ClientSession(
-        base_url=base_url, connector=aiohttp.TCPConnector(ssl=context, limit=1, enable_cleanup_closed=True)
+        base_url=base_url,
+        connector=aiohttp.TCPConnector(ssl=context, limit=1, enable_cleanup_closed=True),
+        # bodies are read with a bound (_call); no transparent inflation that could grow past it
+        auto_decompress=False,
+        headers={"Accept-Encoding": "identity"},
     )
 
 
@@ -59,9 +73,21 @@ class _Answer:
 
 
 async def _call(session: aiohttp.ClientSession, method: str, url: str, *, timeout_s: float, **kwargs: Any) -> _Answer:
+    """One request to the hub; the answer's body streamed with a bound (edgetrust/_internal/bounded.py), so a
+    hostile or broken answer of any length costs at most MAX_ANSWER_BYTES of memory and is refused."""
     try:
         async with session.request(method, url, timeout=aiohttp.ClientTimeout(total=timeout_s), **kwargs) as answer:
-            return _Answer(answer.status, answer.headers, await answer.read())
+            if answer.headers.get("Content-Encoding", "identity") != "identity":
+                raise OversizedAnswerError(f"{url}: the hub answered {answer.headers['Content-Encoding']}-encoded")
+            declared = declared_length(answer.headers.get("Content-Length"), url)
+            if declared is not None and declared > MAX_ANSWER_BYTES:
+                raise OversizedAnswerError(f"{url}: answer declares {declared} bytes, over {MAX_ANSWER_BYTES}")
+            body = await aread_bounded(
+                answer.content.iter_chunked(CHUNK_BYTES), url, limit=MAX_ANSWER_BYTES, declared=declared
+            )
+            return _Answer(answer.status, answer.headers, body)
+    except BoundedReadError as exc:
+        raise OversizedAnswerError(str(exc)) from exc
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise SourceUnreachableError(f"{url}: {str(exc) or type(exc).__name__}") from exc
 
@@ -88,8 +114,13 @@ class FileSource:
         self._seen: str | None = None
 
     async def fetch(self) -> bytes | None:
-        try:
-            blob = self._path.read_bytes()
+        try:  # bounded like every other source: a file dropped by a mirror is no more trusted than its answer
+            with self._path.open("rb") as handle:
+                blob = read_bounded(
+                    iter(lambda: handle.read(CHUNK_BYTES), b""), f"bundle file {self._path}", limit=MAX_BUNDLE_BYTES
+                )
+        except BoundedReadError as exc:
+            raise OversizedAnswerError(str(exc)) from exc
         except OSError as exc:
             raise SourceUnreachableError(f"bundle file {self._path}: {exc}") from exc
         digest = hashlib.sha256(blob).hexdigest()
@@ -173,10 +204,8 @@ class OCISource:
         self._seen: str | None = None
 
     async def fetch(self) -> bytes | None:
-        try:
-            blob, digest = await asyncio.to_thread(self._registry.pull, self._reference)
-        except OCIError as exc:
-            raise SourceUnreachableError(str(exc)) from exc
+        # an OCIError goes up as it is: its own code (oci_error, mirror_answer_refused) goes into the report
+        blob, digest = await asyncio.to_thread(self._registry.pull, self._reference)
         if digest == self._seen:
             return None
         self._seen = digest
@@ -207,6 +236,7 @@ class SyncAgent:
         self,
         *,
         cluster: str,
+        group: str,
         site_class: str,
         source: BundleSource,
         keys: Mapping[str, ec.EllipticCurvePublicKey],
@@ -216,6 +246,7 @@ class SyncAgent:
         revocations: RevocationStore | None = None,
     ) -> None:
         self.cluster = cluster
+        self.group = group
         self.site_class = site_class
         self._source = source
         self._keys = keys
@@ -247,7 +278,7 @@ class SyncAgent:
         try:
             blob = await self._source.fetch()
         except SyncerError as exc:
-            return self._record(SyncOutcome("unreachable", error=exc.diagnostics()))
+            return self._record(SyncOutcome("unreachable", error=f"{exc.code}: {exc.diagnostics()}"))
         self.last_contact = time.time()
         if carrier is not None and carrier.delivered:
             self.state.clear_reports()
@@ -260,6 +291,13 @@ class SyncAgent:
         try:
             bundle = unpack(blob)
             signer = verify_bundle(bundle, self._keys)
+            # before anything is recorded: another group's bundle must not move this cluster's rollback guard
+            if bundle.group != self.group:
+                raise BundleGroupError(
+                    f"bundle {bundle.revision} is signed for cluster group {bundle.group!r}; this cluster is in "
+                    f"group {self.group!r}: refused (a mirror or hub handing out another group's bundle)"
+                )
+            check_network_policies(bundle)  # every site class, as the hub checked at publish
             current, good = self.state.current(), self.state.last_known_good()
             applied_before = good is not None and good.revision == bundle.revision
             if current is not None and current.revision == bundle.revision and (applied_before or self._started):

@@ -1,7 +1,12 @@
 """Apply one site class's NetworkPolicies from a bundle: all of them or none, and never anything we don't own.
 
 1. validate every object again (a bundle is checked at build time, but the agent trusts only itself);
-2. dry-run every apply on the API server: any refusal and nothing is written;
+2. refuse the whole set if it names an object that exists and is not ours (no managed-by label): a
+   hand-made NetworkPolicy of the same name is neither taken over nor, later, pruned; the conflict is
+   reported naming it and the last known good set stays enforced;
+   then dry-run every apply on the API server (server-side apply; force=false unless the object already
+   carries our label, see kube.py): any refusal, a conflict with another field manager included, and nothing
+   is written;
 3. apply what differs (server-side apply, field manager edgetrust-syncer, our managed-by label);
 4. prune: delete only objects carrying our label that left the bundle.
 If step 3 or 4 fails part-way, the previous set (last known good) is applied back and the error reported.
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncer.errors import SyncerError
-from syncer.kube import MANAGED_BY, KubeTarget
+from syncer.kube import MANAGED_BY, KubeConflictError, KubeTarget
 from syncer.networkpolicy import validate_network_policy
 
 
@@ -81,10 +86,20 @@ async def apply_set(kube: KubeTarget, wanted: list[dict[str, Any]]) -> ApplyResu
     result.unchanged = [_key(o) for o in wanted if o not in changed]
     if not changed and not stale:
         return result  # a no-change sync makes no API writes, not even dry runs
-    for obj in changed:  # 2. all or nothing: every object must be accepted before any is written
-        await kube.apply(obj, dry_run=True)
+    foreign = []
+    for obj in changed:  # 2. never what is not ours
+        found = None if _key(obj) in live else await kube.get(obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if found is not None:
+            foreign.append(_key(obj))
+    if foreign:
+        raise KubeConflictError(
+            f"NetworkPolicy {', '.join(foreign)} exists and is not managed by edgetrust (no "
+            f"{MANAGED_BY[0]}={MANAGED_BY[1]} label): not taken over; rename it in the bundle or remove it"
+        )
+    for obj in changed:  # all or nothing: every object must be accepted before any is written
+        await kube.apply(obj, dry_run=True, force=_key(obj) in live)
     for obj in changed:  # 3.
-        await kube.apply(obj)
+        await kube.apply(obj, force=_key(obj) in live)
         result.applied.append(_key(obj))
     for obj in stale:  # 4. only ours, only what left the bundle
         await kube.delete(obj["metadata"]["namespace"], obj["metadata"]["name"])

@@ -1,6 +1,7 @@
 """Policy bundles in OPA's format, so that a stock OPA can load what our syncer applies, and the reverse.
 
-    .manifest                                  {"revision", "roots": [...POLICY_ROOTS], "metadata": {...}}
+    .manifest                                  {"revision", "roots": [...POLICY_ROOTS],
+                                                "metadata": {"counter", "commit", "group"}}
     edgetrust/admission/<policy>/<file>.rego   the admission policy library (tests left out)
     edgetrust/gatekeeper/...                   ConstraintTemplates and constraints (YAML, for the webhook)
     edgetrust/networkpolicies/data.json        {"<site class>": [NetworkPolicy, ...]}
@@ -10,8 +11,10 @@ The hub's revocation list is a second bundle (root edgetrust/revocations, signed
 syncer/revocations.py); the roots are disjoint so that OPA loads both side by side.
 
 The revision is the policy repository's commit plus a counter that only grows; the counter decides which of
-two bundles is newer. Reading is bounded and strict: a bundle is an attacker-supplied archive until its
-signature says otherwise.
+two bundles is newer. The cluster group the bundle is for is signed with it (metadata.group): counters are per
+group, so a bundle handed to a cluster of another group would otherwise apply there, prune that group's
+policies and move its rollback guard past that group's own next revision. Reading is bounded and strict: a
+bundle is an attacker-supplied archive until its signature says otherwise.
 """
 
 from __future__ import annotations
@@ -21,15 +24,15 @@ import io
 import json
 import posixpath
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from syncer.errors import BundleBuildError, BundleFormatError
-from syncer.networkpolicy import validate_network_policy
+from syncer.errors import BundleBuildError, BundleFormatError, BundleGroupError, BundlePolicyError
+from syncer.networkpolicy import PROTECTED_NAMESPACES, validate_network_policy, validate_site_classes
 
 ROOT = "edgetrust"
 POLICY_ROOTS = [f"{ROOT}/admission", f"{ROOT}/gatekeeper", f"{ROOT}/lib", f"{ROOT}/networkpolicies"]
@@ -38,6 +41,7 @@ SIGNATURES = ".signatures.json"
 MAX_BUNDLE_BYTES = 8 * 1024 * 1024  # compressed
 MAX_UNPACKED_BYTES = 64 * 1024 * 1024  # a gzip bomb stops here
 MAX_FILES = 4096
+MAX_GROUP_CHARS = 253
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,18 @@ class Bundle:
         if not isinstance(counter, int) or isinstance(counter, bool) or counter < 0:
             raise BundleFormatError(".manifest metadata.counter must be a non-negative integer")
         return counter
+
+    @property
+    def group(self) -> str:
+        """The cluster group this bundle was signed for; a bundle naming none is for no cluster."""
+        metadata = self.manifest.get("metadata") or {}
+        group = metadata.get("group") if isinstance(metadata, dict) else None
+        if not isinstance(group, str) or not 0 < len(group) <= MAX_GROUP_CHARS:
+            raise BundleGroupError(
+                f"bundle {self.revision} names no cluster group (.manifest metadata.group); "
+                "build it with `trustctl policy build --group`"
+            )
+        return group
 
     def extract(self, prefix: str, destination: Path) -> Path:
         """Write the files under `prefix` (e.g. "admission") to `destination`, for a reader of plain folders."""
@@ -115,9 +131,17 @@ class Source:
     network_policies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-def read_repository(policies: Path) -> Source:
+def check_network_policies(bundle: Bundle, *, protected: Sequence[str] = PROTECTED_NAMESPACES) -> None:
+    """Every NetworkPolicy of every site class valid and outside the protected namespaces, or BundlePolicyError:
+    what the hub's publish and the agent run on a signed bundle (build and `policy test` ran it on the files)."""
+    problem = validate_site_classes(bundle.data("networkpolicies") or {}, protected=protected)
+    if problem:
+        raise BundlePolicyError(f"bundle {bundle.revision}: {problem}")
+
+
+def read_repository(policies: Path, *, protected: Sequence[str] = PROTECTED_NAMESPACES) -> Source:
     """policies/admission/**.rego and policies/networkpolicies/<site class>/*.yaml; every NetworkPolicy is
-    validated here, so that a bad one fails the build naming its file and field."""
+    validated here (the lockout rule included), so that a bad one fails the build naming its file and field."""
     source = Source()
     admission = policies / "admission"
     if admission.is_dir():
@@ -143,7 +167,7 @@ def read_repository(policies: Path) -> Source:
                 except yaml.YAMLError as exc:
                     raise BundleBuildError(f"{path}: not YAML: {exc}") from exc
                 for index, document in enumerate(documents):
-                    problem = validate_network_policy(document)
+                    problem = validate_network_policy(document, protected=protected)
                     if problem:
                         raise BundleBuildError(f"{path} (document {index + 1}): {problem}")
                     objects.append(document)
@@ -155,13 +179,19 @@ def read_repository(policies: Path) -> Source:
     return source
 
 
-def build_files(source: Source, *, counter: int, commit: str) -> dict[str, bytes]:
+def build_files(source: Source, *, counter: int, commit: str, group: str) -> dict[str, bytes]:
+    """The bundle's files for one cluster group (signed into the manifest with the counter)."""
     if counter < 0:
         raise BundleBuildError("the revision counter must be >= 0")
+    if not 0 < len(group) <= MAX_GROUP_CHARS:
+        raise BundleBuildError("a bundle is built for one cluster group: name it (--group)")
+    problem = validate_site_classes(source.network_policies)
+    if problem:
+        raise BundleBuildError(problem)
     manifest = {
         "revision": f"{counter:012d}-{commit[:12]}",
         "roots": POLICY_ROOTS,
-        "metadata": {"counter": counter, "commit": commit},
+        "metadata": {"counter": counter, "commit": commit, "group": group},
     }
     files: dict[str, bytes] = {MANIFEST: _json(manifest)}
     files.update(source.rego)

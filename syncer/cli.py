@@ -13,9 +13,10 @@ import ssl
 import sys
 from pathlib import Path
 
-from syncer.agent import HTTPSource, SyncAgent, hub_reporter, hub_session
+from syncer.agent import BundleSource, HTTPSource, OCISource, SyncAgent, hub_reporter, hub_session
 from syncer.errors import SyncerError
 from syncer.kube import KubeClient, KubeConfig
+from syncer.oci import BundleRegistry, OCIReference
 from syncer.revocations import KEY_ID, RevocationStore
 from syncer.signing import load_verification_keys
 from syncer.state import AgentState
@@ -33,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--svid", type=Path, required=True, help="this cluster's X.509-SVID (PEM)")
     run.add_argument("--svid-key", type=Path, required=True)
     run.add_argument("--cluster", required=True, help="this cluster's name in the fleet")
+    run.add_argument(
+        "--group", required=True, help="this cluster's group in the fleet: bundles signed for another are refused"
+    )
     run.add_argument("--site-class", required=True, help="which NetworkPolicies of the bundle apply here")
     run.add_argument("--verification-key", action="append", default=[], metavar="ID=PEM", help="publisher key")
     run.add_argument(
@@ -43,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--kube-url", default="https://kubernetes.default.svc")
     run.add_argument("--kube-token-file", type=Path, default=SERVICE_ACCOUNT / "token")
     run.add_argument("--kube-ca-file", type=Path, default=SERVICE_ACCOUNT / "ca.crt")
+    run.add_argument(
+        "--bundle-oci",
+        metavar="REGISTRY/REPOSITORY:TAG",
+        help="take bundles from this OCI artifact (a registry mirror near the site) instead of the hub's long poll; "
+        "status still goes to the hub",
+    )
+    run.add_argument("--registry-ca", type=Path, help="roots of the mirror's TLS certificate")
     run.add_argument("--wait", type=float, default=30.0, help="long-poll seconds")
     run.add_argument("--once", action="store_true", help="one sync, then exit (for jobs and tests)")
     return parser
@@ -56,16 +67,24 @@ async def _run(args: argparse.Namespace) -> int:
     context = ssl.create_default_context(cafile=str(args.ca_bundle))
     context.load_cert_chain(str(args.svid), str(args.svid_key))
     kube = KubeClient(KubeConfig(args.kube_url, args.kube_token_file.read_text().strip(), args.kube_ca_file))
+    registry = None
     async with hub_session(args.hub, context) as http:
-        agent = SyncAgent(
-            cluster=args.cluster,
-            site_class=args.site_class,
-            source=HTTPSource(
+        source: BundleSource
+        if args.bundle_oci:
+            registry = BundleRegistry(ca_file=str(args.registry_ca) if args.registry_ca else None)
+            source = OCISource(registry, OCIReference.parse(args.bundle_oci))
+        else:
+            source = HTTPSource(
                 "/v1/policy/bundle",
                 http,
                 wait_s=args.wait,
                 revocations_url="/v1/policy/revocations" if args.revocation_key else None,
-            ),
+            )
+        agent = SyncAgent(
+            cluster=args.cluster,
+            group=args.group,
+            site_class=args.site_class,
+            source=source,
             keys=load_verification_keys(keys),
             kube=kube,
             state=AgentState(args.state_dir),
@@ -89,10 +108,14 @@ async def _run(args: argparse.Namespace) -> int:
             if args.once:
                 await agent.flush_reports()
                 await kube.aclose()
+                if registry is not None:
+                    registry.close()
                 return 0 if outcome.result in ("applied", "unchanged", "not-modified") else 1
             if outcome.result == "unreachable":
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 60.0)
+            elif registry is not None:  # a registry has no long poll: look again every `wait` seconds
+                await asyncio.sleep(args.wait)
             else:
                 backoff = 1.0
 

@@ -32,3 +32,16 @@ class RollbackError(SyncerError):
     """A bundle older than (or as old as) one already applied: a replay, or a rollback attack."""
 
     code = "bundle_rollback"
+
+
+class BundleGroupError(SyncerError):
+    """A bundle signed for another cluster group than this cluster's (or naming none)."""
+
+    code = "bundle_wrong_group"
+
+
+class BundlePolicyError(SyncerError):
+    """A NetworkPolicy in the bundle is invalid, or would restrict a namespace the cluster needs to stay
+    manageable (kube-system, edgetrust-system)."""
+
+    code = "bundle_policy_refused"

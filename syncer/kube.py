@@ -1,5 +1,11 @@
-"""The few Kubernetes API calls the syncer makes: server-side apply, list by label, delete. Errors from the API
-server are converted here, with its own message, so a refused apply names the object and the reason."""
+"""The few Kubernetes API calls the syncer makes: server-side apply, list by label, read, delete. Errors from the
+API server are converted here, with its own message, so a refused apply names the object and the reason.
+
+Apply is server-side apply with our field manager. force=false for anything not already ours, so a field
+another manager owns is a conflict (409), reported, never taken over; force=true only on an object carrying
+our managed-by label (apply.py decides), so that a hand edit of one of our policies (`kubectl edit` loosening
+it) is put back by the next sync instead of blocking every later bundle.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,12 @@ class KubeUnreachableError(KubeError):
     code = "kube_unreachable"
 
 
+class KubeConflictError(KubeError):
+    """An object the bundle names exists and is not ours (no managed-by label, or fields another manager owns)."""
+
+    code = "apply_conflict"
+
+
 @dataclass(frozen=True, slots=True)
 class KubeConfig:
     url: str
@@ -38,9 +50,11 @@ class KubeTarget(Protocol):
 
     writes: int
 
-    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]: ...
+    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False, force: bool = False) -> dict[str, Any]: ...
 
     async def list_managed(self) -> list[dict[str, Any]]: ...
+
+    async def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
     async def delete(self, namespace: str, name: str) -> None: ...
 
@@ -66,9 +80,9 @@ class KubeClient:
         base = f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"
         return f"{base}/{name}" if name else base
 
-    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False, force: bool = False) -> dict[str, Any]:
         metadata = obj["metadata"]
-        params = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        params = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
         if dry_run:
             params["dryRun"] = "All"
         answer = await self._request(
@@ -80,6 +94,11 @@ class KubeClient:
         )
         if not dry_run:
             self.writes += 1
+        if answer.status_code == 409:
+            raise KubeConflictError(
+                f"NetworkPolicy {metadata['namespace']}/{metadata['name']} is also managed by someone else, who "
+                f"owns fields the bundle sets: not taken over ({_reason(answer)})"
+            )
         if answer.status_code not in (200, 201):
             raise KubeError(f"applying NetworkPolicy {metadata['namespace']}/{metadata['name']}: {_reason(answer)}")
         body: dict[str, Any] = answer.json()

@@ -1,13 +1,18 @@
-"""NetworkPolicy validation before anything is applied: at build time (naming the file) and again by the agent.
+"""NetworkPolicy validation before anything is applied: at build time (naming the file), by `trustctl policy
+test`, by the hub when a bundle is published, and again by the agent: one rule, here, for all four.
 
 The checks are the API server's own for networking.k8s.io/v1, so that a bundle the agent accepts is one the
-API server will accept too: all-or-nothing apply depends on it.
+API server will accept too: all-or-nothing apply depends on it. On top of them, the lockout rule: no policy in
+kube-system or edgetrust-system. A default-deny there cuts off DNS, the API server's path to the webhook, or
+the syncer's own path to the hub, and the cluster could no longer take the fix; a signature does not make
+that safe, so every stage refuses it rather than only the PR check.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from typing import Any
 
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -15,10 +20,46 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 SPEC_FIELDS = {"podSelector", "policyTypes", "ingress", "egress"}
 PROTOCOLS = {"TCP", "UDP", "SCTP"}
+#: namespaces no bundle may hold a NetworkPolicy in (any policy selecting pods there restricts them)
+PROTECTED_NAMESPACES = ("kube-system", "edgetrust-system")
 
 
-def validate_network_policy(document: Any) -> str | None:
-    """None when valid, else the first problem with its field path."""
+def validate_network_policy(document: Any, *, protected: Sequence[str] = PROTECTED_NAMESPACES) -> str | None:
+    """None when valid, else the first problem with its field path (the lockout rule included)."""
+    return _validate(document) or lockout(document, protected=protected)
+
+
+def lockout(document: dict[str, Any], *, protected: Sequence[str] = PROTECTED_NAMESPACES) -> str | None:
+    """The lockout rule alone, for a policy already valid: None, or why it is refused."""
+    metadata = document.get("metadata") or {}
+    namespace = metadata.get("namespace")
+    if namespace not in protected:
+        return None
+    return (
+        f"{namespace}/{metadata.get('name')} would restrict {namespace}, which the cluster needs to stay manageable "
+        "(DNS, the API server, the webhook, the syncer); refused"
+    )
+
+
+def validate_site_classes(policies: Any, *, protected: Sequence[str] = PROTECTED_NAMESPACES) -> str | None:
+    """A bundle's whole networkpolicies data ({site class: [NetworkPolicy, ...]}): None, or the first problem
+    naming the site class and the policy. Names must be unique per site class, as the build makes them."""
+    if not isinstance(policies, dict) or not all(isinstance(v, list) for v in policies.values()):
+        return "networkpolicies data must map site classes to lists"
+    for site_class, documents in sorted(policies.items()):
+        seen: set[tuple[str, str]] = set()
+        for index, document in enumerate(documents):
+            problem = validate_network_policy(document, protected=protected)
+            if problem:
+                return f"site class {site_class}, NetworkPolicy {index + 1}: {problem}"
+            key = (document["metadata"]["namespace"], document["metadata"]["name"])
+            if key in seen:
+                return f"site class {site_class}: NetworkPolicy {key[0]}/{key[1]} appears twice"
+            seen.add(key)
+    return None
+
+
+def _validate(document: Any) -> str | None:
     if not isinstance(document, dict):
         return "not a mapping"
     if document.get("apiVersion") != "networking.k8s.io/v1" or document.get("kind") != "NetworkPolicy":

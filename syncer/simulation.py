@@ -15,7 +15,7 @@ class InMemoryCluster:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.writes = 0
 
-    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False, force: bool = False) -> dict[str, Any]:
         metadata = obj.get("metadata") or {}
         key = (str(metadata.get("namespace", "")), str(metadata.get("name", "")))
         if not all(key):
@@ -28,6 +28,10 @@ class InMemoryCluster:
 
     async def list_managed(self) -> list[dict[str, Any]]:
         return [copy.deepcopy(o) for o in self.objects.values()]
+
+    async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.objects.get((namespace, name))
+        return copy.deepcopy(found) if found is not None else None
 
     async def delete(self, namespace: str, name: str) -> None:
         self.objects.pop((namespace, name), None)

@@ -103,11 +103,11 @@ def policy_router(bundles: PolicyBundles, trust_domain: TrustDomain) -> APIRoute
 
     @router.post("/bundles/{group}")
     async def publish(group: str, request: Request) -> dict[str, Any]:
-        publisher(request)
+        caller = publisher(request)
         blob = await request.body()
         if len(blob) > MAX_BUNDLE_BYTES:
             raise PolicyDistributionError(f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
-        return bundles.publish(group, blob).view()
+        return bundles.publish(group, blob, publisher=caller).view()
 
     @router.get("/rollouts/{group}")
     async def rollout(group: str, request: Request) -> JSONResponse:

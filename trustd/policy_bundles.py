@@ -1,7 +1,9 @@
 """The hub's side of policy distribution: signed bundles per cluster group, staged rollouts, cluster status.
 
-A published bundle must verify under a publisher key the hub trusts and be newer than the group's last one;
-the hub never re-signs (the key that signs policy stays with the policy pipeline). Which revision a cluster
+A published bundle must come from a publisher of that group (the fleet file lists publishers per group),
+verify under a publisher key the hub trusts, be signed for that group (its manifest names it), hold no
+NetworkPolicy the syncer would refuse, and be newer than the group's last one; the hub never re-signs (the key
+that signs policy stays with the policy pipeline). Which revision a cluster
 gets follows the group's rollout: canary clusters first, then waves by share of the group; a wave opens when
 every canary, or the group's `advanceAt` share of the previous wave, reported the new revision applied;
 failures above the threshold halt it.
@@ -23,7 +25,7 @@ from typing import Any
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.bundle import unpack
+from syncer.bundle import check_network_policies, unpack
 from syncer.errors import SyncerError
 from syncer.signing import verify_bundle
 from trustd.errors import TrustdError
@@ -37,6 +39,12 @@ class PolicyDistributionError(TrustdError):
     code = "policy_distribution_refused"
 
 
+class PublisherNotAuthorizedError(PolicyDistributionError):
+    """The caller is not a publisher of the group it publishes to."""
+
+    code = "not_authorized"
+
+
 @dataclass(frozen=True, slots=True)
 class Group:
     name: str
@@ -48,20 +56,46 @@ class Group:
     #: wave always needs all. Below 100, a site that is offline (there always is one at the edge) does not
     #: hold the whole fleet back; it converges when it comes back.
     advance_at: int = 95
+    #: SPIFFE IDs allowed to publish to this group, and to no other
+    publishers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
 class Fleet:
+    """The fleet file:
+
+        groups:
+          <group>: {matchLabels: {...}, publishers: [<SPIFFE ID>, ...], canary: [...], waves: [...], ...}
+        clusters:
+          <cluster>: {labels: {...}}
+        operators: [<SPIFFE ID>, ...]
+
+    Publishers are authorized per group. The old top-level `publishers:` list (any publisher for every group)
+    is refused with a message saying what to write instead: read as "every group" it would keep the hole
+    open, and read as "no group" it would silently stop every publish."""
+
     groups: Mapping[str, Group]
     clusters: Mapping[str, Mapping[str, str]]  # name -> labels
-    publishers: frozenset[str]  # SPIFFE IDs allowed to publish
     operators: frozenset[str] = frozenset()  # SPIFFE IDs allowed to list and revoke (trustctl fleet)
+
+    @property
+    def publishers(self) -> frozenset[str]:
+        """Everyone who may publish to some group (which group is checked at publish)."""
+        return frozenset().union(*(group.publishers for group in self.groups.values()))
 
     @classmethod
     def load(cls, path: Path) -> Fleet:
         raw = yaml.safe_load(path.read_text()) or {}
+        if "publishers" in raw:
+            raise PolicyDistributionError(
+                f"fleet file {path}: a top-level `publishers` list is no longer accepted; publishers are authorized "
+                "per group: move each SPIFFE ID under `groups.<group>.publishers` for the groups it may publish to"
+            )
         groups = {}
         for name, spec in (raw.get("groups") or {}).items():
+            publishers = spec.get("publishers") or []
+            if not isinstance(publishers, list) or not all(isinstance(p, str) for p in publishers):
+                raise PolicyDistributionError(f"fleet file: groups.{name}.publishers must be a list of SPIFFE IDs")
             groups[name] = Group(
                 name=name,
                 match_labels={str(k): str(v) for k, v in (spec.get("matchLabels") or {}).items()},
@@ -69,6 +103,7 @@ class Fleet:
                 waves=tuple(int(w) for w in spec.get("waves") or DEFAULT_WAVES),
                 max_failures=int(spec.get("maxFailures", 0)),
                 advance_at=_percent(spec.get("advanceAt", 95), f"groups.{name}.advanceAt"),
+                publishers=frozenset(publishers),
             )
         clusters = {
             str(k): {str(a): str(b) for a, b in (v or {}).get("labels", {}).items()}
@@ -77,7 +112,6 @@ class Fleet:
         return cls(
             groups=groups,
             clusters=clusters,
-            publishers=frozenset(raw.get("publishers") or ()),
             operators=frozenset(raw.get("operators") or ()),
         )
 
@@ -225,16 +259,25 @@ class PolicyBundles:
         for group in list(self._changed):
             self._notify(group)
 
-    def publish(self, group_name: str, blob: bytes) -> Rollout:
+    def publish(self, group_name: str, blob: bytes, *, publisher: str) -> Rollout:
+        """`publisher` is the caller's SPIFFE ID; it must be listed for this group in the fleet file."""
         group = self.fleet.groups.get(group_name)
         if group is None:
             raise PolicyDistributionError(f"no cluster group {group_name!r}")
+        if publisher not in group.publishers:
+            raise PublisherNotAuthorizedError(f"{publisher} may not publish to cluster group {group_name!r}")
         try:
             bundle = unpack(blob)
             verify_bundle(bundle, self._keys)
             counter = bundle.counter
+            signed_for = bundle.group
+            check_network_policies(bundle)  # the syncer's own rule: refused here, before any cluster sees it
         except SyncerError as exc:
-            raise PolicyDistributionError(f"bundle refused: {exc.diagnostics()}") from exc
+            raise PolicyDistributionError(f"bundle refused: {exc.code}: {exc.diagnostics()}") from exc
+        if signed_for != group_name:
+            raise PolicyDistributionError(
+                f"bundle refused: bundle_wrong_group: it is signed for cluster group {signed_for!r}, not {group_name!r}"
+            )
         current = self._rollouts.get(group_name)
         if current is not None and counter <= current.counter:
             raise PolicyDistributionError(f"bundle counter {counter} is not newer than {current.counter}")

@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--protected-namespace",
         action="append",
         dest="protected",
-        help=f"NetworkPolicies may not restrict it (default: {', '.join(PROTECTED_NAMESPACES)})",
+        help=f"NetworkPolicies may not restrict it either (always protected: {', '.join(PROTECTED_NAMESPACES)})",
     )
     policy_release_cli.add_parsers(commands)
 
@@ -62,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     review = Review(against=published.revision if published else None)
     for path in args.paths:
         if path.is_dir():
-            found = review_repository(path, published=published, protected=args.protected or PROTECTED_NAMESPACES)
+            found = review_repository(
+                path, published=published, protected=(*PROTECTED_NAMESPACES, *(args.protected or ()))
+            )
             review.errors += found.errors
             review.changes.update(found.changes)
     if not results and not rego:

@@ -18,7 +18,16 @@ from typing import Any
 
 import httpx
 
-from syncer.bundle import SIGNATURES, build_files, pack, read_repository, unpack
+from syncer.bundle import (
+    MANIFEST,
+    SIGNATURES,
+    Bundle,
+    build_files,
+    check_network_policies,
+    pack,
+    read_repository,
+    unpack,
+)
 from syncer.errors import SyncerError
 from syncer.oci import BundleRegistry, OCIReference
 from syncer.signing import SigningKey, sign_files
@@ -32,11 +41,15 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     build.add_argument("--out", type=Path, required=True)
     build.add_argument("--counter", type=int, help="revision counter (default: the repository's commit count)")
     build.add_argument("--commit", help="revision commit (default: the repository's HEAD)")
+    build.add_argument(
+        "--group", required=True, help="the cluster group it is for (signed; clusters of other groups refuse it)"
+    )
     _signing_args(build, required=False)
 
     sign = commands.add_parser("sign", help="sign (or re-sign) a bundle")
     sign.add_argument("bundle", type=Path)
     sign.add_argument("--out", type=Path)
+    sign.add_argument("--group", help="set the cluster group it is for (default: the one its manifest names)")
     _signing_args(sign, required=True)
 
     publish = commands.add_parser("publish", help="publish a signed bundle to a cluster group on trustd")
@@ -110,27 +123,36 @@ def _build(args: argparse.Namespace) -> int:
         args.counter if args.counter is not None else int(_git(args.repository, "rev-list", "--count", "HEAD") or 0)
     )
     commit = args.commit or _git(args.repository, "rev-parse", "HEAD") or "uncommitted"
-    files = build_files(read_repository(args.repository), counter=counter, commit=commit)
+    files = build_files(read_repository(args.repository), counter=counter, commit=commit, group=args.group)
     if args.key:
         files = sign_files(files, SigningKey.from_pem(args.key_id, args.key.read_bytes()))
     args.out.write_bytes(pack(files))
     signed = "signed by " + args.key_id if args.key else "unsigned"
     print(
-        f"built {args.out}: revision {files and unpack(args.out.read_bytes()).revision}, {len(files)} files, {signed}"
+        f"built {args.out}: revision {files and unpack(args.out.read_bytes()).revision} for group {args.group}, "
+        f"{len(files)} files, {signed}"
     )
     return 0
 
 
 def _sign(args: argparse.Namespace) -> int:
     bundle = unpack(args.bundle.read_bytes())
-    files = sign_files(
-        {k: v for k, v in bundle.files.items() if k != SIGNATURES},
-        SigningKey.from_pem(args.key_id, args.key.read_bytes()),
-    )
+    files = {k: v for k, v in bundle.files.items() if k != SIGNATURES}
+    if args.group:
+        files[MANIFEST] = _with_group(bundle, args.group)
+        bundle = unpack(pack(files))
+    check_network_policies(bundle)  # nothing is signed that the hub and the syncers would refuse
+    group = bundle.group  # a bundle is signed for one group, or not at all
     out = args.out or args.bundle
-    out.write_bytes(pack(files))
-    print(f"signed {out} (revision {bundle.revision}) with key {args.key_id}")
+    out.write_bytes(pack(sign_files(files, SigningKey.from_pem(args.key_id, args.key.read_bytes()))))
+    print(f"signed {out} (revision {bundle.revision}, group {group}) with key {args.key_id}")
     return 0
+
+
+def _with_group(bundle: Bundle, group: str) -> bytes:
+    manifest = dict(bundle.manifest)
+    manifest["metadata"] = {**(manifest.get("metadata") or {}), "group": group}
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -202,9 +224,15 @@ def _rollback(args: argparse.Namespace) -> int:
         counter = int(current.json()["counter"]) + 1
         commit = str((manifest.get("metadata") or {}).get("commit", "rollback"))
         manifest["revision"] = f"{counter:012d}-{commit[:12]}"
-        manifest["metadata"] = {**(manifest.get("metadata") or {}), "counter": counter, "rollback_of": old.revision}
+        manifest["metadata"] = {
+            **(manifest.get("metadata") or {}),
+            "counter": counter,
+            "rollback_of": old.revision,
+            "group": args.group,  # signed for the group it is rolled back in
+        }
         files = {k: v for k, v in old.files.items() if k != SIGNATURES}
-        files[".manifest"] = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        files[MANIFEST] = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        check_network_policies(unpack(pack(files)))
         blob = pack(sign_files(files, SigningKey.from_pem(args.key_id, args.key.read_bytes())))
         print(f"rolling {args.group} back to the content of {old.revision} as revision {manifest['revision']}")
         return _show(hub.post(f"/v1/policy/bundles/{args.group}", content=blob), args)

@@ -1,9 +1,9 @@
 """What a policy-repository PR changes, for the reviewer: NetworkPolicies validated, refused when they would cut
 off the cluster's own control plane, and compared per site class with the revision already published.
 
-The lockout rule exists because the syncer applies whatever a signed bundle holds: a default-deny in
-kube-system, or in the namespace of the webhook and the syncer, would cut off DNS, the API server's path to
-the webhook, or the syncer's own path to the hub, and the cluster could not take the fix.
+The lockout rule (no NetworkPolicy in kube-system or edgetrust-system) is syncer/networkpolicy.py's, the one
+that `policy build`, the hub's publish and the syncer apply too; here it is reported for every offending
+policy at once, with any further namespaces the reviewer protects (--protected-namespace).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 
 from syncer.bundle import Bundle, read_repository
 from syncer.errors import SyncerError
+from syncer.networkpolicy import PROTECTED_NAMESPACES, lockout
 
-PROTECTED_NAMESPACES = ("kube-system", "edgetrust-system")
+__all__ = ["PROTECTED_NAMESPACES", "Review", "markdown", "review_repository"]
 
 
 @dataclass(slots=True)
@@ -40,18 +41,16 @@ def review_repository(
     if not (repository / "networkpolicies").is_dir() and not (repository / "admission").is_dir():
         return review
     try:
-        source = read_repository(repository)  # validates every NetworkPolicy, naming the file and the field
+        # validates every NetworkPolicy, naming the file and the field; the lockout rule is checked below, for all
+        source = read_repository(repository, protected=())
     except SyncerError as exc:
         review.errors.append(exc.diagnostics())
         return review
     for site_class, policies in sorted(source.network_policies.items()):
         for policy in policies:
-            namespace = (policy.get("metadata") or {}).get("namespace")
-            if namespace in protected:
-                review.errors.append(
-                    f"networkpolicies/{site_class}: {_key(policy)} would restrict {namespace}, which the cluster "
-                    "needs to stay manageable (DNS, the API server, the webhook, the syncer); refused"
-                )
+            problem = lockout(policy, protected=tuple(protected))
+            if problem:
+                review.errors.append(f"networkpolicies/{site_class}: {problem}")
     before = published.network_policies if published is not None else {}
     for site_class in sorted(set(source.network_policies) | set(before)):
         new = {_key(p): p for p in source.network_policies.get(site_class, [])}

@@ -44,7 +44,7 @@ def published_without_allow_web(repo: Path, tmp_path: Path) -> Path:
     before = tmp_path / "before"
     shutil.copytree(repo, before)
     (before / "networkpolicies" / "edge-store" / "allow-web.yaml").unlink()
-    files = build_files(read_repository(before), counter=7, commit="0badc0ffee")
+    files = build_files(read_repository(before), counter=7, commit="0badc0ffee", group="gateways")
     bundle = tmp_path / "published.tar.gz"
     bundle.write_bytes(pack(sign_files(files, SigningKey("ci-1", ec.generate_private_key(ec.SECP256R1())))))
     return bundle

@@ -188,7 +188,8 @@ def signed_policy_bundle(work: Path) -> tuple[str, Path]:
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     files = sign_files(
-        build_files(read_repository(REPO / "policies"), counter=1, commit="chart"), SigningKey("ci-1", key)
+        build_files(read_repository(REPO / "policies"), counter=1, commit="chart", group="gateways"),
+        SigningKey("ci-1", key),
     )
     return base64.b64encode(pack(files)).decode(), public
 

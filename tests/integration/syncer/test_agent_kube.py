@@ -65,7 +65,10 @@ class Publisher:
         self.drop = work / "bundle.tar.gz"
 
     def files(self, counter: int) -> dict[str, bytes]:
-        return sign_files(build_files(read_repository(self.repo), counter=counter, commit=f"commit{counter}"), self.key)
+        return sign_files(
+            build_files(read_repository(self.repo), counter=counter, commit=f"commit{counter}", group="gateways"),
+            self.key,
+        )
 
     def publish(self, counter: int, files: dict[str, bytes] | None = None) -> bytes:
         blob = pack(files or self.files(counter))
@@ -83,6 +86,7 @@ def agent_for(kube: KubeAPI, publisher: Publisher, state: Path) -> tuple[SyncAge
     client = KubeClient(KubeConfig(kube.url, kube.token, kube.ca_file))
     agent = SyncAgent(
         cluster="site-lyon",
+        group="gateways",
         site_class="edge-gateway",
         source=FileSource(publisher.drop),
         keys=publisher.keys,
@@ -139,7 +143,7 @@ async def scenario(kube: KubeAPI, tmp_path: Path) -> None:
     bad = yaml.safe_load((publisher.repo / "networkpolicies" / "edge-gateway" / "allow-dns.yaml").read_text())
     bad = copy.deepcopy(bad)
     bad["spec"]["egress"][0]["ports"][0]["protocol"] = "ICMP"
-    files = build_files(read_repository(publisher.repo), counter=4, commit="bad")
+    files = build_files(read_repository(publisher.repo), counter=4, commit="bad", group="gateways")
     data = json.loads(files["edgetrust/networkpolicies/data.json"])
     data["edge-gateway"].append({**bad, "metadata": {"name": "bad", "namespace": "workloads"}})
     files["edgetrust/networkpolicies/data.json"] = json.dumps(data).encode()

@@ -48,7 +48,9 @@ def test_policies_and_constraints_from_a_signed_bundle(tmp_path: Path) -> None:
     key_file.write_bytes(
         signing.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    files = sign_files(build_files(read_repository(repo), counter=1, commit="c"), SigningKey("ci-1", signing))
+    files = sign_files(
+        build_files(read_repository(repo), counter=1, commit="c", group="gateways"), SigningKey("ci-1", signing)
+    )
     bundle = tmp_path / "bundle.tar.gz"
     bundle.write_bytes(pack(files))
     ca = TestCA(tmp_path / "ca")

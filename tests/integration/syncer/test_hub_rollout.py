@@ -50,12 +50,18 @@ def test_canary_then_wave_over_mtls_with_long_polls(tmp_path: Path) -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     fleet = {
-        "groups": {"gateways": {"matchLabels": {"site-class": "edge-gateway"}, "canary": ["site-a"], "waves": [100]}},
+        "groups": {
+            "gateways": {
+                "matchLabels": {"site-class": "edge-gateway"},
+                "canary": ["site-a"],
+                "waves": [100],
+                "publishers": ["spiffe://edge.example/operator/ci"],
+            }
+        },
         "clusters": {
             "site-a": {"labels": {"site-class": "edge-gateway"}},
             "site-b": {"labels": {"site-class": "edge-gateway"}},
         },
-        "publishers": ["spiffe://edge.example/operator/ci"],
     }
     with ExitStack() as stack:
         hub = stack.enter_context(running_policy_hub(tmp_path, fleet=fleet, publisher_keys={"ci-1": public}))
@@ -83,6 +89,7 @@ async def scenario(hub: RunningHub, kubes: dict[str, KubeAPI], work: Path, signi
         clients.append(kube)
         agents[name] = SyncAgent(
             cluster=name,
+            group="gateways",
             site_class="edge-gateway",
             source=HTTPSource("/v1/policy/bundle", http, wait_s=5),
             keys=hub.hub.policy.publisher_keys if hub.hub.policy else {},
@@ -100,7 +107,9 @@ async def scenario(hub: RunningHub, kubes: dict[str, KubeAPI], work: Path, signi
     assert (await stranger.post("/v1/policy/bundles/gateways", content=b"x")).status_code == 403
 
     waiting_b = asyncio.create_task(agents["site-b"].run_once())  # site-b long-polls through the publish
-    blob = pack(sign_files(build_files(read_repository(REPO_POLICIES), counter=1, commit="abc"), signing))
+    blob = pack(
+        sign_files(build_files(read_repository(REPO_POLICIES), counter=1, commit="abc", group="gateways"), signing)
+    )
     published = await publisher.post("/v1/policy/bundles/gateways", content=blob)
     assert published.status_code == 200, published.text
     view = published.json()
@@ -157,10 +166,10 @@ def test_trustctl_publish_rollout_status_and_rollback(tmp_path: Path) -> None:
                 "matchLabels": {"site-class": "edge-gateway"},
                 "canary": ["site-0"],
                 "waves": [50, 100],
+                "publishers": ["spiffe://edge.example/operator/ci"],
             }
         },
         "clusters": clusters,
-        "publishers": ["spiffe://edge.example/operator/ci"],
     }
     trustctl = str(Path(sys.executable).parent / "trustctl")
     with running_policy_hub(tmp_path, fleet=fleet, publisher_keys={"ci-1": public}) as hub:
@@ -182,6 +191,8 @@ def test_trustctl_publish_rollout_status_and_rollback(tmp_path: Path) -> None:
         first = tmp_path / "v1.tar.gz"
         built = run(
             "build",
+            "--group",
+            "gateways",
             str(REPO_POLICIES),
             "--out",
             str(first),
@@ -206,6 +217,8 @@ def test_trustctl_publish_rollout_status_and_rollback(tmp_path: Path) -> None:
         second = tmp_path / "v2.tar.gz"
         run(
             "build",
+            "--group",
+            "gateways",
             str(REPO_POLICIES),
             "--out",
             str(second),

@@ -30,7 +30,10 @@ REPO_POLICIES = Path(__file__).resolve().parents[3] / "policies"
 
 def signed(counter: int, key: ec.EllipticCurvePrivateKey, key_id: str = "ci-1") -> bytes:
     return pack(
-        sign_files(build_files(read_repository(REPO_POLICIES), counter=counter, commit="oci"), SigningKey(key_id, key))
+        sign_files(
+            build_files(read_repository(REPO_POLICIES), counter=counter, commit="oci", group="gateways"),
+            SigningKey(key_id, key),
+        )
     )
 
 
@@ -70,6 +73,7 @@ def test_push_pull_and_a_forged_tag(tmp_path: Path) -> None:
         client = BundleRegistry(ca_file=str(ca.ca_file))
         agent = SyncAgent(
             cluster="site-a",
+            group="gateways",
             site_class="edge-gateway",
             source=OCISource(client, OCIReference.parse(reference)),
             keys=keys,

@@ -65,7 +65,7 @@ def wait(process: subprocess.Popen[bytes], port: int) -> bool:
 def signed_bundle(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
     private, public = write_keypair(tmp_path, "hub")
     files = sign_files(
-        build_files(read_repository(REPO_POLICIES), counter=3, commit="0123456789abcdef"),
+        build_files(read_repository(REPO_POLICIES), counter=3, commit="0123456789abcdef", group="gateways"),
         SigningKey.from_pem("hub-1", private.read_bytes()),
     )
     path = tmp_path / "bundle.tar.gz"

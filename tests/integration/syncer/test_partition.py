@@ -53,9 +53,10 @@ def start_hub(link: Link, work: Path, public_pem: bytes) -> subprocess.Popen[byt
         yaml.safe_dump({"device_classes": {"none": {"pcr_bank": "sha256", "pcrs": {0: ["00" * 32]}}}})
     )
     fleet = {
-        "groups": {"all": {"matchLabels": {"site-class": "edge-gateway"}}},
+        "groups": {
+            "all": {"matchLabels": {"site-class": "edge-gateway"}, "publishers": ["spiffe://edge.example/operator/ci"]}
+        },
         "clusters": {"site-a": {"labels": {"site-class": "edge-gateway"}}},
-        "publishers": ["spiffe://edge.example/operator/ci"],
     }
     (work / "fleet.yaml").write_text(yaml.safe_dump(fleet))
     SpiffeCA.load_or_create_root(work / "hub" / "ca", trust_domain=TrustDomain.parse("edge.example"))
@@ -156,6 +157,7 @@ async def scenario(
     def agent(http: aiohttp.ClientSession, target: KubeClient, timeout_s: float = 30) -> SyncAgent:
         return SyncAgent(
             cluster="site-a",
+            group="all",
             site_class="edge-gateway",
             source=HTTPSource("/v1/policy/bundle", http, wait_s=1, timeout_s=timeout_s),
             keys=keys,
@@ -166,7 +168,9 @@ async def scenario(
 
     base = f"https://{link.peer_address}:{PORT}"
     target = KubeClient(KubeConfig(kube.url, kube.token, kube.ca_file))
-    publish_inside(link, work, pack(sign_files(build_files(read_repository(repo), counter=1, commit="one"), key)))
+    publish_inside(
+        link, work, pack(sign_files(build_files(read_repository(repo), counter=1, commit="one", group="all"), key))
+    )
     async with hub_session(base, context) as http:
         first = await agent(http, target, 5).run_once()
         assert first.result == "applied", first
@@ -174,7 +178,9 @@ async def scenario(
 
     link.down()  # partition
     (repo / "networkpolicies" / "edge-gateway" / "allow-hub.yaml").unlink()
-    publish_inside(link, work, pack(sign_files(build_files(read_repository(repo), counter=2, commit="two"), key)))
+    publish_inside(
+        link, work, pack(sign_files(build_files(read_repository(repo), counter=2, commit="two", group="all"), key))
+    )
     with kube.client() as client:  # someone deletes a policy while the site is cut off
         client.delete("/apis/networking.k8s.io/v1/namespaces/workloads/networkpolicies/allow-dns")
     async with hub_session(base, context) as http:

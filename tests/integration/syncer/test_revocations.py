@@ -43,12 +43,17 @@ pytestmark = pytest.mark.integration
 REPO_POLICIES = Path(__file__).resolve().parents[3] / "policies"
 OPERATOR = "spiffe://edge.example/operator/admin"
 FLEET = {
-    "groups": {"all": {"matchLabels": {"site-class": "edge-store"}, "waves": [100]}},
+    "groups": {
+        "all": {
+            "matchLabels": {"site-class": "edge-store"},
+            "waves": [100],
+            "publishers": ["spiffe://edge.example/operator/ci"],
+        }
+    },
     "clusters": {
         "site-a": {"labels": {"site-class": "edge-store"}},
         "site-b": {"labels": {"site-class": "edge-store"}},
     },
-    "publishers": ["spiffe://edge.example/operator/ci"],
     "operators": [OPERATOR],
 }
 
@@ -168,7 +173,7 @@ def test_revocation_reaches_the_agent_opa_and_in_cluster_services(tmp_path: Path
         bundle.write_bytes(
             pack(
                 sign_files(
-                    build_files(read_repository(REPO_POLICIES), counter=1, commit="abc"),
+                    build_files(read_repository(REPO_POLICIES), counter=1, commit="abc", group="all"),
                     SigningKey("ci-1", signing),
                 )
             )
@@ -185,6 +190,7 @@ def test_revocation_reaches_the_agent_opa_and_in_cluster_services(tmp_path: Path
                 async with hub_session(hub.url, context) as http, mtls(hub, *site_b) as http_b:
                     agent = SyncAgent(
                         cluster="site-a",
+                        group="all",
                         site_class="edge-store",
                         source=HTTPSource(
                             "/v1/policy/bundle", http, wait_s=20, revocations_url="/v1/policy/revocations"

@@ -38,9 +38,10 @@ def test_syncer_process_once_and_after_a_kill_mid_apply(tmp_path: Path) -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     fleet: dict[str, object] = {
-        "groups": {"all": {"matchLabels": {"site-class": "edge-gateway"}}},
+        "groups": {
+            "all": {"matchLabels": {"site-class": "edge-gateway"}, "publishers": ["spiffe://edge.example/operator/ci"]}
+        },
         "clusters": {"site-a": {"labels": {"site-class": "edge-gateway"}}},
-        "publishers": [],
     }
     public_file = tmp_path / "ci-1.pem"
     public_file.write_bytes(public)
@@ -70,18 +71,18 @@ def test_syncer_process_once_and_after_a_kill_mid_apply(tmp_path: Path) -> None:
                 "--svid-key",
                 str(private),
             ]
-            argv += ["--cluster", "site-a", "--site-class", "edge-gateway", "--state-dir", str(state)]
+            argv += ["--cluster", "site-a", "--group", "all", "--site-class", "edge-gateway", "--state-dir", str(state)]
             argv += ["--verification-key", f"ci-1={public_file}"]
             argv += ["--kube-url", kube.url, "--kube-token-file", str(token), "--kube-ca-file", str(kube.ca_file)]
             return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
-        publish(hub, pack(sign_files(build_files(read_repository(repo), counter=1, commit="one"), key)))
+        publish(hub, pack(sign_files(build_files(read_repository(repo), counter=1, commit="one", group="all"), key)))
         first = syncer()
         assert first.returncode == 0, first.stderr
         assert names(kube) == {"default-deny", "allow-dns", "allow-hub"}
 
         (repo / "networkpolicies" / "edge-gateway" / "allow-hub.yaml").unlink()
-        second = pack(sign_files(build_files(read_repository(repo), counter=2, commit="two"), key))
+        second = pack(sign_files(build_files(read_repository(repo), counter=2, commit="two", group="all"), key))
         publish(hub, second)
         AgentState(state).accept(second, unpack(second))  # the process died right here, before applying
         restarted = syncer()
@@ -96,4 +97,4 @@ def test_syncer_process_once_and_after_a_kill_mid_apply(tmp_path: Path) -> None:
 
 def publish(hub: RunningHub, blob: bytes) -> None:
     assert hub.hub.policy is not None
-    hub.hub.policy.publish("all", blob)
+    hub.hub.policy.publish("all", blob, publisher="spiffe://edge.example/operator/ci")

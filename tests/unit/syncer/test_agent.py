@@ -24,13 +24,19 @@ def test_the_same_bundle_fetched_again_is_unchanged_not_a_replay(tmp_path: Path)
     )
     drop = tmp_path / "bundle.tar.gz"
     drop.write_bytes(
-        pack(sign_files(build_files(read_repository(REPO_POLICIES), counter=4, commit="x"), SigningKey("k", signing)))
+        pack(
+            sign_files(
+                build_files(read_repository(REPO_POLICIES), counter=4, commit="x", group="gateways"),
+                SigningKey("k", signing),
+            )
+        )
     )
     cluster = InMemoryCluster()
 
     def agent() -> SyncAgent:
         return SyncAgent(
             cluster="c",
+            group="gateways",
             site_class="edge-gateway",
             source=FileSource(drop),  # a new source has no memory of what it served: the answer comes again
             keys=load_verification_keys({"k": public}),

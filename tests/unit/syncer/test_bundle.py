@@ -35,7 +35,7 @@ def signed(
 ) -> tuple[dict[str, bytes], dict[str, ec.EllipticCurvePublicKey]]:
     signing, verification = keypair() if key is None else (key, {})
     return sign_files(
-        build_files(read_repository(REPO_POLICIES), counter=counter, commit="c0ffee"), signing
+        build_files(read_repository(REPO_POLICIES), counter=counter, commit="c0ffee", group="gateways"), signing
     ), verification
 
 

@@ -19,7 +19,13 @@ REPO_POLICIES = Path(__file__).resolve().parents[3] / "policies"
 def fleet_file(tmp_path: Path, advance_at: object) -> Path:
     path = tmp_path / "fleet.yaml"
     clusters = {f"s{i:02d}": {"labels": {"k": "v"}} for i in range(21)}
-    group = {"matchLabels": {"k": "v"}, "canary": ["s00"], "waves": [100], "advanceAt": advance_at}
+    group = {
+        "matchLabels": {"k": "v"},
+        "canary": ["s00"],
+        "waves": [100],
+        "advanceAt": advance_at,
+        "publishers": ["spiffe://t/ci"],
+    }
     path.write_text(yaml.safe_dump({"groups": {"g": group}, "clusters": clusters}))
     return path
 
@@ -27,8 +33,8 @@ def fleet_file(tmp_path: Path, advance_at: object) -> Path:
 def published(tmp_path: Path, advance_at: int) -> PolicyBundles:
     key = ec.generate_private_key(ec.SECP256R1())
     bundles = PolicyBundles(tmp_path / "state", Fleet.load(fleet_file(tmp_path, advance_at)), {"k": key.public_key()})
-    files = build_files(read_repository(REPO_POLICIES), counter=1, commit="c")
-    bundles.publish("g", pack(sign_files(files, SigningKey("k", key))))
+    files = build_files(read_repository(REPO_POLICIES), counter=1, commit="c", group="g")
+    bundles.publish("g", pack(sign_files(files, SigningKey("k", key))), publisher="spiffe://t/ci")
     return bundles
 
 
@@ -61,3 +67,23 @@ def test_failures_past_the_threshold_halt(tmp_path: Path) -> None:
 def test_advance_at_must_be_a_percentage(tmp_path: Path, bad: object) -> None:
     with pytest.raises(PolicyDistributionError, match="advanceAt must be a whole percentage"):
         Fleet.load(fleet_file(tmp_path, bad))
+
+
+def test_a_fleet_file_with_the_old_top_level_publishers_is_refused_saying_what_to_write(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump({"groups": {"g": {"matchLabels": {"k": "v"}}}, "publishers": ["spiffe://t/ci"]}))
+    with pytest.raises(PolicyDistributionError, match=r"groups\.<group>\.publishers"):
+        Fleet.load(path)
+
+
+def test_publishers_are_authorized_per_group_and_bundles_bound_to_theirs(tmp_path: Path) -> None:
+    bundles = published(tmp_path, 90)
+    key = ec.generate_private_key(ec.SECP256R1())
+    other = PolicyBundles(tmp_path / "other", bundles.fleet, {"k": key.public_key()})
+    files = build_files(read_repository(REPO_POLICIES), counter=2, commit="c", group="g")
+    with pytest.raises(PolicyDistributionError, match="may not publish to cluster group 'g'"):
+        other.publish("g", pack(sign_files(files, SigningKey("k", key))), publisher="spiffe://t/someone")
+    elsewhere = build_files(read_repository(REPO_POLICIES), counter=2, commit="c", group="h")
+    with pytest.raises(PolicyDistributionError, match="signed for cluster group 'h', not 'g'"):
+        other.publish("g", pack(sign_files(elsewhere, SigningKey("k", key))), publisher="spiffe://t/ci")
+    assert other.rollout("g") is None
