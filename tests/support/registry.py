@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -223,7 +224,9 @@ class Registry:
         algorithm, _, hex_digest = subject.partition(":")
         tag = f"{algorithm[:32]}-{hex_digest[:64]}"
         existing = self.get_manifest(repository, tag)
-        index = json.loads(existing) if existing else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        index: dict[str, Any] = (
+            json.loads(existing) if existing else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        )
         index["manifests"].append(
             {"mediaType": OCI_MANIFEST, "size": len(manifest), "digest": digest, "artifactType": BUNDLE_ARTIFACT_TYPE}
         )
