@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from admission.errors import AdmissionError, ImageReferenceError
+from admission.errors import AdmissionError, ImageReferenceError, WorkloadShapeError
 from admission.gatekeeper import Constraint
 from admission.imageref import parse_image_reference
 from admission.images import ImageVerifier, VerifiedImage
@@ -27,6 +27,10 @@ from admission.review import AdmissionRequest, build_response
 from admission.workloads import ContainerImage, container_images, pod_spec
 
 log = logging.getLogger("edgetrust.admission")
+# A set can only be empty when started with unsafe_allow_empty_policy_set (PolicySet.load refuses otherwise).
+EMPTY_POLICY_SET_WARNING = (
+    "edgetrust admission runs with NO policies (unsafe_allow_empty_policy_set): this review was admitted unchecked"
+)
 
 
 @dataclass(slots=True)
@@ -78,6 +82,8 @@ class AdmissionController:
 
     async def start(self) -> None:
         """Load the Rego policies into OPA; the webhook reports ready only after this."""
+        if self._policies.empty:
+            log.warning(EMPTY_POLICY_SET_WARNING)
         await self._opa.load(self._policies.rego, self._policies.libraries, self._policies.gatekeeper)
         if self._inventory_sync is not None:
             await self._inventory_sync.sync_once()  # templates that need the inventory see it from the first review
@@ -91,6 +97,8 @@ class AdmissionController:
 
     async def answer(self, request: AdmissionRequest, *, mutate: bool = False) -> dict[str, Any]:
         verdict = await self.decide(request, mutate=mutate)
+        if verdict.allowed and self._policies.empty:
+            verdict.warnings.append(EMPTY_POLICY_SET_WARNING)
         subject = f"{request.kind} {request.namespace + '/' if request.namespace else ''}{request.name}"
         message = ""
         if not verdict.allowed:
@@ -121,12 +129,16 @@ class AdmissionController:
         if request.namespace and self._policies.exempt(request.namespace):
             self._metrics.decisions.labels("exempt-namespace", "allowed").inc()
             return Verdict(allowed=True)
+        try:
+            containers = container_images(request.kind, request.obj)
+        except WorkloadShapeError as exc:
+            self._metrics.decisions.labels("workload-shape", "denied").inc()
+            return Verdict(allowed=False, denials=[str(exc)])
         rego = [p for p in self._policies.rego if p.match.applies(request.kind, request.namespace)]
         image_policies = [p for p in self._policies.images if p.match.applies(request.kind, request.namespace)]
-        containers = container_images(request.kind, request.obj) if image_policies else []
         # OPA and the registry are asked at the same time; a warm image check never waits on I/O at all.
         rego_task = (
-            asyncio.ensure_future(self._decide_rego(request, rego))
+            asyncio.ensure_future(self._decide_rego(request, rego, containers))
             if rego or self._policies.gatekeeper.constraints
             else None
         )
@@ -137,7 +149,9 @@ class AdmissionController:
             verdict.patch = _pin_patch(containers, verified)
         return verdict
 
-    async def _decide_rego(self, request: AdmissionRequest, policies: Sequence[RegoPolicy]) -> list[PolicyOutcome]:
+    async def _decide_rego(
+        self, request: AdmissionRequest, policies: Sequence[RegoPolicy], containers: Sequence[ContainerImage]
+    ) -> list[PolicyOutcome]:
         gatekeeper = self._policies.gatekeeper
         labels = self._inventory.namespace_labels
         constraints = [c for c in gatekeeper.constraints if c.match.matches(request.raw, labels)]
@@ -154,7 +168,9 @@ class AdmissionController:
         if not outcomes:
             return []
         try:
-            decided = await self._opa.decide(request.raw, policies, constraints, implied, implied_review)
+            decided = await self._opa.decide(
+                request.raw, policies, constraints, implied, implied_review, images=canonical_images(containers)
+            )
         except AdmissionError as exc:
             self._metrics.opa_errors.labels(exc.code).inc()
             for outcome in outcomes.values():
@@ -243,6 +259,22 @@ class AdmissionController:
             return "dryrun"
         log.warning("audit-mode policy %s would deny: %s", outcome.policy, text)
         return "audited"
+
+
+def canonical_images(containers: Sequence[ContainerImage]) -> dict[str, str]:
+    """`input.images` for our Rego policies: each image as written -> its canonical reference.
+
+    An image that does not parse is left out; policies that match on images treat a missing entry as a
+    violation, so what we cannot read is refused, never matched on its raw spelling. Gatekeeper templates see
+    only `input.review`, untouched, as under Gatekeeper.
+    """
+    images: dict[str, str] = {}
+    for container in containers:
+        try:
+            images[container.image] = str(parse_image_reference(container.image))
+        except ImageReferenceError:
+            continue
+    return images
 
 
 def _record(outcome: PolicyOutcome, messages: list[str] | None) -> None:

@@ -16,6 +16,12 @@ class ReviewError(AdmissionError):
     code = "bad_review"
 
 
+class WorkloadShapeError(AdmissionError):
+    """A pod-bearing object we will not judge in part: too many containers, or containers not shaped as pods'."""
+
+    code = "workload_refused"
+
+
 class ConfigError(AdmissionError):
     code = "config_invalid"
 
