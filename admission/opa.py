@@ -147,8 +147,13 @@ class OpaDecider:
         constraints: Sequence[Constraint] = (),
         implied: Sequence[Constraint] = (),
         implied_review: Mapping[str, Any] | None = None,
+        *,
+        images: Mapping[str, str] | None = None,
     ) -> Decision:
-        """Violation messages per policy and constraint; raises when OPA cannot answer."""
+        """Violation messages per policy and constraint; raises when OPA cannot answer.
+
+        `images` (image as written -> canonical reference) reaches our policies as `input.images`.
+        """
         if not policies and not constraints and not implied:
             return Decision()
         await self.start()
@@ -159,7 +164,8 @@ class OpaDecider:
         shards: list[dict[str, Any]] = []
         ids = [c.id for c in constraints]
         first = ids[: self._settings.constraints_per_query]
-        shards.append({"review": review, "policies": [p.name for p in policies], "constraints": first})
+        names = [p.name for p in policies]
+        shards.append({"review": review, "images": dict(images or {}), "policies": names, "constraints": first})
         for chunk in _chunks(ids[len(first) :], self._settings.constraints_per_query):
             shards.append({"review": review, "policies": [], "constraints": chunk})
         implied_ids = [c.id for c in implied] if implied_review is not None else []
