@@ -193,6 +193,7 @@ class AdmissionController:
     ) -> tuple[list[PolicyOutcome], dict[str, VerifiedImage]]:
         outcomes = {p.name: PolicyOutcome(p.name, p.mode, p.failure) for p in policies}
         checks: list[tuple[ContainerImage, ImagePolicy]] = []
+        canonical: dict[str, str] = {}
         for container in containers:
             try:
                 reference = parse_image_reference(container.image)
@@ -200,21 +201,30 @@ class AdmissionController:
                 for policy in policies:
                     outcomes[policy.name].violations.append(f"container {container.container}: {exc}")
                 continue
+            canonical[container.image] = str(reference)
             checks.extend((container, p) for p in policies if p.covers(reference))
-        results: list[VerifiedImage | BaseException]
-        if len(checks) == 1:  # the common case; a task per check costs more than a warm check itself
+        # Each image once per policy, however many containers name it (in whatever spelling): 256 containers of
+        # one image are one registry round trip, not 256 racing for the connection pool.
+        unique = list(dict.fromkeys((canonical[c.image], p.name) for c, p in checks))
+        by_name = {p.name: p for p in policies}
+        found: list[VerifiedImage | BaseException]
+        if len(unique) == 1:  # the common case; a task per check costs more than a warm check itself
             try:
-                results = [await self._images.verify(checks[0][0].image, checks[0][1])]
+                found = [await self._images.verify(unique[0][0], by_name[unique[0][1]])]
             except AdmissionError as exc:
-                results = [exc]
+                found = [exc]
         else:
-            results = await asyncio.gather(
-                *(self._images.verify(c.image, p) for c, p in checks), return_exceptions=True
+            found = await asyncio.gather(
+                *(self._images.verify(image, by_name[name]) for image, name in unique), return_exceptions=True
             )
+        answers = dict(zip(unique, found, strict=True))
+        results = [answers[(canonical[c.image], p.name)] for c, p in checks]
         verified: dict[str, VerifiedImage] = {}
         for (container, policy), result in zip(checks, results, strict=True):
             outcome = outcomes[policy.name]
             where = f"container {container.container} image {container.image}"
+            if canonical[container.image] != container.image:
+                where += f" (= {canonical[container.image]})"
             if isinstance(result, VerifiedImage):
                 verified[container.pointer] = result
                 if result.offline:

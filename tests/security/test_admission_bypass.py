@@ -1,0 +1,259 @@
+"""Admission bypasses, performed against the real webhook (uvicorn over TLS, and the real `edgetrust-admission
+serve` process), the real OPA and a real distribution registry holding images signed by the real cosign."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.admission.conftest import Images, signature_policy
+from tests.support.hub import free_port
+from tests.support.opa_server import OpaServer, opa_server
+from tests.support.processes import running
+from tests.support.registry import Registry, running_registry
+from tests.support.sigstore_instance import PrivateSigstore
+from tests.support.tlsca import TestCA
+from tests.support.webhook import RunningWebhook, pod, policy_dir, review, running_webhook
+
+pytestmark = pytest.mark.integration
+
+ADMISSION = str(Path(sys.executable).parent / "edgetrust-admission")
+
+
+def _patch(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    return json.loads(base64.b64decode(answer["patch"])) if "patch" in answer else []  # type: ignore[no-any-return]
+
+
+# --- issue 12: containers after the 256th were never checked ---------------------------------------------------
+
+
+def test_unsigned_257th_container_is_refused_and_never_left_unpinned(webhook: RunningWebhook, images: Images) -> None:
+    signed_256 = pod([images.signed] * 256, name="wide")
+    assert webhook.review(review(signed_256))["allowed"] is True
+    pinned = webhook.review(review(signed_256), path="/mutate")
+    assert pinned["allowed"] is True
+    patch = _patch(pinned)
+    assert len(patch) == 256  # every one of them pinned: nothing cut off
+    assert {op["value"] for op in patch} == {images.signed.rsplit(":", 1)[0] + "@" + images.signed_digest}
+
+    attack = pod([images.signed] * 256, name="wide")
+    attack["spec"]["ephemeralContainers"] = [{"name": "sneaky", "image": images.unsigned}]
+    for path in ("/validate", "/mutate"):
+        answer = webhook.review(review(attack, namespace="shop"), path=path)
+        assert answer["allowed"] is False, answer
+        assert "257 containers" in answer["status"]["message"]
+        assert "patch" not in answer
+    # the refused object went back untouched: the webhook answers, it never edits the request
+    assert attack["spec"]["ephemeralContainers"] == [{"name": "sneaky", "image": images.unsigned}]
+
+
+def test_container_entry_that_is_not_an_object_is_refused_not_skipped(webhook: RunningWebhook, images: Images) -> None:
+    attack = pod([images.signed, images.unsigned])
+    attack["spec"]["initContainers"] = ["not-a-container"]
+    answer = webhook.review(review(attack))
+    assert answer["allowed"] is False
+    assert "initContainers[0] is a str" in answer["status"]["message"]
+
+
+# --- issue 13: registry host respellings escaped the signature policies ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry_on_443(
+    tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA, registry: Registry
+) -> Iterator[Registry]:
+    """A second registry process on the HTTPS default port serving the session registry's storage, so that
+    `localhost`, `LOCALHOST`, `localhost:443` and `localhost:0443` are real spellings of the same images."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 443))
+        except OSError as exc:
+            pytest.fail(f"127.0.0.1:443 is not free for the default-port registry ({exc}); stop whatever holds it")
+    work = tmp_path_factory.mktemp("registry-443")
+    (work / "data").symlink_to(registry.workdir / "data")
+    with running_registry(work, test_ca, port=443) as second:
+        yield second
+
+
+@pytest.fixture(scope="module")
+def respelling_webhook(
+    tmp_path_factory: pytest.TempPathFactory,
+    test_ca: TestCA,
+    registry: Registry,
+    registry_on_443: Registry,
+    cosign_keys: tuple[Path, Path],
+    sigstore: PrivateSigstore,
+    images: Images,
+) -> Iterator[RunningWebhook]:
+    """The repo's policy library (allowed_repos: `localhost:`, `localhost/`...) and a signature policy whose
+    globs are written the usual way, each in one spelling only."""
+    work = tmp_path_factory.mktemp("respelling")
+    globs = [f"localhost:{registry.port}/edgetrust/*", "localhost/edgetrust/*", "index.docker.io/edgetrust/*"]
+    extra = {"signed_images": signature_policy(registry, cosign_keys, sigstore, images=globs)}
+    with (
+        opa_server(work / "opa") as opa,
+        running_webhook(
+            work / "webhook",
+            test_ca,
+            policy_dir=policy_dir(work / "policies", extra=extra),
+            opa_port=opa.port,
+            registry_ca_file=registry.ca_file,
+            registry_timeout_s=2.0,
+        ) as running_hook,
+    ):
+        yield running_hook
+
+
+def _spellings(port: int) -> dict[str, list[str]]:
+    """canonical registry -> spellings of it that the container runtime pulls the same image from"""
+    return {
+        f"localhost:{port}": [f"localhost:{port}", f"LOCALHOST:{port}", f"LocalHost:0{port}"],
+        "localhost": ["localhost", "LOCALHOST", "localhost:443", "Localhost:0443"],
+    }
+
+
+def test_respelled_registry_host_does_not_escape_the_signature_policy(
+    respelling_webhook: RunningWebhook, registry: Registry, images: Images
+) -> None:
+    for canonical, spellings in _spellings(registry.port).items():
+        for host in spellings:
+            unsigned = review(pod(f"{host}/edgetrust/unsigned:v1", name="respelled"))
+            for path in ("/validate", "/mutate"):
+                answer = respelling_webhook.review(unsigned, path=path)
+                assert answer["allowed"] is False, (host, answer)
+                assert "[signed_images]" in answer["status"]["message"], (host, answer)
+                assert "no cosign signature" in answer["status"]["message"], (host, answer)
+                assert "patch" not in answer
+            # the signed image stays admitted under every spelling (allowed_repos judges the canonical form too),
+            # and /mutate pins it in the canonical spelling to the digest that was verified
+            signed = review(pod(f"{host}/edgetrust/signed:v1", name="signed"))
+            assert respelling_webhook.review(signed)["allowed"] is True, host
+            pinned = respelling_webhook.review(signed, path="/mutate")
+            assert pinned["allowed"] is True, (host, pinned)
+            assert _patch(pinned) == [
+                {
+                    "op": "replace",
+                    "path": "/spec/containers/0/image",
+                    "value": f"{canonical}/edgetrust/signed@{images.signed_digest}",
+                }
+            ], host
+
+
+def test_docker_hub_aliases_do_not_escape_a_policy_written_for_one_of_them(respelling_webhook: RunningWebhook) -> None:
+    """The policy says `index.docker.io/edgetrust/*`; every other name of Docker Hub is the same registry. Docker
+    Hub cannot be reached from here, so a covered image fails closed; an uncovered one would have been admitted."""
+    for image in (
+        "edgetrust/unsigned:v1",
+        "registry-1.docker.io/edgetrust/unsigned:v1",
+        "Registry.Hub.Docker.com:443/edgetrust/unsigned:v1",
+        "INDEX.docker.io:0443/edgetrust/unsigned:v1",
+    ):
+        answer = respelling_webhook.review(review(pod(image, name="hub")))
+        assert answer["allowed"] is False, image
+        assert "[signed_images]" in answer["status"]["message"], (image, answer)
+        assert "(= docker.io/edgetrust/unsigned:v1)" in answer["status"]["message"], (image, answer)
+
+
+# --- issue 18: an empty or mistyped policy directory admitted everything -----------------------------------------
+
+
+@pytest.fixture
+def own_opa(tmp_path: Path) -> Iterator[OpaServer]:
+    with opa_server(tmp_path / "opa") as server:
+        yield server
+
+
+def _serve_argv(tmp_path: Path, test_ca: TestCA, opa: OpaServer, port: int, *extra: str) -> list[str]:
+    cert = test_ca.issue(f"webhook-{uuid.uuid4().hex[:8]}")
+    return [
+        ADMISSION,
+        "serve",
+        "--listen-port",
+        str(port),
+        "--tls-cert",
+        str(cert.cert),
+        "--tls-key",
+        str(cert.key),
+        "--opa-port",
+        str(opa.port),
+        *extra,
+    ]
+
+
+def test_webhook_with_empty_or_mistyped_policy_dir_refuses_to_start(
+    tmp_path: Path, test_ca: TestCA, own_opa: OpaServer
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    parent = tmp_path / "policies"  # --policy-dir policies instead of policies/admission
+    policy_dir(parent / "admission")
+    cases = {
+        "empty": (["--policy-dir", str(empty)], "no admission policy in"),
+        "parent folder": (["--policy-dir", str(parent)], "no admission policy in"),
+        "mistyped": (["--policy-dir", str(tmp_path / "polcies")], "does not exist"),
+        "mistyped gatekeeper": (
+            ["--policy-dir", str(parent / "admission"), "--gatekeeper-dir", str(tmp_path / "gatekeper")],
+            "Gatekeeper directory",
+        ),
+    }
+    for case, (flags, reason) in cases.items():
+        port = free_port()
+        process = subprocess.Popen(
+            _serve_argv(tmp_path, test_ca, own_opa, port, *flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            pytest.fail(f"{case}: the webhook started with no policy (it should refuse)")
+        lines = stderr.decode().strip().splitlines()
+        assert process.returncode != 0, case
+        assert len(lines) == 1, (case, lines)  # one clear line, no traceback
+        assert lines[0].startswith("edgetrust-admission: "), (case, lines)
+        assert reason in lines[0], (case, lines)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"https://127.0.0.1:{port}/readyz", verify=_trust(test_ca), timeout=1)
+
+
+def test_unsafe_allow_empty_policy_set_starts_warns_and_marks_every_admitted_review(
+    tmp_path: Path, test_ca: TestCA, own_opa: OpaServer
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    port = free_port()
+    argv = _serve_argv(tmp_path, test_ca, own_opa, port, "--policy-dir", str(empty), "--unsafe-allow-empty-policy-set")
+    url = f"https://127.0.0.1:{port}"
+    verify = _trust(test_ca)
+    log = tmp_path / "webhook.log"
+
+    def ready() -> bool:
+        return httpx.get(f"{url}/readyz", verify=verify, timeout=1).status_code == 200
+
+    with running(argv, ready=ready, log=log):
+        assert "runs with NO policies" in log.read_text()
+        privileged = pod("127.0.0.1:1/unsigned/anything", security={"privileged": True, "runAsNonRoot": False})
+        for body, path in (
+            (review(privileged), "/validate"),
+            (review(privileged), "/mutate"),
+            (review(privileged, operation="DELETE"), "/validate"),
+        ):
+            answer = httpx.post(f"{url}{path}", json=body, verify=verify, timeout=10).json()["response"]
+            assert answer["allowed"] is True
+            assert any("NO policies" in warning for warning in answer["warnings"]), answer
+            assert answer["uid"] == body["request"]["uid"]
+
+
+def _trust(ca: TestCA) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca.ca_file))
