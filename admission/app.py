@@ -50,7 +50,7 @@ def create_app(controller: AdmissionController) -> ReviewEndpoints:
         """FastAPI's description of its own routes plus the review paths, which are served in front of it."""
         if app.openapi_schema is None:
             document = framework_openapi()
-            document["components"].setdefault("schemas", {})["AdmissionReview"] = ADMISSION_REVIEW_SCHEMA
+            document.setdefault("components", {}).setdefault("schemas", {})["AdmissionReview"] = ADMISSION_REVIEW_SCHEMA
             for path, summary in (("/validate", "validate"), ("/mutate", "validate, then pin images to digests")):
                 document["paths"][path] = _review_operation(summary)
             app.openapi_schema = document

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from admission.errors import AdmissionError, ImageReferenceError, WorkloadShapeError
+from admission.errors import AdmissionError, ImageReferenceError, ReviewError, WorkloadShapeError
 from admission.gatekeeper import Constraint
 from admission.imageref import parse_image_reference
 from admission.images import ImageVerifier, VerifiedImage
@@ -171,6 +171,8 @@ class AdmissionController:
             decided = await self._opa.decide(
                 request.raw, policies, constraints, implied, implied_review, images=canonical_images(containers)
             )
+        except ReviewError:
+            raise  # the review itself cannot be judged: refused whole, whatever the policies' failure modes
         except AdmissionError as exc:
             self._metrics.opa_errors.labels(exc.code).inc()
             for outcome in outcomes.values():

@@ -19,7 +19,7 @@ import aiohttp
 from opa_client.errors import ConnectionsError, QueryExecuteError, RegoParseError
 from opa_client.opa_async import AsyncOpaClient
 
-from admission.errors import ConfigError, OpaUnavailableError, PolicyDecisionError
+from admission.errors import ConfigError, OpaUnavailableError, PolicyDecisionError, ReviewError
 from admission.gatekeeper import Constraint, GatekeeperSet
 from admission.policy import RegoLibrary, RegoPolicy
 
@@ -186,6 +186,10 @@ class OpaDecider:
             answer = await self._client.query_rule(
                 {k: v for k, v in request.items() if k != "implied"}, DECISION_PACKAGE
             )
+        except RecursionError as exc:
+            # orjson reads reviews nested up to 1024 levels; the JSON encoder towards OPA gives up earlier. That
+            # is the review's fault, not OPA's: refused as a bad review, never "undecided" (failure: open admits).
+            raise ReviewError("the review is nested too deeply to be judged") from exc
         except TimeoutError as exc:
             raise OpaUnavailableError(f"OPA did not answer within {self._settings.timeout_s}s") from exc
         except aiohttp.ClientResponseError as exc:

@@ -61,6 +61,13 @@ def container_images(kind: str, obj: Mapping[str, Any]) -> list[ContainerImage]:
     if found is None:
         raise WorkloadShapeError(f"{kind} has no pod spec at .{'.'.join(path)}")
     spec, prefix = found
+    if len(path) > 1:  # the template's metadata labels the Pods it makes: constraints match on them
+        template: Any = obj
+        for part in path[:-1]:
+            template = template.get(part) if isinstance(template, dict) else None
+        metadata = template.get("metadata") if isinstance(template, dict) else None
+        if metadata is not None and not isinstance(metadata, dict):
+            raise WorkloadShapeError(f"{kind} pod template metadata is a {type(metadata).__name__}, not an object")
     images = list(_images(spec, prefix))
     if len(images) > MAX_CONTAINERS:
         raise WorkloadShapeError(
