@@ -9,6 +9,7 @@ broken policy, OPA or registry can never lock kube-system out.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -267,10 +268,19 @@ class AdmissionController:
             verdict.warnings.append(f"[{outcome.policy}] {text}")
             return "warned"
         if outcome.mode is Mode.DRYRUN:
-            verdict.audit_annotations[f"edgetrust.io/dryrun-{outcome.policy}"[:63]] = text[:1024]
+            verdict.audit_annotations[_dryrun_key(outcome.policy)] = text[:1024]
             return "dryrun"
         log.warning("audit-mode policy %s would deny: %s", outcome.policy, text)
         return "audited"
+
+
+def _dryrun_key(policy: str) -> str:
+    """`edgetrust.io/dryrun-<policy>`; the name part of an annotation key holds 63 characters, so a longer one
+    keeps a digest of the whole name rather than being cut (two long names cut alike would overwrite each other)."""
+    name = f"dryrun-{policy}"
+    if len(name) > 63:
+        name = f"dryrun-{policy[:42]}-{hashlib.sha256(policy.encode()).hexdigest()[:12]}"
+    return f"edgetrust.io/{name}"
 
 
 def canonical_images(containers: Sequence[ContainerImage]) -> dict[str, str]:
