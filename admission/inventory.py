@@ -55,6 +55,10 @@ class Inventory:
         return self._count
 
     @property
+    def max_objects(self) -> int:
+        return self._max
+
+    @property
     def tree(self) -> Mapping[str, Any]:
         return self._tree
 
@@ -123,12 +127,14 @@ class InventorySync:
         target: InventoryTarget,
         *,
         interval_s: float = 30.0,
+        page_size: int = 500,
     ) -> None:
         self._source = source
         self._resources = tuple(resources)
         self._inventory = inventory
         self._target = target
         self._interval = interval_s
+        self._page_size = page_size
         verify: ssl.SSLContext | bool = True
         if source.ca_file is not None:
             verify = ssl.create_default_context(cafile=str(source.ca_file))
@@ -140,7 +146,7 @@ class InventorySync:
     async def sync_once(self) -> int:
         objects: list[Mapping[str, Any]] = []
         for resource in self._resources:
-            objects.extend(await self._list(resource, MAX_OBJECTS + 1 - len(objects)))
+            objects.extend(await self._list(resource, self._inventory.max_objects + 1 - len(objects)))
         self._inventory.replace(objects)
         await self._target.set_inventory(self._inventory.tree)
         return len(self._inventory)
@@ -151,7 +157,7 @@ class InventorySync:
         objects: list[Mapping[str, Any]] = []
         token = ""
         while True:
-            params = {"limit": str(max(1, min(room - len(objects), 500)))}
+            params = {"limit": str(max(1, min(room - len(objects), self._page_size)))}
             if token:
                 params["continue"] = token
             try:

@@ -3,6 +3,7 @@ serve` process), the real OPA and a real distribution registry holding images si
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
@@ -17,8 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
+from admission.inventory import Inventory, InventoryError, InventorySync, KubeSource
+from admission.opa import OpaDecider, OpaSettings
 from tests.integration.admission.conftest import Images, signature_policy
 from tests.support.hub import free_port
+from tests.support.kube import running_kube_apiserver
 from tests.support.opa_server import OpaServer, opa_server
 from tests.support.processes import running
 from tests.support.registry import Registry, running_registry
@@ -257,3 +261,40 @@ def test_unsafe_allow_empty_policy_set_starts_warns_and_marks_every_admitted_rev
 
 def _trust(ca: TestCA) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca.ca_file))
+
+
+# --- issue 12's sibling: the inventory was cut at its limit (and at the API server's first page) ----------------
+
+
+def test_inventory_past_its_limit_or_first_page_is_never_synced_in_part(tmp_path: Path, test_ca: TestCA) -> None:
+    """A uniqueness template or namespaceSelector judged on part of the cluster admits what the rest refuses:
+    every page is listed, and an inventory over its limit is refused whole, the last complete one kept."""
+    with running_kube_apiserver(tmp_path / "kube", test_ca) as kube, opa_server(tmp_path / "opa") as opa:
+        names = [f"site-{i}" for i in range(7)]
+        with kube.client() as client:
+            for name in names:
+                answer = client.post("/api/v1/namespaces", json={"metadata": {"name": name, "labels": {"n": name}}})
+                assert answer.status_code == 201, answer.text
+
+        async def sync(limit: int) -> tuple[Inventory, int | str]:
+            inventory = Inventory(max_objects=limit)
+            decider = OpaDecider(OpaSettings(port=opa.port))
+            source = KubeSource(kube.url, kube.token, kube.ca_file)
+            syncer = InventorySync(source, ["api/v1/namespaces"], inventory, decider, page_size=2)
+            try:
+                return inventory, await syncer.sync_once()
+            except InventoryError as exc:
+                return inventory, str(exc)
+            finally:
+                await syncer.close()
+                await decider.close()
+
+        inventory, count = asyncio.run(sync(50))
+        assert isinstance(count, int)
+        assert count > 2  # more than one page of 2
+        assert set(names) <= set(inventory.tree["cluster"]["v1"]["Namespace"])  # every page, nothing cut
+        assert (inventory.namespace_labels("site-6") or {}).get("n") == "site-6"
+        small, refused = asyncio.run(sync(5))
+        assert isinstance(refused, str)
+        assert "over 5 objects" in refused
+        assert len(small) == 0  # nothing partial was put in place
