@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shutil
 import socket
 import ssl
 import subprocess
@@ -23,9 +24,11 @@ from admission.opa import OpaDecider, OpaSettings
 from tests.integration.admission.conftest import Images, signature_policy
 from tests.support.hub import free_port
 from tests.support.kube import running_kube_apiserver
+from tests.support.netns import Link, namespace_link
 from tests.support.opa_server import OpaServer, opa_server
+from tests.support.peers import peer
 from tests.support.processes import running
-from tests.support.registry import Registry, running_registry
+from tests.support.registry import Registry, registry_binary, running_registry
 from tests.support.sigstore_instance import PrivateSigstore
 from tests.support.tlsca import TestCA
 from tests.support.webhook import RunningWebhook, pod, policy_dir, review, running_webhook
@@ -298,3 +301,101 @@ def test_inventory_past_its_limit_or_first_page_is_never_synced_in_part(tmp_path
         assert isinstance(refused, str)
         assert "over 5 objects" in refused
         assert len(small) == 0  # nothing partial was put in place
+
+
+@pytest.fixture(scope="module")
+def docker_hub_here(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA, registry: Registry) -> Iterator[Link]:
+    """A network namespace in which `registry-1.docker.io` is a real registry (on 127.0.0.1:443, serving the
+    session registry's storage, so `edgetrust/signed` is there, signed): Docker Hub as the runtime would reach
+    it, without leaving this machine. `ip netns exec` puts /etc/netns/<name>/hosts over /etc/hosts."""
+    work = tmp_path_factory.mktemp("hub")
+    (work / "data").symlink_to(registry.workdir / "data")
+    cert = test_ca.issue("docker-hub", hosts=("registry-1.docker.io", "127.0.0.1"))
+    config = {
+        "version": 0.1,
+        "log": {"level": "error"},
+        "storage": {"filesystem": {"rootdirectory": str(work / "data")}},
+        "http": {"addr": "127.0.0.1:443", "tls": {"certificate": str(cert.cert), "key": str(cert.key)}},
+    }
+    (work / "config.yml").write_text(json.dumps(config))
+    with namespace_link("hub", subnet=219) as link:
+        hosts = Path("/etc/netns") / link.namespace
+        hosts.mkdir(parents=True, exist_ok=True)
+        (hosts / "hosts").write_text("127.0.0.1 localhost registry-1.docker.io\n")
+        probe = link.exec_argv(sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 443), 1)")
+        try:
+            argv = link.exec_argv(registry_binary(), "serve", str(work / "config.yml"))
+            with running(argv, ready=lambda: subprocess.run(probe).returncode == 0, log=work / "registry.log"):
+                yield link
+        finally:
+            shutil.rmtree(hosts, ignore_errors=True)
+
+
+def test_docker_hub_respellings_of_a_signed_image_stay_admitted_and_unsigned_refused(
+    docker_hub_here: Link, tmp_path: Path, test_ca: TestCA, registry: Registry, images: Images
+) -> None:
+    """The real `edgetrust-admission serve` and OPA inside the namespace, reached over its veth; the signature
+    policy is written `docker.io/edgetrust/*` and every other name of Docker Hub is judged by it."""
+    link = docker_hub_here
+    cert = test_ca.issue(f"webhook-{uuid.uuid4().hex[:8]}", hosts=(link.peer_address,))
+    policies = policy_dir(
+        tmp_path / "policies",
+        rego=False,
+        extra={"signed_images": signature_policy_for(registry, ["docker.io/edgetrust/*"])},
+    )
+    opa_port, port = free_port(), free_port()
+    opa_argv = link.exec_argv(
+        str(peer("opa")), "run", "--server", "--v0-compatible", "--addr", f"127.0.0.1:{opa_port}", "--log-level=error"
+    )
+    webhook_argv = link.exec_argv(
+        ADMISSION,
+        "serve",
+        f"--listen-host={link.peer_address}",
+        f"--listen-port={port}",
+        f"--tls-cert={cert.cert}",
+        f"--tls-key={cert.key}",
+        f"--opa-port={opa_port}",
+        f"--policy-dir={policies}",
+        f"--registry-ca-file={registry.ca_file}",
+    )
+    url = f"https://{link.peer_address}:{port}"
+    trust = _trust(test_ca)
+
+    def ready() -> bool:
+        return httpx.get(f"{url}/readyz", verify=trust, timeout=1).status_code == 200
+
+    opa_probe = link.exec_argv(
+        sys.executable, "-c", f"import socket; socket.create_connection(('127.0.0.1', {opa_port}), 1)"
+    )
+    with (
+        running(opa_argv, ready=lambda: subprocess.run(opa_probe).returncode == 0, log=tmp_path / "opa.log"),
+        running(webhook_argv, ready=ready, log=tmp_path / "webhook.log"),
+        httpx.Client(base_url=url, verify=trust, timeout=30) as client,
+    ):
+        for hub in ("docker.io", "index.docker.io", "registry-1.docker.io", "Registry.Hub.Docker.com:443", ""):
+            prefix = f"{hub}/" if hub else ""
+            unsigned = client.post("/validate", json=review(pod(f"{prefix}edgetrust/unsigned:v1"))).json()["response"]
+            assert unsigned["allowed"] is False, (hub, unsigned)
+            assert "[signed_images]" in unsigned["status"]["message"], (hub, unsigned)
+            assert "no cosign signature" in unsigned["status"]["message"], (hub, unsigned)
+            signed = review(pod(f"{prefix}edgetrust/signed:v1"))
+            assert client.post("/validate", json=signed).json()["response"]["allowed"] is True, hub
+            pinned = client.post("/mutate", json=signed).json()["response"]
+            assert _patch(pinned) == [
+                {
+                    "op": "replace",
+                    "path": "/spec/containers/0/image",
+                    "value": f"docker.io/edgetrust/signed@{images.signed_digest}",
+                }
+            ], hub
+
+
+def signature_policy_for(registry: Registry, globs: list[str]) -> dict[str, object]:
+    """A keyed cosign policy (the session's trusted key) over the given globs."""
+    _, public = registry.cosign_keypair("trusted")
+    return {
+        "type": "image-signature",
+        "images": globs,
+        "keys": ["cosign.pub"],
+        "files": {"cosign.pub": public.read_bytes()},
+    }
