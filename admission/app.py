@@ -1,7 +1,9 @@
 """The webhook's HTTP surface. Every answer to a review is an AdmissionReview, even for garbage in.
 
 A review we cannot parse is answered `allowed: false` with code 400 and the reason (HTTP 200, so the API server
-shows our message rather than a transport error); the uid is echoed when one can be found.
+shows our message rather than a transport error); the uid is echoed when one can be found. Anything else that
+goes wrong while answering, our own bug included, is converted here into a refusal: the API server never sees
+a 500 from us, since a webhook registered `failurePolicy: Ignore` would turn that 500 into an admission.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import orjson
 from fastapi import FastAPI, Response
 from starlette.types import Receive, Scope, Send
 
 from admission.controller import AdmissionController
-from admission.errors import AdmissionError, ReviewError
+from admission.errors import AdmissionError, BodyTooLargeError, ReviewError
 from admission.review import MAX_REVIEW_BYTES, build_response, parse_review, uid_of
 
 log = logging.getLogger("edgetrust.admission")
@@ -42,6 +44,19 @@ def create_app(controller: AdmissionController) -> ReviewEndpoints:
             await controller.close()
 
     app = FastAPI(title="edgetrust admission", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
+    framework_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's description of its own routes plus the review paths, which are served in front of it."""
+        if app.openapi_schema is None:
+            document = framework_openapi()
+            document.setdefault("components", {}).setdefault("schemas", {})["AdmissionReview"] = ADMISSION_REVIEW_SCHEMA
+            for path, summary in (("/validate", "validate"), ("/mutate", "validate, then pin images to digests")):
+                document["paths"][path] = _review_operation(summary)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -91,9 +106,12 @@ class ReviewEndpoints:
     async def _answer(self, scope: Scope, receive: Receive, *, mutate: bool) -> tuple[int, dict[str, object]]:
         try:
             body = await _read_limited(scope, receive, MAX_REVIEW_BYTES)
-        except ReviewError as exc:
+        except BodyTooLargeError as exc:
             self._metrics.requests.labels("bad_review").inc()
             return 413, build_response("", allowed=False, message=str(exc), code=413, reason="RequestEntityTooLarge")
+        except ReviewError as exc:
+            self._metrics.requests.labels("bad_review").inc()
+            return 400, build_response("", allowed=False, message=str(exc), code=400, reason="BadRequest")
         try:
             return 200, await self._controller.answer(parse_review(body), mutate=mutate)
         except ReviewError as exc:
@@ -105,12 +123,20 @@ class ReviewEndpoints:
             self._metrics.requests.labels("error").inc()
             log.warning("admission failed: %s", exc.diagnostics())
             return 200, build_response(uid_of(body), allowed=False, message=exc.diagnostics(), code=500)
+        except Exception:  # the boundary: a foreign exception is a refusal, never an HTTP 500 (see module doc)
+            self._metrics.requests.labels("error").inc()
+            log.exception("admission failed on an unexpected error; refusing the review")
+            message = "edgetrust could not decide this review (internal error, logged by the webhook); refused"
+            return 200, build_response(uid_of(body), allowed=False, message=message, code=500, reason="InternalError")
 
 
 async def _read_limited(scope: Scope, receive: Receive, limit: int) -> bytes:
     for name, value in scope["headers"]:
-        if name == b"content-length" and (not value.isdigit() or int(value) > limit):
-            raise ReviewError(f"request bodies are limited to {limit} bytes")
+        if name == b"content-length":
+            if not value.isdigit():
+                raise ReviewError("Content-Length is not a number")
+            if int(value) > limit:
+                raise BodyTooLargeError(f"request bodies are limited to {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -120,7 +146,7 @@ async def _read_limited(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise ReviewError(f"request bodies are limited to {limit} bytes")
+            raise BodyTooLargeError(f"request bodies are limited to {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -128,3 +154,57 @@ async def _read_limited(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 def _json(content: object, *, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+# What the API server sends (admission.k8s.io/v1); loose where Kubernetes is (objects are any kind).
+ADMISSION_REVIEW_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "request"],
+    "properties": {
+        "apiVersion": {"type": "string", "enum": ["admission.k8s.io/v1"]},
+        "kind": {"type": "string", "enum": ["AdmissionReview"]},
+        "request": {
+            "type": "object",
+            "required": ["uid", "kind", "operation"],
+            "properties": {
+                "uid": {"type": "string", "minLength": 1, "maxLength": 128},
+                "kind": {
+                    "type": "object",
+                    "required": ["kind"],
+                    "properties": {
+                        "group": {"type": "string"},
+                        "version": {"type": "string"},
+                        "kind": {"type": "string"},
+                    },
+                },
+                "resource": {"type": "object"},
+                "namespace": {"type": "string"},
+                "name": {"type": "string"},
+                "operation": {"type": "string", "enum": ["CREATE", "UPDATE", "DELETE", "CONNECT"]},
+                "userInfo": {"type": "object"},
+                "object": {"type": "object"},
+                "oldObject": {"type": ["object", "null"]},
+                "dryRun": {"type": "boolean"},
+            },
+        },
+    },
+}
+
+
+def _review_operation(summary: str) -> dict[str, Any]:
+    review = {"$ref": "#/components/schemas/AdmissionReview"}
+    answer = {
+        "description": "an AdmissionReview with the response",
+        "content": {"application/json": {"schema": review}},
+    }
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": review}}},
+            "responses": {
+                "200": answer,
+                "400": {"description": "the body could not be read (refused as an AdmissionReview)"},
+                "413": {"description": "the body is over the size limit (refused as an AdmissionReview)"},
+            },
+        }
+    }

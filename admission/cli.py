@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--opa-port", type=int)
     run.add_argument("--registry-ca-file", type=Path)
     run.add_argument("--exempt-namespace", action="append", dest="exempt_namespaces")
+    run.add_argument(
+        "--unsafe-allow-empty-policy-set",
+        action="store_true",
+        default=None,
+        help="start even with no policy at all, admitting everything (with a warning on every admitted review)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}

@@ -9,12 +9,13 @@ broken policy, OPA or registry can never lock kube-system out.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from admission.errors import AdmissionError, ImageReferenceError
+from admission.errors import AdmissionError, ImageReferenceError, ReviewError, WorkloadShapeError
 from admission.gatekeeper import Constraint
 from admission.imageref import parse_image_reference
 from admission.images import ImageVerifier, VerifiedImage
@@ -27,6 +28,10 @@ from admission.review import AdmissionRequest, build_response
 from admission.workloads import ContainerImage, container_images, pod_spec
 
 log = logging.getLogger("edgetrust.admission")
+# A set can only be empty when started with unsafe_allow_empty_policy_set (PolicySet.load refuses otherwise).
+EMPTY_POLICY_SET_WARNING = (
+    "edgetrust admission runs with NO policies (unsafe_allow_empty_policy_set): this review was admitted unchecked"
+)
 
 
 @dataclass(slots=True)
@@ -78,6 +83,8 @@ class AdmissionController:
 
     async def start(self) -> None:
         """Load the Rego policies into OPA; the webhook reports ready only after this."""
+        if self._policies.empty:
+            log.warning(EMPTY_POLICY_SET_WARNING)
         await self._opa.load(self._policies.rego, self._policies.libraries, self._policies.gatekeeper)
         if self._inventory_sync is not None:
             await self._inventory_sync.sync_once()  # templates that need the inventory see it from the first review
@@ -91,6 +98,8 @@ class AdmissionController:
 
     async def answer(self, request: AdmissionRequest, *, mutate: bool = False) -> dict[str, Any]:
         verdict = await self.decide(request, mutate=mutate)
+        if verdict.allowed and self._policies.empty:
+            verdict.warnings.append(EMPTY_POLICY_SET_WARNING)
         subject = f"{request.kind} {request.namespace + '/' if request.namespace else ''}{request.name}"
         message = ""
         if not verdict.allowed:
@@ -121,12 +130,16 @@ class AdmissionController:
         if request.namespace and self._policies.exempt(request.namespace):
             self._metrics.decisions.labels("exempt-namespace", "allowed").inc()
             return Verdict(allowed=True)
+        try:
+            containers = container_images(request.kind, request.obj)
+        except WorkloadShapeError as exc:
+            self._metrics.decisions.labels("workload-shape", "denied").inc()
+            return Verdict(allowed=False, denials=[str(exc)])
         rego = [p for p in self._policies.rego if p.match.applies(request.kind, request.namespace)]
         image_policies = [p for p in self._policies.images if p.match.applies(request.kind, request.namespace)]
-        containers = container_images(request.kind, request.obj) if image_policies else []
         # OPA and the registry are asked at the same time; a warm image check never waits on I/O at all.
         rego_task = (
-            asyncio.ensure_future(self._decide_rego(request, rego))
+            asyncio.ensure_future(self._decide_rego(request, rego, containers))
             if rego or self._policies.gatekeeper.constraints
             else None
         )
@@ -137,7 +150,9 @@ class AdmissionController:
             verdict.patch = _pin_patch(containers, verified)
         return verdict
 
-    async def _decide_rego(self, request: AdmissionRequest, policies: Sequence[RegoPolicy]) -> list[PolicyOutcome]:
+    async def _decide_rego(
+        self, request: AdmissionRequest, policies: Sequence[RegoPolicy], containers: Sequence[ContainerImage]
+    ) -> list[PolicyOutcome]:
         gatekeeper = self._policies.gatekeeper
         labels = self._inventory.namespace_labels
         constraints = [c for c in gatekeeper.constraints if c.match.matches(request.raw, labels)]
@@ -154,7 +169,11 @@ class AdmissionController:
         if not outcomes:
             return []
         try:
-            decided = await self._opa.decide(request.raw, policies, constraints, implied, implied_review)
+            decided = await self._opa.decide(
+                request.raw, policies, constraints, implied, implied_review, images=canonical_images(containers)
+            )
+        except ReviewError:
+            raise  # the review itself cannot be judged: refused whole, whatever the policies' failure modes
         except AdmissionError as exc:
             self._metrics.opa_errors.labels(exc.code).inc()
             for outcome in outcomes.values():
@@ -177,6 +196,7 @@ class AdmissionController:
     ) -> tuple[list[PolicyOutcome], dict[str, VerifiedImage]]:
         outcomes = {p.name: PolicyOutcome(p.name, p.mode, p.failure) for p in policies}
         checks: list[tuple[ContainerImage, ImagePolicy]] = []
+        canonical: dict[str, str] = {}
         for container in containers:
             try:
                 reference = parse_image_reference(container.image)
@@ -184,21 +204,30 @@ class AdmissionController:
                 for policy in policies:
                     outcomes[policy.name].violations.append(f"container {container.container}: {exc}")
                 continue
+            canonical[container.image] = str(reference)
             checks.extend((container, p) for p in policies if p.covers(reference))
-        results: list[VerifiedImage | BaseException]
-        if len(checks) == 1:  # the common case; a task per check costs more than a warm check itself
+        # Each image once per policy, however many containers name it (in whatever spelling): 256 containers of
+        # one image are one registry round trip, not 256 racing for the connection pool.
+        unique = list(dict.fromkeys((canonical[c.image], p.name) for c, p in checks))
+        by_name = {p.name: p for p in policies}
+        found: list[VerifiedImage | BaseException]
+        if len(unique) == 1:  # the common case; a task per check costs more than a warm check itself
             try:
-                results = [await self._images.verify(checks[0][0].image, checks[0][1])]
+                found = [await self._images.verify(unique[0][0], by_name[unique[0][1]])]
             except AdmissionError as exc:
-                results = [exc]
+                found = [exc]
         else:
-            results = await asyncio.gather(
-                *(self._images.verify(c.image, p) for c, p in checks), return_exceptions=True
+            found = await asyncio.gather(
+                *(self._images.verify(image, by_name[name]) for image, name in unique), return_exceptions=True
             )
+        answers = dict(zip(unique, found, strict=True))
+        results = [answers[(canonical[c.image], p.name)] for c, p in checks]
         verified: dict[str, VerifiedImage] = {}
         for (container, policy), result in zip(checks, results, strict=True):
             outcome = outcomes[policy.name]
             where = f"container {container.container} image {container.image}"
+            if canonical[container.image] != container.image:
+                where += f" (= {canonical[container.image]})"
             if isinstance(result, VerifiedImage):
                 verified[container.pointer] = result
                 if result.offline:
@@ -239,10 +268,35 @@ class AdmissionController:
             verdict.warnings.append(f"[{outcome.policy}] {text}")
             return "warned"
         if outcome.mode is Mode.DRYRUN:
-            verdict.audit_annotations[f"edgetrust.io/dryrun-{outcome.policy}"[:63]] = text[:1024]
+            verdict.audit_annotations[_dryrun_key(outcome.policy)] = text[:1024]
             return "dryrun"
         log.warning("audit-mode policy %s would deny: %s", outcome.policy, text)
         return "audited"
+
+
+def _dryrun_key(policy: str) -> str:
+    """`edgetrust.io/dryrun-<policy>`; the name part of an annotation key holds 63 characters, so a longer one
+    keeps a digest of the whole name rather than being cut (two long names cut alike would overwrite each other)."""
+    name = f"dryrun-{policy}"
+    if len(name) > 63:
+        name = f"dryrun-{policy[:42]}-{hashlib.sha256(policy.encode()).hexdigest()[:12]}"
+    return f"edgetrust.io/{name}"
+
+
+def canonical_images(containers: Sequence[ContainerImage]) -> dict[str, str]:
+    """`input.images` for our Rego policies: each image as written -> its canonical reference.
+
+    An image that does not parse is left out; policies that match on images treat a missing entry as a
+    violation, so what we cannot read is refused, never matched on its raw spelling. Gatekeeper templates see
+    only `input.review`, untouched, as under Gatekeeper.
+    """
+    images: dict[str, str] = {}
+    for container in containers:
+        try:
+            images[container.image] = str(parse_image_reference(container.image))
+        except ImageReferenceError:
+            continue
+    return images
 
 
 def _record(outcome: PolicyOutcome, messages: list[str] | None) -> None:

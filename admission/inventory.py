@@ -55,6 +55,10 @@ class Inventory:
         return self._count
 
     @property
+    def max_objects(self) -> int:
+        return self._max
+
+    @property
     def tree(self) -> Mapping[str, Any]:
         return self._tree
 
@@ -62,13 +66,20 @@ class Inventory:
         return self._namespace_labels.get(namespace)
 
     def replace(self, objects: Iterable[Mapping[str, Any]]) -> None:
+        """Swap in a whole new inventory, or raise InventoryError and keep the old one.
+
+        Over the object limit nothing is replaced: a partial inventory would let a template that checks
+        uniqueness (ingress hosts) or a namespaceSelector admit what the missing objects would refuse.
+        """
         tree: dict[str, Any] = {"namespace": {}, "cluster": {}}
         labels: dict[str, dict[str, str]] = {}
         count = 0
         for obj in objects:
             if count >= self._max:
-                log.warning("inventory holds its limit of %d objects; the rest is not synced", self._max)
-                break
+                raise InventoryError(
+                    f"the cluster holds over {self._max} objects of the synced kinds, the inventory's limit; "
+                    "keeping the last complete inventory"
+                )
             metadata = obj.get("metadata") or {}
             name, namespace = metadata.get("name"), metadata.get("namespace")
             api_version, kind = obj.get("apiVersion"), obj.get("kind")
@@ -116,12 +127,14 @@ class InventorySync:
         target: InventoryTarget,
         *,
         interval_s: float = 30.0,
+        page_size: int = 500,
     ) -> None:
         self._source = source
         self._resources = tuple(resources)
         self._inventory = inventory
         self._target = target
         self._interval = interval_s
+        self._page_size = page_size
         verify: ssl.SSLContext | bool = True
         if source.ca_file is not None:
             verify = ssl.create_default_context(cafile=str(source.ca_file))
@@ -133,22 +146,43 @@ class InventorySync:
     async def sync_once(self) -> int:
         objects: list[Mapping[str, Any]] = []
         for resource in self._resources:
+            objects.extend(await self._list(resource, self._inventory.max_objects + 1 - len(objects)))
+        self._inventory.replace(objects)
+        await self._target.set_inventory(self._inventory.tree)
+        return len(self._inventory)
+
+    async def _list(self, resource: str, room: int) -> list[Mapping[str, Any]]:
+        """Every object of one resource, page by page (the API server cuts a list at `limit` and hands back a
+        `continue` token): stopping at the first page would sync a silently partial inventory."""
+        objects: list[Mapping[str, Any]] = []
+        token = ""
+        while True:
+            params = {"limit": str(max(1, min(room - len(objects), self._page_size)))}
+            if token:
+                params["continue"] = token
             try:
-                answer = await self._http.get(f"/{resource}", params={"limit": str(MAX_OBJECTS)})
+                answer = await self._http.get(f"/{resource}", params=params)
             except httpx.HTTPError as exc:
                 raise InventoryError(f"listing {resource}: {exc}") from exc
             if answer.status_code != 200:
                 raise InventoryError(f"listing {resource}: the API server answered {answer.status_code}")
-            body = answer.json()
-            items = body.get("items") or []
+            try:
+                body = answer.json()
+            except ValueError as exc:
+                raise InventoryError(f"listing {resource}: the answer is not JSON") from exc
+            if not isinstance(body, dict) or not isinstance(body.get("items") or [], list):
+                raise InventoryError(f"listing {resource}: the answer is not a Kubernetes list")
             api_version = str(body.get("apiVersion", "v1"))
             kind = str(body.get("kind", "")).removesuffix("List")
-            for item in items:
+            for item in body.get("items") or []:
                 if isinstance(item, dict):
                     objects.append({"apiVersion": api_version, "kind": kind, **item})
-        self._inventory.replace(objects)
-        await self._target.set_inventory(self._inventory.tree)
-        return len(self._inventory)
+            metadata = body.get("metadata")
+            token = str(metadata.get("continue") or "") if isinstance(metadata, dict) else ""
+            if not token:
+                return objects
+            if len(objects) >= room:
+                return objects  # over the limit: replace() refuses the lot
 
     async def run(self) -> None:
         while True:

@@ -163,7 +163,8 @@ def expand_to_pod(review: Mapping[str, Any], template_spec: Mapping[str, Any] | 
     template = _template_of(obj)
     if template is None:
         return None
-    metadata = dict(template.get("metadata") or {})
+    raw_metadata = template.get("metadata")
+    metadata = dict(raw_metadata) if isinstance(raw_metadata, dict) else {}  # workloads.py refuses other shapes
     namespace = review.get("namespace") or ""
     metadata.setdefault("namespace", namespace)
     metadata.setdefault("name", f"{review.get('name') or 'expanded'}-pod")

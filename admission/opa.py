@@ -19,7 +19,7 @@ import aiohttp
 from opa_client.errors import ConnectionsError, QueryExecuteError, RegoParseError
 from opa_client.opa_async import AsyncOpaClient
 
-from admission.errors import ConfigError, OpaUnavailableError, PolicyDecisionError
+from admission.errors import ConfigError, OpaUnavailableError, PolicyDecisionError, ReviewError
 from admission.gatekeeper import Constraint, GatekeeperSet
 from admission.policy import RegoLibrary, RegoPolicy
 
@@ -147,8 +147,13 @@ class OpaDecider:
         constraints: Sequence[Constraint] = (),
         implied: Sequence[Constraint] = (),
         implied_review: Mapping[str, Any] | None = None,
+        *,
+        images: Mapping[str, str] | None = None,
     ) -> Decision:
-        """Violation messages per policy and constraint; raises when OPA cannot answer."""
+        """Violation messages per policy and constraint; raises when OPA cannot answer.
+
+        `images` (image as written -> canonical reference) reaches our policies as `input.images`.
+        """
         if not policies and not constraints and not implied:
             return Decision()
         await self.start()
@@ -159,7 +164,8 @@ class OpaDecider:
         shards: list[dict[str, Any]] = []
         ids = [c.id for c in constraints]
         first = ids[: self._settings.constraints_per_query]
-        shards.append({"review": review, "policies": [p.name for p in policies], "constraints": first})
+        names = [p.name for p in policies]
+        shards.append({"review": review, "images": dict(images or {}), "policies": names, "constraints": first})
         for chunk in _chunks(ids[len(first) :], self._settings.constraints_per_query):
             shards.append({"review": review, "policies": [], "constraints": chunk})
         implied_ids = [c.id for c in implied] if implied_review is not None else []
@@ -180,6 +186,10 @@ class OpaDecider:
             answer = await self._client.query_rule(
                 {k: v for k, v in request.items() if k != "implied"}, DECISION_PACKAGE
             )
+        except RecursionError as exc:
+            # orjson reads reviews nested up to 1024 levels; the JSON encoder towards OPA gives up earlier. That
+            # is the review's fault, not OPA's: refused as a bad review, never "undecided" (failure: open admits).
+            raise ReviewError("the review is nested too deeply to be judged") from exc
         except TimeoutError as exc:
             raise OpaUnavailableError(f"OPA did not answer within {self._settings.timeout_s}s") from exc
         except aiohttp.ClientResponseError as exc:

@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 import yaml
 
 from admission.cosign import VerificationKey
-from admission.errors import ConfigError
+from admission.errors import ConfigError, ImageReferenceError
 from admission.gatekeeper import GatekeeperSet
 from admission.gatekeeper import load_directory as load_gatekeeper_directory
-from admission.imageref import ImageReference
+from admission.imageref import ImageReference, canonical_image_globs
 from admission.modes import FailureMode, Mode
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -85,13 +85,14 @@ class ImagePolicy:
     mode: Mode
     failure: FailureMode
     match: Match
-    images: tuple[str, ...]  # globs over registry/repository, e.g. "ghcr.io/acme/*"
+    images: tuple[str, ...]  # globs over canonical registry/repository names, e.g. "ghcr.io/acme/*"
     keys: tuple[VerificationKey, ...] = ()
     trusted_root: Path | None = None
     identities: tuple[KeylessIdentity, ...] = ()
     revision: str = ""  # digest of what the policy trusts: a changed key invalidates cached verdicts
 
     def covers(self, image: ImageReference) -> bool:
+        """Whether the policy applies to an image; both sides are canonical, so no respelling escapes it."""
         return any(fnmatch.fnmatchcase(image.name, pattern) for pattern in self.images)
 
 
@@ -105,6 +106,11 @@ class PolicySet:
     revision: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def empty(self) -> bool:
+        """No policy, image policy or constraint at all (shared Rego libraries decide nothing)."""
+        return not self.rego and not self.images and not self.gatekeeper.constraints
+
     def exempt(self, namespace: str) -> bool:
         return any(fnmatch.fnmatchcase(namespace, g) for g in self.exempt_namespaces)
 
@@ -115,9 +121,17 @@ class PolicySet:
         *,
         exempt_namespaces: Sequence[str] = DEFAULT_EXEMPT_NAMESPACES,
         gatekeeper_dir: Path | None = None,
+        allow_empty: bool = False,
     ) -> PolicySet:
+        """Every policy under `directory` (and Gatekeeper's under `gatekeeper_dir`).
+
+        A set with no policy at all is refused unless `allow_empty`: an empty or mistyped directory would
+        otherwise admit everything, privileged and unsigned pods included, and look like a working webhook.
+        """
         if not directory.is_dir():
             raise ConfigError(f"policy directory {directory} does not exist")
+        if gatekeeper_dir is not None and not gatekeeper_dir.is_dir():
+            raise ConfigError(f"Gatekeeper directory {gatekeeper_dir} does not exist")
         rego: list[RegoPolicy] = []
         images: list[ImagePolicy] = []
         libraries: list[RegoLibrary] = []
@@ -138,14 +152,14 @@ class PolicySet:
         if duplicates:
             raise ConfigError(f"policy names used twice: {', '.join(duplicates)}")
         gatekeeper = GatekeeperSet()
-        if gatekeeper_dir is not None and gatekeeper_dir.is_dir():
+        if gatekeeper_dir is not None:
             for path in sorted(gatekeeper_dir.rglob("*.y*ml")):
                 digest.update(path.read_bytes())
             gatekeeper = load_gatekeeper_directory(gatekeeper_dir)
             clash = sorted({c.name for c in gatekeeper.constraints} & set(names))
             if clash:
                 raise ConfigError(f"constraint names also used by policies: {', '.join(clash)}")
-        return cls(
+        loaded = cls(
             rego=tuple(rego),
             images=tuple(images),
             libraries=tuple(libraries),
@@ -153,6 +167,13 @@ class PolicySet:
             exempt_namespaces=tuple(exempt_namespaces),
             revision=digest.hexdigest()[:16],
         )
+        if loaded.empty and not allow_empty:
+            where = f"{directory}" + (f" and {gatekeeper_dir}" if gatekeeper_dir is not None else "")
+            raise ConfigError(
+                f"no admission policy in {where} (no */policy.yaml with a policy, no Gatekeeper constraint); "
+                "refusing to start a webhook that would admit everything (unsafe_allow_empty_policy_set overrides)"
+            )
+        return loaded
 
 
 def load_policy(meta_path: Path) -> RegoPolicy | ImagePolicy | RegoLibrary:
@@ -195,6 +216,12 @@ def _image_policy(
     patterns = meta.get("images")
     if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) for p in patterns):
         raise ConfigError(f"{where}: images must be a non-empty list of globs")
+    globs: list[str] = []
+    for pattern in patterns:
+        try:
+            globs.extend(canonical_image_globs(pattern))
+        except ImageReferenceError as exc:
+            raise ConfigError(f"{where}: images: {exc}") from None
     revision = hashlib.sha256(json.dumps(patterns).encode())
     keys: list[VerificationKey] = []
     for entry in meta.get("keys") or []:
@@ -226,7 +253,7 @@ def _image_policy(
         mode=mode,
         failure=failure,
         match=match,
-        images=tuple(patterns),
+        images=tuple(dict.fromkeys(globs)),
         keys=tuple(keys),
         trusted_root=trusted_root,
         identities=tuple(identities),

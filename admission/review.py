@@ -63,6 +63,9 @@ def parse_review(body: bytes) -> AdmissionRequest:
     obj = request.get("object")
     if operation in ("CREATE", "UPDATE") and not isinstance(obj, dict):
         raise ReviewError(f"request.object must be an object for {operation}")
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ReviewError("request.object.metadata must be an object")
     namespace = request.get("namespace") or ""
     name = request.get("name") or ""
     if not isinstance(namespace, str) or not isinstance(name, str):

@@ -27,7 +27,12 @@ def build_controller(settings: AdmissionSettings) -> AdmissionController:
     policy_dir, gatekeeper_dir = settings.policy_dir, settings.gatekeeper_dir
     if settings.bundle is not None:
         policy_dir, gatekeeper_dir = policies_from_bundle(settings.bundle, settings.bundle_keys)
-    policies = PolicySet.load(policy_dir, exempt_namespaces=settings.exempt_namespaces, gatekeeper_dir=gatekeeper_dir)
+    policies = PolicySet.load(
+        policy_dir,
+        exempt_namespaces=settings.exempt_namespaces,
+        gatekeeper_dir=gatekeeper_dir,
+        allow_empty=settings.unsafe_allow_empty_policy_set,
+    )
     metrics = AdmissionMetrics()
     registry = RegistryClient(
         RegistrySettings(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from admission.errors import ImageReferenceError
+from admission.imageref import canonical_registry
 
 
 class AdmissionSettings(BaseSettings):
@@ -16,6 +19,9 @@ class AdmissionSettings(BaseSettings):
     #: verified at start with bundle_keys ("key id=PEM file"), or the webhook does not start
     bundle: Path | None = None
     bundle_keys: tuple[str, ...] = ()
+    #: start with no policy at all (an empty or mistyped policy_dir otherwise stops the start): the webhook then
+    #: admits everything, warns at start and puts a warning on every review it admits. For bring-up only.
+    unsafe_allow_empty_policy_set: bool = False
     #: Gatekeeper ConstraintTemplates and Constraints (YAML, any layout; `samples/` folders are skipped)
     gatekeeper_dir: Path | None = None
     #: judge Pod constraints on the Pod a Deployment/Job/... would create (Gatekeeper's expansion)
@@ -44,3 +50,12 @@ class AdmissionSettings(BaseSettings):
     listen_port: int = Field(default=8443, ge=0, le=65535)
     tls_cert: Path = Path("/etc/edgetrust/admission/tls.crt")
     tls_key: Path = Path("/etc/edgetrust/admission/tls.key")
+
+    @field_validator("plain_http_registries")
+    @classmethod
+    def _canonical_registries(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        """In the canonical spelling references are compared in (`LOCALHOST:5000` is `localhost:5000`)."""
+        try:
+            return tuple(canonical_registry(host) for host in hosts)
+        except ImageReferenceError as exc:
+            raise ValueError(str(exc)) from None

@@ -10,7 +10,7 @@ import yaml
 
 from admission.errors import ConfigError
 from admission.gatekeeper import build_set, load_documents, parse_template
-from admission.inventory import Inventory
+from admission.inventory import Inventory, InventoryError
 from admission.match import expand_to_pod, parse_match
 from admission.modes import Mode
 from admission.suites import check_assertions, review_of
@@ -161,21 +161,24 @@ def test_expansion_builds_the_pod_a_deployment_would_create() -> None:
 def test_inventory_is_shaped_like_gatekeepers_bounded_and_trimmed() -> None:
     inventory = Inventory(max_objects=2)
     big = {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "keep": "me"}
-    inventory.replace(
-        [
-            {
-                "apiVersion": "networking.k8s.io/v1",
-                "kind": "Ingress",
-                "metadata": {"name": "a", "namespace": "shop", "annotations": big, "managedFields": [{}]},
-            },
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "over-the-limit"}},
-        ]
-    )
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": "a", "namespace": "shop", "annotations": big, "managedFields": [{}]},
+        },
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+    ]
+    inventory.replace(objects)
     assert len(inventory) == 2
     kept = inventory.tree["namespace"]["shop"]["networking.k8s.io/v1"]["Ingress"]["a"]
     assert kept["metadata"]["annotations"] == {"keep": "me"}
     assert "managedFields" not in kept["metadata"]
+    assert set(inventory.tree["cluster"]["v1"]["Namespace"]) == {"shop"}
+    # Over the limit nothing is replaced (a partial inventory would admit what the missing objects refuse).
+    with pytest.raises(InventoryError, match="over 2 objects"):
+        inventory.replace([*objects, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "over"}}])
+    assert len(inventory) == 2
     assert set(inventory.tree["cluster"]["v1"]["Namespace"]) == {"shop"}
 
 

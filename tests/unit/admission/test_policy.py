@@ -4,8 +4,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from admission.errors import ConfigError
+from admission.imageref import parse_image_reference
 from admission.policy import FailureMode, Mode, PolicySet
 from tests.support.webhook import REPO_POLICIES, policy_dir
 
@@ -64,3 +67,32 @@ def test_rego_policy_without_rego_is_refused(tmp_path: Path) -> None:
 def test_missing_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         PolicySet.load(tmp_path / "nowhere")
+
+
+def test_empty_or_wrong_policy_directory_is_refused_unless_explicitly_allowed(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no admission policy in"):
+        PolicySet.load(tmp_path / "empty")
+    only_lib = policy_dir(tmp_path / "lib", rego=False)  # a shared library decides nothing
+    with pytest.raises(ConfigError, match="no admission policy in"):
+        PolicySet.load(only_lib)
+    assert PolicySet.load(tmp_path / "empty", allow_empty=True).empty
+    with pytest.raises(ConfigError, match=r"Gatekeeper directory .* does not exist"):
+        PolicySet.load(policy_dir(tmp_path / "full"), gatekeeper_dir=tmp_path / "gatekeper")
+
+
+def test_image_globs_are_canonical_at_load(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spellings = {"short": ["nginx"], "long": ["docker.io/library/nginx"], "alias": ["INDEX.docker.io:443/nginx"]}
+    extra = {
+        name: {"type": "image-signature", "images": images, "keys": ["k.pub"], "files": {"k.pub": pem}}
+        for name, images in spellings.items()
+    }
+    policies = PolicySet.load(policy_dir(tmp_path / "p", rego=False, extra=extra))
+    assert {p.images for p in policies.images} == {("docker.io/library/nginx",)}
+    for image in ("nginx:1", "docker.io/nginx", "registry-1.docker.io/library/nginx@sha256:" + "a" * 64):
+        assert all(p.covers(parse_image_reference(image)) for p in policies.images), image
+    bad = {"bad": {"type": "image-signature", "images": ["ghcr.io/Acme/*"], "keys": ["k.pub"], "files": {"k.pub": pem}}}
+    with pytest.raises(ConfigError, match="uppercase"):
+        PolicySet.load(policy_dir(tmp_path / "bad", rego=False, extra=bad))

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import pytest
 
-from admission.errors import ReviewError
+from admission.errors import ReviewError, WorkloadShapeError
 from admission.review import build_response, parse_review, uid_of
 from admission.workloads import container_images
 from tests.support.webhook import WORKLOAD_GROUPS, pod, review, workload
@@ -80,10 +81,24 @@ def test_images_found_in_every_pod_bearing_kind(kind: str) -> None:
 def test_init_and_ephemeral_containers_count() -> None:
     obj = pod("a:v1")
     obj["spec"]["initContainers"] = [{"name": "init", "image": "i:v1"}]
-    obj["spec"]["ephemeralContainers"] = [{"name": "dbg", "image": "d:v1"}, "garbage"]
+    obj["spec"]["ephemeralContainers"] = [{"name": "dbg", "image": "d:v1"}]
     assert [i.image for i in container_images("Pod", obj)] == ["i:v1", "a:v1", "d:v1"]
 
 
 def test_non_workload_kinds_have_no_images() -> None:
     assert container_images("ConfigMap", {"data": {}}) == []
-    assert container_images("Pod", {"spec": "garbage"}) == []
+
+
+@pytest.mark.parametrize(
+    ("obj", "reason"),
+    [
+        ({"spec": "garbage"}, "no pod spec"),
+        ({"spec": {"containers": [{"name": "a", "image": "a:v1"}, "garbage"]}}, r"containers\[1\] is a str"),
+        ({"spec": {"containers": {"a": {"image": "a:v1"}}}}, "not a list"),
+        ({"spec": {"containers": [{"name": f"c{i}", "image": "a:v1"} for i in range(257)]}}, "257 containers"),
+    ],
+)
+def test_pod_specs_we_would_judge_in_part_are_refused(obj: dict[str, Any], reason: str) -> None:
+    # behaviour changed on purpose: these were skipped (or cut at 256) and so never checked
+    with pytest.raises(WorkloadShapeError, match=reason):
+        container_images("Pod", obj)
