@@ -51,6 +51,8 @@ class Link:
 
 @contextmanager
 def namespace_link(name: str, subnet: int = 213) -> Iterator[Link]:
+    """A network namespace joined to this one by a veth pair, addressed in 198.19.<subnet>.0/24 (inside
+    198.18.0.0/15, the range reserved for benchmarking): a test host of our own that no route leads out of."""
     if shutil.which("ip") is None or shutil.which("tc") is None:
         pytest.fail("ip and tc are missing: run hack/install-deps (apt-get install iproute2)", pytrace=False)
     suffix = f"{os.getpid() % 10000}"
@@ -64,12 +66,12 @@ def namespace_link(name: str, subnet: int = 213) -> Iterator[Link]:
     try:
         _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
         _ip("link", "set", inside, "netns", namespace)
-        _ip("addr", "add", f"10.{subnet}.0.2/24", "dev", outside)
+        _ip("addr", "add", f"198.19.{subnet}.0.2/24", "dev", outside)
         _ip("link", "set", outside, "up")
-        _ip("netns", "exec", namespace, "ip", "addr", "add", f"10.{subnet}.0.1/24", "dev", inside)
+        _ip("netns", "exec", namespace, "ip", "addr", "add", f"198.19.{subnet}.0.1/24", "dev", inside)
         _ip("netns", "exec", namespace, "ip", "link", "set", inside, "up")
         _ip("netns", "exec", namespace, "ip", "link", "set", "lo", "up")
-        yield Link(namespace, f"10.{subnet}.0.1", f"10.{subnet}.0.2", outside)
+        yield Link(namespace, f"198.19.{subnet}.0.1", f"198.19.{subnet}.0.2", outside)
     finally:
         subprocess.run(["ip", "link", "del", outside], check=False, capture_output=True)
         subprocess.run(["ip", "netns", "del", namespace], check=False, capture_output=True)
