@@ -66,12 +66,12 @@ def namespace_link(name: str, subnet: int = 213) -> Iterator[Link]:
     try:
         _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
         _ip("link", "set", inside, "netns", namespace)
-        _ip("addr", "add", f"198.19.{subnet}.0.2/24", "dev", outside)
+        _ip("addr", "add", f"198.19.{subnet}.2/24", "dev", outside)
         _ip("link", "set", outside, "up")
-        _ip("netns", "exec", namespace, "ip", "addr", "add", f"198.19.{subnet}.0.1/24", "dev", inside)
+        _ip("netns", "exec", namespace, "ip", "addr", "add", f"198.19.{subnet}.1/24", "dev", inside)
         _ip("netns", "exec", namespace, "ip", "link", "set", inside, "up")
         _ip("netns", "exec", namespace, "ip", "link", "set", "lo", "up")
-        yield Link(namespace, f"198.19.{subnet}.0.1", f"198.19.{subnet}.0.2", outside)
+        yield Link(namespace, f"198.19.{subnet}.1", f"198.19.{subnet}.2", outside)
     finally:
         subprocess.run(["ip", "link", "del", outside], check=False, capture_output=True)
         subprocess.run(["ip", "netns", "del", namespace], check=False, capture_output=True)
