@@ -52,6 +52,7 @@ class Hub:
     policy: PolicyBundles | None = None
 
     def close(self) -> None:
+        self.service.close()  # the refusal counts still in memory
         self.store.close()
 
 
