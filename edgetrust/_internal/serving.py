@@ -1,0 +1,268 @@
+"""How edgetrust's HTTPS servers (trustd, the admission webhook) run uvicorn so that idle connections cannot
+take them down (slowloris).
+
+uvicorn bounds none of what a slow client holds: the TLS handshake waits asyncio's 60 s, a request head may
+trickle in for ever (its keep-alive timer is cancelled by the first byte), and connections are only limited
+by the fd limit, past which `accept` fails and the server stops answering, `/healthz` included. Long polls
+(a policy bundle's `?wait=`) legitimately hold a connection for many seconds, so a plain idle timeout on
+every connection would cut them. Here, per connection:
+
+- the TLS handshake must finish within `handshake_timeout_s` (set on the listening server);
+- a request head must be complete `header_timeout_s` after the connection was made or the request began,
+  and an idle keep-alive connection that starts a request late gets no more than that after its keep-alive;
+- a request body must be complete `body_timeout_s` after its head (not the response: long polls are held
+  by the app, with their head and body long received);
+- at most `max_connections` connections are open (capped below the fd limit, which is raised to its hard
+  limit); at the cap, and past `max_waiting_per_source` connections of one client address still waiting for
+  a request head, the oldest such waiting connection is closed to make room. Connections inside a request
+  (a long poll) are never evicted, and a new one is refused (closed) only when every connection is inside one.
+
+Both `trustd serve` and `edgetrust-admission serve` run through `run()`, which also runs the caller's
+periodic upkeep tasks (e.g. trustd's challenge purge) on the server's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("edgetrust.serving")
+
+#: fds kept for everything that is not a client connection (store, logs, outgoing calls)
+FD_RESERVE = 128
+
+
+@dataclass(frozen=True, slots=True)
+class ServingLimits:
+    handshake_timeout_s: float = 10.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 16384
+    max_waiting_per_source: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Periodic:
+    """A task run every `every_s` seconds on the server's loop while it serves; failures are logged, not fatal."""
+
+    every_s: float
+    run: Callable[[], None]
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise the soft fd limit towards `wanted` (up to the hard limit); returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return wanted if soft == resource.RLIM_INFINITY else int(soft)
+
+
+class ConnectionGuard:
+    """The deadlines and the connection cap, shared by every connection of one server."""
+
+    def __init__(self, limits: ServingLimits, max_connections: int) -> None:
+        self.limits = limits
+        self.max_connections = max_connections
+        self.open = 0
+        self.refused = 0
+        self.evicted = 0
+        #: connections waiting for a request head, oldest first (dicts keep insertion order)
+        self._waiting: dict[GuardedProtocol, None] = {}
+        self._waiting_by_source: dict[str, dict[GuardedProtocol, None]] = {}
+
+    def admit(self, conn: GuardedProtocol) -> bool:
+        if self.open >= self.max_connections and not self._evict_oldest(self._waiting):
+            self.refused += 1
+            return False
+        self.open += 1
+        waiting = self._waiting_by_source.get(conn.source, {})
+        if len(waiting) >= self.limits.max_waiting_per_source:
+            self._evict_oldest(waiting)
+        return True
+
+    def wait_for_head(self, conn: GuardedProtocol) -> None:
+        self._waiting[conn] = None
+        self._waiting_by_source.setdefault(conn.source, {})[conn] = None
+
+    def got_head(self, conn: GuardedProtocol) -> None:
+        self._waiting.pop(conn, None)
+        by_source = self._waiting_by_source.get(conn.source)
+        if by_source is not None:
+            by_source.pop(conn, None)
+            if not by_source:
+                del self._waiting_by_source[conn.source]
+
+    def release(self, conn: GuardedProtocol) -> None:
+        self.got_head(conn)
+        self.open -= 1
+
+    def _evict_oldest(self, waiting: dict[GuardedProtocol, None]) -> bool:
+        for oldest in waiting:
+            self.evicted += 1
+            oldest.close_now()  # its connection_lost releases it
+            self.got_head(oldest)
+            return True
+        return False
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the deadlines and the cap of its server's `ConnectionGuard`."""
+
+    guard: ConnectionGuard
+    source = ""
+    _admitted = False
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if not self.guard.admit(self):
+            transport.abort()
+            return
+        self._admitted = True
+        self._await_head(self.guard.limits.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        if self._admitted:
+            self._admitted = False
+            self.guard.release(self)
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:  # a request begins on a kept-alive connection
+            self._await_head(self.guard.limits.header_timeout_s)
+
+    def on_headers_complete(self) -> None:
+        self.guard.got_head(self)
+        self._set_deadline(self.guard.limits.body_timeout_s)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._cancel_deadline()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        pipelined = bool(self.pipeline)
+        super().on_response_complete()
+        if not pipelined and not self.transport.is_closing():
+            # uvicorn closes it after the keep-alive if nothing comes; this bounds a head that starts but stalls
+            self._await_head(self.guard.limits.keep_alive_s + self.guard.limits.header_timeout_s)
+
+    def close_now(self) -> None:
+        self._cancel_deadline()
+        if not self.transport.is_closing():
+            self.transport.abort()
+
+    def _await_head(self, timeout_s: float) -> None:
+        self.guard.wait_for_head(self)
+        self._set_deadline(timeout_s)
+
+    def _set_deadline(self, timeout_s: float) -> None:
+        self._cancel_deadline()
+        self._deadline = self.loop.call_later(timeout_s, self.close_now)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+
+def guarded_protocol(
+    base: type[HttpToolsProtocol], limits: ServingLimits, max_connections: int
+) -> type[GuardedProtocol]:
+    """A protocol class for one server: `base` (e.g. trustd's peer-certificate protocol) under a new guard."""
+    guard = ConnectionGuard(limits, max_connections)
+    if issubclass(base, GuardedProtocol):
+        raise TypeError("the protocol is guarded already")
+    bases = (GuardedProtocol,) if base is HttpToolsProtocol else (GuardedProtocol, base)
+    return cast(type[GuardedProtocol], type(f"Guarded{base.__name__}", bases, {"guard": guard}))
+
+
+def _loop_factory(handshake_timeout_s: float) -> Callable[[], asyncio.AbstractEventLoop]:
+    """An event loop whose TLS servers time out handshakes (uvicorn passes no ssl_handshake_timeout)."""
+    try:
+        import uvloop
+
+        base: type[asyncio.AbstractEventLoop] = uvloop.Loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; the fallback is asyncio's own loop
+        base = asyncio.SelectorEventLoop
+
+    class HandshakeTimeoutLoop(base):  # type: ignore[valid-type,misc]
+        async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.AbstractServer:
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", handshake_timeout_s)
+            return cast(asyncio.AbstractServer, await super().create_server(*args, **kwargs))
+
+    return HandshakeTimeoutLoop
+
+
+async def _periodically(task: Periodic) -> None:
+    while True:
+        await asyncio.sleep(task.every_s)
+        try:
+            task.run()
+        except Exception:
+            log.exception("periodic task %s failed", getattr(task.run, "__qualname__", task.run))
+
+
+def run(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    certfile: str,
+    keyfile: str,
+    limits: ServingLimits,
+    protocol: type[HttpToolsProtocol] = HttpToolsProtocol,
+    client_cert_reqs: ssl.VerifyMode = ssl.CERT_NONE,
+    client_ca_certs: str | None = None,
+    periodic: Sequence[Periodic] = (),
+    lifespan: Literal["auto", "on", "off"] = "auto",
+) -> None:
+    """Serve `app` over HTTPS with the limits above until SIGINT/SIGTERM."""
+    soft = raise_fd_limit(limits.max_connections + FD_RESERVE)
+    max_connections = max(1, min(limits.max_connections, soft - FD_RESERVE))
+    if max_connections < limits.max_connections:
+        log.warning("fd limit %d: at most %d connections (ulimit -n to raise it)", soft, max_connections)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        ssl_cert_reqs=client_cert_reqs,
+        ssl_ca_certs=client_ca_certs,
+        http=guarded_protocol(protocol, limits, max_connections),
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=int(limits.keep_alive_s),
+        lifespan=lifespan,
+    )
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(_periodically(task)) for task in periodic]
+        try:
+            await server.serve()
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    with asyncio.Runner(loop_factory=_loop_factory(limits.handshake_timeout_s)) as runner:
+        runner.run(main())
