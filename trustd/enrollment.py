@@ -94,10 +94,15 @@ class EnrollmentService:
         self._next_purge = 0.0
 
     # -- upkeep ----------------------------------------------------------------------------------------------
+    @property
+    def upkeep_interval_s(self) -> float:
+        """How often `maintain` should run: expired challenges live at most one more challenge TTL (or 30 s)."""
+        return min(PURGE_INTERVAL_S, self._policy.challenge_ttl.total_seconds())
+
     def maintain(self, now: float | None = None) -> None:
         """Purge expired challenges and write pending refusal counts: run periodically by the server."""
         now = self._clock() if now is None else now
-        self._next_purge = now + min(PURGE_INTERVAL_S, self._policy.challenge_ttl.total_seconds())
+        self._next_purge = now + self.upkeep_interval_s
         self._store.purge_challenges(now=now)
         self._refusals.flush()
 
@@ -267,8 +272,11 @@ class EnrollmentService:
             ) from exc
 
     def _refused(self, event: str, subject: str, exc: AttestationError | TrustdError, now: float, source: str) -> None:
-        log.warning("%s refused for %s: %s", event, subject[:16], exc)
-        self._refusals.record(event=event, subject=subject, code=exc.code, reason=str(exc), source=source, now=now)
+        first = self._refusals.record(
+            event=event, subject=subject, code=exc.code, reason=str(exc), source=source, now=now
+        )
+        # one line per kind, source and minute, like the audit: a flood of garbage must not flood the log either
+        log.log(logging.WARNING if first else logging.DEBUG, "%s refused for %s: %s", event, subject[:16], exc)
 
 
 def _check_claims(claims: dict[str, str]) -> None:

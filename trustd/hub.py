@@ -20,7 +20,7 @@ from edgetrust._internal import serving
 from syncer.signing import load_verification_keys
 from trustd.app import create_app
 from trustd.ca import SpiffeCA
-from trustd.enrollment import PURGE_INTERVAL_S, EnrollmentPolicy, EnrollmentService
+from trustd.enrollment import EnrollmentPolicy, EnrollmentService
 from trustd.errors import TrustdError
 from trustd.federation import Federation
 from trustd.files import write_private
@@ -155,7 +155,7 @@ def serve(settings: TrustdSettings) -> None:
                 keep_alive_s=KEEP_ALIVE_S,
                 max_connections=settings.max_connections,
             ),
-            periodic=[serving.Periodic(PURGE_INTERVAL_S, hub.service.maintain)],
+            periodic=[serving.Periodic(hub.service.upkeep_interval_s, hub.service.maintain)],
         )
     finally:
         hub.close()

@@ -37,7 +37,8 @@ class RefusalAudit:
         self._buckets: dict[tuple[str, str, str], _Bucket] = {}
         self._sources: dict[tuple[str, str], int] = {}
 
-    def record(self, *, event: str, subject: str, code: str, reason: str, source: str, now: float) -> None:
+    def record(self, *, event: str, subject: str, code: str, reason: str, source: str, now: float) -> bool:
+        """Count a refusal; True when it opened a new row (the caller logs those, not every one of a flood)."""
         with self._lock:
             window = now - now % self._window_s
             if window != self._window:
@@ -55,9 +56,10 @@ class RefusalAudit:
             bucket = self._buckets.get(key)
             if bucket is not None:
                 bucket.pending += 1
-                return
+                return False
             detail = {"code": code, "reason": reason[:MAX_REASON], "source": key[2], "window_s": f"{self._window_s:g}"}
             self._buckets[key] = _Bucket(self._store.audit(AuditEvent(now, event, "refused", subject, detail)))
+            return True
 
     def flush(self) -> None:
         """Write the counts not yet in the store (periodically, and before the store closes)."""

@@ -143,8 +143,10 @@ class RenewalService:
         )
 
     def _refused(self, subject: str, exc: AttestationError | TrustdError, now: float) -> None:
-        log.warning("agent.renew refused for %s: %s", subject, exc.diagnostics())
         # the caller is authenticated (mTLS): its SPIFFE ID is the source the refusals are counted under
-        self._refusals.record(
+        first = self._refusals.record(
             event="agent.renew", subject=subject, code=exc.code, reason=exc.diagnostics(), source=subject, now=now
+        )
+        log.log(
+            logging.WARNING if first else logging.DEBUG, "agent.renew refused for %s: %s", subject, exc.diagnostics()
         )

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import resource
+import signal
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -264,5 +265,15 @@ def run(
             for task in tasks:
                 task.cancel()
 
-    with asyncio.Runner(loop_factory=_loop_factory(limits.handshake_timeout_s)) as runner:
-        runner.run(main())
+    # uvicorn re-raises SIGTERM once it has shut down; with the default handler that kills the process before
+    # the caller's `finally` (trustd closing its store, so SQLite checkpoints its WAL): exit through Python
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory(limits.handshake_timeout_s)) as runner:
+            runner.run(main())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
