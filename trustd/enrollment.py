@@ -200,9 +200,16 @@ class EnrollmentService:
                 event_log = parse_event_log(b64decode_field(request.event_log, field="event_log"))
             class_policy.check(quote, event_log)
             detail = {"ek": challenge.ek_fingerprint, "class": device_class, "ak_scheme": scheme_label(ak_public)}
-            if ak_signs_with_sha1(ak_public):
-                # the operator's opt-in, on the record for every device that used it
-                detail["sha1_quotes"] = "allowed by the device class (allow_sha1_quotes)"
+            sha1_used = [
+                what
+                for what, used in (
+                    ("the AK signs with SHA-1", ak_signs_with_sha1(ak_public)),
+                    ("the PCR bank is sha1", class_policy.bank == HashAlg.SHA1),
+                )
+                if used
+            ]
+            if sha1_used:  # the operator's opt-in, on the record for every device that used it
+                detail["sha1_quotes"] = "allowed by the device class (allow_sha1_quotes): " + ", ".join(sha1_used)
 
             spiffe_id = self._spiffe_id(claims, device_class, challenge.ek_fingerprint)
             known = self._store.device(challenge.ek_fingerprint)
