@@ -72,7 +72,14 @@ def raise_fd_limit(wanted: int) -> int:
 
 
 class ConnectionGuard:
-    """The deadlines and the connection cap, shared by every connection of one server."""
+    """The deadlines and the connection cap, shared by every connection of one server.
+
+    Waiting connections are of two kinds: fresh ones, which have not sent a whole request yet (a slowloris
+    holds these), and kept-alive ones between requests (a fleet of clusters behind one NAT holds many of
+    these between long polls, and closing them would cost each a TLS handshake). Only fresh ones count
+    against `max_waiting_per_source`; at `max_connections`, the oldest fresh one goes first, then the oldest
+    kept-alive one.
+    """
 
     def __init__(self, limits: ServingLimits, max_connections: int) -> None:
         self.limits = limits
@@ -80,31 +87,36 @@ class ConnectionGuard:
         self.open = 0
         self.refused = 0
         self.evicted = 0
-        #: connections waiting for a request head, oldest first (dicts keep insertion order)
-        self._waiting: dict[GuardedProtocol, None] = {}
-        self._waiting_by_source: dict[str, dict[GuardedProtocol, None]] = {}
+        #: oldest first (dicts keep insertion order)
+        self._fresh: dict[GuardedProtocol, None] = {}
+        self._kept_alive: dict[GuardedProtocol, None] = {}
+        self._fresh_by_source: dict[str, dict[GuardedProtocol, None]] = {}
 
     def admit(self, conn: GuardedProtocol) -> bool:
-        if self.open >= self.max_connections and not self._evict_oldest(self._waiting):
+        if self.open >= self.max_connections and not (
+            self._evict_oldest(self._fresh) or self._evict_oldest(self._kept_alive)
+        ):
             self.refused += 1
             return False
         self.open += 1
-        waiting = self._waiting_by_source.get(conn.source, {})
-        if len(waiting) >= self.limits.max_waiting_per_source:
-            self._evict_oldest(waiting)
+        fresh = self._fresh_by_source.get(conn.source, {})
+        if len(fresh) >= self.limits.max_waiting_per_source:
+            self._evict_oldest(fresh)
+        self._fresh[conn] = None
+        self._fresh_by_source.setdefault(conn.source, {})[conn] = None
         return True
 
-    def wait_for_head(self, conn: GuardedProtocol) -> None:
-        self._waiting[conn] = None
-        self._waiting_by_source.setdefault(conn.source, {})[conn] = None
+    def kept_alive(self, conn: GuardedProtocol) -> None:
+        self._kept_alive[conn] = None
 
     def got_head(self, conn: GuardedProtocol) -> None:
-        self._waiting.pop(conn, None)
-        by_source = self._waiting_by_source.get(conn.source)
-        if by_source is not None:
-            by_source.pop(conn, None)
+        self._kept_alive.pop(conn, None)
+        if conn in self._fresh:
+            del self._fresh[conn]
+            by_source = self._fresh_by_source[conn.source]
+            del by_source[conn]
             if not by_source:
-                del self._waiting_by_source[conn.source]
+                del self._fresh_by_source[conn.source]
 
     def release(self, conn: GuardedProtocol) -> None:
         self.got_head(conn)
@@ -113,8 +125,8 @@ class ConnectionGuard:
     def _evict_oldest(self, waiting: dict[GuardedProtocol, None]) -> bool:
         for oldest in waiting:
             self.evicted += 1
-            oldest.close_now()  # its connection_lost releases it
             self.got_head(oldest)
+            oldest.close_now()  # its connection_lost releases it
             return True
         return False
 
@@ -125,6 +137,7 @@ class GuardedProtocol(HttpToolsProtocol):
     guard: ConnectionGuard
     source = ""
     _admitted = False
+    _kept_alive = False
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -135,7 +148,7 @@ class GuardedProtocol(HttpToolsProtocol):
             transport.abort()
             return
         self._admitted = True
-        self._await_head(self.guard.limits.header_timeout_s)
+        self._set_deadline(self.guard.limits.header_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
@@ -146,8 +159,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._deadline is None:  # a request begins on a kept-alive connection
-            self._await_head(self.guard.limits.header_timeout_s)
+        if self._deadline is None or self._kept_alive:  # a request begins on a kept-alive connection
+            self._kept_alive = False
+            self._set_deadline(self.guard.limits.header_timeout_s)
 
     def on_headers_complete(self) -> None:
         self.guard.got_head(self)
@@ -162,17 +176,16 @@ class GuardedProtocol(HttpToolsProtocol):
         pipelined = bool(self.pipeline)
         super().on_response_complete()
         if not pipelined and not self.transport.is_closing():
-            # uvicorn closes it after the keep-alive if nothing comes; this bounds a head that starts but stalls
-            self._await_head(self.guard.limits.keep_alive_s + self.guard.limits.header_timeout_s)
+            # uvicorn closes it after the keep-alive if nothing comes; a request begun by then gets the header
+            # deadline (on_message_begin), and this backstops both
+            self._kept_alive = True
+            self.guard.kept_alive(self)
+            self._set_deadline(self.guard.limits.keep_alive_s + self.guard.limits.header_timeout_s)
 
     def close_now(self) -> None:
         self._cancel_deadline()
         if not self.transport.is_closing():
             self.transport.abort()
-
-    def _await_head(self, timeout_s: float) -> None:
-        self.guard.wait_for_head(self)
-        self._set_deadline(timeout_s)
 
     def _set_deadline(self, timeout_s: float) -> None:
         self._cancel_deadline()

@@ -29,16 +29,18 @@ from tests.integration.conftest import BootedDevice
 from tests.support.hub import HubProcess, hub_process
 from tests.support.nodes import enroll_node
 from tests.support.protocol import ManualEnrollment
-from tests.support.slowloris import half_headers
+from tests.support.slowloris import half_headers, silent_connections_closed_after
 from tests.support.svid import issue_svid_files
 from trustd.agent.renewal_client import renew_node
 from trustd.ca import SpiffeCA
+from trustd.hub import KEEP_ALIVE_S
 from trustd.spiffe_id import TrustDomain
 
 pytestmark = pytest.mark.integration
 
 GARBAGE_POSTS = 10_000
 HEADER_TIMEOUT_S = 8.0
+HANDSHAKE_TIMEOUT_S = 3.0
 
 
 def _store_bytes(data_dir: Path) -> int:
@@ -194,11 +196,16 @@ def test_slowloris_thousand_half_headers_stop_neither_healthz_nor_enrollment_ren
     golden_device: BootedDevice, ek_roots: Path, tmp_path: Path
 ) -> None:
     with (
-        _env(TRUSTD_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S)),
+        _env(TRUSTD_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S), TRUSTD_TLS_HANDSHAKE_TIMEOUT_S=str(HANDSHAKE_TIMEOUT_S)),
         hub_process(tmp_path, ek_roots=ek_roots, extra_args=_policy_args(tmp_path)) as hub,
     ):
         port = int(hub.url.rsplit(":", 1)[1])
         context = ssl.create_default_context(cafile=str(hub.ca_bundle))
+        # a cluster's connection kept alive between polls, from the attacker's address: it must survive
+        kept = httpx.Client(
+            base_url=hub.url, verify=context, timeout=5, limits=httpx.Limits(keepalive_expiry=KEEP_ALIVE_S)
+        )
+        kept_port = _client_port(kept.get("/healthz"))
         with half_headers("127.0.0.1", port, ca_file=hub.ca_bundle, count=1000) as attack:
             assert attack.opened == 1000, attack.failed[:3]
             with httpx.Client(base_url=hub.url, verify=context, timeout=5) as http:
@@ -223,5 +230,16 @@ def test_slowloris_thousand_half_headers_stop_neither_healthz_nor_enrollment_ren
             closed = attack.wait_closed(timeout_s=HEADER_TIMEOUT_S + 10)
             assert closed == attack.opened, f"{attack.opened - closed} half-header connections left open"
             assert attack.closed_after_s() <= HEADER_TIMEOUT_S + 2
-        with httpx.Client(base_url=hub.url, verify=context, timeout=5) as http:
-            assert http.get("/healthz").status_code == 200
+        # connections that never even start TLS are closed after the handshake timeout (asyncio's default: 60 s)
+        waited = silent_connections_closed_after("127.0.0.1", port, count=100, max_s=HANDSHAKE_TIMEOUT_S + 10)
+        assert max(waited) <= HANDSHAKE_TIMEOUT_S + 2, f"a silent connection stayed open {max(waited):.1f}s"
+        try:  # the same TLS connection still serves: no reconnect, no handshake (fleet perf)
+            again = kept.get("/healthz")
+            assert again.status_code == 200
+            assert _client_port(again) == kept_port
+        finally:
+            kept.close()
+
+
+def _client_port(answer: httpx.Response) -> int:
+    return int(answer.extensions["network_stream"].get_extra_info("client_addr")[1])

@@ -102,3 +102,24 @@ def half_headers(host: str, port: int, *, ca_file: Path, count: int, max_s: floa
     finally:
         stop.set()
         thread.join(timeout=30)
+
+
+def silent_connections_closed_after(host: str, port: int, *, count: int, max_s: float) -> list[float]:
+    """Open `count` TCP connections to a TLS port that never send a ClientHello; returns, per connection, the
+    seconds until the server closed it (`max_s` where it did not: the caller's assertion fails)."""
+
+    async def one() -> float:
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            # b"" or a reset once the server closes it; a timeout (an OSError too) leaves about max_s elapsed
+            with suppress(OSError):
+                await asyncio.wait_for(reader.read(), max_s)
+            return time.monotonic() - started
+        finally:
+            writer.close()
+
+    async def main() -> list[float]:
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+    return asyncio.run(main())
