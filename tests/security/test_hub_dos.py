@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,9 +29,11 @@ from attestation.device import TPMDevice
 from tests.integration.conftest import BootedDevice
 from tests.support.hub import HubProcess, hub_process
 from tests.support.nodes import enroll_node
+from tests.support.postgres import running_postgres
 from tests.support.protocol import ManualEnrollment
 from tests.support.slowloris import half_headers, silent_connections_closed_after
 from tests.support.svid import issue_svid_files
+from tests.support.tlsca import TestCA
 from trustd.agent.renewal_client import renew_node
 from trustd.ca import SpiffeCA
 from trustd.hub import KEEP_ALIVE_S
@@ -146,24 +149,45 @@ def test_ten_thousand_garbage_enrollment_posts_grow_the_store_by_less_than_a_meg
     assert "limited to 256" in too_large["reason"]
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
+    """None: the hub's embedded SQLite file; else a database on a real PostgreSQL (TLS, password)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with running_postgres(TestCA(tmp_path / "pg-ca")) as server:
+        yield server.new_database()
+
+
+def _challenge_count(data_dir: Path, store_url: str | None) -> int:
+    if store_url is None:
+        return int(_rows(data_dir, "SELECT COUNT(*) FROM challenges")[0][0])
+    with psycopg.connect(store_url) as db:
+        row = db.execute("SELECT COUNT(*) FROM challenges").fetchone()
+        return int(row[0]) if row else -1
+
+
 def test_expired_challenges_are_purged_by_the_running_hub(
-    golden_device: BootedDevice, ek_roots: Path, tmp_path: Path
+    golden_device: BootedDevice, ek_roots: Path, tmp_path: Path, store_url: str | None
 ) -> None:
     with TPMDevice(golden_device.tcti) as tpm, httpx.Client() as unused:
         manual = ManualEnrollment(tpm, unused)
         bodies = [manual.challenge_body(node=f"n{i}") for i in range(3)]
     bodies.append(dict(bodies[0], ek_public=bodies[0]["ak_public"]))  # refused: not this certificate's EK
-    with _env(TRUSTD_CHALLENGE_TTL_S="5"), hub_process(tmp_path, ek_roots=ek_roots) as hub:
-        context = ssl.create_default_context(cafile=str(hub.ca_bundle))
-        with httpx.Client(base_url=hub.url, verify=context) as http:
-            answers = [http.post("/v1/enroll/challenge", json=b).status_code for b in bodies]
-            assert answers == [200, 200, 200, 403]
-            assert _rows(hub.data_dir, "SELECT COUNT(*) FROM challenges")[0][0] == 3
-            deadline = time.monotonic() + 20  # TTL 5 s, then the hub's upkeep (every 5 s with this TTL)
-            while _rows(hub.data_dir, "SELECT COUNT(*) FROM challenges")[0][0] and time.monotonic() < deadline:
-                time.sleep(0.5)
-            assert _rows(hub.data_dir, "SELECT COUNT(*) FROM challenges")[0][0] == 0
-            assert http.get("/healthz").status_code == 200
+    store_args = () if store_url is None else ("--store", store_url)
+    with (
+        _env(TRUSTD_CHALLENGE_TTL_S="5"),
+        hub_process(tmp_path, ek_roots=ek_roots, extra_args=store_args) as hub,
+        httpx.Client(base_url=hub.url, verify=ssl.create_default_context(cafile=str(hub.ca_bundle))) as http,
+    ):
+        answers = [http.post("/v1/enroll/challenge", json=b).status_code for b in bodies]
+        assert answers == [200, 200, 200, 403]
+        assert _challenge_count(hub.data_dir, store_url) == 3
+        deadline = time.monotonic() + 20  # TTL 5 s, then the hub's upkeep (every 5 s with this TTL)
+        while _challenge_count(hub.data_dir, store_url) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _challenge_count(hub.data_dir, store_url) == 0  # no request came: the periodic upkeep did it
+        assert http.get("/healthz").status_code == 200
 
 
 def _policy_args(workdir: Path) -> tuple[str, ...]:
