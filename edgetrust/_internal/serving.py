@@ -38,6 +38,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("edgetrust.serving")
 
+_REFUSED_BODY = b'{"error": "too_many_connections", "reason": "the server is at its connection cap"}'
+_REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"retry-after: 1\r\ncontent-length: " + str(len(_REFUSED_BODY)).encode() + b"\r\n\r\n" + _REFUSED_BODY
+)
 #: fds kept for everything that is not a client connection (store, logs, outgoing calls)
 FD_RESERVE = 128
 
@@ -145,7 +150,8 @@ class GuardedProtocol(HttpToolsProtocol):
         peer = transport.get_extra_info("peername")
         self.source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         if not self.guard.admit(self):
-            transport.abort()
+            transport.write(_REFUSED)  # every connection is inside a request: refuse now rather than queue
+            transport.close()
             return
         self._admitted = True
         self._set_deadline(self.guard.limits.header_timeout_s)

@@ -11,6 +11,7 @@ import os
 import secrets
 import sqlite3
 import ssl
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -263,6 +264,36 @@ def test_slowloris_thousand_half_headers_stop_neither_healthz_nor_enrollment_ren
             assert _client_port(again) == kept_port
         finally:
             kept.close()
+
+
+def test_connections_past_the_cap_are_refused_at_once_not_queued_and_long_polls_are_never_evicted(
+    ek_roots: Path, tmp_path: Path
+) -> None:
+    cap, wait_s = 16, 6.0
+    with (
+        _env(TRUSTD_MAX_CONNECTIONS=str(cap)),
+        hub_process(tmp_path, ek_roots=ek_roots, extra_args=_policy_args(tmp_path)) as hub,
+    ):
+        results: list[tuple[int, float]] = []
+        polls = [
+            threading.Thread(target=lambda i=i: results.append(_long_poll(hub, tmp_path / f"c{i}", wait_s=wait_s)))
+            for i in range(cap)
+        ]
+        for poll in polls:
+            poll.start()
+        time.sleep(2)  # every poll is being held
+        context = ssl.create_default_context(cafile=str(hub.ca_bundle))
+        started = time.monotonic()
+        refused = httpx.get(f"{hub.url}/healthz", verify=context, timeout=5)
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "too_many_connections"
+        assert time.monotonic() - started < 2  # refused now, not queued
+        for poll in polls:
+            poll.join(timeout=wait_s + 15)
+        # the polls at the cap were neither cut nor evicted: each was held for its whole wait
+        assert sorted(status for status, _ in results) == [204] * cap
+        assert min(held for _, held in results) >= wait_s - 0.5
+        assert httpx.get(f"{hub.url}/healthz", verify=context, timeout=5).status_code == 200
 
 
 def _client_port(answer: httpx.Response) -> int:
