@@ -13,9 +13,10 @@ every connection would cut them. Here, per connection:
 - a request body must be complete `body_timeout_s` after its head (not the response: long polls are held
   by the app, with their head and body long received);
 - at most `max_connections` connections are open (capped below the fd limit, which is raised to its hard
-  limit); at the cap, and past `max_waiting_per_source` connections of one client address still waiting for
-  a request head, the oldest such waiting connection is closed to make room. Connections inside a request
-  (a long poll) are never evicted, and a new one is refused (closed) only when every connection is inside one.
+  limit). Past `max_waiting_per_source` connections of one client address that have not sent a whole
+  request yet, the oldest of those is closed to make room; at the cap, the oldest of those from anyone, then
+  the oldest kept-alive idle one. Connections inside a request (a long poll) are never evicted; a new one
+  is refused at once (503 too_many_connections) only when every open connection is inside a request.
 
 Both `trustd serve` and `edgetrust-admission serve` run through `run()`, which also runs the caller's
 periodic upkeep tasks (e.g. trustd's challenge purge) on the server's loop.
