@@ -16,6 +16,7 @@ from admission.opa import OpaDecider, OpaSettings
 from admission.policy import PolicySet
 from admission.registry import RegistryClient, RegistrySettings
 from admission.settings import AdmissionSettings
+from edgetrust._internal import serving
 from syncer.bundle import unpack
 from syncer.errors import SyncerError
 from syncer.signing import load_verification_keys, verify_bundle
@@ -96,18 +97,17 @@ def build_app(settings: AdmissionSettings) -> ReviewEndpoints:
 
 
 def serve(settings: AdmissionSettings) -> None:
-    import uvicorn
-
     app = build_app(settings)
     log.info("admission webhook on https://%s:%d", settings.listen_host, settings.listen_port)
-    uvicorn.run(
+    serving.run(
         app,
         host=settings.listen_host,
         port=settings.listen_port,
-        ssl_certfile=str(settings.tls_cert),
-        ssl_keyfile=str(settings.tls_key),
-        log_level="warning",
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
+        certfile=str(settings.tls_cert),
+        keyfile=str(settings.tls_key),
+        limits=serving.ServingLimits(
+            handshake_timeout_s=settings.tls_handshake_timeout_s,
+            header_timeout_s=settings.header_timeout_s,
+            max_connections=settings.max_connections,
+        ),
     )

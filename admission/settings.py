@@ -50,6 +50,11 @@ class AdmissionSettings(BaseSettings):
     listen_port: int = Field(default=8443, ge=0, le=65535)
     tls_cert: Path = Path("/etc/edgetrust/admission/tls.crt")
     tls_key: Path = Path("/etc/edgetrust/admission/tls.key")
+    #: slow clients (slowloris): a TLS handshake and a request head must each be done within these seconds
+    tls_handshake_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    #: open connections at most; capped below the fd limit at start
+    max_connections: int = Field(default=4096, ge=16)
 
     @field_validator("plain_http_registries")
     @classmethod

@@ -31,7 +31,8 @@ except ImportError as exc:  # pragma: no cover - exercised only on machines with
     ) from exc
 
 EKKind = Literal["rsa", "ecc"]
-AKKind = Literal["ecc", "rsa", "rsapss"]
+#: "rsa-sha1" and "ecc-sha1" are what legacy vTPMs make: the hub refuses them unless the device class opts in
+AKKind = Literal["ecc", "rsa", "rsapss", "rsa-sha1", "ecc-sha1"]
 
 #: TCG EK Credential Profile templates, in order of preference; the first with a certificate in NV wins
 _EK_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -42,6 +43,8 @@ _AK_TEMPLATES: dict[str, str] = {
     "ecc": "ecc256:ecdsa-sha256:null",
     "rsa": "rsa2048:rsassa-sha256:null",
     "rsapss": "rsa2048:rsapss-sha256:null",
+    "rsa-sha1": "rsa2048:rsassa-sha1:null",
+    "ecc-sha1": "ecc256:ecdsa-sha1:null",
 }
 _AK_ATTRIBUTES = (
     TPMA_OBJECT.RESTRICTED

@@ -1,8 +1,10 @@
 """Verify a TPM quote: the recipe the hub runs on every enrollment.
 
 Steps, in order, each with its own error:
-1. the AK is a restricted, fixedTPM, fixedParent signing key (else a quote proves nothing);
-2. the signature over TPMS_ATTEST verifies with the AK (SHA-256 or stronger);
+1. the AK is a restricted, fixedTPM, fixedParent signing key (else a quote proves nothing), named with SHA-256
+   or stronger, whose fixed signing scheme hashes with SHA-256 or stronger (SHA-1 only where the device class
+   opts in with `allow_sha1_quotes`, for legacy vTPMs);
+2. the signature over TPMS_ATTEST is in the AK's scheme and verifies with the AK;
 3. TPMS_ATTEST is TPM-generated (magic) and a quote;
 4. its extraData is our nonce (no replay, no stale quote);
 5. the PCR values sent, concatenated in selection order and hashed with the signature's hash, equal the
@@ -16,14 +18,32 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from attestation.errors import AKAttributesError, MalformedStructureError, NonceMismatchError, PCRDigestMismatchError
+from attestation.errors import (
+    AKAttributesError,
+    MalformedStructureError,
+    NonceMismatchError,
+    PCRDigestMismatchError,
+    QuoteSignatureError,
+    UnsupportedAlgorithmError,
+)
 from attestation.tpm2.attest import Selection, parse_attest
-from attestation.tpm2.constants import TPM_GENERATED_VALUE, TPMA_OBJECT, HashAlg
+from attestation.tpm2.constants import TPM2_ALG, TPM_GENERATED_VALUE, TPMA_OBJECT, HashAlg
 from attestation.tpm2.public import TpmPublic
 from attestation.tpm2.signature import parse_signature, verify_signature
 
 PcrValues = Mapping[HashAlg, Mapping[int, bytes]]
 
+#: the signing schemes a quote may use, per key type
+_AK_SCHEMES: dict[int, tuple[TPM2_ALG, ...]] = {
+    TPM2_ALG.RSA: (TPM2_ALG.RSASSA, TPM2_ALG.RSAPSS),
+    TPM2_ALG.ECC: (TPM2_ALG.ECDSA,),
+}
+_SCHEME_NAMES: dict[int, str] = {
+    TPM2_ALG.RSASSA: "RSASSA",
+    TPM2_ALG.RSAPSS: "RSAPSS",
+    TPM2_ALG.ECDSA: "ECDSA",
+    TPM2_ALG.NULL: "NULL",
+}
 _AK_REQUIRED = TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
 
 
@@ -48,12 +68,70 @@ def check_ak_attributes(ak: TpmPublic) -> None:
         )
 
 
+def scheme_label(ak: TpmPublic) -> str:
+    """The AK's signing scheme as people write it, e.g. 'RSASSA/SHA-256'."""
+    scheme = _SCHEME_NAMES.get(ak.scheme, f"0x{ak.scheme:04x}")
+    if ak.scheme_hash is None:
+        return scheme
+    try:
+        digest = HashAlg(ak.scheme_hash).label.upper().replace("SHA", "SHA-")
+    except ValueError:
+        digest = f"hash 0x{ak.scheme_hash:04x}"
+    return f"{scheme}/{digest}"
+
+
+def ak_signs_with_sha1(ak: TpmPublic) -> bool:
+    return ak.scheme_hash == HashAlg.SHA1
+
+
+def check_ak_scheme(ak: TpmPublic, *, allow_sha1: bool = False) -> None:
+    """Refuse, before any quote is spent, an AK whose quotes could not be trusted.
+
+    A restricted signing key signs with the scheme fixed in its public area, so the scheme is known at
+    enrollment: an AK signing with SHA-1 is refused there, naming the scheme, unless its device class opts
+    in (legacy vTPMs whose quotes are SHA-1 signed). The AK's Name, which MakeCredential binds the secret
+    to, must be SHA-256 or stronger, whatever the class: a SHA-1 Name is open to collisions.
+    """
+    if ak.name_alg == HashAlg.SHA1:
+        raise UnsupportedAlgorithmError(
+            "the AK's nameAlg is SHA-1: its Name binds the credential and the quotes, and must be SHA-256 or stronger"
+        )
+    allowed = _AK_SCHEMES.get(ak.type, ())
+    if ak.scheme not in allowed or ak.scheme_hash is None:
+        raise UnsupportedAlgorithmError(
+            f"the AK's signing scheme is {scheme_label(ak)}: an AK must fix its scheme to one of "
+            f"{', '.join(_SCHEME_NAMES[s] for s in allowed)} with SHA-256 or stronger"
+        )
+    try:
+        digest = HashAlg.from_id(ak.scheme_hash, where="the AK's signing scheme")
+    except (MalformedStructureError, UnsupportedAlgorithmError) as exc:
+        raise UnsupportedAlgorithmError(f"the AK's signing scheme is {scheme_label(ak)}: {exc}") from exc
+    if digest == HashAlg.SHA1 and not allow_sha1:
+        raise UnsupportedAlgorithmError(
+            f"the AK's signing scheme is {scheme_label(ak)}: quotes signed with SHA-1 are refused; create the AK "
+            "with SHA-256 (e.g. rsa2048:rsassa-sha256), or, for a legacy vTPM that only signs SHA-1 quotes, "
+            "set allow_sha1_quotes: true on its device class"
+        )
+
+
 def verify_quote(
-    *, ak: TpmPublic, attest: bytes, signature: bytes, nonce: bytes, pcr_values: PcrValues
+    *,
+    ak: TpmPublic,
+    attest: bytes,
+    signature: bytes,
+    nonce: bytes,
+    pcr_values: PcrValues,
+    allow_sha1: bool = False,
 ) -> VerifiedQuote:
     check_ak_attributes(ak)
+    check_ak_scheme(ak, allow_sha1=allow_sha1)
     sig = parse_signature(signature)
-    verify_signature(ak.key, sig, attest)
+    if sig.scheme != ak.scheme or sig.hash != ak.scheme_hash:
+        raise QuoteSignatureError(
+            f"the quote's signature scheme is not the AK's ({scheme_label(ak)}): a restricted key signs only "
+            "with its own scheme, so this signature is not the TPM's"
+        )
+    verify_signature(ak.key, sig, attest, allow_sha1=allow_sha1)
     info = parse_attest(attest)
     if info.magic != TPM_GENERATED_VALUE:
         raise MalformedStructureError("the attestation was not generated by a TPM (magic is not TPM_GENERATED)")

@@ -6,6 +6,7 @@ device_classes:
     pcr_bank: sha256
     pcrs: {0: ["<hex>", ...], 7: ["<hex>"], 10: any}
     event_log: required | optional | ignored
+    allow_sha1_quotes: false   # true only for legacy (v)TPMs: AKs signing SHA-1 quotes, pcr_bank sha1 (audited)
     events:
       require: [{pcr: 7, type: EV_EFI_VARIABLE_DRIVER_CONFIG, variable: SecureBoot, data_sha256: "<hex>"}]
       forbid:  [{pcr: 4, type: EV_EFI_BOOT_SERVICES_APPLICATION, digest: "<hex>"}]
@@ -61,6 +62,9 @@ class DeviceClassPolicy:
     event_log: str
     require: tuple[EventRule, ...]
     forbid: tuple[EventRule, ...]
+    #: accept SHA-1 in this class's quotes (AKs signing RSASSA/SHA-1 or ECDSA/SHA-1, the sha1 PCR bank): off unless
+    #: the operator says so, and recorded in the audit of every enrollment that used it
+    allow_sha1_quotes: bool = False
 
     def selection(self) -> dict[HashAlg, tuple[int, ...]]:
         return {self.bank: tuple(sorted(self.pcrs))}
@@ -151,7 +155,7 @@ class ReferencePolicy:
 def _class(name: str, raw: Any, where: str) -> DeviceClassPolicy:
     if not isinstance(raw, Mapping):
         raise PolicyConfigError(f"{where}: expected a mapping")
-    unknown = set(raw) - {"pcr_bank", "pcrs", "event_log", "events"}
+    unknown = set(raw) - {"pcr_bank", "pcrs", "event_log", "events", "allow_sha1_quotes"}
     if unknown:
         raise PolicyConfigError(f"{where}: unknown keys {sorted(unknown)}")
     try:
@@ -185,7 +189,16 @@ def _class(name: str, raw: Any, where: str) -> DeviceClassPolicy:
     forbid = tuple(_rule(r, f"{where}.events.forbid[{i}]", bank) for i, r in enumerate(events.get("forbid") or []))
     if mode == "ignored" and (require or forbid):
         raise PolicyConfigError(f"{where}: event rules need event_log 'required' or 'optional', not 'ignored'")
-    return DeviceClassPolicy(name, bank, pcrs, mode, require, forbid)
+    allow_sha1 = raw.get("allow_sha1_quotes", False)
+    if not isinstance(allow_sha1, bool):
+        raise PolicyConfigError(f"{where}.allow_sha1_quotes: expected true or false, got {allow_sha1!r}")
+    if bank == HashAlg.SHA1 and not allow_sha1:
+        # SHA-1 PCR values are open to collisions of what was measured: a legacy choice the operator makes
+        raise PolicyConfigError(
+            f"{where}.pcr_bank: the sha1 bank is only for legacy TPMs; say so with allow_sha1_quotes: true, "
+            "or use sha256"
+        )
+    return DeviceClassPolicy(name, bank, pcrs, mode, require, forbid, allow_sha1)
 
 
 def _hex(value: Any, where: str, size: int) -> bytes:

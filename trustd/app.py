@@ -84,17 +84,17 @@ def create_app(
 
     @app.exception_handler(TrustdError)
     async def trustd_refused(_request: Request, exc: TrustdError) -> JSONResponse:
-        return _error(403, exc.code, exc.diagnostics())
+        return _error(getattr(exc, "http_status", 403), exc.code, exc.diagnostics())
 
     # Enrollment is a few milliseconds of CPU under the GIL: run it on the event loop rather than hopping to a
     # worker thread, which costs more than it overlaps (measured: 7.0 -> 5.75 ms trustd CPU per enrollment).
     @app.post("/v1/enroll/challenge")
-    async def enroll_challenge(body: ChallengeRequest) -> ChallengeResponse:
-        return service.begin(body)
+    async def enroll_challenge(body: ChallengeRequest, request: Request) -> ChallengeResponse:
+        return service.begin(body, source=request.client.host if request.client else "")
 
     @app.post("/v1/enroll/complete")
-    async def enroll_complete(body: EnrollRequest) -> EnrollResponse:
-        return service.complete(body)
+    async def enroll_complete(body: EnrollRequest, request: Request) -> EnrollResponse:
+        return service.complete(body, source=request.client.host if request.client else "")
 
     @app.get("/v1/bundle")
     def spiffe_bundle() -> dict[str, Any]:

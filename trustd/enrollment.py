@@ -6,7 +6,9 @@ Round 2 (`complete`): the device returns the secret (only the TPM holding both E
 a quote over the PCRs its device class names, carrying our nonce, and a CSR. We verify the quote, compare
 the PCRs (and the replayed event log) with the operator's reference values and only then sign the CSR.
 
-Any refusal raises `AttestationError` or `TrustdError`, is audited, and records nothing as enrolled.
+Any refusal raises `AttestationError` or `TrustdError`, is audited (aggregated per kind, source and minute, see
+`trustd.refusals`), and records nothing as enrolled. Round 1 needs no proof of possession (EK certificates
+are public), so what it stores is bounded: claims by size, challenges per EK by count, expired ones purged.
 The service is synchronous and free of HTTP so that tests, benchmarks and the API share it.
 """
 
@@ -25,7 +27,7 @@ from attestation.credential import make_credential
 from attestation.ek import EKVerifier, ek_fingerprint
 from attestation.errors import AttestationError, CredentialActivationError, MalformedStructureError
 from attestation.eventlog import EventLog, parse_event_log
-from attestation.quote import check_ak_attributes, verify_quote
+from attestation.quote import ak_signs_with_sha1, check_ak_attributes, check_ak_scheme, scheme_label, verify_quote
 from attestation.refvalues import ReferencePolicy
 from attestation.tpm2.constants import HashAlg
 from attestation.tpm2.public import parse_public
@@ -38,7 +40,8 @@ from trustd.api_models import (
     b64decode_field,
 )
 from trustd.ca import SpiffeCA
-from trustd.errors import EnrollmentError, TrustdError
+from trustd.errors import ChallengeError, ClaimsTooLargeError, EnrollmentError, TrustdError
+from trustd.refusals import RefusalAudit
 from trustd.spiffe_id import SpiffeId, render_spiffe_id
 from trustd.store import AuditEvent, ChallengeRecord, DeviceRecord, Store, SvidRecord
 
@@ -49,6 +52,14 @@ SECRET_BYTES = 32
 NONCE_BYTES = 32
 #: PCR digests are at most SHA-512 sized; anything longer is not a PCR value
 _MAX_PCR_HEX = 128
+#: claims name a node (site, node, rack...): a key is an identifier, a value a short name; both are stored
+MAX_CLAIM_KEY = 64
+MAX_CLAIM_VALUE = 256
+#: pending challenges kept per EK: a device needs one; round 1 replayed with its public EK certificate
+#: replaces the oldest instead of growing the store
+MAX_PENDING_PER_EK = 4
+#: expired challenges are purged at most this often (one DELETE, not one per request)
+PURGE_INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +82,7 @@ class EnrollmentService:
         store: Store,
         policy: EnrollmentPolicy,
         clock: Callable[[], float] = time.time,
+        refusals: RefusalAudit | None = None,
     ) -> None:
         self._ek_verifier = ek_verifier
         self._reference = reference_policy
@@ -78,12 +90,33 @@ class EnrollmentService:
         self._store = store
         self._policy = policy
         self._clock = clock
+        self._refusals = refusals or RefusalAudit(store)
+        self._next_purge = 0.0
+
+    # -- upkeep ----------------------------------------------------------------------------------------------
+    @property
+    def upkeep_interval_s(self) -> float:
+        """How often `maintain` should run: expired challenges live at most one more challenge TTL (or 30 s)."""
+        return min(PURGE_INTERVAL_S, self._policy.challenge_ttl.total_seconds())
+
+    def maintain(self, now: float | None = None) -> None:
+        """Purge expired challenges and write pending refusal counts: run periodically by the server."""
+        now = self._clock() if now is None else now
+        self._next_purge = now + self.upkeep_interval_s
+        self._store.purge_challenges(now=now)
+        self._refusals.flush()
+
+    def close(self) -> None:
+        self._refusals.flush()
 
     # -- round 1 ---------------------------------------------------------------------------------------------
-    def begin(self, request: ChallengeRequest) -> ChallengeResponse:
+    def begin(self, request: ChallengeRequest, *, source: str = "") -> ChallengeResponse:
         now = self._clock()
+        if now >= self._next_purge:
+            self.maintain(now)
         subject = "unknown-ek"
         try:
+            _check_claims(request.claims)
             ek_public = parse_public(b64decode_field(request.ek_public, field="ek_public"))
             subject = ek_fingerprint(ek_public)
             verified_ek = self._ek_verifier.verify(
@@ -96,6 +129,7 @@ class EnrollmentService:
             ak_public = parse_public(ak_bytes)
             check_ak_attributes(ak_public)
             class_policy = self._reference.device_class(request.device_class)
+            check_ak_scheme(ak_public, allow_sha1=class_policy.allow_sha1_quotes)
             # Fail early on a name we would refuse later, before the device spends a quote on it.
             self._spiffe_id(request.claims, request.device_class, verified_ek.fingerprint)
 
@@ -112,9 +146,9 @@ class EnrollmentService:
                 created_at=now,
                 expires_at=now + self._policy.challenge_ttl.total_seconds(),
             )
-            self._store.put_challenge(challenge)
+            self._store.put_challenge(challenge, keep_per_ek=MAX_PENDING_PER_EK)
         except (AttestationError, TrustdError) as exc:
-            self._refused("enroll.challenge", subject, exc, now)
+            self._refused("enroll.challenge", subject, exc, now, source)
             raise
         return ChallengeResponse(
             challenge_id=challenge.id,
@@ -134,13 +168,15 @@ class EnrollmentService:
         return self._policy
 
     # -- round 2 ---------------------------------------------------------------------------------------------
-    def complete(self, request: EnrollRequest) -> EnrollResponse:
+    def complete(self, request: EnrollRequest, *, source: str = "") -> EnrollResponse:
         now = self._clock()
         subject = "unknown-challenge"
         try:
             # Consumed first, whatever follows: a challenge answers once, right or wrong.
             challenge = self._store.consume_challenge(request.challenge_id, now=now)
             subject = challenge.ek_fingerprint
+            if challenge.purpose != "enroll":
+                raise ChallengeError("this challenge was made for a renewal, not for enrollment")
             activated = b64decode_field(request.activated_secret, field="activated_secret")
             if not hmac.compare_digest(hashlib.sha256(activated).digest(), challenge.secret_digest):
                 raise CredentialActivationError(
@@ -148,19 +184,32 @@ class EnrollmentService:
                     "the EK whose certificate it presented"
                 )
             ak_public = parse_public(challenge.ak_public)
+            claims = dict(challenge.claims)
+            device_class = claims.pop("device_class")
+            class_policy = self._reference.device_class(device_class)
             quote = verify_quote(
                 ak=ak_public,
                 attest=b64decode_field(request.attest, field="attest"),
                 signature=b64decode_field(request.signature, field="signature"),
                 nonce=challenge.nonce,
                 pcr_values=parse_pcr_values(request.pcr_values),
+                allow_sha1=class_policy.allow_sha1_quotes,
             )
-            claims = dict(challenge.claims)
-            device_class = claims.pop("device_class")
             event_log: EventLog | None = None
             if request.event_log is not None:
                 event_log = parse_event_log(b64decode_field(request.event_log, field="event_log"))
-            self._reference.device_class(device_class).check(quote, event_log)
+            class_policy.check(quote, event_log)
+            detail = {"ek": challenge.ek_fingerprint, "class": device_class, "ak_scheme": scheme_label(ak_public)}
+            sha1_used = [
+                what
+                for what, used in (
+                    ("the AK signs with SHA-1", ak_signs_with_sha1(ak_public)),
+                    ("the PCR bank is sha1", class_policy.bank == HashAlg.SHA1),
+                )
+                if used
+            ]
+            if sha1_used:  # the operator's opt-in, on the record for every device that used it
+                detail["sha1_quotes"] = "allowed by the device class (allow_sha1_quotes): " + ", ".join(sha1_used)
 
             spiffe_id = self._spiffe_id(claims, device_class, challenge.ek_fingerprint)
             known = self._store.device(challenge.ek_fingerprint)
@@ -203,15 +252,11 @@ class EnrollmentService:
                     event="enroll.complete",
                     outcome="enrolled",
                     subject=str(spiffe_id),
-                    detail={
-                        "ek": challenge.ek_fingerprint,
-                        "serial": f"{svid.serial:x}",
-                        "class": device_class,
-                    },
+                    detail={**detail, "serial": f"{svid.serial:x}"},
                 ),
             )
         except (AttestationError, TrustdError) as exc:
-            self._refused("enroll.complete", subject, exc, now)
+            self._refused("enroll.complete", subject, exc, now, source)
             raise
         log.info("enrolled %s (EK %s…, class %s)", spiffe_id, challenge.ek_fingerprint[:16], device_class)
         return EnrollResponse(
@@ -233,17 +278,25 @@ class EnrollmentService:
                 f"the device sent {sorted(claims)} (trustctl enroll --claim {exc.args[0]}=...)"
             ) from exc
 
-    def _refused(self, event: str, subject: str, exc: AttestationError | TrustdError, now: float) -> None:
-        log.warning("%s refused for %s: %s", event, subject[:16], exc)
-        self._store.audit(
-            AuditEvent(
-                at=now,
-                event=event,
-                outcome="refused",
-                subject=subject,
-                detail={"code": exc.code, "reason": str(exc)},
-            )
+    def _refused(self, event: str, subject: str, exc: AttestationError | TrustdError, now: float, source: str) -> None:
+        first = self._refusals.record(
+            event=event, subject=subject, code=exc.code, reason=str(exc), source=source, now=now
         )
+        # one line per kind, source and minute, like the audit: a flood of garbage must not flood the log either
+        log.log(logging.WARNING if first else logging.DEBUG, "%s refused for %s: %s", event, subject[:16], exc)
+
+
+def _check_claims(claims: dict[str, str]) -> None:
+    """Refuse (never truncate) claims over the sizes the hub stores, naming the limit."""
+    for key, value in claims.items():
+        if len(key) > MAX_CLAIM_KEY:
+            raise ClaimsTooLargeError(
+                f"claim name {key[:32]!r}… has {len(key)} characters; claim names are limited to {MAX_CLAIM_KEY}"
+            )
+        if len(value) > MAX_CLAIM_VALUE:
+            raise ClaimsTooLargeError(
+                f"claim {key!r} has {len(value)} characters; claim values are limited to {MAX_CLAIM_VALUE}"
+            )
 
 
 def parse_pcr_values(raw: dict[str, dict[int, str]]) -> dict[HashAlg, dict[int, bytes]]:

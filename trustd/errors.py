@@ -26,6 +26,13 @@ class EnrollmentError(TrustdError):
     code = "enrollment_refused"
 
 
+class ClaimsTooLargeError(EnrollmentError):
+    """A claim over the size the hub stores: refused whole (400), never truncated."""
+
+    code = "claims_too_large"
+    http_status = 400
+
+
 class ChallengeError(TrustdError):
     """Unknown, expired or already-answered challenge."""
 

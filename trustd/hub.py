@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from attestation.ek import EKVerifier
 from attestation.refvalues import ReferencePolicy
+from edgetrust._internal import serving
 from syncer.signing import load_verification_keys
 from trustd.app import create_app
 from trustd.ca import SpiffeCA
@@ -52,6 +53,7 @@ class Hub:
     policy: PolicyBundles | None = None
 
     def close(self) -> None:
+        self.service.close()  # the refusal counts still in memory
         self.store.close()
 
 
@@ -126,8 +128,6 @@ def _serving_certificate(settings: TrustdSettings, ca: SpiffeCA, trust_domain: T
 
 
 def serve(settings: TrustdSettings) -> None:
-    import uvicorn
-
     hub = build_hub(settings)
     log.info(
         "trustd serving trust domain %s on https://%s:%d",
@@ -136,22 +136,26 @@ def serve(settings: TrustdSettings) -> None:
         settings.listen_port,
     )
     try:
-        uvicorn.run(
+        serving.run(
             hub.app,
             host=settings.listen_host,
             port=settings.listen_port,
-            ssl_certfile=str(hub.tls_cert),
-            ssl_keyfile=str(hub.tls_key),
+            certfile=str(hub.tls_cert),
+            keyfile=str(hub.tls_key),
             # clients may present an X.509-SVID (clusters, publishers); enrollment needs none
-            ssl_cert_reqs=ssl.CERT_OPTIONAL,
-            ssl_ca_certs=str(hub.client_roots),
-            http=PeerCertificateProtocol,
-            log_level="warning",
-            access_log=False,
-            # clusters come back within a long poll's length plus their own work; uvicorn's 5 s default closed
-            # connections of agents busy applying, and their TLS handshakes were a third of the hub's CPU at
-            # 10,000 clusters (fleet_sim)
-            timeout_keep_alive=KEEP_ALIVE_S,
+            client_cert_reqs=ssl.CERT_OPTIONAL,
+            client_ca_certs=str(hub.client_roots),
+            protocol=PeerCertificateProtocol,
+            limits=serving.ServingLimits(
+                handshake_timeout_s=settings.tls_handshake_timeout_s,
+                header_timeout_s=settings.header_timeout_s,
+                # clusters come back within a long poll's length plus their own work; uvicorn's 5 s default
+                # closed connections of agents busy applying, and their TLS handshakes were a third of the
+                # hub's CPU at 10,000 clusters (fleet_sim)
+                keep_alive_s=KEEP_ALIVE_S,
+                max_connections=settings.max_connections,
+            ),
+            periodic=[serving.Periodic(hub.service.upkeep_interval_s, hub.service.maintain)],
         )
     finally:
         hub.close()

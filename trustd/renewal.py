@@ -18,8 +18,9 @@ from attestation.refvalues import ReferencePolicy
 from attestation.tpm2.public import parse_public
 from trustd.api_models import RenewChallenge, RenewRequest, RenewResponse, b64, b64decode_field
 from trustd.ca import SpiffeCA
-from trustd.enrollment import parse_pcr_values
+from trustd.enrollment import MAX_PENDING_PER_EK, parse_pcr_values
 from trustd.errors import TrustdError
+from trustd.refusals import RefusalAudit
 from trustd.revocations import Revocations
 from trustd.spiffe_id import SpiffeId
 from trustd.store import AuditEvent, ChallengeRecord, DeviceRecord, Store, SvidRecord
@@ -51,6 +52,10 @@ class RenewalService:
         self._svid_ttl = svid_ttl
         self._challenge_ttl = challenge_ttl
         self._clock = clock
+        self._refusals = RefusalAudit(store)
+
+    def close(self) -> None:
+        self._refusals.flush()
 
     def _device(self, spiffe_id: str) -> DeviceRecord:
         device = self._store.device_by_spiffe_id(spiffe_id)
@@ -73,8 +78,9 @@ class RenewalService:
                 claims={"purpose": "renew", "spiffe_id": spiffe_id},
                 created_at=now,
                 expires_at=now + self._challenge_ttl.total_seconds(),
+                purpose="renew",
             )
-            self._store.put_challenge(challenge)
+            self._store.put_challenge(challenge, keep_per_ek=MAX_PENDING_PER_EK)
             selection = self._reference.device_class(device.device_class).selection()
         except (AttestationError, TrustdError) as exc:
             self._refused(spiffe_id, exc, now)
@@ -96,17 +102,19 @@ class RenewalService:
             ak = parse_public(b64decode_field(request.ak_public, field="ak_public"))
             if ak.name.hex() != device.ak_name:
                 raise RenewalError("the quote is not by the AK this node enrolled with")
+            class_policy = self._reference.device_class(device.device_class)
             quote = verify_quote(
                 ak=ak,
                 attest=b64decode_field(request.attest, field="attest"),
                 signature=b64decode_field(request.signature, field="signature"),
                 nonce=challenge.nonce,
                 pcr_values=parse_pcr_values(request.pcr_values),
+                allow_sha1=class_policy.allow_sha1_quotes,
             )
             event_log: EventLog | None = None
             if request.event_log is not None:
                 event_log = parse_event_log(b64decode_field(request.event_log, field="event_log"))
-            self._reference.device_class(device.device_class).check(quote, event_log)
+            class_policy.check(quote, event_log)
             svid = self._ca.issue_x509_svid(
                 request.csr.encode(),
                 SpiffeId.parse(spiffe_id),
@@ -135,7 +143,10 @@ class RenewalService:
         )
 
     def _refused(self, subject: str, exc: AttestationError | TrustdError, now: float) -> None:
-        log.warning("agent.renew refused for %s: %s", subject, exc.diagnostics())
-        self._store.audit(
-            AuditEvent(now, "agent.renew", "refused", subject, {"code": exc.code, "reason": exc.diagnostics()[:500]})
+        # the caller is authenticated (mTLS): its SPIFFE ID is the source the refusals are counted under
+        first = self._refusals.record(
+            event="agent.renew", subject=subject, code=exc.code, reason=exc.diagnostics(), source=subject, now=now
+        )
+        log.log(
+            logging.WARNING if first else logging.DEBUG, "agent.renew refused for %s: %s", subject, exc.diagnostics()
         )

@@ -43,6 +43,11 @@ class TrustdSettings(BaseSettings):
     #: other trust domains to federate with (YAML: federates_with: [{trust_domain, bundle_endpoint_url,
     #: endpoint_spiffe_id, bootstrap_bundle}]); their bundles go to our workloads
     federation_file: Path | None = None
+    #: slow clients (slowloris): a TLS handshake and a request head must each be done within these seconds
+    tls_handshake_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    #: open connections at most (a long-polling cluster holds one); capped below the fd limit at start
+    max_connections: int = Field(default=16384, ge=16)
     #: SPIFFE IDs of operators (trustctl fleet list/revoke), beside those the fleet file names
     operators: tuple[str, ...] = ()
 

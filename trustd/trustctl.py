@@ -41,7 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     enroll.add_argument("--node", help="shorthand for --claim node=...")
     enroll.add_argument("--claim", type=_claim, action="append", default=[], help="naming claim KEY=VALUE")
     enroll.add_argument("--ek", choices=["rsa", "ecc"], default="rsa", help="endorsement key type")
-    enroll.add_argument("--ak", choices=["ecc", "rsa", "rsapss"], default="ecc", help="attestation key type")
+    enroll.add_argument(
+        "--ak",
+        choices=["ecc", "rsa", "rsapss", "rsa-sha1", "ecc-sha1"],
+        default="ecc",
+        help="attestation key type (the -sha1 ones only for legacy vTPMs, where the device class allows them)",
+    )
     enroll.add_argument(
         "--event-log",
         type=Path,

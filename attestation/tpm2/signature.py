@@ -1,6 +1,7 @@
 """TPMT_SIGNATURE: ECDSA, RSASSA-PKCS1v15 and RSAPSS, verified with `cryptography`.
 
-SHA-1 signatures are refused: a quote is only as strong as the hash it signs.
+SHA-1 signatures are refused: a quote is only as strong as the hash it signs. The one exception is the
+caller's explicit `allow_sha1` (a device class's `allow_sha1_quotes`, for legacy vTPMs).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ def parse_signature(data: bytes) -> TpmSignature:
     return TpmSignature(scheme=scheme, hash=hash_alg, signature=signature)
 
 
-def verify_signature(key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey, sig: TpmSignature, message: bytes) -> None:
-    if sig.hash == HashAlg.SHA1:
+def verify_signature(
+    key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey, sig: TpmSignature, message: bytes, *, allow_sha1: bool = False
+) -> None:
+    if sig.hash == HashAlg.SHA1 and not allow_sha1:
         raise UnsupportedAlgorithmError("the quote is signed with SHA-1; configure the AK with SHA-256 or stronger")
     algorithm = sig.hash.hash_algorithm()
     try:

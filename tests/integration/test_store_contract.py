@@ -69,6 +69,36 @@ def test_a_challenge_answers_once_and_says_why_not(opener: Opener) -> None:
     assert store.purge_challenges(now=200.0) == 2
 
 
+def test_pending_challenges_are_capped_per_ek_and_purpose_and_expired_ones_purged(opener: Opener) -> None:
+    a, b = opener(), opener()
+    for i in range(10):  # round 1 replayed ten times for one EK, on two replicas
+        (a, b)[i % 2].put_challenge(
+            ChallengeRecord(f"e{i}", "ek1", b"ak", b"n", b"d", {}, 100.0 + i, 160.0 + i), keep_per_ek=4
+        )
+    renewal = ChallengeRecord("r1", "ek1", b"", b"n", b"", {"purpose": "renew"}, 100.0, 160.0, purpose="renew")
+    a.put_challenge(renewal, keep_per_ek=4)
+    a.put_challenge(ChallengeRecord("other", "ek2", b"ak", b"n", b"d", {}, 105.0, 165.0), keep_per_ek=4)
+    # the newest four of ek1's enrollments survive; its renewal and the other EK's challenge are untouched
+    assert b.consume_challenge("e9", now=120.0).id == "e9"
+    assert a.consume_challenge("e6", now=120.0).id == "e6"
+    with pytest.raises(ChallengeError, match="unknown challenge"):
+        a.consume_challenge("e5", now=120.0)
+    assert b.consume_challenge("r1", now=120.0).purpose == "renew"
+    # expired challenges are purged, answered or not, on every replica's view
+    assert a.purge_challenges(now=168.5) == 5  # e6..e8, r1, other (e9 expires at 169)
+    with pytest.raises(ChallengeError, match="unknown challenge"):
+        b.consume_challenge("other", now=120.0)
+    assert b.purge_challenges(now=170.0) == 1
+
+
+def test_refusals_aggregate_into_one_counted_audit_row(opener: Opener) -> None:
+    a, b = opener(), opener()
+    row = a.audit(AuditEvent(100.0, "enroll.challenge", "refused", "unknown-ek", {"code": "bad_ak"}))
+    b.add_to_audit_count(row, 9_999)
+    (event,) = b.audit_events()
+    assert (event.count, event.detail, event.subject) == (10_000, {"code": "bad_ak"}, "unknown-ek")
+
+
 def test_two_replicas_racing_for_one_challenge_get_one_success(opener: Opener) -> None:
     replicas = [opener(), opener()]
     replicas[0].put_challenge(challenge("race"))
@@ -139,7 +169,7 @@ def test_reopening_keeps_state_and_schema(opener: Opener) -> None:
     version = store.schema_version  # type: ignore[attr-defined]
     store.close()
     again = opener()
-    assert again.schema_version == version == 3  # type: ignore[attr-defined]
+    assert again.schema_version == version == 4  # type: ignore[attr-defined]
     assert [d.spiffe_id for d in again.devices()] == ["spiffe://edge.example/n/1"]
 
 

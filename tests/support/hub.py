@@ -48,6 +48,7 @@ def golden_reference_values() -> dict[str, object]:
             },
             "legacy-sha1": {
                 "pcr_bank": "sha1",
+                "allow_sha1_quotes": True,  # SHA-1 anywhere in a quote is an opt-in (a legacy TPM's class)
                 "pcrs": {i: [replayed[HashAlg.SHA1][i].hex()] for i in (0, 4, 7)},
                 "event_log": "optional",
             },

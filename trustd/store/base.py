@@ -24,6 +24,9 @@ class ChallengeRecord:
     created_at: float
     expires_at: float
     used_at: float | None = None
+    #: what the challenge is for ("enroll", "renew"): the per-EK cap on pending challenges counts each apart,
+    #: so a flood of enrollment round 1s replayed with a device's public EK certificate never evicts its renewal
+    purpose: str = "enroll"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +80,23 @@ class EntryRecord:
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
+    """What happened. `count` > 1 is an aggregate: that many refusals of one kind from one source in one
+    minute (the first one's subject and reason), so that a flood of garbage does not grow the store."""
+
     at: float
     event: str
     outcome: str
     subject: str
     detail: dict[str, str] = field(default_factory=dict)
+    count: int = 1
 
 
 class Store(Protocol):
-    def put_challenge(self, challenge: ChallengeRecord) -> None: ...
+    def put_challenge(self, challenge: ChallengeRecord, *, keep_per_ek: int = 0) -> None:
+        """Store a challenge. With `keep_per_ek` > 0, in the same transaction, drop the expired challenges of
+        the same EK and purpose and the oldest beyond `keep_per_ek` - 1, so that round 1, which anyone holding
+        a (public) EK certificate can replay, never stores more than `keep_per_ek` challenges per TPM."""
+        ...
 
     def consume_challenge(self, challenge_id: str, *, now: float) -> ChallengeRecord:
         """Mark a challenge used and return it, atomically: a second call for the same id must fail.
@@ -94,7 +105,9 @@ class Store(Protocol):
         """
         ...
 
-    def purge_challenges(self, *, now: float) -> int: ...
+    def purge_challenges(self, *, now: float) -> int:
+        """Delete the challenges expired before `now` (answered or not); returns how many."""
+        ...
 
     def record_enrollment(self, device: DeviceRecord, svid: SvidRecord, event: AuditEvent) -> None:
         """Store the device, its SVID and the audit event in one transaction.
@@ -139,7 +152,13 @@ class Store(Protocol):
 
     def entries(self, *, parent_id: str | None = None) -> Sequence[EntryRecord]: ...
 
-    def audit(self, event: AuditEvent) -> None: ...
+    def audit(self, event: AuditEvent) -> int:
+        """Append an audit event; returns its row id (for `add_to_audit_count`)."""
+        ...
+
+    def add_to_audit_count(self, audit_id: int, more: int) -> None:
+        """Count `more` occurrences into an aggregate audit row (one UPDATE for many refusals)."""
+        ...
 
     def audit_events(self, *, limit: int = 100) -> Sequence[AuditEvent]: ...
 

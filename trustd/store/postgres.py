@@ -24,8 +24,11 @@ from psycopg import errors as pg_errors
 from trustd.errors import ChallengeError, StoreConflictError, StoreError
 from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, EntryRecord, RevocationRecord, SvidRecord
 from trustd.store.rows import (
+    AUDIT_SELECT,
     REVOCATION_SELECT,
+    audit_event,
     challenge_record,
+    challenge_values,
     device_record,
     entry_record,
     revocation_record,
@@ -99,6 +102,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX entries_parent ON entries (parent_id);
     """,
+    """
+    ALTER TABLE challenges ADD COLUMN purpose TEXT NOT NULL DEFAULT 'enroll';
+    CREATE INDEX challenges_ek ON challenges (ek_fingerprint, purpose, created_at);
+    ALTER TABLE audit ADD COLUMN count BIGINT NOT NULL DEFAULT 1;
+    """,
 )
 
 
@@ -158,29 +166,43 @@ class PostgresStore:
         return int(row[0]) if row else 0
 
     # -- challenges ----------------------------------------------------------------------------------------
-    def put_challenge(self, challenge: ChallengeRecord) -> None:
-        self._run(
-            lambda db: db.execute(
-                "INSERT INTO challenges VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                (
-                    challenge.id,
-                    challenge.ek_fingerprint,
-                    challenge.ak_public,
-                    challenge.nonce,
-                    challenge.secret_digest,
-                    json.dumps(challenge.claims),
-                    challenge.created_at,
-                    challenge.expires_at,
-                    challenge.used_at,
-                ),
-            )
-        )
+    def put_challenge(self, challenge: ChallengeRecord, *, keep_per_ek: int = 0) -> None:
+        def put(db: psycopg.Connection[Any]) -> None:
+            with db.transaction():
+                if keep_per_ek > 0:
+                    db.execute(
+                        "DELETE FROM challenges WHERE ek_fingerprint = %s AND purpose = %s AND (expires_at < %s OR "
+                        "id IN (SELECT id FROM challenges WHERE ek_fingerprint = %s AND purpose = %s "
+                        "ORDER BY created_at DESC, id OFFSET %s))",
+                        (
+                            challenge.ek_fingerprint,
+                            challenge.purpose,
+                            challenge.created_at,
+                            challenge.ek_fingerprint,
+                            challenge.purpose,
+                            keep_per_ek - 1,
+                        ),
+                    )
+                db.execute(
+                    "INSERT INTO challenges (id, ek_fingerprint, ak_public, nonce, secret_digest, claims, "
+                    "created_at, expires_at, used_at, purpose) "
+                    "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                    challenge_values(challenge),
+                )
+
+        try:
+            self._run(put)
+        except pg_errors.TransactionRollback:
+            # two replicas trimming the same EK's challenges at once (deadlock, serialization): once more
+            self._run(put)
 
     def consume_challenge(self, challenge_id: str, *, now: float) -> ChallengeRecord:
         def consume(db: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
             # one statement: of two replicas answering the same challenge, exactly one gets the row
             return db.execute(
-                "UPDATE challenges SET used_at = %s WHERE id = %s AND used_at IS NULL RETURNING *",
+                "UPDATE challenges SET used_at = %s WHERE id = %s AND used_at IS NULL "
+                "RETURNING id, ek_fingerprint, ak_public, nonce, secret_digest, claims, "
+                "created_at, expires_at, used_at, purpose",
                 (now, challenge_id),
             ).fetchone()
 
@@ -347,12 +369,14 @@ class PostgresStore:
         return [entry_record(r) for r in rows]
 
     # -- audit ---------------------------------------------------------------------------------------------
-    def audit(self, event: AuditEvent) -> None:
-        self._run(lambda db: _insert_audit(db, event))
+    def audit(self, event: AuditEvent) -> int:
+        return self._run(lambda db: _insert_audit(db, event))
+
+    def add_to_audit_count(self, audit_id: int, more: int) -> None:
+        self._run(lambda db: db.execute("UPDATE audit SET count = count + %s WHERE id = %s", (more, audit_id)))
 
     def audit_events(self, *, limit: int = 100) -> Sequence[AuditEvent]:
-        rows = self._all("SELECT at, event, outcome, subject, detail FROM audit ORDER BY id DESC LIMIT %s", (limit,))
-        return [AuditEvent(at=r[0], event=r[1], outcome=r[2], subject=r[3], detail=json.loads(r[4])) for r in rows]
+        return [audit_event(r) for r in self._all(AUDIT_SELECT + " ORDER BY id DESC LIMIT %s", (limit,))]
 
     # -- plumbing ------------------------------------------------------------------------------------------
     def _one(self, sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:
@@ -367,11 +391,12 @@ class PostgresStore:
             self._db.close()
 
 
-def _insert_audit(db: psycopg.Connection[Any], event: AuditEvent) -> None:
-    db.execute(
-        "INSERT INTO audit (at, event, outcome, subject, detail) VALUES (%s,%s,%s,%s,%s)",
-        (event.at, event.event, event.outcome, event.subject, json.dumps(event.detail)),
-    )
+def _insert_audit(db: psycopg.Connection[Any], event: AuditEvent) -> int:
+    row = db.execute(
+        "INSERT INTO audit (at, event, outcome, subject, detail, count) VALUES (%s,%s,%s,%s,%s,%s) RETURNING id",
+        (event.at, event.event, event.outcome, event.subject, json.dumps(event.detail), event.count),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _safe(exc: Exception) -> str:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trustd.store.base import ChallengeRecord, DeviceRecord, EntryRecord, RevocationRecord
+from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, EntryRecord, RevocationRecord
 
 REVOCATION_SELECT = "SELECT spiffe_id, ek_fingerprint, reason, revoked_by, revoked_at, sequence FROM revocations"
+#: columns named, not `*`: later migrations append columns (the stores' INSERT and RETURNING spell them alike)
+CHALLENGE_SELECT = (
+    "SELECT id, ek_fingerprint, ak_public, nonce, secret_digest, claims, created_at, expires_at, used_at, purpose "
+    "FROM challenges"
+)
+AUDIT_SELECT = "SELECT at, event, outcome, subject, detail, count FROM audit"
 
 
 def selectors_column(entry: EntryRecord) -> str:
@@ -27,7 +33,7 @@ def revocation_record(row: tuple[Any, ...]) -> RevocationRecord:
 
 
 def challenge_record(row: tuple[Any, ...]) -> ChallengeRecord:
-    (cid, ek, ak_public, nonce, digest, claims, created, expires, used) = row
+    (cid, ek, ak_public, nonce, digest, claims, created, expires, used, purpose) = row
     return ChallengeRecord(
         id=str(cid),
         ek_fingerprint=str(ek),
@@ -38,7 +44,28 @@ def challenge_record(row: tuple[Any, ...]) -> ChallengeRecord:
         created_at=float(created),
         expires_at=float(expires),
         used_at=None if used is None else float(used),
+        purpose=str(purpose),
     )
+
+
+def challenge_values(challenge: ChallengeRecord) -> tuple[object, ...]:
+    return (
+        challenge.id,
+        challenge.ek_fingerprint,
+        challenge.ak_public,
+        challenge.nonce,
+        challenge.secret_digest,
+        json.dumps(challenge.claims),
+        challenge.created_at,
+        challenge.expires_at,
+        challenge.used_at,
+        challenge.purpose,
+    )
+
+
+def audit_event(row: tuple[Any, ...]) -> AuditEvent:
+    (at, event, outcome, subject, detail, count) = row
+    return AuditEvent(float(at), str(event), str(outcome), str(subject), json.loads(str(detail)), int(count))
 
 
 def device_record(row: tuple[Any, ...]) -> DeviceRecord:

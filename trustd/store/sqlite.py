@@ -16,8 +16,12 @@ from typing import Any
 from trustd.errors import ChallengeError, StoreConflictError, StoreError
 from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, EntryRecord, RevocationRecord, SvidRecord
 from trustd.store.rows import (
+    AUDIT_SELECT,
+    CHALLENGE_SELECT,
     REVOCATION_SELECT,
+    audit_event,
     challenge_record,
+    challenge_values,
     device_record,
     entry_record,
     revocation_record,
@@ -88,6 +92,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX entries_parent ON entries (parent_id);
     """,
+    """
+    ALTER TABLE challenges ADD COLUMN purpose TEXT NOT NULL DEFAULT 'enroll';
+    CREATE INDEX challenges_ek ON challenges (ek_fingerprint, purpose, created_at);
+    ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 
 
@@ -123,28 +132,40 @@ class SQLiteStore:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     # -- challenges ----------------------------------------------------------------------------------------
-    def put_challenge(self, challenge: ChallengeRecord) -> None:
+    def put_challenge(self, challenge: ChallengeRecord, *, keep_per_ek: int = 0) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT INTO challenges VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    challenge.id,
-                    challenge.ek_fingerprint,
-                    challenge.ak_public,
-                    challenge.nonce,
-                    challenge.secret_digest,
-                    json.dumps(challenge.claims),
-                    challenge.created_at,
-                    challenge.expires_at,
-                    challenge.used_at,
-                ),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if keep_per_ek > 0:
+                    self._db.execute(
+                        "DELETE FROM challenges WHERE ek_fingerprint = ? AND purpose = ? AND (expires_at < ? OR id IN "
+                        "(SELECT id FROM challenges WHERE ek_fingerprint = ? AND purpose = ? "
+                        "ORDER BY created_at DESC, id LIMIT -1 OFFSET ?))",
+                        (
+                            challenge.ek_fingerprint,
+                            challenge.purpose,
+                            challenge.created_at,
+                            challenge.ek_fingerprint,
+                            challenge.purpose,
+                            keep_per_ek - 1,
+                        ),
+                    )
+                self._db.execute(
+                    "INSERT INTO challenges (id, ek_fingerprint, ak_public, nonce, secret_digest, claims, "
+                    "created_at, expires_at, used_at, purpose) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    challenge_values(challenge),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def consume_challenge(self, challenge_id: str, *, now: float) -> ChallengeRecord:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT * FROM challenges WHERE id = ?", (challenge_id,)).fetchone()
+                row = self._db.execute(CHALLENGE_SELECT + " WHERE id = ?", (challenge_id,)).fetchone()
                 if row is None:
                     raise ChallengeError(
                         "unknown challenge: it was never issued, or it expired and was purged; start enrollment again"
@@ -324,19 +345,23 @@ class SQLiteStore:
         return [entry_record(r) for r in rows]
 
     # -- audit ---------------------------------------------------------------------------------------------
-    def audit(self, event: AuditEvent) -> None:
+    def audit(self, event: AuditEvent) -> int:
         with self._lock:
-            self._insert_audit(event)
+            return self._insert_audit(event)
+
+    def add_to_audit_count(self, audit_id: int, more: int) -> None:
+        with self._lock:
+            self._db.execute("UPDATE audit SET count = count + ? WHERE id = ?", (more, audit_id))
 
     def audit_events(self, *, limit: int = 100) -> Sequence[AuditEvent]:
-        rows = self._all("SELECT at, event, outcome, subject, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
-        return [AuditEvent(at=r[0], event=r[1], outcome=r[2], subject=r[3], detail=json.loads(r[4])) for r in rows]
+        return [audit_event(r) for r in self._all(AUDIT_SELECT + " ORDER BY id DESC LIMIT ?", (limit,))]
 
-    def _insert_audit(self, event: AuditEvent) -> None:
-        self._db.execute(
-            "INSERT INTO audit (at, event, outcome, subject, detail) VALUES (?,?,?,?,?)",
-            (event.at, event.event, event.outcome, event.subject, json.dumps(event.detail)),
+    def _insert_audit(self, event: AuditEvent) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO audit (at, event, outcome, subject, detail, count) VALUES (?,?,?,?,?,?)",
+            (event.at, event.event, event.outcome, event.subject, json.dumps(event.detail), event.count),
         )
+        return int(cursor.lastrowid or 0)
 
     # -- plumbing ------------------------------------------------------------------------------------------
     def _one(self, sql: str, args: tuple[object, ...]) -> tuple[Any, ...] | None:

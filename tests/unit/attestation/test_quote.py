@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from attestation.errors import (
@@ -8,10 +10,11 @@ from attestation.errors import (
     NonceMismatchError,
     PCRDigestMismatchError,
     QuoteSignatureError,
+    UnsupportedAlgorithmError,
 )
-from attestation.quote import verify_quote
+from attestation.quote import check_ak_scheme, verify_quote
 from attestation.tpm2.attest import parse_attest
-from attestation.tpm2.constants import TPMA_OBJECT, HashAlg
+from attestation.tpm2.constants import TPM2_ALG, TPMA_OBJECT, HashAlg
 from attestation.tpm2.public import parse_public
 from tests.unit.attestation.evidence import CASES, quote_case
 
@@ -117,3 +120,34 @@ def test_recorded_signature_schemes_are_the_three_we_claim() -> None:
     assert schemes["ecc-sha256"] == TPM2_ALG.ECDSA
     assert schemes["rsa-sha256"] == TPM2_ALG.RSASSA
     assert schemes["rsapss-sha256"] == TPM2_ALG.RSAPSS
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"name_alg": HashAlg.SHA1}, "nameAlg is SHA-1"),
+        ({"scheme": TPM2_ALG.NULL, "scheme_hash": None}, "signing scheme is NULL"),
+        ({"scheme": TPM2_ALG.RSASSA}, "must fix its scheme to one of ECDSA"),  # an RSA scheme on an ECC key
+        ({"scheme_hash": HashAlg.SHA1}, "ECDSA/SHA-1: quotes signed with SHA-1 are refused"),
+    ],
+)
+def test_weak_or_unfixed_ak_schemes_are_refused_naming_them(change: dict[str, object], message: str) -> None:
+    case = quote_case("ecc-sha1-sha256")
+    ak = replace(parse_public(case["ak_public"]), **change)  # type: ignore[arg-type]
+    with pytest.raises(UnsupportedAlgorithmError, match=message):
+        check_ak_scheme(ak)
+
+
+def test_sha1_is_allowed_only_by_the_opt_in_and_the_signature_must_be_in_the_aks_scheme() -> None:
+    case = quote_case("ecc-sha1-sha256")
+    ak = parse_public(case["ak_public"])
+    check_ak_scheme(replace(ak, scheme_hash=HashAlg.SHA1), allow_sha1=True)
+    # a SHA-384 AK cannot be credited with this quote, which is signed ECDSA/SHA-256
+    with pytest.raises(QuoteSignatureError, match="not the AK's"):
+        verify_quote(
+            ak=replace(ak, scheme_hash=HashAlg.SHA384),
+            attest=case["attest"],
+            signature=case["signature"],
+            nonce=case["nonce"],
+            pcr_values=case["pcr_values"],
+        )

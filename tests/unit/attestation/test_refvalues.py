@@ -85,6 +85,8 @@ def test_unknown_class_names_the_known_ones() -> None:
         ({"pcrs": {0: "any"}, "event_log": "maybe"}, "event_log"),
         ({"pcrs": {0: "any"}, "colour": "red"}, "unknown keys"),
         ({"pcrs": {0: "any"}, "pcr_bank": "md5"}, "pcr_bank"),
+        ({"pcrs": {0: "any"}, "pcr_bank": "sha1"}, "allow_sha1_quotes: true"),
+        ({"pcrs": {0: "any"}, "allow_sha1_quotes": "yes"}, "expected true or false"),
         ({"pcrs": {0: "any"}, "events": {"require": [{"type": "EV_MADE_UP"}]}}, "unknown event type"),
         ({"pcrs": {0: "any"}, "events": {"require": [{"pcr": 1, "colour": 2}]}}, "unknown keys"),
     ],
