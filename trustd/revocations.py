@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from syncer.bundle import MANIFEST, pack
 from syncer.revocations import KEY_ID, ROOTS
 from syncer.signing import SigningKey, sign_files
-from trustd.errors import TrustdError
+from trustd.errors import BadRequestError, TrustdError
 from trustd.files import write_private
 from trustd.spiffe_id import SpiffeId, TrustDomain
 from trustd.store import AuditEvent, DeviceRecord, RevocationRecord, Store
@@ -36,7 +36,7 @@ REVOCATIONS_ROOT = ROOTS[0]
 REFRESH_S = 1.0
 
 
-class RevocationError(TrustdError):
+class RevocationError(BadRequestError):
     code = "revocation_refused"
 
 
