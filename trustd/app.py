@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -110,6 +111,12 @@ def create_app(
     @app.exception_handler(TrustdError)
     async def trustd_refused(request: Request, exc: TrustdError) -> JSONResponse:
         return error_answer(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # the request does not fit the route's schema (a field, a query parameter such as wait=nan): 422, in the
+        # hub's one error shape, like the SVID fast path's
+        return _error(422, "invalid_request", _validation_reason(exc))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -207,6 +214,14 @@ class BodyLimit:
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
     await _error(413, "body_too_large", f"request bodies are limited to {limit} bytes")(scope, receive, send)
+
+
+def _validation_reason(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)[:1000] or "the request does not fit this route"
 
 
 def _error(status: int, code: str, reason: str, *, retry_after_s: int | None = None) -> JSONResponse:

@@ -52,7 +52,7 @@ class InvalidSpiffeIdError(BadRequestError):
     code = "invalid_spiffe_id"
 
 
-class ReservedSpiffeIdError(TrustdError):
+class ReservedSpiffeIdError(BadRequestError):
     """A name in a namespace only the hub assigns (nodes, clusters, operators, publishers, the hub itself)."""
 
     code = "reserved_spiffe_id"

@@ -124,7 +124,7 @@ class ReservedNames:
             return f"{spiffe_id} is not in trust domain {self.trust_domain}"
         segments = _segments(spiffe_id.path)
         if not segments:
-            return f"{spiffe_id} is the trust domain itself"
+            return f"{spiffe_id} is the trust domain itself, reserved to the hub"
         for prefix in self._prefixes:
             if segments[: len(prefix)] == prefix:
                 where = "/".join(prefix)
