@@ -4,7 +4,6 @@ handle, and a store outage that must read as "unavailable", never as a refusal o
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,10 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
 
-from syncer.bundle import MAX_COUNTER, build_files, pack, read_repository
-from syncer.signing import SigningKey, sign_files
+from syncer.bundle import MAX_COUNTER
 from tests.integration.conftest import BootedDevice
 from tests.support.fleet_hub import (
     CLUSTER,
@@ -35,7 +32,6 @@ from trustd.store import EntryRecord
 
 pytestmark = pytest.mark.integration
 
-REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 #: a privileged identity configured outside the reserved namespaces: reserved all the same
 CONFIGURED_OPERATOR = f"spiffe://{DOMAIN}/ops/alice"
 
@@ -81,7 +77,11 @@ def test_entry_naming_operator_publisher_cluster_hub_or_node_ids_is_refused_and_
             assert answer.json()["error"] == "reserved_spiffe_id", (name, answer.text)
             assert "reserved" in answer.json()["reason"] or "node" in answer.json()["reason"]
         assert store.entries() == []
-        ordinary = {"spiffe_id": f"spiffe://{DOMAIN}/workload/web", "parent_id": node.spiffe_id, "selectors": ["unix:uid:0"]}
+        ordinary = {
+            "spiffe_id": f"spiffe://{DOMAIN}/workload/web",
+            "parent_id": node.spiffe_id,
+            "selectors": ["unix:uid:0"],
+        }
         assert operator.post("/v1/fleet/entries", json=ordinary).status_code == 200
     # An entry stored before the rule (or written into the database by hand) is still never served or minted
     store.put_entry(
@@ -133,19 +133,6 @@ def test_long_poll_with_wait_nan_inf_or_out_of_range_is_bad_input_not_a_server_e
         assert cluster.get("/v1/policy/bundle?wait=0").status_code == 204  # the cluster still polls fine
 
 
-def _bundle(hub: FleetHub, counter: int) -> bytes:
-    """A properly signed bundle whose manifest carries `counter`, whatever it is (build_files would refuse)."""
-    files = build_files(read_repository(REPO_POLICIES), counter=1, commit="abc")
-    manifest = json.loads(files[".manifest"])
-    manifest["revision"] = f"{counter:012d}-abc"
-    manifest["metadata"]["counter"] = counter
-    files[".manifest"] = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-    pem = hub.signing_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return pack(sign_files(files, SigningKey.from_pem(hub.key_id, pem)))
-
-
 def test_bundle_counter_of_ten_to_the_260_is_refused_and_the_group_still_takes_the_next_bundle(
     fleet_hub: FleetHub,
 ) -> None:
@@ -154,16 +141,16 @@ def test_bundle_counter_of_ten_to_the_260_is_refused_and_the_group_still_takes_t
     group_dir = fleet_hub.running.hub.settings.data_dir / "policy" / GROUP
     with fleet_hub.client(PUBLISHER) as publisher:
         for counter in (10**260, 10**247, MAX_COUNTER + 1):
-            answer = publisher.post(f"/v1/policy/bundles/{GROUP}", content=_bundle(fleet_hub, counter))
+            answer = publisher.post(f"/v1/policy/bundles/{GROUP}", content=fleet_hub.signed_bundle(counter))
             assert 400 <= answer.status_code < 500, answer.text
             assert "counter" in answer.json()["reason"]
             assert policy.rollout(GROUP) is None
             assert not group_dir.exists() or list(group_dir.iterdir()) == []
         # the group is not frozen: the largest legal counter is accepted, and the store of bundles is sane
-        accepted = publisher.post(f"/v1/policy/bundles/{GROUP}", content=_bundle(fleet_hub, 7))
+        accepted = publisher.post(f"/v1/policy/bundles/{GROUP}", content=fleet_hub.signed_bundle(7))
         assert accepted.status_code == 200, accepted.text
         assert accepted.json()["counter"] == 7
-        top = publisher.post(f"/v1/policy/bundles/{GROUP}", content=_bundle(fleet_hub, MAX_COUNTER))
+        top = publisher.post(f"/v1/policy/bundles/{GROUP}", content=fleet_hub.signed_bundle(MAX_COUNTER))
         assert top.status_code == 200, top.text
     assert sorted(p.name for p in group_dir.glob("*.tar.gz")) == sorted([f"{MAX_COUNTER}.tar.gz", "7.tar.gz"])
 

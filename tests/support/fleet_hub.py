@@ -4,6 +4,7 @@ can speak to it over mTLS as any of them. Shared by the hub's security tests (au
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from syncer.bundle import build_files, pack, read_repository
+from syncer.signing import SigningKey, sign_files
 from tests.support.hub import RunningHub, running_hub
 from tests.support.svid import issue_svid_files
 
@@ -29,6 +32,7 @@ CLUSTER = f"spiffe://{DOMAIN}/cluster/site-a"  # group "gateways"
 OTHER_GROUP_CLUSTER = f"spiffe://{DOMAIN}/cluster/store-1"  # group "stores"
 WORKLOAD = f"spiffe://{DOMAIN}/workload/web"
 GROUP = "gateways"
+REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 OTHER_GROUP = "stores"
 
 FLEET = {
@@ -67,6 +71,19 @@ class FleetHub:
         if files is not None:
             context.load_cert_chain(str(files[0]), str(files[1]))
         return httpx.Client(base_url=self.running.url, verify=context, timeout=30)
+
+    def signed_bundle(self, counter: int) -> bytes:
+        """The repository's policies as a bundle signed by the fleet's publisher key, its manifest carrying
+        `counter` whatever it is (build_files would refuse an illegal one; an attacker's tool would not)."""
+        files = build_files(read_repository(REPO_POLICIES), counter=1, commit="abc")
+        manifest = json.loads(files[".manifest"])
+        manifest["revision"] = f"{counter:012d}-abc"
+        manifest["metadata"]["counter"] = counter
+        files[".manifest"] = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        pem = self.signing_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return pack(sign_files(files, SigningKey.from_pem(self.key_id, pem)))
 
     def revoke(self, target: str) -> None:
         with self.client(OPERATOR) as operator:
