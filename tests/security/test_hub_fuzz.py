@@ -21,7 +21,15 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from tests.integration.conftest import BootedDevice
-from tests.support.fleet_hub import CLUSTER, GROUP, OPERATOR, PUBLISHER, FleetHub, running_fleet_hub
+from tests.support.fleet_hub import (
+    CLUSTER,
+    GROUP,
+    OPERATOR,
+    OTHER_GROUP_CLUSTER,
+    PUBLISHER,
+    FleetHub,
+    running_fleet_hub,
+)
 from tests.support.nodes import enroll_node
 
 pytestmark = pytest.mark.integration
@@ -43,10 +51,22 @@ RAW_BODIES: dict[tuple[str, str], dict[str, Any]] = {
 Callers = dict[str, tuple[Path, Path] | None]
 
 
+#: what a number in a query string can also be, sent to every numeric query parameter first (explicit phase)
+NUMBER_EDGES = ("nan", "NaN", "inf", "-inf", "1e309", "-1", "1e-400", "0x10", "9" * 400)
+#: generated long polls wait at most this long (the app's own limit is a minute): the fuzz stays fast
+FUZZ_MAX_WAIT_S = 0.3
+
+
 def _schema(hub: FleetHub) -> dict[str, Any]:
     raw = hub.running.hub.app.openapi()
     for (method, path), content in RAW_BODIES.items():
         raw["paths"][path][method]["requestBody"] = {"content": content, "required": True}
+    for operation in (op for item in raw["paths"].values() for op in item.values()):
+        for parameter in operation.get("parameters", []):
+            if parameter["in"] == "query" and parameter["schema"].get("type") == "number":
+                # what the app declares, with generated waits kept short, or any of the edge spellings
+                short = {**parameter["schema"], "maximum": FUZZ_MAX_WAIT_S}
+                parameter["schema"] = {"anyOf": [short, {"enum": list(NUMBER_EDGES)}]}
     return raw
 
 
@@ -67,6 +87,7 @@ def fuzzed_hub(tmp_path: Path, ek_roots: Path, golden_device: BootedDevice) -> I
             "anonymous": None,
             "node": (tmp_path / "node" / "svid.pem", tmp_path / "node" / "svid.key"),
             "cluster": hub.svid(CLUSTER),
+            "cluster of another group": hub.svid(OTHER_GROUP_CLUSTER),  # nothing released to it: real long polls
             "operator": hub.svid(OPERATOR),
             "publisher": hub.svid(PUBLISHER),
         }
