@@ -70,7 +70,7 @@ class Bundle:
         metadata = self.manifest.get("metadata") or {}
         counter = metadata.get("counter") if isinstance(metadata, dict) else None
         if not isinstance(counter, int) or isinstance(counter, bool) or not 0 <= counter <= MAX_COUNTER:
-            raise BundleFormatError(f".manifest metadata.counter must be an integer from 0 to {MAX_COUNTER}")
+            raise BundleFormatError(f".manifest metadata.counter must be a non-negative integer, at most {MAX_COUNTER}")
         return counter
 
     def extract(self, prefix: str, destination: Path) -> Path:
