@@ -123,12 +123,9 @@ class ReservedNames:
         if spiffe_id.trust_domain != self.trust_domain:
             return f"{spiffe_id} is not in trust domain {self.trust_domain}"
         segments = _segments(spiffe_id.path)
-        if not segments:
-            return f"{spiffe_id} is the trust domain itself, reserved to the hub"
-        for prefix in self._prefixes:
-            if segments[: len(prefix)] == prefix:
-                where = "/".join(prefix)
-                return f"{spiffe_id} is in the reserved namespace /{where} (the hub, clusters, operators, publishers)"
+        privileged = self._privileged(segments)
+        if privileged is not None:
+            return f"{spiffe_id} {privileged}"
         if len(segments) >= len(self._node) and all(p.fullmatch(s) for p, s in zip(self._node, segments, strict=False)):
             return f"{spiffe_id} equals or sits under a node ID (naming template {self.node_template!r})"
         if is_node is not None:
@@ -136,6 +133,21 @@ class ReservedNames:
                 ancestor = f"spiffe://{self.trust_domain}/" + "/".join(segments[:depth])
                 if is_node(ancestor):
                     return f"{spiffe_id} equals or sits under the enrolled node {ancestor}"
+        return None
+
+    def privileged_reason(self, spiffe_id: SpiffeId) -> str | None:
+        """Why a node may not hold `spiffe_id` as its own name (enrolled under an earlier template), or None."""
+        if spiffe_id.trust_domain != self.trust_domain:
+            return f"{spiffe_id} is not in trust domain {self.trust_domain}"
+        privileged = self._privileged(_segments(spiffe_id.path))
+        return f"{spiffe_id} {privileged}" if privileged is not None else None
+
+    def _privileged(self, segments: tuple[str, ...]) -> str | None:
+        if not segments:
+            return "is the trust domain itself, reserved to the hub"
+        for prefix in self._prefixes:
+            if segments[: len(prefix)] == prefix:
+                return f"is in the reserved namespace /{'/'.join(prefix)} (the hub, clusters, operators, publishers)"
         return None
 
     def check(self, spiffe_id: SpiffeId, *, is_node: Callable[[str], bool] | None = None) -> None:
@@ -146,6 +158,8 @@ class ReservedNames:
     def check_template(self) -> None:
         """Refuse a naming template that could render a reserved name for some device's claims."""
         template = _segments(self.node_template)
+        if not template:
+            raise ReservedSpiffeIdError(f"the naming template {self.node_template!r} renders the trust domain itself")
         for prefix in self._prefixes:
             if len(template) >= len(prefix) and all(p.fullmatch(s) for p, s in zip(self._node, prefix, strict=False)):
                 raise ReservedSpiffeIdError(

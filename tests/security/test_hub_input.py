@@ -29,6 +29,7 @@ from tests.support.nodes import enroll_node
 from tests.support.postgres import PostgresServer, running_postgres
 from tests.support.tlsca import TestCA
 from trustd.store import EntryRecord
+from trustd.trustctl import main as trustctl
 
 pytestmark = pytest.mark.integration
 
@@ -162,7 +163,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
 
 
 def test_postgres_stopped_mid_run_answers_503_with_retry_after_and_records_nothing(
-    tmp_path: Path, ek_roots: Path, postgres: PostgresServer
+    tmp_path: Path, ek_roots: Path, postgres: PostgresServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with running_fleet_hub(tmp_path, ek_roots=ek_roots, store_url=postgres.new_database()) as hub:
         store = hub.running.hub.store
@@ -180,6 +181,11 @@ def test_postgres_stopped_mid_run_answers_503_with_retry_after_and_records_nothi
                     assert answer.status_code == 503, answer.text
                     assert int(answer.headers["retry-after"]) > 0
                     assert answer.json()["error"] == "store_error"
+                # trustctl reads it as "unavailable, retry" (exit 3), not as a refusal (exit 1)
+                cert, key = hub.svid(OPERATOR)
+                hub_args = ["--hub", hub.running.url, "--ca-bundle", str(hub.running.ca_bundle)]
+                assert trustctl(["fleet", "list", *hub_args, "--svid", str(cert), "--svid-key", str(key)]) == 3
+                assert "unavailable" in capsys.readouterr().err
             finally:
                 postgres.start()
             # nothing the outage interrupted was recorded, and the hub serves again once the database is back
