@@ -42,6 +42,9 @@ MAX_BUNDLE_BYTES = 8 * 1024 * 1024  # compressed
 MAX_UNPACKED_BYTES = 64 * 1024 * 1024  # a gzip bomb stops here
 MAX_FILES = 4096
 MAX_GROUP_CHARS = 253
+#: a bundle counter is an int63 (what PostgreSQL's BIGINT and every JSON parser hold); it also names the hub's
+#: file of the bundle, so an unbounded one (10^260) broke the publish and froze the group for ever
+MAX_COUNTER = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +73,8 @@ class Bundle:
     def counter(self) -> int:
         metadata = self.manifest.get("metadata") or {}
         counter = metadata.get("counter") if isinstance(metadata, dict) else None
-        if not isinstance(counter, int) or isinstance(counter, bool) or counter < 0:
-            raise BundleFormatError(".manifest metadata.counter must be a non-negative integer")
+        if not isinstance(counter, int) or isinstance(counter, bool) or not 0 <= counter <= MAX_COUNTER:
+            raise BundleFormatError(f".manifest metadata.counter must be a non-negative integer, at most {MAX_COUNTER}")
         return counter
 
     @property
@@ -181,8 +184,8 @@ def read_repository(policies: Path, *, protected: Sequence[str] = PROTECTED_NAME
 
 def build_files(source: Source, *, counter: int, commit: str, group: str) -> dict[str, bytes]:
     """The bundle's files for one cluster group (signed into the manifest with the counter)."""
-    if counter < 0:
-        raise BundleBuildError("the revision counter must be >= 0")
+    if not 0 <= counter <= MAX_COUNTER:
+        raise BundleBuildError(f"the revision counter must be from 0 to {MAX_COUNTER}")
     if not 0 < len(group) <= MAX_GROUP_CHARS:
         raise BundleBuildError("a bundle is built for one cluster group: name it (--group)")
     problem = validate_site_classes(source.network_policies)

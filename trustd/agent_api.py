@@ -1,32 +1,38 @@
 """What a node agent asks the hub for, over mTLS with its node SVID: the registration entries parented to its
 node, X.509-SVIDs for them (the agent's own keys; only CSRs travel), JWT-SVIDs, and the trust bundle.
 
-The hub checks every request against the caller: an enrolled, unrevoked device may obtain identities only for
-entries whose parent is its own SPIFFE ID, so a compromised node can mint nothing beyond what was assigned to it.
+The hub checks every request against the caller (`authz.NODE`, on the bare fast path too): an enrolled, unrevoked
+device may obtain identities only for entries whose parent is its own SPIFFE ID, and never a reserved name
+(`ReservedNames`, in case one was stored before the rule), so a compromised node can mint nothing beyond what
+was assigned to it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from trustd import authz
 from trustd.api_models import RenewChallenge, RenewRequest, RenewResponse
+from trustd.authz import Authorizer, Caller
 from trustd.ca import SpiffeCA
-from trustd.errors import TrustdError
+from trustd.errors import TrustdError, UnavailableError
 from trustd.federation import Federation
 from trustd.policy_api import NotAuthorizedError
 from trustd.renewal import RenewalService
 from trustd.revocations import Revocations
-from trustd.spiffe_id import SpiffeId
+from trustd.spiffe_id import ReservedNames, SpiffeId
 from trustd.store import EntryRecord, Store
-from trustd.tls_peer import peer_spiffe_id
+
+log = logging.getLogger(__name__)
 
 MAX_CSRS = 100
 CACHE_S = 1.0
@@ -48,14 +54,16 @@ class JwtRequest(BaseModel):
 
 class SvidFastPath:
     """ASGI in front of the app: POST /v1/agent/svids answered without FastAPI's routing and dependency layers,
-    which were a third of the hub's CPU per SVID when agents mint in bursts (svid_mint). Same checks (mTLS peer,
-    the pydantic model, the node's standing and entries), same answers; every other request goes through."""
+    which were a third of the hub's CPU per SVID when agents mint in bursts (svid_mint). Same checks (the route's
+    rule `authz.NODE` through the same `Authorizer`, the pydantic model, the node's entries), same answers and
+    statuses; every other request goes through."""
 
     PATH = "/v1/agent/svids"
     MAX_BODY = 2 * 1024 * 1024
 
-    def __init__(self, app: ASGIApp, issue: Callable[[str, SvidBatch], dict[str, Any]]) -> None:
+    def __init__(self, app: ASGIApp, authorizer: Authorizer, issue: Callable[[str, SvidBatch], dict[str, Any]]) -> None:
         self._app = app
+        self._authorizer = authorizer
         self._issue = issue
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,10 +80,14 @@ class SvidFastPath:
             if not message.get("more_body"):
                 break
         try:
+            caller = self._authorizer.check(scope, authz.NODE)
             batch = SvidBatch.model_validate(orjson.loads(body))
-            answer = self._issue(peer_spiffe_id(scope), batch)
+            answer = self._issue(caller.spiffe_id, batch)
         except TrustdError as exc:
-            await _answer(send, 403, {"error": exc.code, "reason": exc.diagnostics()})
+            headers = {"retry-after": str(exc.retry_after_s)} if isinstance(exc, UnavailableError) else {}
+            if isinstance(exc, UnavailableError):
+                log.warning("POST %s: unavailable: %s", self.PATH, exc.diagnostics())
+            await _answer(send, exc.status, {"error": exc.code, "reason": exc.diagnostics()}, headers)
             return
         except (orjson.JSONDecodeError, ValidationError) as exc:
             await _answer(send, 422, {"error": "invalid_request", "reason": str(exc)[:500]})
@@ -83,9 +95,10 @@ class SvidFastPath:
         await _answer(send, 200, answer)
 
 
-async def _answer(send: Send, status: int, body: Mapping[str, Any]) -> None:
+async def _answer(send: Send, status: int, body: Mapping[str, Any], extra: Mapping[str, str] | None = None) -> None:
     payload = orjson.dumps(body)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
@@ -106,18 +119,18 @@ def agent_router(
     revocations: Revocations,
     renewal: RenewalService,
     *,
+    authorizer: Authorizer,
+    reserved: ReservedNames,
     jwt_ttl: timedelta,
     federation: Federation | None = None,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/agent")
+    node_rule = authorizer.require(authz.NODE)
     # A node's standing and its entries, looked up at most once a second: an agent asking for many SVIDs does
     # not query the store for each. A revocation here clears it at once (one elsewhere within the second the
     # revocation list takes to reach this replica anyway).
     known: dict[str, tuple[float, tuple[EntryRecord, ...]]] = {}
     revocations.on_change(known.clear)
-
-    def node(request: Request) -> str:
-        return node_of(peer_spiffe_id(request.scope))
 
     def node_of(spiffe_id: str) -> str:
         cached = known.get(spiffe_id)
@@ -129,8 +142,22 @@ def agent_router(
         if device.status != "enrolled" or revocations.is_revoked(spiffe_id):
             known.pop(spiffe_id, None)
             raise NotAuthorizedError(f"{spiffe_id} is revoked")
-        known[spiffe_id] = (time.monotonic(), tuple(store.entries(parent_id=spiffe_id)))
+        known[spiffe_id] = (time.monotonic(), mintable(store.entries(parent_id=spiffe_id)))
         return spiffe_id
+
+    def mintable(entries: Sequence[EntryRecord]) -> tuple[EntryRecord, ...]:
+        """The node's entries minus any naming a reserved identity (stored before the rule, or by hand)."""
+        kept = []
+        for entry in entries:
+            try:
+                reason = reserved.reason(SpiffeId.parse(entry.spiffe_id))
+            except TrustdError as exc:
+                reason = exc.diagnostics()
+            if reason is None:
+                kept.append(entry)
+            else:
+                log.warning("entry %s is not served: %s", entry.id, reason)
+        return tuple(kept)
 
     def own_entry(parent: str, entry_id: str) -> EntryRecord:
         for entry in known[parent][1]:
@@ -141,18 +168,24 @@ def agent_router(
     # Each handler is a millisecond or two of CPU and SQLite under the GIL: run on the event loop, not through a
     # worker thread (the hop cost more than the work: svid_mint went from 830 to 1,480 SVIDs/s)
     @router.post("/renew/challenge")
-    async def renew_challenge(request: Request) -> RenewChallenge:
-        return renewal.begin(peer_spiffe_id(request.scope))
+    async def renew_challenge(caller: Caller = node_rule) -> RenewChallenge:
+        return renewal.begin(renewable(caller))
 
     @router.post("/renew")
-    async def renew(body: RenewRequest, request: Request) -> RenewResponse:
-        return renewal.complete(peer_spiffe_id(request.scope), body)
+    async def renew(body: RenewRequest, caller: Caller = node_rule) -> RenewResponse:
+        return renewal.complete(renewable(caller), body)
+
+    def renewable(caller: Caller) -> str:
+        """A node renews its own name, unless that name is privileged (enrolled under a template since refused)."""
+        reason = reserved.privileged_reason(SpiffeId.parse(caller.spiffe_id))
+        if reason is not None:
+            raise NotAuthorizedError(f"{reason}: this node may not renew it")
+        return caller.spiffe_id
 
     @router.get("/entries")
-    async def entries(request: Request) -> dict[str, Any]:
-        parent = node(request)
-        known.pop(parent, None)  # the agent's regular look at its entries: always fresh
-        parent = node(request)
+    async def entries(caller: Caller = node_rule) -> dict[str, Any]:
+        known.pop(caller.spiffe_id, None)  # the agent's regular look at its entries: always fresh
+        parent = node_of(caller.spiffe_id)
         return {
             "entries": [entry_view(e) for e in known[parent][1]],
             "bundle": ca.bundle(),
@@ -179,14 +212,14 @@ def agent_router(
         return {"svids": issued}
 
     @router.post("/svids")
-    async def svids(body: SvidBatch, request: Request) -> dict[str, Any]:
-        return issue(peer_spiffe_id(request.scope), body)
+    async def svids(body: SvidBatch, caller: Caller = node_rule) -> dict[str, Any]:
+        return issue(caller.spiffe_id, body)
 
     router.issue_svids = issue  # type: ignore[attr-defined]  # for SvidFastPath
 
     @router.post("/jwt")
-    async def jwt_svid(body: JwtRequest, request: Request) -> dict[str, Any]:
-        entry = own_entry(node(request), body.entry_id)
+    async def jwt_svid(body: JwtRequest, caller: Caller = node_rule) -> dict[str, Any]:
+        entry = own_entry(node_of(caller.spiffe_id), body.entry_id)
         token = ca.issue_jwt_svid(SpiffeId.parse(entry.spiffe_id), audience=body.audience, ttl=jwt_ttl)
         return {"spiffe_id": entry.spiffe_id, "token": token}
 

@@ -1,12 +1,16 @@
 """trustd's HTTP surface: enrollment and the trust bundle, over TLS.
 
 Verification lives in `EnrollmentService`; this module only maps HTTP to it and errors to answers a person
-can act on (`{"error": code, "reason": text}`), never to a stack trace.
+can act on (`{"error": code, "reason": text}`), never to a stack trace. Errors map to statuses in one place
+(`error_answer`), by class: a refusal is 403, bad input 400, a conflict 409, an outage of the store or a peer
+503 with `Retry-After`, so a client tells "no" from "not now". Who may call which route is `trustd.authz`;
+the app refuses to build when a route declares no rule.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -14,26 +18,33 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attestation.errors import AttestationError, MalformedStructureError, UnsupportedAlgorithmError
-from trustd import ca_rotation
+from trustd import authz, ca_rotation
 from trustd.agent_api import SvidFastPath, agent_router
 from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse
+from trustd.authz import Authorizer, Caller
 from trustd.ca import SpiffeCA
 from trustd.enrollment import EnrollmentService
-from trustd.errors import TrustdError
+from trustd.errors import TrustdError, UnavailableError
 from trustd.federation import Federation
 from trustd.fleet_api import fleet_router
 from trustd.policy_api import policy_router
 from trustd.policy_bundles import PolicyBundles
 from trustd.renewal import RenewalService
 from trustd.revocations import Revocations
+from trustd.spiffe_id import ReservedNames
 from trustd.store import Store
+
+log = logging.getLogger(__name__)
 
 #: the largest legitimate body is an enrollment carrying a big event log (see api_models)
 MAX_BODY_BYTES = 6 * 1024 * 1024
+#: Retry-After of an answer to an unexpected failure
+UNEXPECTED_RETRY_S = 5
 
 
 def create_app(
@@ -43,6 +54,7 @@ def create_app(
     store: Store,
     revocations: Revocations,
     operators: frozenset[str] = frozenset(),
+    reserved: ReservedNames,
     policy: PolicyBundles | None = None,
     jwt_svid_ttl: timedelta = timedelta(minutes=5),
     federation: Federation | None = None,
@@ -61,11 +73,17 @@ def create_app(
             for watcher in watchers:
                 watcher.cancel()
 
-    app = FastAPI(title="trustd", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
+    # no /openapi.json route: every route has an authorization rule, and the schema is no one's business but
+    # the tests' (which read `app.openapi()`)
+    app = FastAPI(title="trustd", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    authorizer = Authorizer(
+        trust_domain=ca.trust_domain, store=store, revocations=revocations, operators=operators, policy=policy
+    )
+    public = authorizer.require(authz.PUBLIC)
     if policy is not None:
         # first: Starlette matches routes in order, and 10,000 clusters' polls are the hot path
-        app.include_router(policy_router(policy, ca.trust_domain))
-    app.include_router(fleet_router(store, revocations, lambda: operators, policy, ca.trust_domain))
+        app.include_router(policy_router(policy, authorizer))
+    app.include_router(fleet_router(store, revocations, authorizer, policy, ca.trust_domain, reserved))
     renewal = RenewalService(
         store=store,
         ca=ca,
@@ -74,44 +92,83 @@ def create_app(
         svid_ttl=service.policy.svid_ttl,
         challenge_ttl=service.policy.challenge_ttl,
     )
-    agent_api = agent_router(store, ca, revocations, renewal, jwt_ttl=jwt_svid_ttl, federation=federation)
+    agent_api = agent_router(
+        store,
+        ca,
+        revocations,
+        renewal,
+        authorizer=authorizer,
+        reserved=reserved,
+        jwt_ttl=jwt_svid_ttl,
+        federation=federation,
+    )
     app.include_router(agent_api)
 
     @app.exception_handler(AttestationError)
-    async def attestation_refused(_request: Request, exc: AttestationError) -> JSONResponse:
-        status = 400 if isinstance(exc, MalformedStructureError | UnsupportedAlgorithmError) else 403
-        return _error(status, exc.code, exc.diagnostics())
+    async def attestation_refused(request: Request, exc: AttestationError) -> JSONResponse:
+        return error_answer(request, exc)
 
     @app.exception_handler(TrustdError)
-    async def trustd_refused(_request: Request, exc: TrustdError) -> JSONResponse:
-        return _error(getattr(exc, "http_status", 403), exc.code, exc.diagnostics())
+    async def trustd_refused(request: Request, exc: TrustdError) -> JSONResponse:
+        return error_answer(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # the request does not fit the route's schema (a field, a query parameter such as wait=nan): 422, in the
+        # hub's one error shape, like the SVID fast path's
+        return _error(422, "invalid_request", _validation_reason(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return error_answer(request, exc)
 
     # Enrollment is a few milliseconds of CPU under the GIL: run it on the event loop rather than hopping to a
     # worker thread, which costs more than it overlaps (measured: 7.0 -> 5.75 ms trustd CPU per enrollment).
     @app.post("/v1/enroll/challenge")
-    async def enroll_challenge(body: ChallengeRequest, request: Request) -> ChallengeResponse:
+    async def enroll_challenge(body: ChallengeRequest, request: Request, _caller: Caller = public) -> ChallengeResponse:
         return service.begin(body, source=request.client.host if request.client else "")
 
     @app.post("/v1/enroll/complete")
-    async def enroll_complete(body: EnrollRequest, request: Request) -> EnrollResponse:
+    async def enroll_complete(body: EnrollRequest, request: Request, _caller: Caller = public) -> EnrollResponse:
         return service.complete(body, source=request.client.host if request.client else "")
 
     @app.get("/v1/bundle")
-    def spiffe_bundle() -> dict[str, Any]:
+    def spiffe_bundle(_caller: Caller = public) -> dict[str, Any]:
         """The trust domain's bundle in SPIFFE bundle format (a JWKS)."""
         return ca.bundle()
 
     @app.get("/v1/bundle.pem")
-    def x509_authorities() -> Response:
+    def x509_authorities(_caller: Caller = public) -> Response:
         return Response(ca.x509_authorities_pem(), media_type="application/x-pem-file")
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    def healthz(_caller: Caller = public) -> dict[str, str]:
         return {"status": "ok"}
 
+    authz.check_routes(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
-    app.add_middleware(SvidFastPath, issue=agent_api.issue_svids)  # type: ignore[attr-defined]
+    app.add_middleware(SvidFastPath, authorizer=authorizer, issue=agent_api.issue_svids)  # type: ignore[attr-defined]
     return app
+
+
+def error_answer(request: Request, exc: Exception) -> JSONResponse:
+    """The one mapping from an error to an answer, by class (`TrustdError.status`).
+
+    An exception no boundary converted is a defect of the hub, not a verdict about the caller: it is logged with
+    its trace and answered 503 "internal" (retry, nothing decided), never a 500 with a stack trace and never a
+    403 that would read as a refusal."""
+    if isinstance(exc, AttestationError):
+        status = 400 if isinstance(exc, MalformedStructureError | UnsupportedAlgorithmError) else 403
+        return _error(status, exc.code, exc.diagnostics())
+    if isinstance(exc, UnavailableError):
+        log.warning("%s %s: unavailable: %s", request.method, request.url.path, exc.diagnostics())
+        return _error(exc.status, exc.code, exc.diagnostics(), retry_after_s=exc.retry_after_s)
+    if isinstance(exc, TrustdError):
+        return _error(exc.status, exc.code, exc.diagnostics())
+    log.error("%s %s: unexpected %s", request.method, request.url.path, type(exc).__name__, exc_info=exc)
+    return _error(
+        503, "internal", "trustd failed unexpectedly; nothing was decided, try again", retry_after_s=UNEXPECTED_RETRY_S
+    )
 
 
 class BodyLimit:
@@ -159,5 +216,14 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> 
     await _error(413, "body_too_large", f"request bodies are limited to {limit} bytes")(scope, receive, send)
 
 
-def _error(status: int, code: str, reason: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": code, "reason": reason})
+def _validation_reason(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)[:1000] or "the request does not fit this route"
+
+
+def _error(status: int, code: str, reason: str, *, retry_after_s: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return JSONResponse(status_code=status, content={"error": code, "reason": reason}, headers=headers)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from trustd.errors import CAConfigError
+from trustd.errors import CAConfigError, TrustdError
 from trustd.spiffe_id import TrustDomain
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from trustd.ca import SpiffeCA
@@ -87,8 +90,12 @@ async def watch(ca: SpiffeCA, directory: Path, interval_s: float = 5.0) -> None:
         await asyncio.sleep(interval_s)
         now = _fingerprint(directory)
         if now != seen:
+            try:
+                ca.reload()
+            except (TrustdError, OSError, ValueError) as exc:  # a step half written: keep the CA, try again later
+                log.warning("CA not reloaded: %s", exc)
+                continue
             seen = now
-            ca.reload()
 
 
 def published(directory: Path, *, now: float | None = None) -> Published:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import ssl
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from attestation.device import AKKind, EKKind, TPMDevice
 from attestation.tpm2.constants import HashAlg
 from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse, b64
-from trustd.errors import EnrollmentError, HubUnreachableError
+from trustd.errors import EnrollmentError, HubUnreachableError, TrustdError
 from trustd.files import write_private
 
 #: a device on a slow link still answers within this; longer means the hub is gone
@@ -151,14 +152,37 @@ def post_to_hub(
         response = http.post(path, json=body)
     except httpx.HTTPError as exc:
         raise HubUnreachableError(f"cannot reach trustd at {http.base_url}: {exc}") from exc
+    if response.status_code != 200:
+        raise hub_error(response, action)
     try:
         payload = response.json()
     except ValueError as exc:
         raise EnrollmentError(f"trustd answered {response.status_code} with a body that is not JSON") from exc
-    if response.status_code != 200:
-        if isinstance(payload, dict) and "reason" in payload:
-            raise EnrollmentError(f"trustd refused the {action} ({payload.get('error')}): {payload['reason']}")
-        raise EnrollmentError(f"trustd answered {response.status_code}: {str(payload)[:500]}")
     if not isinstance(payload, dict):
         raise EnrollmentError("trustd answered with JSON that is not an object")
     return payload
+
+
+def hub_error(response: httpx.Response, action: str) -> TrustdError:
+    """What a hub's answer other than 200 means for the caller: 503 (or any 5xx) is "unavailable, retry" and
+    decided nothing (`HubUnreachableError`, with the hub's Retry-After); anything else is a refusal naming the
+    hub's reason."""
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    found = payload if isinstance(payload, dict) else {}
+    reason = str(found.get("reason") or response.text[:500] or response.reason_phrase)
+    if response.status_code >= 500:
+        retry = response.headers.get("retry-after")
+        after = f"; retry after {retry} s" if retry else "; retry later"
+        return HubUnreachableError(f"trustd is unavailable for the {action} ({response.status_code}): {reason}{after}")
+    return EnrollmentError(f"trustd refused the {action} ({response.status_code} {found.get('error', '')}): {reason}")
+
+
+def print_hub_failure(response: httpx.Response, what: str) -> int:
+    """For trustctl's commands: say why the hub did not answer 200 and return the exit status (3 unavailable,
+    retry; 1 refused), the same as `trustctl`'s own."""
+    error = hub_error(response, what)
+    print(f"trustctl {what}: {error.diagnostics()}", file=sys.stderr)
+    return 3 if isinstance(error, HubUnreachableError) else 1

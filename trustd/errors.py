@@ -1,24 +1,68 @@
-"""Every way the hub refuses or fails, as one exception family; `code` goes into API answers and audit."""
+"""Every way the hub refuses or fails, as one exception family; `code` goes into API answers and audit.
+
+Each class also says which HTTP status it is (`status`), so the API maps errors in one place
+(`trustd.app`) and a caller can tell a refusal (403) from bad input (400), a conflict (409), and an outage
+(503, with `Retry-After`): a PostgreSQL outage must never read as "you may not".
+A class that does not say is a refusal: failing closed.
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class TrustdError(Exception):
     code = "trustd_error"
+    #: the HTTP status the hub answers with when this reaches an API route
+    status: ClassVar[int] = 403
 
     def diagnostics(self) -> str:
         return str(self)
 
 
-class InvalidSpiffeIdError(TrustdError):
+class BadRequestError(TrustdError):
+    """The request itself is wrong (a malformed name, a parameter out of range): fix it and ask again."""
+
+    code = "bad_request"
+    status = 400
+
+
+class NotFoundError(TrustdError):
+    code = "not_found"
+    status = 404
+
+
+class ConflictError(TrustdError):
+    """The request contradicts stored state (a duplicate, a counter that is not newer)."""
+
+    code = "conflict"
+    status = 409
+
+
+class UnavailableError(TrustdError):
+    """The hub cannot decide now (its store or a peer is down): nothing was decided or recorded; retry."""
+
+    code = "unavailable"
+    status = 503
+    #: seconds a client should wait before it retries (the `Retry-After` header)
+    retry_after_s: ClassVar[int] = 5
+
+
+class InvalidSpiffeIdError(BadRequestError):
     code = "invalid_spiffe_id"
 
 
-class CSRError(TrustdError):
+class ReservedSpiffeIdError(BadRequestError):
+    """A name in a namespace only the hub assigns (nodes, clusters, operators, publishers, the hub itself)."""
+
+    code = "reserved_spiffe_id"
+
+
+class CSRError(BadRequestError):
     code = "invalid_csr"
 
 
-class CAConfigError(TrustdError):
+class CAConfigError(UnavailableError):
     code = "ca_config_invalid"
 
 
@@ -30,7 +74,7 @@ class ClaimsTooLargeError(EnrollmentError):
     """A claim over the size the hub stores: refused whole (400), never truncated."""
 
     code = "claims_too_large"
-    http_status = 400
+    status = 400
 
 
 class ChallengeError(TrustdError):
@@ -39,21 +83,24 @@ class ChallengeError(TrustdError):
     code = "challenge_invalid"
 
 
-class JWTSVIDError(TrustdError):
+class JWTSVIDError(BadRequestError):
     code = "invalid_jwt_svid"
 
 
-class StoreError(TrustdError):
+class StoreError(UnavailableError):
+    """The store failed or is unreachable: an outage, not a verdict."""
+
     code = "store_error"
 
 
-class StoreConflictError(StoreError):
+class StoreConflictError(ConflictError):
     """The write would contradict stored state (a name held by another TPM, a duplicate serial)."""
 
     code = "identity_conflict"
 
 
-class HubUnreachableError(TrustdError):
-    """trustd could not be reached (network, TLS): nothing was decided about the device."""
+class HubUnreachableError(UnavailableError):
+    """trustd could not be reached (network, TLS), or answered that it is unavailable (503): nothing was decided
+    about the device; retry later."""
 
     code = "hub_unreachable"

@@ -1,34 +1,38 @@
 """The operator's view of the fleet over HTTPS: enrolled nodes, their SVIDs and policy status, revocation.
 
-Only operators (SPIFFE IDs listed in the hub's settings or fleet file, authenticated by mTLS) may call it:
-revoking is as strong as enrolling, and the node list maps the whole estate.
+Only operators (SPIFFE IDs listed in the hub's settings or fleet file, authenticated by mTLS, not revoked) may
+call it (`authz.OPERATOR` on every route): revoking is as strong as enrolling, and the node list maps the whole
+estate. An entry may never name a privileged identity (`ReservedNames`): its node would mint it.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
+from trustd import authz
 from trustd.agent_api import entry_view
-from trustd.errors import TrustdError
-from trustd.policy_api import NotAuthorizedError
+from trustd.authz import Authorizer, Caller
+from trustd.errors import BadRequestError, NotFoundError
 from trustd.policy_bundles import PolicyBundles
 from trustd.revocations import Revocations
-from trustd.spiffe_id import SpiffeId, TrustDomain
+from trustd.spiffe_id import ReservedNames, SpiffeId, TrustDomain
 from trustd.store import AuditEvent, EntryRecord, Store
-from trustd.tls_peer import peer_spiffe_id
 
 #: the workload attestors the node agent implements (unix: SO_PEERCRED of the caller; k8s: from the kubelet)
 SELECTOR_TYPES = ("unix", "k8s")
 
 
-class EntryError(TrustdError):
+class EntryError(BadRequestError):
     code = "entry_refused"
+
+
+class NoSuchEntryError(NotFoundError):
+    code = "no_such_entry"
 
 
 class EntryRequest(BaseModel):
@@ -46,21 +50,16 @@ class RevokeRequest(BaseModel):
 def fleet_router(
     store: Store,
     revocations: Revocations,
-    operators: Callable[[], frozenset[str]],
+    authorizer: Authorizer,
     policy: PolicyBundles | None,
     trust_domain: TrustDomain,
+    reserved: ReservedNames,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/fleet")
-
-    def operator(request: Request) -> str:
-        spiffe_id = peer_spiffe_id(request.scope)
-        if spiffe_id not in operators():
-            raise NotAuthorizedError(f"{spiffe_id} is not an operator of this hub")
-        return spiffe_id
+    operator = authorizer.require(authz.OPERATOR)
 
     @router.get("/nodes")
-    def nodes(request: Request) -> dict[str, Any]:
-        operator(request)
+    def nodes(_caller: Caller = operator) -> dict[str, Any]:
         listed = []
         for device in store.devices():
             svids = store.svids(device.spiffe_id)
@@ -87,11 +86,12 @@ def fleet_router(
         return {"nodes": listed, "clusters": clusters, "revocations": revocations.current().counter}
 
     @router.post("/entries")
-    def create_entry(body: EntryRequest, request: Request) -> dict[str, Any]:
-        by = operator(request)
+    def create_entry(body: EntryRequest, caller: Caller = operator) -> dict[str, Any]:
         for name in (body.spiffe_id, body.parent_id):
             if SpiffeId.parse(name).trust_domain != trust_domain:
                 raise EntryError(f"{name} is not in trust domain {trust_domain}")
+        # its node would mint it: never a node's, cluster's, operator's, publisher's or the hub's own name
+        reserved.check(SpiffeId.parse(body.spiffe_id), is_node=lambda n: store.device_by_spiffe_id(n) is not None)
         for selector in body.selectors:
             kind, _, value = selector.partition(":")
             if kind not in SELECTOR_TYPES or not value or ":" not in value:
@@ -107,25 +107,23 @@ def fleet_router(
             created_at=time.time(),
         )
         store.put_entry(entry)
-        store.audit(AuditEvent(time.time(), "fleet.entry", "created", body.spiffe_id, {"by": by, "id": entry.id}))
+        detail = {"by": caller.spiffe_id, "id": entry.id}
+        store.audit(AuditEvent(time.time(), "fleet.entry", "created", body.spiffe_id, detail))
         return entry_view(entry)
 
     @router.get("/entries")
-    def list_entries(request: Request) -> dict[str, Any]:
-        operator(request)
+    def list_entries(_caller: Caller = operator) -> dict[str, Any]:
         return {"entries": [entry_view(e) for e in store.entries()]}
 
     @router.delete("/entries/{entry_id}")
-    def delete_entry(entry_id: str, request: Request) -> dict[str, Any]:
-        by = operator(request)
+    def delete_entry(entry_id: Annotated[str, Path(max_length=128)], caller: Caller = operator) -> dict[str, Any]:
         if not store.delete_entry(entry_id):
-            raise EntryError(f"no entry {entry_id!r}")
-        store.audit(AuditEvent(time.time(), "fleet.entry", "deleted", entry_id, {"by": by}))
+            raise NoSuchEntryError(f"no entry {entry_id!r}")
+        store.audit(AuditEvent(time.time(), "fleet.entry", "deleted", entry_id, {"by": caller.spiffe_id}))
         return {"deleted": entry_id}
 
     @router.get("/revocations")
-    def listed(request: Request) -> dict[str, Any]:
-        operator(request)
+    def listed(_caller: Caller = operator) -> dict[str, Any]:
         return {
             "counter": revocations.current().counter,
             "revocations": [
@@ -141,9 +139,8 @@ def fleet_router(
         }
 
     @router.post("/revocations")
-    def revoke(body: RevokeRequest, request: Request) -> dict[str, Any]:
-        by = operator(request)
-        record = revocations.revoke(body.target, reason=body.reason, by=by)
+    def revoke(body: RevokeRequest, caller: Caller = operator) -> dict[str, Any]:
+        record = revocations.revoke(body.target, reason=body.reason, by=caller.spiffe_id)
         return {
             "spiffe_id": record.spiffe_id,
             "ek_fingerprint": record.ek_fingerprint,

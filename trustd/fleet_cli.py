@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from trustd.enroll_client import print_hub_failure
+
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fleet = sub.add_parser("fleet", help="the fleet as the hub sees it: nodes, clusters, revocations")
@@ -68,12 +70,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"trustctl fleet: the hub is unreachable: {exc}", file=sys.stderr)
         return 3
     if answer.status_code != 200:
-        try:
-            reason = answer.json().get("reason", answer.text)
-        except ValueError:
-            reason = answer.text
-        print(f"trustctl fleet {args.fleet_command}: refused: {reason}", file=sys.stderr)
-        return 1
+        return print_hub_failure(answer, f"fleet {args.fleet_command}")
     view = answer.json()
     if args.json:
         print(json.dumps(view))

@@ -27,7 +27,7 @@ from trustd.files import write_private
 from trustd.policy_bundles import Fleet, PolicyBundles
 from trustd.revocations import Revocations, load_or_create_key
 from trustd.settings import TrustdSettings
-from trustd.spiffe_id import SpiffeId, TrustDomain
+from trustd.spiffe_id import ReservedNames, SpiffeId, TrustDomain
 from trustd.store import Store, open_store
 from trustd.tls_peer import PeerCertificateProtocol
 
@@ -84,6 +84,17 @@ def build_hub(settings: TrustdSettings) -> Hub:
             raise TrustdError("fleet_file needs policy_keys_dir: the publishers' bundle-signing keys")
         keys = load_verification_keys({p.stem: p.read_bytes() for p in sorted(keys_dir.glob("*.pem"))})
         policy = PolicyBundles(settings.data_dir / "policy", Fleet.load(settings.fleet_file), keys, revocations)
+    operators = frozenset(settings.operators) | (policy.fleet.operators if policy else frozenset())
+    reserved = ReservedNames(
+        trust_domain,
+        node_template=settings.spiffe_id_template,
+        privileged=operators | (policy.fleet.publishers if policy else frozenset()),
+    )
+    try:
+        reserved.check_template()  # a template that could name a node /operator/... or /trustd refuses to start
+    except TrustdError:
+        store.close()
+        raise
     client_roots = settings.data_dir / "tls" / "client-roots.pem"
     client_roots.write_bytes(ca.x509_authorities_pem())
     return Hub(
@@ -96,7 +107,8 @@ def build_hub(settings: TrustdSettings) -> Hub:
             ca=ca,
             store=store,
             revocations=revocations,
-            operators=frozenset(settings.operators) | (policy.fleet.operators if policy else frozenset()),
+            operators=operators,
+            reserved=reserved,
             policy=policy,
             jwt_svid_ttl=timedelta(seconds=settings.jwt_svid_ttl_s),
             federation=federation,

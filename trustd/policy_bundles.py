@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from syncer.bundle import check_network_policies, unpack
 from syncer.errors import SyncerError
 from syncer.signing import verify_bundle
-from trustd.errors import TrustdError
+from trustd.errors import ConflictError, NotFoundError, TrustdError
 from trustd.files import write_private
 from trustd.revocations import Revocations
 
@@ -37,6 +37,16 @@ DEFAULT_WAVES = (10, 50, 100)  # percent of the group's non-canary clusters, cum
 
 class PolicyDistributionError(TrustdError):
     code = "policy_distribution_refused"
+
+
+class UnknownGroupError(PolicyDistributionError, NotFoundError):
+    code = "no_such_group"
+
+
+class StaleBundleError(PolicyDistributionError, ConflictError):
+    """The bundle is not newer than the group's current one: a conflict with stored state, not a refusal."""
+
+    code = "bundle_not_newer"
 
 
 class PublisherNotAuthorizedError(PolicyDistributionError):
@@ -263,7 +273,7 @@ class PolicyBundles:
         """`publisher` is the caller's SPIFFE ID; it must be listed for this group in the fleet file."""
         group = self.fleet.groups.get(group_name)
         if group is None:
-            raise PolicyDistributionError(f"no cluster group {group_name!r}")
+            raise UnknownGroupError(f"no cluster group {group_name!r}")
         if publisher not in group.publishers:
             raise PublisherNotAuthorizedError(f"{publisher} may not publish to cluster group {group_name!r}")
         try:
@@ -280,7 +290,7 @@ class PolicyBundles:
             )
         current = self._rollouts.get(group_name)
         if current is not None and counter <= current.counter:
-            raise PolicyDistributionError(f"bundle counter {counter} is not newer than {current.counter}")
+            raise StaleBundleError(f"bundle counter {counter} is not newer than {current.counter}")
         (self._dir / group_name).mkdir(exist_ok=True, mode=0o700)
         write_private(self._dir / group_name / f"{counter}.tar.gz", blob)
         self._blobs[(group_name, counter)] = _with_etag(blob)

@@ -31,6 +31,7 @@ from syncer.bundle import (
 from syncer.errors import SyncerError
 from syncer.oci import BundleRegistry, OCIReference
 from syncer.signing import SigningKey, sign_files
+from trustd.enroll_client import print_hub_failure
 
 BAR_WIDTH = 30
 
@@ -178,8 +179,7 @@ def _hub(args: argparse.Namespace) -> httpx.Client:
 
 def _show(answer: httpx.Response, args: argparse.Namespace) -> int:
     if answer.status_code != 200:
-        print(f"refused: {answer.json().get('reason', answer.text)}", file=sys.stderr)
-        return 1
+        return print_hub_failure(answer, f"policy {args.policy_command}")
     view = answer.json()
     if getattr(args, "json", False):
         print(json.dumps(view))
@@ -217,8 +217,7 @@ def _rollback(args: argparse.Namespace) -> int:
     with _hub(args) as hub:
         current = hub.get(f"/v1/policy/rollouts/{args.group}")
         if current.status_code != 200:
-            print(f"refused: {current.text}", file=sys.stderr)
-            return 1
+            return print_hub_failure(current, f"policy {args.policy_command}")
         old = unpack(args.to.read_bytes())
         manifest = dict(old.manifest)
         counter = int(current.json()["counter"]) + 1

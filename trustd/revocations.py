@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,16 +28,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from syncer.bundle import MANIFEST, pack
 from syncer.revocations import KEY_ID, ROOTS
 from syncer.signing import SigningKey, sign_files
-from trustd.errors import TrustdError
+from trustd.errors import BadRequestError, TrustdError
 from trustd.files import write_private
 from trustd.spiffe_id import SpiffeId, TrustDomain
 from trustd.store import AuditEvent, DeviceRecord, RevocationRecord, Store
+
+log = logging.getLogger(__name__)
 
 REVOCATIONS_ROOT = ROOTS[0]
 REFRESH_S = 1.0
 
 
-class RevocationError(TrustdError):
+class RevocationError(BadRequestError):
     code = "revocation_refused"
 
 
@@ -102,7 +105,10 @@ class Revocations:
         """Notice revocations made through another replica, so this one's long polls wake within a second."""
         while True:
             await asyncio.sleep(REFRESH_S)
-            self.current()
+            try:
+                self.current()
+            except TrustdError as exc:  # the store is down: keep watching, it comes back
+                log.warning("revocation list not refreshed: %s", exc.diagnostics())
 
     def is_revoked(self, spiffe_id: str) -> bool:
         return spiffe_id in self.current().spiffe_ids

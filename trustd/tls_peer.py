@@ -38,11 +38,13 @@ def peer_spiffe_id(scope: Mapping[str, Any]) -> str:
     chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
     if not chain:
         raise TrustdError("this endpoint needs a client certificate (mTLS with an X.509-SVID)")
-    certificate = x509.load_pem_x509_certificate(chain[0].encode())
     try:
+        certificate = x509.load_pem_x509_certificate(chain[0].encode())
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise TrustdError("the client certificate has no SPIFFE ID") from None
+    except ValueError as exc:  # OpenSSL verified it, but cryptography cannot read it (e.g. a malformed extension)
+        raise TrustdError(f"the client certificate cannot be read: {exc}") from exc
     uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")]
     if len(uris) != 1:
         raise TrustdError("the client certificate must carry exactly one SPIFFE ID")

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from trustd.enroll_client import hub_error
 from trustd.errors import HubUnreachableError, TrustdError
 
 log = logging.getLogger("edgetrust.agent")
@@ -92,6 +93,8 @@ class HubClient:
             answer = await self._http.request(method, path, json=body)
         except httpx.HTTPError as exc:
             raise HubUnreachableError(f"the hub is unreachable: {exc}") from exc
+        if answer.status_code >= 500:  # unavailable: nothing was decided, keep what is held and retry
+            raise hub_error(answer, path)
         try:
             found = answer.json()
         except ValueError:

@@ -131,9 +131,9 @@ class PostgresStore:
         with self._lock:
             try:
                 return operation(self._db)
-            except psycopg.OperationalError:
-                if not self._db.closed and not self._db.broken:
-                    raise
+            except psycopg.OperationalError as exc:
+                if not self._db.closed and not self._db.broken:  # the statement failed, the connection did not
+                    raise StoreError(f"the PostgreSQL store failed: {_safe(exc)}") from exc
             # the connection is gone (server restart, failover): once more on a new one
             self._db = self._connect(deadline=time.monotonic() + RECONNECT_S)
             try:
