@@ -109,7 +109,7 @@ class ReviewEndpoints:
 
 async def _read_limited(scope: Scope, receive: Receive, limit: int) -> bytes:
     for name, value in scope["headers"]:
-        if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+        if name == b"content-length" and (not (value.isascii() and value.isdigit()) or int(value) > limit):
             raise ReviewError(f"request bodies are limited to {limit} bytes")
     chunks: list[bytes] = []
     size = 0

@@ -28,7 +28,7 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
-_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
 _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -96,7 +96,7 @@ class RegistryClient:
         self._raise_for_status(image, response, f"manifest {reference!r}")
         body = await self._read_bounded(response, MAX_MANIFEST_BYTES, f"{image.name} manifest {reference!r}")
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        if _DIGEST_RE.match(reference) and digest != reference:
+        if _DIGEST_RE.fullmatch(reference) and digest != reference:
             raise BlobMismatchError(f"{image.name}: manifest asked for as {reference} hashes to {digest}")
         try:
             parsed = json.loads(body)
@@ -108,7 +108,7 @@ class RegistryClient:
         return Manifest(digest=digest, media_type=media_type, body=parsed)
 
     async def blob(self, image: ImageReference, digest: str, *, limit: int = MAX_BLOB_BYTES) -> bytes:
-        if not _DIGEST_RE.match(digest):
+        if not _DIGEST_RE.fullmatch(digest):
             raise RegistryError(f"{image.name}: blob digest {digest!r} is not sha256:<64 hex>")
         url = f"{self._base(image.registry)}/{image.repository}/blobs/{digest}"
         response = await self._get(image, url)
@@ -187,7 +187,7 @@ class RegistryClient:
     @staticmethod
     async def _read_bounded(response: httpx.Response, limit: int, what: str) -> bytes:
         declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
             await response.aclose()
             raise RegistryError(f"{what}: {declared} bytes, over the {limit}-byte limit")
         chunks: list[bytes] = []
