@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from trustd.errors import CAConfigError
 from trustd.spiffe_id import TrustDomain
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from trustd.ca import SpiffeCA
@@ -85,10 +88,13 @@ async def watch(ca: SpiffeCA, directory: Path, interval_s: float = 5.0) -> None:
     seen = _fingerprint(directory)
     while True:
         await asyncio.sleep(interval_s)
-        now = _fingerprint(directory)
-        if now != seen:
-            seen = now
-            ca.reload()
+        try:
+            now = _fingerprint(directory)
+            if now != seen:
+                ca.reload()
+                seen = now
+        except Exception:  # a step half-written, a file unreadable: keep watching, retry next tick
+            log.exception("the CA rotation step in %s was not taken yet; retrying", directory)
 
 
 def published(directory: Path, *, now: float | None = None) -> Published:

@@ -17,6 +17,7 @@ import json
 import logging
 import ssl
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,10 +188,24 @@ class Federation:
                 log.warning("federated bundle of %s kept as it was: %s", peer.trust_domain, exc.diagnostics())
 
     async def watch(self) -> None:
+        """Each bundle again at its refresh hint (5 s to 5 min); a changed federation file is read, and its peers
+        fetched, within MIN_REFRESH_S: a peer is added without a restart, and without waiting out a hint."""
         while True:
-            await self.refresh_all()
+            try:
+                await self.refresh_all()
+            except Exception:  # whatever a peer sent: keep the bundles held, keep watching
+                log.exception("federation: refresh failed; the bundles held stay in force")
+            seen = self._file_stamp()
             hints = [b.refresh_hint for b in self.bundles.values()] or [MAX_REFRESH_S]
-            await asyncio.sleep(min(MAX_REFRESH_S, max(MIN_REFRESH_S, min(hints))))
+            due = time.monotonic() + min(MAX_REFRESH_S, max(MIN_REFRESH_S, min(hints)))
+            while (left := due - time.monotonic()) > 0 and self._file_stamp() == seen:
+                await asyncio.sleep(min(MIN_REFRESH_S, left))
+
+    def _file_stamp(self) -> float | None:
+        try:
+            return self._file.stat().st_mtime if self._file is not None else None
+        except OSError:
+            return None
 
 
 def _peer_spiffe_id(answer: httpx.Response) -> str:

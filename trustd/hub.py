@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI
 
 from attestation.ek import EKVerifier
@@ -125,9 +126,32 @@ def _serving_certificate(settings: TrustdSettings, ca: SpiffeCA, trust_domain: T
     return tls_dir / "server.pem", tls_dir / "server.key"
 
 
-def serve(settings: TrustdSettings) -> None:
-    import uvicorn
+def server_config(hub: Hub) -> uvicorn.Config:
+    """How `trustd serve` runs the app, in one place: the tests' hubs run exactly this (lifespan and watchers
+    included), so what they prove holds for the real server."""
+    settings = hub.settings
+    return uvicorn.Config(
+        hub.app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        ssl_certfile=str(hub.tls_cert),
+        ssl_keyfile=str(hub.tls_key),
+        # clients may present an X.509-SVID (clusters, publishers); enrollment needs none
+        ssl_cert_reqs=ssl.CERT_OPTIONAL,
+        ssl_ca_certs=str(hub.client_roots),
+        http=PeerCertificateProtocol,
+        log_level="warning",
+        access_log=False,
+        # the revocation, CA-rotation and federation watchers start with the app; a failed start is fatal
+        lifespan="on",
+        # clusters come back within a long poll's length plus their own work; uvicorn's 5 s default closed
+        # connections of agents busy applying, and their TLS handshakes were a third of the hub's CPU at
+        # 10,000 clusters (fleet_sim)
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
 
+
+def serve(settings: TrustdSettings) -> None:
     hub = build_hub(settings)
     log.info(
         "trustd serving trust domain %s on https://%s:%d",
@@ -135,23 +159,10 @@ def serve(settings: TrustdSettings) -> None:
         settings.listen_host,
         settings.listen_port,
     )
+    server = uvicorn.Server(server_config(hub))
     try:
-        uvicorn.run(
-            hub.app,
-            host=settings.listen_host,
-            port=settings.listen_port,
-            ssl_certfile=str(hub.tls_cert),
-            ssl_keyfile=str(hub.tls_key),
-            # clients may present an X.509-SVID (clusters, publishers); enrollment needs none
-            ssl_cert_reqs=ssl.CERT_OPTIONAL,
-            ssl_ca_certs=str(hub.client_roots),
-            http=PeerCertificateProtocol,
-            log_level="warning",
-            access_log=False,
-            # clusters come back within a long poll's length plus their own work; uvicorn's 5 s default closed
-            # connections of agents busy applying, and their TLS handshakes were a third of the hub's CPU at
-            # 10,000 clusters (fleet_sim)
-            timeout_keep_alive=KEEP_ALIVE_S,
-        )
+        server.run()
     finally:
         hub.close()
+    if not server.started:  # the port was taken, the lifespan failed: what uvicorn.run reports, exit code 3
+        raise SystemExit(3)

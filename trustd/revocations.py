@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from trustd.files import write_private
 from trustd.spiffe_id import SpiffeId, TrustDomain
 from trustd.store import AuditEvent, DeviceRecord, RevocationRecord, Store
 
+log = logging.getLogger(__name__)
 REVOCATIONS_ROOT = ROOTS[0]
 REFRESH_S = 1.0
 
@@ -102,7 +104,10 @@ class Revocations:
         """Notice revocations made through another replica, so this one's long polls wake within a second."""
         while True:
             await asyncio.sleep(REFRESH_S)
-            self.current()
+            try:
+                self.current()
+            except Exception:  # the store is away (a restart): a watcher that dies never comes back
+                log.exception("revocations: the store could not be read; retrying in %.0f s", REFRESH_S)
 
     def is_revoked(self, spiffe_id: str) -> bool:
         return spiffe_id in self.current().spiffe_ids
