@@ -230,13 +230,15 @@ def test_spoofed_relay_port_from_other_loopback_address_gets_no_svid(
                 assert tcp_ports == {metrics_port}
                 assert str(socket_path) in unix_sockets  # and the private one, and the relay's connections
                 agent_files = _everything_under(svid_dir, state_dir, socket_path.parent)
+                # and the agent process itself: its memory, environment and open files
+                process_files = [f"/proc/{agent.pid}/{name}" for name in ("mem", "environ", "fd", "map_files")]
                 # the private gRPC socket lives in a 0700 directory of the state directory
                 assert any(p.endswith("/grpc.sock") and p.startswith(str(state_dir)) for p in agent_files)
                 job = {
                     "victim": VICTIM,
                     "tcp_ports": sorted(tcp_ports),
                     "unix_sockets": sorted(unix_sockets),
-                    "files": agent_files,
+                    "files": [*agent_files, *process_files],
                 }
                 results = run_as_nobody(ATTACKER, job)
             finally:
@@ -269,6 +271,8 @@ def test_spoofed_relay_port_from_other_loopback_address_gets_no_svid(
                 if found.startswith((f"{svid_dir}/", f"{state_dir}/")):
                     assert "PermissionError" in by_path[found]["error"], by_path[found]
             assert (svid_dir / "svid.key").stat().st_mode & 0o777 == 0o600
+            for found in process_files:
+                assert "PermissionError" in by_path[found]["error"], by_path[found]
 
             # nothing lost or changed: the victim still gets its own SVID, the hub's entries are as they were
             assert serving(socket_path, VICTIM)
