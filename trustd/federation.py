@@ -28,8 +28,9 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from trustd.errors import TrustdError
+from trustd.errors import InvalidSpiffeIdError, TrustdError
 from trustd.files import write_private
+from trustd.spiffe_id import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 MAX_BUNDLE_BYTES = 256 * 1024
@@ -63,6 +64,11 @@ class Peer:
                 )
             except KeyError as exc:
                 raise FederationError(f"{path}: a federates_with entry lacks {exc.args[0]!r}") from exc
+            try:  # the trust domain names a file under the data directory: it must be a trust domain, exactly
+                TrustDomain.parse(peers[-1].trust_domain)
+                SpiffeId.parse(peers[-1].endpoint_spiffe_id)
+            except InvalidSpiffeIdError as exc:
+                raise FederationError(f"{path}: {exc.diagnostics()}") from exc
             if not peers[-1].url.startswith("https://"):
                 raise FederationError(f"{path}: {peers[-1].trust_domain}'s bundle endpoint must be https://")
         return peers

@@ -30,6 +30,7 @@ from tests.support.hub import RunningHub, running_hub
 from tests.support.nodes import enroll_node
 from tests.support.svid import issue_svid_files
 from trustd.errors import TrustdError
+from trustd.federation import Peer
 from trustd.spiffe_id import SpiffeId, TrustDomain, render_spiffe_id
 
 OPERATOR = "spiffe://edge.example/operator/admin"
@@ -129,6 +130,14 @@ def _network_policy(field: str, value: str) -> None:
         raise ValueError(problem)
 
 
+def _federation(trust_domain: str, endpoint: str = "spiffe://peer.example/bundle-endpoint") -> None:
+    with tempfile.TemporaryDirectory() as work:
+        peer = {"trust_domain": trust_domain, "bundle_endpoint_url": "https://127.0.0.1:1/bundle"}
+        peer |= {"endpoint_spiffe_id": endpoint, "bootstrap_bundle": "peer.json"}
+        (Path(work) / "federation.yaml").write_text(yaml.safe_dump({"federates_with": [peer]}))
+        Peer.load_all(Path(work) / "federation.yaml")
+
+
 def _blob(digest: str) -> None:
     async def fetch() -> None:
         client = RegistryClient()
@@ -152,6 +161,8 @@ VALIDATORS: list[tuple[str, Callable[[str], object], str]] = [
     ("image registry host", lambda v: parse_image_reference(f"{v}/app:v1"), "registry.example:5000"),
     ("policy name", _policy, "require_limits"),
     ("Gatekeeper kind", _template, "K8sRequiredLabels"),
+    ("federation trust domain", _federation, "peer.example"),
+    ("federation endpoint SPIFFE ID", lambda v: _federation("peer.example", v), "spiffe://peer.example/endpoint"),
     ("NetworkPolicy name", lambda v: _network_policy("name", v), "web"),
     ("NetworkPolicy namespace", lambda v: _network_policy("namespace", v), "prod"),
     ("NetworkPolicy port name", lambda v: _network_policy("port", v), "http"),
@@ -171,3 +182,9 @@ def test_registry_refuses_a_blob_digest_ending_in_a_newline() -> None:
     with pytest.raises(AdmissionError) as unreachable:  # the digest itself passes: the fetch is tried
         _blob(DIGEST)
     assert "is not sha256" not in str(unreachable.value)
+
+
+def test_a_federation_trust_domain_that_is_a_path_is_refused() -> None:
+    """It names the file the fetched bundle is written to: `../x` would write outside the data directory."""
+    with pytest.raises(TrustdError, match="trust domain"):
+        _federation("../../ca/ca")
