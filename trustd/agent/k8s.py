@@ -40,7 +40,7 @@ class KubeAttestor:
         self, *, node: str, url: str, token_file: Path, ca_file: Path, proc_root: Path = Path("/proc")
     ) -> None:
         self._node = node
-        self._proc = proc_root
+        self.proc_root = proc_root
         self._token_file = token_file
         context = ssl.create_default_context(cafile=str(ca_file))
         self._http = httpx.AsyncClient(base_url=url, verify=context, timeout=5)
@@ -64,11 +64,14 @@ class KubeAttestor:
             self._listed = time.monotonic()
         return self._pods.get(uid)
 
-    async def selectors(self, pid: int) -> frozenset[str]:
-        try:
-            cgroup = (self._proc / str(pid) / "cgroup").read_text()
-        except OSError:
-            return frozenset()
+    async def selectors(self, pid: int, cgroup: str | None = None) -> frozenset[str]:
+        """The pod's selectors, from the cgroup the caller had when it connected (`cgroup`, recorded by the
+        front) or, without one, from its pid now."""
+        if cgroup is None:
+            try:
+                cgroup = (self.proc_root / str(pid) / "cgroup").read_text()
+            except OSError:
+                return frozenset()
         uid = pod_uid(cgroup)
         if uid is None:
             return frozenset()

@@ -111,7 +111,7 @@ async def run_agent(
     private_directory(svid_dir)
     client = HubClient(hub, svid_dir)
     identities = Identities(client, entry_poll_s=entry_poll_s)
-    front = PeerCredFront(socket_path, private_parent=state_dir)
+    front = PeerCredFront(socket_path, private_parent=state_dir, proc_root=kube.proc_root if kube else None)
     front.open()
     server = None
     try:

@@ -44,6 +44,9 @@ class Caller:
     pid: int
     uid: int
     gid: int
+    #: the process's cgroup when it connected (read at once, on Kubernetes nodes): its pod is judged by this,
+    #: not by whatever process holds the pid when it asks (the caller may exit and the pid go to another pod)
+    cgroup: str | None = None
 
     @property
     def selectors(self) -> frozenset[str]:
@@ -58,9 +61,10 @@ class PeerCredFront:
     own (0700): the state directory.
     """
 
-    def __init__(self, path: Path, *, private_parent: Path | None = None) -> None:
+    def __init__(self, path: Path, *, private_parent: Path | None = None, proc_root: Path | None = None) -> None:
         self.path = path
         self._private_parent = private_parent
+        self._proc_root = proc_root
         self._private: Path | None = None
         self._names = itertools.count()
         #: gRPC peer string ("unix:<relay connection's name>") -> the caller it relays
@@ -119,12 +123,18 @@ class PeerCredFront:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock: socket.socket = writer.get_extra_info("socket")
         pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        cgroup = None
+        if self._proc_root is not None:
+            try:
+                cgroup = (self._proc_root / str(pid) / "cgroup").read_text()
+            except OSError:
+                cgroup = ""  # gone already, or not ours to read: in no pod
         try:
             name, up_reader, up_writer = await self._connect_backend()
         except OSError:
             writer.close()
             return
-        self.callers[name] = Caller(pid, uid, gid)
+        self.callers[name] = Caller(pid, uid, gid, cgroup)
         try:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:

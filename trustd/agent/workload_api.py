@@ -43,7 +43,7 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         selectors = caller.selectors
         if self._kube is not None:
             try:
-                selectors |= await self._kube.selectors(caller.pid)
+                selectors |= await self._kube.selectors(caller.pid, caller.cgroup)
             except TrustdError as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot attest the workload: {exc.diagnostics()}")
         return selectors

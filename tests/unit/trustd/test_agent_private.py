@@ -84,3 +84,36 @@ def test_a_parent_too_deep_for_a_socket_path_falls_back_to_the_temporary_directo
         assert len(os.fsencode(str(front.backend))) < 100
     finally:
         asyncio.run(front.close())
+
+
+def test_a_callers_cgroup_is_taken_when_it_connects_not_when_it_asks(short: Path) -> None:
+    """The pid may change hands while the connection lives (the caller exits, another pod's process gets the
+    pid): the pod is judged by the cgroup recorded at connect time."""
+    proc = short / "proc"
+    (proc / str(os.getpid())).mkdir(parents=True)
+    cgroup = proc / str(os.getpid()) / "cgroup"
+    cgroup.write_text("0::/kubepods/besteffort/pod1b4e2c3d-aaaa-bbbb-cccc-0123456789ab/c\n")
+
+    async def scenario() -> tuple[list[str | None], str]:
+        front = PeerCredFront(short / "api.sock", private_parent=private_directory(short / "s"), proc_root=proc)
+        front.open()
+        backend = await asyncio.start_unix_server(lambda r, w: None, path=str(front.backend))
+        await front.start()
+        try:
+            _, writer = await asyncio.open_unix_connection(str(short / "api.sock"))
+            for _ in range(100):
+                if front.callers:
+                    break
+                await asyncio.sleep(0.01)
+            cgroup.write_text("0::/kubepods/besteffort/podffffffff-ffff-ffff-ffff-ffffffffffff/c\n")  # pid reused
+            recorded = [c.cgroup for c in front.callers.values()]
+            peers = list(front.callers)
+            writer.close()
+            return recorded, peers[0]
+        finally:
+            await front.close()
+            backend.close()
+
+    recorded, peer = asyncio.run(scenario())
+    assert recorded == ["0::/kubepods/besteffort/pod1b4e2c3d-aaaa-bbbb-cccc-0123456789ab/c\n"]
+    assert peer.startswith(f"unix:{short}/s/edgetrust-agent-")  # keyed by the relay connection's own name
