@@ -64,14 +64,16 @@ class KubeAttestor:
             self._listed = time.monotonic()
         return self._pods.get(uid)
 
-    async def selectors(self, pid: int, cgroup: str | None = None) -> frozenset[str]:
-        """The pod's selectors, from the cgroup the caller had when it connected (`cgroup`, recorded by the
-        front) or, without one, from its pid now."""
-        if cgroup is None:
-            try:
-                cgroup = (self.proc_root / str(pid) / "cgroup").read_text()
-            except OSError:
-                return frozenset()
+    async def selectors(self, pid: int, connected_in: str | None = None) -> frozenset[str]:
+        """The pod's selectors, from the caller's cgroup now; when the front recorded the cgroup it connected
+        from (`connected_in`), both must be the same: a pid now held by a process elsewhere (the caller exited
+        and its pid was reused, or it was moved out of its pod) names no pod."""
+        try:
+            cgroup = (self.proc_root / str(pid) / "cgroup").read_text()
+        except OSError:
+            return frozenset()
+        if connected_in is not None and cgroup != connected_in:
+            return frozenset()
         uid = pod_uid(cgroup)
         if uid is None:
             return frozenset()

@@ -44,8 +44,8 @@ class Caller:
     pid: int
     uid: int
     gid: int
-    #: the process's cgroup when it connected (read at once, on Kubernetes nodes): its pod is judged by this,
-    #: not by whatever process holds the pid when it asks (the caller may exit and the pid go to another pod)
+    #: the process's cgroup when it connected (read at once, on Kubernetes nodes): a pid found in another cgroup
+    #: when it asks (the caller exited and its pid went to another pod's process) names no pod
     cgroup: str | None = None
 
     @property

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tlsca import TestCA
+from trustd.agent.k8s import KubeAttestor
 from trustd.agent.peercred import AgentSocketError, PeerCredFront
 from trustd.files import PrivateFileError, private_directory
 
@@ -86,9 +88,9 @@ def test_a_parent_too_deep_for_a_socket_path_falls_back_to_the_temporary_directo
         asyncio.run(front.close())
 
 
-def test_a_callers_cgroup_is_taken_when_it_connects_not_when_it_asks(short: Path) -> None:
+def test_a_callers_cgroup_is_taken_when_it_connects(short: Path) -> None:
     """The pid may change hands while the connection lives (the caller exits, another pod's process gets the
-    pid): the pod is judged by the cgroup recorded at connect time."""
+    pid): the cgroup recorded at connect time is what the pid's cgroup must still be when it asks."""
     proc = short / "proc"
     (proc / str(os.getpid())).mkdir(parents=True)
     cgroup = proc / str(os.getpid()) / "cgroup"
@@ -117,3 +119,26 @@ def test_a_callers_cgroup_is_taken_when_it_connects_not_when_it_asks(short: Path
     recorded, peer = asyncio.run(scenario())
     assert recorded == ["0::/kubepods/besteffort/pod1b4e2c3d-aaaa-bbbb-cccc-0123456789ab/c\n"]
     assert peer.startswith(f"unix:{short}/s/edgetrust-agent-")  # keyed by the relay connection's own name
+
+
+def test_a_pid_now_in_another_pods_cgroup_names_no_pod(short: Path) -> None:
+    proc = short / "proc" / "4242"
+    proc.mkdir(parents=True)
+    (proc / "cgroup").write_text("0::/kubepods/besteffort/podffffffff-ffff-ffff-ffff-ffffffffffff/c\n")
+    token = short / "token"
+    token.write_text("unused")
+    attestor = KubeAttestor(
+        node="node-1",
+        url="https://127.0.0.1:1",  # never asked: the mismatch is decided before any lookup
+        token_file=token,
+        ca_file=TestCA(short / "ca").ca_file,
+        proc_root=short / "proc",
+    )
+
+    async def ask() -> frozenset[str]:
+        try:
+            return await attestor.selectors(4242, "0::/kubepods/besteffort/pod1b4e2c3d-aaaa-bbbb-cccc-0123456789ab/c\n")
+        finally:
+            await attestor.close()
+
+    assert asyncio.run(ask()) == frozenset()
