@@ -197,8 +197,11 @@ def test_workloads_of_both_trust_domains_authenticate_each_other_after_federatio
         )
         # the hub's own federation watcher reads the file and fetches SPIRE's bundle from its endpoint
         fetched = hub.hub.settings.data_dir / "federation" / "spire.example.json"
-        until(fetched.exists, "the federation watcher to fetch spire.example's bundle", timeout_s=30)
-        assert hub.hub.federation.errors == {}, hub.hub.federation.errors
+        until(
+            lambda: fetched.exists() and not hub.hub.federation.errors,
+            f"the federation watcher to fetch spire.example's bundle ({hub.hub.federation.errors})",
+            timeout_s=30,
+        )
 
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
