@@ -133,7 +133,7 @@ class ReviewEndpoints:
 async def _read_limited(scope: Scope, receive: Receive, limit: int) -> bytes:
     for name, value in scope["headers"]:
         if name == b"content-length":
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 raise ReviewError("Content-Length is not a number")
             if int(value) > limit:
                 raise BodyTooLargeError(f"request bodies are limited to {limit} bytes")

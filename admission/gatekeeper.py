@@ -24,7 +24,7 @@ from admission.modes import Mode
 
 TARGET = "admission.k8s.gatekeeper.sh"
 ACTIONS = {"deny": Mode.ENFORCE, "warn": Mode.WARN, "dryrun": Mode.DRYRUN}
-_KIND_RE = re.compile(r"^[A-Z][A-Za-z0-9]{0,62}$")
+_KIND_RE = re.compile(r"[A-Z][A-Za-z0-9]{0,62}")
 _PACKAGE_RE = re.compile(r"^\s*package\s+([A-Za-z_][\w.]*)\s*$", re.MULTILINE)
 _LIB_REF_RE = re.compile(r"\bdata\.lib\.")
 _LIB_PACKAGE_RE = re.compile(r"^(\s*package\s+)lib\.", re.MULTILINE)
@@ -75,7 +75,7 @@ def parse_template(document: Mapping[str, Any], source: str) -> ConstraintTempla
         kind = spec["crd"]["spec"]["names"]["kind"]
     except (KeyError, TypeError):
         raise ConfigError(f"{where}: spec.crd.spec.names.kind is missing") from None
-    if not isinstance(kind, str) or not _KIND_RE.match(kind):
+    if not isinstance(kind, str) or not _KIND_RE.fullmatch(kind):
         raise ConfigError(f"{where}: kind {kind!r} is not a Kubernetes kind name")
     if name != kind.lower():
         raise ConfigError(

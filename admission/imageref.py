@@ -27,12 +27,12 @@ HTTPS_PORT = 443
 MAX_REFERENCE_LENGTH = 4096  # far above any real reference; bounds regex work on hostile input
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$", re.ASCII)
-_DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+_PATH_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 _HOST_RE = re.compile(
-    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])"
-    r"(?::[0-9]+)?$"
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])"
+    r"(?::[0-9]+)?"
 )
 _GLOB_CHARS = frozenset("*?[")
 
@@ -69,7 +69,7 @@ def is_registry_host(component: str) -> bool:
 
 def canonical_registry(host: str) -> str:
     """`host[:port]` as one spelling: lowercase, IPv6 compressed, no `:443`, Docker Hub's aliases as docker.io."""
-    if not _HOST_RE.match(host):
+    if not _HOST_RE.fullmatch(host):
         raise ImageReferenceError(f"registry host {host!r} is not a host[:port]")
     if host.startswith("["):
         literal, _, port = host[1:].partition("]")
@@ -111,13 +111,13 @@ def parse_image_reference(text: str) -> ImageReference:
     remainder, digest = text, None
     if "@" in remainder:
         remainder, digest = remainder.split("@", 1)
-        if not _DIGEST_RE.match(digest):
+        if not _DIGEST_RE.fullmatch(digest):
             raise ImageReferenceError(f"image {text!r}: digest {digest!r} is not sha256:<64 hex> or sha512:<128 hex>")
     tag = None
     last = remainder.rsplit("/", 1)[-1]
     if ":" in last:
         remainder, tag = remainder.rsplit(":", 1)
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise ImageReferenceError(f"image {text!r}: tag {tag!r} is not a valid tag")
     first, _, rest = remainder.partition("/")
     if rest and is_registry_host(first):
@@ -130,7 +130,7 @@ def parse_image_reference(text: str) -> ImageReference:
         registry, path = DEFAULT_REGISTRY, remainder
     if registry == DEFAULT_REGISTRY and "/" not in path:
         path = f"library/{path}"
-    if not _PATH_RE.match(path):
+    if not _PATH_RE.fullmatch(path):
         hint = " (repository names must be lowercase)" if path.lower() != path else ""
         raise ImageReferenceError(f"image {text!r}: repository {path!r} is not a valid repository path{hint}")
     if tag is None and digest is None:
@@ -186,6 +186,6 @@ def canonical_image_globs(pattern: str) -> tuple[str, ...]:
 
 def _is_glob(text: str) -> bool:
     """Wildcards in a glob part; the brackets of an IPv6 host literal (`[::1]:5000`) are not a character class."""
-    if text.startswith("[") and _HOST_RE.match(text):
+    if text.startswith("[") and _HOST_RE.fullmatch(text):
         return bool(_GLOB_CHARS & set(text.partition("]")[2]))
     return bool(_GLOB_CHARS & set(text))

@@ -30,7 +30,7 @@ from admission.gatekeeper import load_directory as load_gatekeeper_directory
 from admission.imageref import ImageReference, canonical_image_globs
 from admission.modes import FailureMode, Mode
 
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 __all__ = ["FailureMode", "ImagePolicy", "KeylessIdentity", "Match", "Mode", "PolicySet", "RegoLibrary", "RegoPolicy"]
 
 DEFAULT_EXEMPT_NAMESPACES = ("kube-system",)
@@ -188,7 +188,7 @@ def load_policy(meta_path: Path) -> RegoPolicy | ImagePolicy | RegoLibrary:
     if unknown:
         raise ConfigError(f"{where}: unknown fields {sorted(unknown)}")
     name = meta.get("name", meta_path.parent.name.replace("-", "_"))
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ConfigError(f"{where}: name {name!r} must match {_NAME_RE.pattern} (it becomes a Rego package)")
     mode = _enum(Mode, meta.get("mode", "enforce"), where, "mode")
     failure = _enum(FailureMode, meta.get("failure", "closed"), where, "failure")

@@ -29,14 +29,14 @@ MANIFEST_MEDIA_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
-_DIGEST_RE = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+_DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 _HASHES = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
 
 
 def split_digest(digest: str) -> tuple[str, str]:
     """(`sha256` | `sha512`, hex) of a well-formed digest; anything else is a RegistryError, never a KeyError."""
-    if not _DIGEST_RE.match(digest):
+    if not _DIGEST_RE.fullmatch(digest):
         raise RegistryError(f"digest {digest!r} is not sha256:<64 hex> or sha512:<128 hex>")
     algorithm, _, hex_digest = digest.partition(":")
     return algorithm, hex_digest
@@ -120,7 +120,7 @@ class RegistryClient:
         self._raise_for_status(image, response, f"manifest {reference!r}")
         body = await self._read_bounded(response, MAX_MANIFEST_BYTES, f"{image.name} manifest {reference!r}")
         # Asked for by digest: checked in that digest's algorithm (a sha512 pin is not taken on trust).
-        pinned = _DIGEST_RE.match(reference)
+        pinned = _DIGEST_RE.fullmatch(reference)
         digest = content_digest(reference.partition(":")[0] if pinned else "sha256", body)
         if pinned and digest != reference:
             raise BlobMismatchError(f"{image.name}: manifest asked for as {reference} hashes to {digest}")
@@ -134,7 +134,7 @@ class RegistryClient:
         return Manifest(digest=digest, media_type=media_type, body=parsed)
 
     async def blob(self, image: ImageReference, digest: str, *, limit: int = MAX_BLOB_BYTES) -> bytes:
-        if not _DIGEST_RE.match(digest):
+        if not _DIGEST_RE.fullmatch(digest):
             raise RegistryError(f"{image.name}: blob digest {digest!r} is not sha256:<64 hex> or sha512:<128 hex>")
         url = f"{self._base(image.registry)}/{image.repository}/blobs/{digest}"
         response = await self._get(image, url)
@@ -235,7 +235,7 @@ class RegistryClient:
     @staticmethod
     async def _read_bounded(response: httpx.Response, limit: int, what: str) -> bytes:
         declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
             await response.aclose()
             raise RegistryError(f"{what}: {declared} bytes, over the {limit}-byte limit")
         chunks: list[bytes] = []

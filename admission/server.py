@@ -99,15 +99,17 @@ def build_app(settings: AdmissionSettings) -> ReviewEndpoints:
 def serve(settings: AdmissionSettings) -> None:
     app = build_app(settings)
     log.info("admission webhook on https://%s:%d", settings.listen_host, settings.listen_port)
-    serving.run(
+    limits = serving.ServingLimits(
+        handshake_timeout_s=settings.tls_handshake_timeout_s,
+        header_timeout_s=settings.header_timeout_s,
+        max_connections=settings.max_connections,
+    )
+    config = serving.server_config(
         app,
         host=settings.listen_host,
         port=settings.listen_port,
         certfile=str(settings.tls_cert),
         keyfile=str(settings.tls_key),
-        limits=serving.ServingLimits(
-            handshake_timeout_s=settings.tls_handshake_timeout_s,
-            header_timeout_s=settings.header_timeout_s,
-            max_connections=settings.max_connections,
-        ),
+        limits=limits,
     )
+    serving.run(config, limits=limits)

@@ -15,9 +15,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 SPEC_FIELDS = {"podSelector", "policyTypes", "ingress", "egress"}
 PROTOCOLS = {"TCP", "UDP", "SCTP"}
 #: namespaces no bundle may hold a NetworkPolicy in (any policy selecting pods there restricts them)
@@ -69,10 +69,10 @@ def _validate(document: Any) -> str | None:
     if not isinstance(metadata, dict):
         return "metadata: missing"
     name = metadata.get("name")
-    if not isinstance(name, str) or len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+    if not isinstance(name, str) or len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
         return f"metadata.name: {name!r} is not a DNS-1123 subdomain"
     namespace = metadata.get("namespace")
-    if not isinstance(namespace, str) or len(namespace) > 63 or not _DNS1123_LABEL.match(namespace):
+    if not isinstance(namespace, str) or len(namespace) > 63 or not _DNS1123_LABEL.fullmatch(namespace):
         return f"metadata.namespace: {namespace!r} is not a DNS-1123 label (a bundle names each policy's namespace)"
     spec = document.get("spec")
     if not isinstance(spec, dict):
@@ -132,7 +132,7 @@ def _ports(ports: Any, where: str) -> str | None:
         if isinstance(value, bool) or not (
             value is None
             or (isinstance(value, int) and 1 <= value <= 65535)
-            or (isinstance(value, str) and len(value) <= 15 and _PORT_NAME.match(value))
+            or (isinstance(value, str) and len(value) <= 15 and _PORT_NAME.fullmatch(value))
         ):
             return f"{here}.port: {value!r} is not a port number (1-65535) or name"
         end = port.get("endPort")

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from trustd.errors import CAConfigError, TrustdError
+from trustd.errors import CAConfigError
 from trustd.spiffe_id import TrustDomain
 
 log = logging.getLogger(__name__)
@@ -88,14 +88,13 @@ async def watch(ca: SpiffeCA, directory: Path, interval_s: float = 5.0) -> None:
     seen = _fingerprint(directory)
     while True:
         await asyncio.sleep(interval_s)
-        now = _fingerprint(directory)
-        if now != seen:
-            try:
+        try:
+            now = _fingerprint(directory)
+            if now != seen:
                 ca.reload()
-            except (TrustdError, OSError, ValueError) as exc:  # a step half written: keep the CA, try again later
-                log.warning("CA not reloaded: %s", exc)
-                continue
-            seen = now
+                seen = now
+        except Exception:  # a step half-written, a file unreadable: keep watching, retry next tick
+            log.exception("the CA rotation step in %s was not taken yet; retrying", directory)
 
 
 def published(directory: Path, *, now: float | None = None) -> Published:

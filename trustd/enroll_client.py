@@ -23,7 +23,7 @@ from attestation.device import AKKind, EKKind, TPMDevice
 from attestation.tpm2.constants import HashAlg
 from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse, b64
 from trustd.errors import EnrollmentError, HubUnreachableError, TrustdError
-from trustd.files import write_private
+from trustd.files import private_directory, write_private
 
 #: a device on a slow link still answers within this; longer means the hub is gone
 DEFAULT_TIMEOUT_S = 30.0
@@ -99,7 +99,7 @@ def enroll(
                 ).model_dump(),
             )
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(out_dir)  # the key is 0600, and the directory holding it 0700
     key_path, svid_path, bundle_path = out_dir / "svid.key", out_dir / "svid.pem", out_dir / "bundle.pem"
     write_private(
         key_path,

@@ -17,6 +17,7 @@ import json
 import logging
 import ssl
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,9 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from trustd.errors import TrustdError
+from trustd.errors import InvalidSpiffeIdError, TrustdError
 from trustd.files import write_private
+from trustd.spiffe_id import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
 MAX_BUNDLE_BYTES = 256 * 1024
@@ -62,6 +64,11 @@ class Peer:
                 )
             except KeyError as exc:
                 raise FederationError(f"{path}: a federates_with entry lacks {exc.args[0]!r}") from exc
+            try:  # the trust domain names a file under the data directory: it must be a trust domain, exactly
+                TrustDomain.parse(peers[-1].trust_domain)
+                SpiffeId.parse(peers[-1].endpoint_spiffe_id)
+            except InvalidSpiffeIdError as exc:
+                raise FederationError(f"{path}: {exc.diagnostics()}") from exc
             if not peers[-1].url.startswith("https://"):
                 raise FederationError(f"{path}: {peers[-1].trust_domain}'s bundle endpoint must be https://")
         return peers
@@ -187,10 +194,24 @@ class Federation:
                 log.warning("federated bundle of %s kept as it was: %s", peer.trust_domain, exc.diagnostics())
 
     async def watch(self) -> None:
+        """Each bundle again at its refresh hint (5 s to 5 min); a changed federation file is read, and its peers
+        fetched, within MIN_REFRESH_S: a peer is added without a restart, and without waiting out a hint."""
         while True:
-            await self.refresh_all()
+            try:
+                await self.refresh_all()
+            except Exception:  # whatever a peer sent: keep the bundles held, keep watching
+                log.exception("federation: refresh failed; the bundles held stay in force")
+            seen = self._file_stamp()
             hints = [b.refresh_hint for b in self.bundles.values()] or [MAX_REFRESH_S]
-            await asyncio.sleep(min(MAX_REFRESH_S, max(MIN_REFRESH_S, min(hints))))
+            due = time.monotonic() + min(MAX_REFRESH_S, max(MIN_REFRESH_S, min(hints)))
+            while (left := due - time.monotonic()) > 0 and self._file_stamp() == seen:
+                await asyncio.sleep(min(MIN_REFRESH_S, left))
+
+    def _file_stamp(self) -> float | None:
+        try:
+            return self._file.stat().st_mtime if self._file is not None else None
+        except OSError:
+            return None
 
 
 def _peer_spiffe_id(answer: httpx.Response) -> str:

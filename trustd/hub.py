@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI
 
 from attestation.ek import EKVerifier
@@ -139,6 +140,38 @@ def _serving_certificate(settings: TrustdSettings, ca: SpiffeCA, trust_domain: T
     return tls_dir / "server.pem", tls_dir / "server.key"
 
 
+def server_config(hub: Hub) -> uvicorn.Config:
+    """How `trustd serve` runs the app, in one place: the tests' hubs run exactly this (lifespan, watchers and
+    the connection guard included), so what they prove holds for the real server."""
+    settings = hub.settings
+    return serving.server_config(
+        hub.app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        certfile=str(hub.tls_cert),
+        keyfile=str(hub.tls_key),
+        # clients may present an X.509-SVID (clusters, publishers); enrollment needs none
+        client_cert_reqs=ssl.CERT_OPTIONAL,
+        client_ca_certs=str(hub.client_roots),
+        protocol=PeerCertificateProtocol,
+        limits=serving_limits(settings),
+        # the revocation, CA-rotation and federation watchers start with the app; a failed start is fatal
+        lifespan="on",
+    )
+
+
+def serving_limits(settings: TrustdSettings) -> serving.ServingLimits:
+    return serving.ServingLimits(
+        handshake_timeout_s=settings.tls_handshake_timeout_s,
+        header_timeout_s=settings.header_timeout_s,
+        # clusters come back within a long poll's length plus their own work; uvicorn's 5 s default closed
+        # connections of agents busy applying, and their TLS handshakes were a third of the hub's CPU at
+        # 10,000 clusters (fleet_sim)
+        keep_alive_s=KEEP_ALIVE_S,
+        max_connections=settings.max_connections,
+    )
+
+
 def serve(settings: TrustdSettings) -> None:
     hub = build_hub(settings)
     log.info(
@@ -148,26 +181,12 @@ def serve(settings: TrustdSettings) -> None:
         settings.listen_port,
     )
     try:
-        serving.run(
-            hub.app,
-            host=settings.listen_host,
-            port=settings.listen_port,
-            certfile=str(hub.tls_cert),
-            keyfile=str(hub.tls_key),
-            # clients may present an X.509-SVID (clusters, publishers); enrollment needs none
-            client_cert_reqs=ssl.CERT_OPTIONAL,
-            client_ca_certs=str(hub.client_roots),
-            protocol=PeerCertificateProtocol,
-            limits=serving.ServingLimits(
-                handshake_timeout_s=settings.tls_handshake_timeout_s,
-                header_timeout_s=settings.header_timeout_s,
-                # clusters come back within a long poll's length plus their own work; uvicorn's 5 s default
-                # closed connections of agents busy applying, and their TLS handshakes were a third of the
-                # hub's CPU at 10,000 clusters (fleet_sim)
-                keep_alive_s=KEEP_ALIVE_S,
-                max_connections=settings.max_connections,
-            ),
+        started = serving.run(
+            server_config(hub),
+            limits=serving_limits(settings),
             periodic=[serving.Periodic(hub.service.upkeep_interval_s, hub.service.maintain)],
         )
     finally:
         hub.close()
+    if not started:  # the port was taken, the lifespan failed: what uvicorn.run reports, exit code 3
+        raise SystemExit(3)

@@ -34,7 +34,6 @@ from trustd.spiffe_id import SpiffeId, TrustDomain
 from trustd.store import AuditEvent, DeviceRecord, RevocationRecord, Store
 
 log = logging.getLogger(__name__)
-
 REVOCATIONS_ROOT = ROOTS[0]
 REFRESH_S = 1.0
 
@@ -107,8 +106,8 @@ class Revocations:
             await asyncio.sleep(REFRESH_S)
             try:
                 self.current()
-            except TrustdError as exc:  # the store is down: keep watching, it comes back
-                log.warning("revocation list not refreshed: %s", exc.diagnostics())
+            except Exception:  # the store is away (a restart): a watcher that dies never comes back
+                log.exception("revocations: the store could not be read; retrying in %.0f s", REFRESH_S)
 
     def is_revoked(self, spiffe_id: str) -> bool:
         return spiffe_id in self.current().spiffe_ids

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from trustd.errors import InvalidSpiffeIdError, ReservedSpiffeIdError
 
 MAX_SPIFFE_ID_BYTES = 2048
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,7 @@ class TrustDomain:
     @classmethod
     def parse(cls, text: str) -> TrustDomain:
         name = text.removeprefix("spiffe://")
-        if not name or not _TRUST_DOMAIN.match(name):
+        if not name or not _TRUST_DOMAIN.fullmatch(name):
             raise InvalidSpiffeIdError(
                 f"trust domain {text!r} is invalid: use lowercase letters, digits, '.', '-' and '_' only"
             )
@@ -64,7 +64,7 @@ class SpiffeId:
 
 def _check_path(path: str, whole: str) -> None:
     for segment in path.split("/")[1:]:
-        if segment in ("", ".", "..") or not _SEGMENT.match(segment):
+        if segment in ("", ".", "..") or not _SEGMENT.fullmatch(segment):
             raise InvalidSpiffeIdError(
                 f"{whole[:120]!r}: path segment {segment!r} is invalid "
                 "(letters, digits, '.', '-', '_'; no empty segment, '.' or '..')"
@@ -77,7 +77,7 @@ def render_spiffe_id(template: str, trust_domain: TrustDomain, **fields: str) ->
         if field is None:
             continue
         value = fields[field]
-        if not _SEGMENT.match(value) or value in (".", ".."):
+        if not _SEGMENT.fullmatch(value) or value in (".", ".."):
             raise InvalidSpiffeIdError(
                 f"claim {field}={value[:40]!r} cannot be a SPIFFE ID path segment (letters, digits, '.', '-', '_')"
             )

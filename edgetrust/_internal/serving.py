@@ -18,8 +18,9 @@ every connection would cut them. Here, per connection:
   the oldest kept-alive idle one. Connections inside a request (a long poll) are never evicted; a new one
   is refused at once (503 too_many_connections) only when every open connection is inside a request.
 
-Both `trustd serve` and `edgetrust-admission serve` run through `run()`, which also runs the caller's
-periodic upkeep tasks (e.g. trustd's challenge purge) on the server's loop.
+Both `trustd serve` and `edgetrust-admission serve` build their configuration with `server_config()` and run
+it through `run()`, which also runs the caller's periodic upkeep tasks (e.g. trustd's challenge purge) on the
+server's loop.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ async def _periodically(task: Periodic) -> None:
             log.exception("periodic task %s failed", getattr(task.run, "__qualname__", task.run))
 
 
-def run(
+def server_config(
     app: Any,
     *,
     host: str,
@@ -253,15 +254,15 @@ def run(
     protocol: type[HttpToolsProtocol] = HttpToolsProtocol,
     client_cert_reqs: ssl.VerifyMode = ssl.CERT_NONE,
     client_ca_certs: str | None = None,
-    periodic: Sequence[Periodic] = (),
     lifespan: Literal["auto", "on", "off"] = "auto",
-) -> None:
-    """Serve `app` over HTTPS with the limits above until SIGINT/SIGTERM."""
+) -> uvicorn.Config:
+    """uvicorn's configuration with the limits above: what `run()` serves, and what tests that serve the app
+    in a thread of their own use, so the connection guard they exercise is the production one."""
     soft = raise_fd_limit(limits.max_connections + FD_RESERVE)
     max_connections = max(1, min(limits.max_connections, soft - FD_RESERVE))
     if max_connections < limits.max_connections:
         log.warning("fd limit %d: at most %d connections (ulimit -n to raise it)", soft, max_connections)
-    config = uvicorn.Config(
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -275,6 +276,12 @@ def run(
         timeout_keep_alive=int(limits.keep_alive_s),
         lifespan=lifespan,
     )
+
+
+def run(config: uvicorn.Config, *, limits: ServingLimits, periodic: Sequence[Periodic] = ()) -> bool:
+    """Serve `config` (from `server_config`) until SIGINT/SIGTERM, on a loop that bounds TLS handshakes.
+
+    Returns whether the server started (False: the port was taken or the app's lifespan failed)."""
     server = uvicorn.Server(config)
 
     async def main() -> None:
@@ -293,6 +300,7 @@ def run(
             runner.run(main())
     finally:
         signal.signal(signal.SIGTERM, previous)
+    return server.started
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

@@ -7,7 +7,6 @@ held before stays.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -34,6 +33,7 @@ from tests.support.processes import running
 from tests.support.spire import register, running_spire_agent, running_spire_server, wait_for_svid
 from tests.support.svid import issue_svid_files
 from tests.support.tlsca import TestCA
+from tests.support.waiting import until
 from trustd.federation import FederationError, Peer
 from trustd.trustctl import main as trustctl
 
@@ -195,8 +195,13 @@ def test_workloads_of_both_trust_domains_authenticate_each_other_after_federatio
                 }
             )
         )
-        asyncio.run(hub.hub.federation.refresh_all())
-        assert hub.hub.federation.errors == {}, hub.hub.federation.errors
+        # the hub's own federation watcher reads the file and fetches SPIRE's bundle from its endpoint
+        fetched = hub.hub.settings.data_dir / "federation" / "spire.example.json"
+        until(
+            lambda: fetched.exists() and not hub.hub.federation.errors,
+            "the federation watcher to fetch spire.example's bundle without error",
+            timeout_s=30,
+        )
 
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -236,15 +241,18 @@ def test_a_bad_federated_bundle_is_refused_and_the_old_one_stays(
         )
     )
     federation = hub.hub.federation
-    asyncio.run(federation.refresh_all())
+    until(lambda: "peer.example" in federation.errors, "the federation watcher to try peer.example", timeout_s=30)
     assert "not JSON (truncated?)" in federation.errors["peer.example"]
     assert federation.bundles["peer.example"].sequence == 1  # the bootstrap bundle stays in force
 
     other = TestCA(tmp_path / "other-ca")  # an endpoint whose certificate does not chain to the held bundle
     port = _serve_bundle(_svid_from(other, "spiffe://peer.example/bundle-endpoint"), {"body": b"{}"})
     federation_file.write_text(federation_file.read_text().replace(str(_port_of(federation_file)), str(port)))
-    asyncio.run(federation.refresh_all())
-    assert "certificate verify failed" in federation.errors["peer.example"]
+    until(
+        lambda: "certificate verify failed" in federation.errors.get("peer.example", ""),
+        "the federation watcher to take the changed file and refuse the endpoint",
+        timeout_s=30,
+    )
     assert federation.bundles["peer.example"].sequence == 1
     plain = {"trust_domain": "x", "bundle_endpoint_url": "http://x", "endpoint_spiffe_id": "spiffe://x/y"}
     bad = tmp_path / "bad.yaml"

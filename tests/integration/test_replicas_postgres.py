@@ -21,6 +21,7 @@ from tests.support.hub import RunningHub, running_hub
 from tests.support.postgres import PostgresServer, running_postgres
 from tests.support.protocol import ManualEnrollment
 from tests.support.tlsca import TestCA
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +108,11 @@ def test_revocation_at_one_replica_is_served_by_the_other_and_a_restart_loses_no
     a, b = replicas
     assert enroll_across(golden_device, a, b, "gw-01").status_code == 200
     a.hub.revocations.revoke("gw-01", reason="stolen", by="spiffe://edge.example/operator/admin")
-    b.hub.revocations._checked = 0.0
+    until(  # b's revocation watcher notices within a second or two
+        lambda: b.hub.revocations.current().counter == a.hub.revocations.current().counter,
+        "replica b to see the revocation made at replica a",
+        timeout_s=10,
+    )
     assert b.hub.revocations.is_revoked("spiffe://edge.example/site/lab/node/gw-01")
     assert b.hub.revocations.current().etag == a.hub.revocations.current().etag
 

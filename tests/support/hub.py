@@ -1,4 +1,7 @@
-"""A real trustd (uvicorn, TLS, SQLite) on 127.0.0.1 in a background thread, for integration tests."""
+"""A real trustd (uvicorn, TLS, SQLite) on 127.0.0.1 in a background thread, for integration tests.
+
+It runs as `trustd serve` runs it (trustd.hub.server_config): the lifespan is on, so the revocation, CA-rotation
+and federation watchers run by themselves, as in production; tests wait for them rather than drive them."""
 
 from __future__ import annotations
 
@@ -21,9 +24,8 @@ from attestation.simboot import boot_events, write_event_log
 from attestation.tpm2.constants import HashAlg
 from tests.support.processes import running
 from tests.support.tlsca import TestCA
-from trustd.hub import Hub, build_hub
+from trustd.hub import Hub, build_hub, server_config
 from trustd.settings import TrustdSettings
-from trustd.tls_peer import PeerCertificateProtocol
 
 GOLDEN_BANKS = (HashAlg.SHA256, HashAlg.SHA1)
 
@@ -94,19 +96,7 @@ def running_hub(
     )
     roots = workdir / "hub-roots.pem"
     roots.write_bytes(hub.ca.x509_authorities_pem())
-    config = uvicorn.Config(
-        hub.app,
-        host="127.0.0.1",
-        port=port,
-        ssl_certfile=str(hub.tls_cert),
-        ssl_keyfile=str(hub.tls_key),
-        ssl_cert_reqs=ssl.CERT_OPTIONAL,
-        ssl_ca_certs=str(hub.client_roots),
-        http=PeerCertificateProtocol,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-    )
+    config = server_config(hub)  # as `trustd serve` runs it: lifespan on, so its watchers run
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                     metrics_port=args.metrics_port,
                 )
             )
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, SIGTERM: stopped cleanly
             return 0
         return 0
     if args.agent_command == "renew":

@@ -40,7 +40,7 @@ class KubeAttestor:
         self, *, node: str, url: str, token_file: Path, ca_file: Path, proc_root: Path = Path("/proc")
     ) -> None:
         self._node = node
-        self._proc = proc_root
+        self.proc_root = proc_root
         self._token_file = token_file
         context = ssl.create_default_context(cafile=str(ca_file))
         self._http = httpx.AsyncClient(base_url=url, verify=context, timeout=5)
@@ -64,10 +64,15 @@ class KubeAttestor:
             self._listed = time.monotonic()
         return self._pods.get(uid)
 
-    async def selectors(self, pid: int) -> frozenset[str]:
+    async def selectors(self, pid: int, connected_in: str | None = None) -> frozenset[str]:
+        """The pod's selectors, from the caller's cgroup now; when the front recorded the cgroup it connected
+        from (`connected_in`), both must be the same: a pid now held by a process elsewhere (the caller exited
+        and its pid was reused, or it was moved out of its pod) names no pod."""
         try:
-            cgroup = (self._proc / str(pid) / "cgroup").read_text()
+            cgroup = (self.proc_root / str(pid) / "cgroup").read_text()
         except OSError:
+            return frozenset()
+        if connected_in is not None and cgroup != connected_in:
             return frozenset()
         uid = pod_uid(cgroup)
         if uid is None:

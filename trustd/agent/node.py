@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from trustd.agent.peercred import PeerCredFront
 from trustd.agent.renewal_client import renew_at, renew_node
 from trustd.agent.workload_api import serve
 from trustd.errors import TrustdError
+from trustd.files import private_directory, write_private
 
 log = logging.getLogger("edgetrust.agent")
 STATUS_EVERY_S = 5.0
@@ -105,13 +106,27 @@ async def run_agent(
     kube: KubeAttestor | None = None,
     metrics_port: int | None = None,
 ) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # what the agent keeps on disk is readable by its own uid only (the node key is 0600 in a 0700 directory)
+    private_directory(state_dir)
+    private_directory(svid_dir)
     client = HubClient(hub, svid_dir)
     identities = Identities(client, entry_poll_s=entry_poll_s)
-    front = PeerCredFront(socket_path)
-    server, port = await serve(identities, front, kube=kube)
-    await front.start(port)
+    front = PeerCredFront(socket_path, private_parent=state_dir, proc_root=kube.proc_root if kube else None)
+    front.open()
+    server = None
+    try:
+        server = await serve(identities, front, kube=kube)
+        await front.start()
+    except BaseException:
+        await front.close()
+        if server is not None:
+            await server.stop(grace=None)
+        raise
     log.info("Workload API on unix://%s", socket_path)
+    # SIGTERM (systemd, the kubelet) ends the agent through the clean-up below: no socket or directory is left
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     renewals = asyncio.create_task(identities.run())
     node_renewal = (
         asyncio.create_task(keep_node_svid(hub, svid_dir, client, identities, tcti=tcti, event_log=event_log))
@@ -141,6 +156,4 @@ async def run_agent(
 
 
 def _write_status(path: Path, body: dict[str, Any]) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(body))
-    os.replace(temporary, path)
+    write_private(path, json.dumps(body).encode(), sync=False)

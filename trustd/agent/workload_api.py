@@ -23,7 +23,7 @@ from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from trustd.agent.identities import AgentError, Entry, Identities, Issued, Snapshot
 from trustd.agent.k8s import KubeAttestor
-from trustd.agent.peercred import Caller, PeerCredFront
+from trustd.agent.peercred import AgentSocketError, Caller, PeerCredFront
 from trustd.errors import TrustdError
 
 log = logging.getLogger("edgetrust.agent")
@@ -43,7 +43,7 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         selectors = caller.selectors
         if self._kube is not None:
             try:
-                selectors |= await self._kube.selectors(caller.pid)
+                selectors |= await self._kube.selectors(caller.pid, caller.cgroup)
             except TrustdError as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot attest the workload: {exc.diagnostics()}")
         return selectors
@@ -52,8 +52,8 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         metadata = dict(context.invocation_metadata() or ())
         if metadata.get(HEADER) != "true":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "security header missing from request")
-        peer = context.peer() or ""
-        caller = self._front.callers.get(int(peer.rsplit(":", 1)[-1])) if peer.startswith("ipv4:") else None
+        # the relay's own connection, by its full name (peercred.py): nothing else can have that peer string
+        caller = self._front.callers.get(context.peer() or "")
         if caller is None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "connect through the Workload API socket")
         assert caller is not None
@@ -167,12 +167,13 @@ def _validate(token: str, audience: str, snapshot: Snapshot) -> dict[str, Any]:
     return claims
 
 
-async def serve(
-    identities: Identities, front: PeerCredFront, port: int = 0, kube: KubeAttestor | None = None
-) -> tuple[grpc.aio.Server, int]:
-    """The gRPC server on loopback, behind the unix socket front (its port is where the front relays to)."""
+async def serve(identities: Identities, front: PeerCredFront, kube: KubeAttestor | None = None) -> grpc.aio.Server:
+    """The gRPC server on the front's private unix socket (no TCP port: nothing but the relay reaches it)."""
     server = grpc.aio.server()
     workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(WorkloadAPI(identities, front, kube), server)  # type: ignore[no-untyped-call]
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    try:
+        server.add_insecure_port(front.backend_address)
+    except RuntimeError as exc:
+        raise AgentSocketError(f"cannot serve gRPC on {front.backend}: {exc}") from exc
     await server.start()
-    return server, bound
+    return server
