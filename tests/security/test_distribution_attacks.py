@@ -293,8 +293,9 @@ def test_group_a_bundle_handed_to_group_b_by_a_hostile_mirror_is_refused_and_b_t
     for_gateways = publishers.bundle(repo_b, counter=60, group="gateways", key_id="ci-stores")
     wrong_publisher = publish(hub, STORES_CI, "gateways", for_gateways, tmp_path)
     assert wrong_publisher.status_code == 403
-    assert wrong_publisher.json()["error"] == "not_authorized"
-    assert "may not publish to cluster group 'gateways'" in wrong_publisher.json()["reason"]
+    # refused by the authorization layer, before the bundle is read (PolicyBundles.publish checks it again)
+    assert wrong_publisher.json()["error"] == "caller_not_allowed"
+    assert "is not a publisher of group 'gateways'" in wrong_publisher.json()["reason"]
     wrong_group = publish(hub, GATEWAYS_CI, "gateways", stores, tmp_path)
     assert wrong_group.status_code == 403
     assert "signed for cluster group 'stores', not 'gateways'" in wrong_group.json()["reason"]

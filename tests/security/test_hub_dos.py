@@ -198,9 +198,8 @@ def _policy_args(workdir: Path) -> tuple[str, ...]:
     public = ec.generate_private_key(ec.SECP256R1()).public_key()
     (keys / "ci-1.pem").write_bytes(public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     fleet = {
-        "groups": {"all": {"matchLabels": {"site-class": "edge-gateway"}}},
+        "groups": {"all": {"matchLabels": {"site-class": "edge-gateway"}, "publishers": []}},
         "clusters": {"site-a": {"labels": {"site-class": "edge-gateway"}}},
-        "publishers": [],
     }
     (workdir / "fleet.yaml").write_text(yaml.safe_dump(fleet))
     return ("--fleet", str(workdir / "fleet.yaml"), "--policy-keys", str(keys))
