@@ -14,9 +14,10 @@ every connection would cut them. Here, per connection:
   by the app, with their head and body long received);
 - at most `max_connections` connections are open (capped below the fd limit, which is raised to its hard
   limit). Past `max_waiting_per_source` connections of one client address that have not sent a whole
-  request yet, the oldest of those is closed to make room; at the cap, the oldest of those from anyone, then
-  the oldest kept-alive idle one. Connections inside a request (a long poll) are never evicted; a new one
-  is refused at once (503 too_many_connections) only when every open connection is inside a request.
+  request yet, the oldest of those is closed to make room if it has had `stale_after_s` to send its head; at
+  the cap, the oldest such one from anyone, then the oldest kept-alive idle one. Connections inside a
+  request (a long poll) are never evicted; a new one is refused at once (503 too_many_connections) only when
+  no connection can be evicted.
 
 Both `trustd serve` and `edgetrust-admission serve` build their configuration with `server_config()` and run
 it through `run()`, which also runs the caller's periodic upkeep tasks (e.g. trustd's challenge purge) on the
@@ -57,6 +58,8 @@ class ServingLimits:
     keep_alive_s: float = 5.0
     max_connections: int = 16384
     max_waiting_per_source: int = 256
+    #: a connection without a request head this long after its handshake may be evicted to make room
+    stale_after_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,15 +103,17 @@ class ConnectionGuard:
         self._fresh_by_source: dict[str, dict[GuardedProtocol, None]] = {}
 
     def admit(self, conn: GuardedProtocol) -> bool:
+        now = conn.loop.time()
+        conn.born = now
         if self.open >= self.max_connections and not (
-            self._evict_oldest(self._fresh) or self._evict_oldest(self._kept_alive)
+            self._evict_stale(self._fresh, now) or self._evict_oldest(self._kept_alive)
         ):
             self.refused += 1
             return False
         self.open += 1
         fresh = self._fresh_by_source.get(conn.source, {})
         if len(fresh) >= self.limits.max_waiting_per_source:
-            self._evict_oldest(fresh)
+            self._evict_stale(fresh, now)
         self._fresh[conn] = None
         self._fresh_by_source.setdefault(conn.source, {})[conn] = None
         return True
@@ -131,11 +136,27 @@ class ConnectionGuard:
 
     def _evict_oldest(self, waiting: dict[GuardedProtocol, None]) -> bool:
         for oldest in waiting:
-            self.evicted += 1
-            self.got_head(oldest)
-            oldest.close_now()  # its connection_lost releases it
+            self._evict(oldest)
             return True
         return False
+
+    def _evict_stale(self, fresh: dict[GuardedProtocol, None], now: float) -> bool:
+        """Close the oldest connection still without a request head, if it has had `stale_after_s` to send one.
+
+        A client sends its head right after the TLS handshake: one that has not after a moment is holding the
+        slot (slowloris). A younger one is a client caught in a reconnect storm (a fleet behind one NAT, or
+        10,000 syncers on loopback): evicting it would send it through another handshake and feed the storm."""
+        for oldest in fresh:
+            if now - oldest.born < self.limits.stale_after_s:
+                return False
+            self._evict(oldest)
+            return True
+        return False
+
+    def _evict(self, conn: GuardedProtocol) -> None:
+        self.evicted += 1
+        self.got_head(conn)
+        conn.close_now()  # its connection_lost releases it
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -143,6 +164,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     guard: ConnectionGuard
     source = ""
+    born = 0.0
     _admitted = False
     _kept_alive = False
     _deadline: asyncio.TimerHandle | None = None
