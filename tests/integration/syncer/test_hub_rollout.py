@@ -140,7 +140,7 @@ async def scenario(hub: RunningHub, kubes: dict[str, KubeAPI], work: Path, signi
         assert names == {"default-deny", "allow-dns", "allow-hub"}, name
 
     stale = await publisher.post("/v1/policy/bundles/gateways", content=blob)
-    assert stale.status_code == 403
+    assert stale.status_code == 409  # a conflict with the stored state (not newer), not a refusal
     assert "not newer" in stale.json()["reason"]
     for client in clients:
         await client.aclose()
