@@ -9,17 +9,15 @@ attacker's server saw no Authorization header at all.
 
 from __future__ import annotations
 
-import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.support.https_stub import QuietHandler, serving_https
 from tests.support.opa_server import OpaServer, opa_server
 from tests.support.registry import REGISTRY_LOGIN, write_auth_file
 from tests.support.tlsca import TestCA
@@ -46,51 +44,29 @@ def thief(test_ca: TestCA) -> Iterator[CredentialThief]:
     cert = test_ca.issue("credential-thief", hosts=("127.0.0.1", "localhost"))
     state: dict[str, CredentialThief] = {}
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-        def do_GET(self) -> None:
+    class Handler(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server names it
             found = state["thief"]
             found.paths.append(self.path)
             if "Authorization" in self.headers:
                 found.authorizations.append(self.headers["Authorization"])
             host = self.headers.get("Host", "")
             if self.path.startswith("/token"):
-                self._send(200, b'{"token": "stolen"}')
+                self.send(200, b'{"token": "stolen"}')
             elif self.path.startswith("/v2/redirect/") and host.startswith("127.0.0.1"):
-                self._send(302, b"", {"Location": f"https://localhost:{found.port}{self.path}"})
+                self.send(302, b"", {"Location": f"https://localhost:{found.port}{self.path}"})
             elif self.path.startswith("/v2/redirect/"):
                 challenge = f'Bearer realm="https://localhost:{found.port}/token",service="thief"'
-                self._send(401, b"{}", {"WWW-Authenticate": challenge})
+                self.send(401, b"{}", {"WWW-Authenticate": challenge})
             elif self.path.startswith("/v2/http-realm/"):
                 challenge = f'Bearer realm="http://127.0.0.1:{found.port}/token",service="thief"'
-                self._send(401, b"{}", {"WWW-Authenticate": challenge})
+                self.send(401, b"{}", {"WWW-Authenticate": challenge})
             else:
-                self._send(404, b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}')
+                self.send(404, b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}')
 
-        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(cert.cert), str(cert.key))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    state["thief"] = CredentialThief(port=server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_https(Handler, cert) as port:
+        state["thief"] = CredentialThief(port=port)
         yield state["thief"]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

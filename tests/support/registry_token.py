@@ -13,13 +13,10 @@ import base64
 import binascii
 import json
 import secrets
-import ssl
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,6 +24,7 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tests.support.https_stub import QuietHandler, serving_https
 from tests.support.tlsca import TestCA
 
 TOKEN_SERVICE = "edgetrust-test-registry"
@@ -70,11 +68,8 @@ def running_token_service(ca: TestCA, login: Login) -> Iterator[TokenService]:
     key = signer.key.read_bytes()
     state: dict[str, TokenService] = {}
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-        def do_GET(self) -> None:
+    class Handler(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server names it
             service = state["service"]
             url = urlsplit(self.path)
             query = parse_qs(url.query)
@@ -121,28 +116,10 @@ def running_token_service(ca: TestCA, login: Login) -> Iterator[TokenService]:
             return user if good else None
 
         def _send(self, status: int, body: dict[str, object]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send(status, json.dumps(body).encode())
 
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(tls.cert), str(tls.key))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    state["service"] = TokenService(
-        realm=f"https://127.0.0.1:{server.server_address[1]}/token",
-        service=TOKEN_SERVICE,
-        issuer=TOKEN_ISSUER,
-        signer_cert=signer.cert,
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_https(Handler, tls) as port:
+        state["service"] = TokenService(
+            realm=f"https://127.0.0.1:{port}/token", service=TOKEN_SERVICE, issuer=TOKEN_ISSUER, signer_cert=signer.cert
+        )
         yield state["service"]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)

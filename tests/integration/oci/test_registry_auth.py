@@ -188,11 +188,11 @@ def test_syncer_pulls_a_bundle_from_a_password_protected_registry_and_a_wrong_pa
     assert cluster.objects
 
 
+@pytest.mark.parametrize("protected", ["token"], indirect=True)  # Basic registries issue no tokens
 def test_bearer_tokens_are_asked_for_once_per_scope_and_reused(
     protected: Registry, signed: tuple[str, str, Path]
 ) -> None:
-    if protected.token_service is None:
-        pytest.skip("Basic registries issue no tokens (this case runs against the token registry)")
+    assert protected.token_service is not None
     assert protected.auth_file is not None
     service = protected.token_service
     settings = RegistrySettings(ca_file=str(protected.ca_file), credentials=load_credentials(protected.auth_file))
