@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--tls-key", type=Path)
     run.add_argument("--opa-port", type=int)
     run.add_argument("--registry-ca-file", type=Path)
+    run.add_argument("--registry-auth-file", type=Path, help="registry credentials (a Docker config.json)")
     run.add_argument("--exempt-namespace", action="append", dest="exempt_namespaces")
     run.add_argument(
         "--unsafe-allow-empty-policy-set",

@@ -50,6 +50,12 @@ class ManifestNotFoundError(RegistryError):
     code = "manifest_not_found"
 
 
+class RegistryAuthError(RegistryError):
+    """The registry (or its token service) wants credentials the webhook does not have, or refused its own."""
+
+    code = "registry_auth_failed"
+
+
 class BlobMismatchError(RegistryError):
     """Content served under a digest does not hash to it: the registry (or a cache in front) lied."""
 

@@ -17,6 +17,8 @@ from admission.policy import PolicySet
 from admission.registry import RegistryClient, RegistrySettings
 from admission.settings import AdmissionSettings
 from edgetrust._internal import serving
+from edgetrust.oci.auth import load_credentials
+from edgetrust.oci.errors import OCIError
 from syncer.bundle import unpack
 from syncer.errors import SyncerError
 from syncer.signing import load_verification_keys, verify_bundle
@@ -35,13 +37,7 @@ def build_controller(settings: AdmissionSettings) -> AdmissionController:
         allow_empty=settings.unsafe_allow_empty_policy_set,
     )
     metrics = AdmissionMetrics()
-    registry = RegistryClient(
-        RegistrySettings(
-            ca_file=str(settings.registry_ca_file) if settings.registry_ca_file else None,
-            plain_http=frozenset(settings.plain_http_registries),
-            timeout_s=settings.registry_timeout_s,
-        )
-    )
+    registry = RegistryClient(registry_settings(settings))
     images = ImageVerifier(
         registry,
         metrics,
@@ -69,6 +65,20 @@ def build_controller(settings: AdmissionSettings) -> AdmissionController:
         inventory=inventory,
         inventory_sync=sync,
         expand_workloads=settings.expand_workloads,
+    )
+
+
+def registry_settings(settings: AdmissionSettings) -> RegistrySettings:
+    """How the webhook reaches registries; a credentials file that does not parse stops the start."""
+    try:
+        credentials = load_credentials(settings.registry_auth_file) if settings.registry_auth_file else {}
+    except OCIError as exc:
+        raise ConfigError(str(exc)) from exc
+    return RegistrySettings(
+        ca_file=str(settings.registry_ca_file) if settings.registry_ca_file else None,
+        plain_http=frozenset(settings.plain_http_registries),
+        timeout_s=settings.registry_timeout_s,
+        credentials=credentials,
     )
 
 

@@ -40,6 +40,9 @@ class AdmissionSettings(BaseSettings):
     opa_port: int = Field(default=8181, ge=1, le=65535)
     opa_timeout_s: float = Field(default=2.0, gt=0, le=8)
     registry_ca_file: Path | None = None
+    #: registry credentials, a Docker config.json style file (`{"auths": {"host": {"auth": ...}}}`); Basic or
+    #: the token flow, whichever the registry asks for; without it registries are read anonymously
+    registry_auth_file: Path | None = None
     #: registries spoken to without TLS; for loopback test registries only
     plain_http_registries: tuple[str, ...] = ()
     registry_timeout_s: float = Field(default=3.0, gt=0, le=8)

@@ -8,7 +8,6 @@ cluster enforcing the newest policies it ever verified.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import ssl
@@ -205,7 +204,7 @@ class OCISource:
 
     async def fetch(self) -> bytes | None:
         # an OCIError goes up as it is: its own code (oci_error, mirror_answer_refused) goes into the report
-        blob, digest = await asyncio.to_thread(self._registry.pull, self._reference)
+        blob, digest = await self._registry.pull(self._reference)
         if digest == self._seen:
             return None
         self._seen = digest

@@ -16,7 +16,7 @@ from pathlib import Path
 from syncer.agent import BundleSource, HTTPSource, OCISource, SyncAgent, hub_reporter, hub_session
 from syncer.errors import SyncerError
 from syncer.kube import KubeClient, KubeConfig
-from syncer.oci import BundleRegistry, OCIReference
+from syncer.oci import BundleRegistry, OCIReference, registry_settings
 from syncer.revocations import KEY_ID, RevocationStore
 from syncer.signing import load_verification_keys
 from syncer.state import AgentState
@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
         "status still goes to the hub",
     )
     run.add_argument("--registry-ca", type=Path, help="roots of the mirror's TLS certificate")
+    run.add_argument(
+        "--registry-auth-file", type=Path, help="the mirror's credentials (a Docker config.json; Basic or token)"
+    )
     run.add_argument("--wait", type=float, default=30.0, help="long-poll seconds")
     run.add_argument("--once", action="store_true", help="one sync, then exit (for jobs and tests)")
     return parser
@@ -71,7 +74,7 @@ async def _run(args: argparse.Namespace) -> int:
     async with hub_session(args.hub, context) as http:
         source: BundleSource
         if args.bundle_oci:
-            registry = BundleRegistry(ca_file=str(args.registry_ca) if args.registry_ca else None)
+            registry = BundleRegistry(registry_settings(args.registry_ca, args.registry_auth_file))
             source = OCISource(registry, OCIReference.parse(args.bundle_oci))
         else:
             source = HTTPSource(
@@ -109,7 +112,7 @@ async def _run(args: argparse.Namespace) -> int:
                 await agent.flush_reports()
                 await kube.aclose()
                 if registry is not None:
-                    registry.close()
+                    await registry.aclose()
                 return 0 if outcome.result in ("applied", "unchanged", "not-modified") else 1
             if outcome.result == "unreachable":
                 await asyncio.sleep(backoff)

@@ -29,7 +29,7 @@ from syncer.bundle import (
     unpack,
 )
 from syncer.errors import SyncerError
-from syncer.oci import BundleRegistry, OCIReference
+from syncer.oci import OCIReference, push_bundle, registry_settings
 from syncer.signing import SigningKey, sign_files
 from trustd.enroll_client import print_hub_failure
 
@@ -62,6 +62,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     push.add_argument("bundle", type=Path)
     push.add_argument("reference", help="registry/repository:tag")
     push.add_argument("--registry-ca", type=Path, help="roots of the registry's TLS certificate")
+    push.add_argument(
+        "--registry-auth-file", type=Path, help="the registry's credentials (a Docker config.json; Basic or token)"
+    )
 
     rollout = commands.add_parser("rollout", help="rollout progress of a cluster group")
     rollout_commands = rollout.add_subparsers(dest="rollout_command", required=True)
@@ -162,11 +165,8 @@ def _push(args: argparse.Namespace) -> int:
     if SIGNATURES not in bundle.files:
         print("refused: sign the bundle first (trustctl policy sign)", file=sys.stderr)
         return 1
-    registry = BundleRegistry(ca_file=str(args.registry_ca) if args.registry_ca else None)
-    try:
-        digest = registry.push(OCIReference.parse(args.reference), blob)
-    finally:
-        registry.close()
+    settings = registry_settings(args.registry_ca, args.registry_auth_file)
+    digest = push_bundle(OCIReference.parse(args.reference), blob, settings)
     print(f"pushed {bundle.revision} to {args.reference} ({digest})")
     return 0
 

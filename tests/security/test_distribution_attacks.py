@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from syncer.bundle import MANIFEST, ROOT, build_files, pack, read_repository
-from syncer.oci import BundleRegistry, OCIReference
+from syncer.oci import OCIReference, push_bundle, registry_settings
 from syncer.signing import SigningKey, sign_files
 from tests.support.hub import RunningHub, free_port, running_policy_hub
 from tests.support.kube import KubeAPI, running_kube_apiserver
@@ -256,11 +256,7 @@ def genuine_first_revision(hub: RunningHub, publishers: Publishers, site: SiteB,
 
 def serve_from_mirror(mirror: Registry, blob: bytes) -> str:
     reference = f"{mirror.host}/policy/gateways:current"
-    client = BundleRegistry(ca_file=str(mirror.ca_file))
-    try:
-        client.push(OCIReference.parse(reference), blob)
-    finally:
-        client.close()
+    push_bundle(OCIReference.parse(reference), blob, registry_settings(mirror.ca_file))
     return reference
 
 

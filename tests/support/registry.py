@@ -2,12 +2,18 @@
 fill it: oras pushes test images, cosign (v2 `cosign`, v3 `cosign3`) signs them and verifies them as the oracle.
 
 Debian's registry has no referrers API, so cosign v3 and oras attach bundles under the referrers-tag fallback
-index. An attacker with write access to the registry is modelled by the raw `put_*` helpers and
+index. With `auth="htpasswd"` it requires a password (HTTP Basic, a bcrypt htpasswd file made by Apache's
+`htpasswd`); with `auth="token"` it requires a token from the token service of tests/support/registry_token.py
+(the distribution token flow), which requires the password. The tools log in through the Docker config.json
+`auth_file` (also what edgetrust's `--registry-auth-file` takes); the raw helpers below speak Basic only.
+
+An attacker with write access to the registry is modelled by the raw `put_*` helpers and
 `attach_with_referrers_tag`, which write what cosign v3 writes, but with whatever content the test chooses.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
@@ -18,10 +24,10 @@ import ssl
 import subprocess
 import tarfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -30,9 +36,11 @@ import yaml
 from tests.support.hub import free_port
 from tests.support.peers import peer
 from tests.support.processes import running
+from tests.support.registry_token import Login, TokenService, running_token_service
 from tests.support.tlsca import TestCA
 
 COSIGN_PASSWORD = "edgetrust-test"  # protects a throwaway key in a temporary directory
+REGISTRY_LOGIN = Login("edge-ci", "correct horse battery staple")  # a protected registry's one user
 BUNDLE_ARTIFACT_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -48,6 +56,26 @@ def registry_binary() -> str:
     return path
 
 
+def write_auth_file(path: Path, host: str, login: Login) -> Path:
+    """A Docker config.json holding `login` for `host`, as `docker login` writes it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    auth = base64.b64encode(f"{login.username}:{login.password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    return path
+
+
+def _htpasswd(path: Path, login: Login) -> Path:
+    """distribution reads bcrypt htpasswd entries only; Apache's htpasswd makes them."""
+    binary = shutil.which("htpasswd")
+    if binary is None:
+        pytest.fail("htpasswd is not installed: apt-get install apache2-utils")
+    entry = subprocess.run(
+        [binary, "-nbB", login.username, login.password], capture_output=True, text=True, check=True, timeout=60
+    )
+    path.write_text(entry.stdout.strip() + "\n")
+    return path
+
+
 @dataclass
 class Registry:
     host: str
@@ -55,6 +83,11 @@ class Registry:
     workdir: Path
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    #: for a registry that requires a password: its user, the Docker config.json that holds it (the tools use
+    #: it), and for `auth="token"` the token service
+    login: Login | None = None
+    auth_file: Path | None = None
+    token_service: TokenService | None = None
 
     @property
     def ca_file(self) -> Path:
@@ -165,7 +198,10 @@ class Registry:
 
     def _http(self) -> httpx.Client:
         return httpx.Client(
-            base_url=f"https://{self.host}/v2", verify=ssl.create_default_context(cafile=str(self.ca_file)), timeout=30
+            base_url=f"https://{self.host}/v2",
+            verify=ssl.create_default_context(cafile=str(self.ca_file)),
+            timeout=30,
+            auth=(self.login.username, self.login.password) if self.login and not self.token_service else None,
         )
 
     def blob(self, repository: str, digest: str) -> bytes:
@@ -275,12 +311,14 @@ class Registry:
 
 
 @contextmanager
-def running_registry(workdir: Path, ca: TestCA, *, port: int | None = None) -> Iterator[Registry]:
+def running_registry(
+    workdir: Path, ca: TestCA, *, port: int | None = None, auth: Literal["htpasswd", "token"] | None = None
+) -> Iterator[Registry]:
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "home").mkdir(exist_ok=True)
     cert = ca.issue("registry")
-    config = {
+    config: dict[str, Any] = {
         "version": 0.1,
         "log": {"level": "error"},
         "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}, "delete": {"enabled": True}},
@@ -290,19 +328,46 @@ def running_registry(workdir: Path, ca: TestCA, *, port: int | None = None) -> I
             "debug": {"addr": ""},
         },
     }
-    config_path = workdir / "config.yml"
-    config_path.write_text(yaml.safe_dump(config))
+    host = f"127.0.0.1:{port}"
+    with ExitStack() as stack:
+        login = REGISTRY_LOGIN if auth else None
+        token_service = None
+        if auth == "htpasswd":
+            config["auth"] = {
+                "htpasswd": {"realm": "edgetrust-test", "path": str(_htpasswd(workdir / "htpasswd", REGISTRY_LOGIN))}
+            }
+        elif auth == "token":
+            token_service = stack.enter_context(running_token_service(ca, REGISTRY_LOGIN))
+            config["auth"] = {
+                "token": {
+                    "realm": token_service.realm,
+                    "service": token_service.service,
+                    "issuer": token_service.issuer,
+                    "rootcertbundle": str(ca.ca_file),
+                }
+            }
+        auth_file = write_auth_file(workdir / "home" / ".docker" / "config.json", host, login) if login else None
+        config_path = workdir / "config.yml"
+        config_path.write_text(yaml.safe_dump(config))
 
-    def answering() -> bool:
-        return (
-            httpx.get(
-                f"https://127.0.0.1:{port}/v2/", verify=ssl.create_default_context(cafile=str(ca.ca_file)), timeout=1
-            ).status_code
-            == 200
+        def answering() -> bool:
+            answer = httpx.get(
+                f"https://{host}/v2/", verify=ssl.create_default_context(cafile=str(ca.ca_file)), timeout=1
+            )
+            return answer.status_code == (401 if auth else 200)
+
+        stack.enter_context(
+            running([registry_binary(), "serve", str(config_path)], ready=answering, log=workdir / "registry.log")
         )
-
-    with running([registry_binary(), "serve", str(config_path)], ready=answering, log=workdir / "registry.log"):
-        yield Registry(host=f"127.0.0.1:{port}", ca=ca, workdir=workdir, port=port)
+        yield Registry(
+            host=host,
+            ca=ca,
+            workdir=workdir,
+            port=port,
+            login=login,
+            auth_file=auth_file,
+            token_service=token_service,
+        )
 
 
 def _layer(content: bytes) -> bytes:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from syncer.agent import OCISource, SyncAgent
 from syncer.bundle import build_files, pack, read_repository
-from syncer.oci import BundleRegistry, OCIReference
+from syncer.oci import BundleRegistry, OCIReference, registry_settings
 from syncer.signing import SigningKey, load_verification_keys, sign_files
 from syncer.simulation import InMemoryCluster
 from syncer.state import AgentState
@@ -70,28 +70,27 @@ def test_push_pull_and_a_forged_tag(tmp_path: Path) -> None:
         assert (pulled / "bundle.tar.gz").read_bytes() == first.read_bytes(), "oras got another blob than we pushed"
 
         keys = load_verification_keys({"ci-1": public})
-        client = BundleRegistry(ca_file=str(ca.ca_file))
-        agent = SyncAgent(
-            cluster="site-a",
-            group="gateways",
-            site_class="edge-gateway",
-            source=OCISource(client, OCIReference.parse(reference)),
-            keys=keys,
-            kube=InMemoryCluster(),
-            state=AgentState(tmp_path / "state"),
-        )
-
-        async def sync() -> tuple[str, str]:
-            return (await agent.sync_once()).result, (await agent.sync_once()).result
-
-        assert asyncio.run(sync()) == ("applied", "not-modified")
-
         forger = ec.generate_private_key(ec.SECP256R1())
-        client.push(OCIReference.parse(reference), signed(2, forger))  # same key id, another key
 
-        async def forged() -> str:
-            outcome = await agent.sync_once()
-            return outcome.error
+        async def scenario() -> tuple[str, str, str]:
+            # one event loop for the client's whole life: it is async, its connections belong to that loop
+            client = BundleRegistry(registry_settings(ca.ca_file))
+            try:
+                agent = SyncAgent(
+                    cluster="site-a",
+                    group="gateways",
+                    site_class="edge-gateway",
+                    source=OCISource(client, OCIReference.parse(reference)),
+                    keys=keys,
+                    kube=InMemoryCluster(),
+                    state=AgentState(tmp_path / "state"),
+                )
+                first, again = (await agent.sync_once()).result, (await agent.sync_once()).result
+                await client.push(OCIReference.parse(reference), signed(2, forger))  # same key id, another key
+                return first, again, (await agent.sync_once()).error
+            finally:
+                await client.aclose()
 
-        assert "does not verify under key 'ci-1'" in asyncio.run(forged())
-        client.close()
+        first_result, second_result, forged = asyncio.run(scenario())
+        assert (first_result, second_result) == ("applied", "not-modified")
+        assert "does not verify under key 'ci-1'" in forged
