@@ -29,7 +29,7 @@ from trustd.errors import TrustdError
 from trustd.policy_bundles import PolicyBundles
 from trustd.revocations import Revocations
 from trustd.spiffe_id import TrustDomain
-from trustd.store import Store
+from trustd.store import Store, off_loop
 from trustd.tls_peer import peer_spiffe_id
 
 #: how long a node's standing is trusted without asking the store again (a revocation here clears it at once)
@@ -108,8 +108,7 @@ class Authorizer:
 
     def check(self, scope: Scope, rule: Rule, path_params: Mapping[str, Any] | None = None) -> Caller:
         """The caller, if `rule` admits it; else CallerRefusedError (StoreError when its standing is unknowable)."""
-        chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
-        if not chain:
+        if not _client_chain(scope):
             if Kind.ANONYMOUS in rule.admits:
                 return ANONYMOUS
             raise CallerRefusedError("this endpoint needs a client certificate (mTLS with an X.509-SVID)")
@@ -148,10 +147,19 @@ class Authorizer:
         """The route's rule, as a FastAPI dependency whose value is the `Caller`."""
 
         async def authorized(request: Request) -> Caller:
-            return self.check(request.scope, rule, request.path_params)
+            await self.settle(request.scope)
+            if Kind.NODE not in rule.admits:  # no store look-up: on the loop
+                return self.check(request.scope, rule, request.path_params)
+            return await off_loop(self._store, lambda: self.check(request.scope, rule, request.path_params))
 
         setattr(authorized, _RULE_ATTRIBUTE, rule)
         return Depends(authorized)
+
+    async def settle(self, scope: Scope) -> None:
+        """Before `check` of a caller with a certificate: when the revocation list is not known current (the
+        store's last look failed), look again first, off the loop, so that the hub serves once the store is back."""
+        if self._revocations.failing and _client_chain(scope):
+            await self._revocations.refresh()
 
     def _cluster(self, spiffe_id: str) -> str:
         if self._policy is None or not spiffe_id.startswith(self._cluster_prefix):
@@ -169,6 +177,10 @@ class Authorizer:
             return False
         self._nodes[spiffe_id] = time.monotonic()
         return True
+
+
+def _client_chain(scope: Scope) -> Any:
+    return ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
 
 
 def _article(rule: Rule) -> str:

@@ -9,6 +9,12 @@ policy. OPA loads it beside the policy bundle, since their roots are disjoint.
 The list only grows; its counter is the store's sequence of the newest revocation, so a cluster can refuse an
 older list exactly as it refuses an older policy bundle. Each replica rebuilds it when the store's sequence
 moves, looked up at most once a second, so two hubs on one database serve the same list.
+
+While the server runs, `watch` does that look, off the event loop for a store that waits on the network, and
+requests only read what it found: a request never waits on the store for the list. When a look fails (the
+store is away), the list is not known to be current, and what needs it answers 503 (StoreError) until a look
+succeeds again; the authorization layer has the next request look first (`refresh`), so the hub serves again
+as soon as the store is back.
 """
 
 from __future__ import annotations
@@ -28,10 +34,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from syncer.bundle import MANIFEST, pack
 from syncer.revocations import KEY_ID, ROOTS
 from syncer.signing import SigningKey, sign_files
-from trustd.errors import BadRequestError, TrustdError
+from trustd.errors import BadRequestError, StoreError, TrustdError
 from trustd.files import write_private
 from trustd.spiffe_id import SpiffeId, TrustDomain
-from trustd.store import AuditEvent, DeviceRecord, RevocationRecord, Store
+from trustd.store import AuditEvent, DeviceRecord, RevocationRecord, Store, off_loop
 
 log = logging.getLogger(__name__)
 REVOCATIONS_ROOT = ROOTS[0]
@@ -80,6 +86,10 @@ class Revocations:
         self._listeners: list[Callable[[], None]] = []
         self._checked = 0.0
         self._current = self._build(store.revocations())
+        self._watched = False
+        #: why the last look at the store failed ("" while it succeeds)
+        self._failure = ""
+        self._looking: asyncio.Future[None] | None = None
 
     @property
     def public_key_pem(self) -> bytes:
@@ -92,22 +102,62 @@ class Revocations:
 
     def current(self) -> SignedList:
         """The signed list, rebuilt when another replica (or this one) revoked something since."""
+        if self._watched:  # `watch` looks at the store; here only what it found
+            if self._failure:
+                raise StoreError(f"the revocation list cannot be confirmed current: {self._failure}")
+            return self._current
         now = time.monotonic()
         if now - self._checked >= REFRESH_S:
             self._checked = now
-            # one number each second; the whole list only when it moved
-            if self._store.revocation_counter() != self._current.counter:
-                self._changed(self._store.revocations())
+            moved = self._moved()
+            if moved is not None:
+                self._changed(moved)
         return self._current
+
+    def _moved(self) -> Sequence[RevocationRecord] | None:
+        """One number each second; the whole list only when it moved."""
+        if self._store.revocation_counter() == self._current.counter:
+            return None
+        return self._store.revocations()
+
+    @property
+    def failing(self) -> bool:
+        """The last look at the store failed: `refresh` before relying on the list."""
+        return bool(self._failure)
 
     async def watch(self) -> None:
         """Notice revocations made through another replica, so this one's long polls wake within a second."""
-        while True:
-            await asyncio.sleep(REFRESH_S)
-            try:
-                self.current()
-            except Exception:  # the store is away (a restart): a watcher that dies never comes back
-                log.exception("revocations: the store could not be read; retrying in %.0f s", REFRESH_S)
+        self._watched = True
+        try:
+            while True:
+                await asyncio.sleep(REFRESH_S)
+                await self.refresh()
+        finally:
+            self._watched = False
+
+    async def refresh(self) -> None:
+        """Look at the store now, off the event loop for a store that blocks; one look at a time, shared by
+        all who wait for it. A failure is kept (see `current`), never raised: a watcher that dies never comes
+        back."""
+        if self._looking is None:
+            self._looking = asyncio.ensure_future(self._look())
+        await asyncio.shield(self._looking)
+
+    async def _look(self) -> None:
+        try:
+            moved = await off_loop(self._store, self._moved)
+        except Exception as exc:  # the store is away (a restart, an outage)
+            if not self._failure:
+                log.exception("revocations: the store could not be read; looking again each second")
+            self._failure = exc.diagnostics() if isinstance(exc, TrustdError) else type(exc).__name__
+        else:
+            if moved is not None:
+                self._changed(moved)  # on the loop: the listeners wake long polls
+            if self._failure:
+                log.warning("revocations: the store can be read again")
+            self._failure = ""
+        finally:
+            self._looking = None
 
     def is_revoked(self, spiffe_id: str) -> bool:
         return spiffe_id in self.current().spiffe_ids
@@ -160,6 +210,8 @@ class Revocations:
         return found[0].spiffe_id, found[0]
 
     def _changed(self, records: Sequence[RevocationRecord]) -> None:
+        if (records[-1].sequence if records else 0) < self._current.counter:
+            return  # a look overtaken by a newer one (a revocation here meanwhile): the list only grows
         self._current = self._build(records)
         for listener in self._listeners:
             listener()

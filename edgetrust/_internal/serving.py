@@ -20,8 +20,8 @@ every connection would cut them. Here, per connection:
   no connection can be evicted.
 
 Both `trustd serve` and `edgetrust-admission serve` build their configuration with `server_config()` and run
-it through `run()`, which also runs the caller's periodic upkeep tasks (e.g. trustd's challenge purge) on the
-server's loop.
+it through `run()`, which also runs the caller's periodic upkeep tasks (e.g. trustd's challenge purge) while the
+server serves, each on a worker thread.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class ServingLimits:
 
 @dataclass(frozen=True, slots=True)
 class Periodic:
-    """A task run every `every_s` seconds on the server's loop while it serves; failures are logged, not fatal."""
+    """A task run every `every_s` seconds while the server serves, on a worker thread (upkeep such as a purge
+    of the store must not hold up the event loop); failures are logged, not fatal."""
 
     every_s: float
     run: Callable[[], None]
@@ -260,7 +261,7 @@ async def _periodically(task: Periodic) -> None:
     while True:
         await asyncio.sleep(task.every_s)
         try:
-            task.run()
+            await asyncio.to_thread(task.run)
         except Exception:
             log.exception("periodic task %s failed", getattr(task.run, "__qualname__", task.run))
 

@@ -92,6 +92,12 @@ class AuditEvent:
 
 
 class Store(Protocol):
+    @property
+    def blocking(self) -> bool:
+        """True when a call may wait on another machine (PostgreSQL): async code calls such a store through
+        `trustd.store.off_loop`, on a worker thread; an in-process one (SQLite) is called on the loop."""
+        ...
+
     def put_challenge(self, challenge: ChallengeRecord, *, keep_per_ek: int = 0) -> None:
         """Store a challenge. With `keep_per_ek` > 0, in the same transaction, drop the expired challenges of
         the same EK and purpose and the oldest beyond `keep_per_ek` - 1, so that round 1, which anyone holding

@@ -3,6 +3,7 @@ bundle every replica rebuilds from the store, and the edge's refusal of anything
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from syncer.bundle import pack, unpack
 from syncer.errors import BundleFormatError, BundleSignatureError, RollbackError
 from syncer.revocations import KEY_ID, RevocationList, RevocationStore, RevokedError
 from syncer.signing import SigningKey, sign_files
+from trustd.errors import StoreError
 from trustd.revocations import RevocationError, Revocations, load_or_create_key
 from trustd.spiffe_id import TrustDomain
 from trustd.store import AuditEvent, DeviceRecord, SvidRecord
@@ -134,3 +136,43 @@ def test_the_edge_refuses_tampered_foreign_and_misplaced_lists(hub: Revocations,
 def test_the_signing_key_is_private_on_disk(tmp_path: Path) -> None:
     load_or_create_key(tmp_path / "keys")
     assert (tmp_path / "keys" / "signing.key").stat().st_mode & 0o777 == 0o600
+
+
+class _AwayStore(SQLiteStore):
+    """A store that can be made unreachable (as PostgreSQL stopped would be), for the watched list."""
+
+    away = False
+
+    def revocation_counter(self) -> int:
+        if self.away:
+            raise StoreError("the store is away")
+        return super().revocation_counter()
+
+
+def test_a_watched_list_fails_closed_while_the_store_is_away_and_serves_again_on_the_next_look(
+    tmp_path: Path,
+) -> None:
+    store = _AwayStore(tmp_path / "db")
+    watched = Revocations(store, load_or_create_key(tmp_path / "keys"), DOMAIN)
+
+    async def scenario() -> None:
+        watcher = asyncio.create_task(watched.watch())
+        await asyncio.sleep(0)  # the watcher runs: requests read what it found
+        try:
+            assert not watched.is_revoked(NODE)
+            store.away = True
+            await watched.refresh()
+            assert watched.failing
+            with pytest.raises(StoreError, match="cannot be confirmed current"):  # 503, never a stale "no"
+                watched.is_revoked(NODE)
+            # meanwhile another replica on the same database revokes the node
+            other = Revocations(enrolled_store(tmp_path / "db"), load_or_create_key(tmp_path / "keys"), DOMAIN)
+            other.revoke(NODE, reason="stolen", by="op")
+            store.away = False
+            await watched.refresh()
+            assert not watched.failing
+            assert watched.is_revoked(NODE)
+        finally:
+            watcher.cancel()
+
+    asyncio.run(scenario())

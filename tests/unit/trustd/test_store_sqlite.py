@@ -7,7 +7,8 @@ import pytest
 
 from trustd.errors import ChallengeError, StoreConflictError, StoreError
 from trustd.store import AuditEvent, ChallengeRecord, DeviceRecord, SvidRecord, open_store
-from trustd.store.sqlite import MIGRATIONS, SQLiteStore
+from trustd.store.schema import MIGRATIONS
+from trustd.store.sqlite import SQLiteStore
 
 
 def _challenge(cid: str = "c1", *, expires_at: float = 160.0) -> ChallengeRecord:
