@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,6 +237,8 @@ class PolicyBundles:
         self._blobs: dict[tuple[str, int], tuple[bytes, str]] = {}  # (group, counter) -> (blob, ETag)
         self._rollouts: dict[str, Rollout] = {}
         self._changed: dict[str, asyncio.Event] = {}
+        #: the loop long polls wait on, known from the first one
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.status: dict[str, dict[str, Any]] = {}
         self._saved_at: dict[str, float] = {}
         self._halted_saved: set[str] = set()
@@ -261,13 +263,32 @@ class PolicyBundles:
         return self._changed.setdefault(group, asyncio.Event())
 
     def _notify(self, group: str) -> None:
+        if self._hop_to_loop(self._notify, group):
+            return
         event = self._changed.pop(group, None)
         if event is not None:
             event.set()
 
     def _notify_all(self) -> None:
+        if self._hop_to_loop(self._notify_all):
+            return
         for group in list(self._changed):
             self._notify(group)
+
+    def _hop_to_loop(self, call: Callable[..., None], *args: Any) -> bool:
+        """Schedule `call` on the loop the long polls wait on when called from another thread (a sync route's
+        worker, the revocation watcher's store read): asyncio events are not thread-safe, and an event set from
+        another thread wakes its waiters late or never."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return False
+        try:
+            if asyncio.get_running_loop() is loop:
+                return False
+        except RuntimeError:
+            pass
+        loop.call_soon_threadsafe(call, *args)
+        return True
 
     def publish(self, group_name: str, blob: bytes, *, publisher: str) -> Rollout:
         """`publisher` is the caller's SPIFFE ID; it must be listed for this group in the fleet file."""
@@ -327,6 +348,7 @@ class PolicyBundles:
 
         Also returns (None) early when the revocation list moved past `revocations_etag`, so the cluster
         learns of a revocation on the connection it already holds, without a second long poll."""
+        self._loop = asyncio.get_running_loop()
         group = self.fleet.group_of(cluster)
         deadline = time.monotonic() + wait_s
         while True:
