@@ -1,4 +1,8 @@
-"""`edgetrust-admission serve`: the webhook process (in the chart, beside its OPA sidecar)."""
+"""`edgetrust-admission serve`: the webhook process (in the chart, beside its OPA sidecar).
+
+Exit codes: 0 stopped cleanly, 1 refused to start (a policy that does not load, a bundle that does not verify),
+2 usage (the command line, or settings that do not validate).
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,36 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from admission.errors import AdmissionError
 from admission.server import serve
 from admission.settings import AdmissionSettings
+from edgetrust._internal.cli import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    add_listen,
+    add_verification_keys,
+    fail,
+    listen_of,
+    verification_key_files,
+)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgetrust-admission", description="edgetrust admission webhook")
+def _parser() -> Parser:
+    parser = Parser(prog="edgetrust-admission", description="edgetrust admission webhook")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve AdmissionReviews over HTTPS")
     run.add_argument("--policy-dir", type=Path)
     run.add_argument("--gatekeeper-dir", type=Path, help="Gatekeeper ConstraintTemplates and Constraints (YAML)")
     run.add_argument("--bundle", type=Path, help="a signed policy bundle to take policies from (e.g. the syncer's)")
-    run.add_argument("--bundle-key", action="append", dest="bundle_keys", metavar="ID=PEM", help="bundle signer key")
-    run.add_argument("--listen-host")
-    run.add_argument("--listen-port", type=int)
+    add_verification_keys(run, aliases=["--bundle-key"], help="the bundle's signer key (with --bundle)")
+    add_listen(run, default="127.0.0.1:8443", host_aliases=["--listen-host"], port_aliases=["--listen-port"])
     run.add_argument("--tls-cert", type=Path)
     run.add_argument("--tls-key", type=Path)
     run.add_argument("--opa-port", type=int)
@@ -36,23 +52,40 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="start even with no policy at all, admitting everything (with a warning on every admitted review)",
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
-    if "bundle_keys" in overrides:
-        overrides["bundle_keys"] = tuple(overrides["bundle_keys"])
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line as settings (what it does not give comes from the environment, or the default)."""
+    given = vars(args)
+    skip = {"command", "listen", "listen_host", "listen_port", "verification_keys"}
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if k not in skip and v is not None}
+    host, port = listen_of(args)
+    if host is not None:
+        overrides["listen_host"] = host
+    if port is not None:
+        overrides["listen_port"] = port
+    if args.verification_keys:
+        keys = verification_key_files(args.verification_keys)
+        overrides["bundle_keys"] = tuple(f"{key_id}={path}" for key_id, path in keys.items())
     if "exempt_namespaces" in overrides:
-        overrides["exempt_namespaces"] = tuple(overrides["exempt_namespaces"])
+        overrides["exempt_namespaces"] = tuple(args.exempt_namespaces)
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = AdmissionSettings(**overrides)
+        settings = AdmissionSettings(**_overrides(args))
         serve(settings)
     except ValidationError as exc:
-        print(f"edgetrust-admission: bad settings: {exc}", file=sys.stderr)
-        return 2
+        return fail("edgetrust-admission", f"bad settings: {exc}", EXIT_USAGE)
+    except UsageError as exc:
+        return fail("edgetrust-admission", exc, EXIT_USAGE)
     except AdmissionError as exc:
-        print(f"edgetrust-admission: {exc.diagnostics()}", file=sys.stderr)
-        return 1
-    return 0
+        return fail("edgetrust-admission", exc.diagnostics(), EXIT_REFUSED)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -35,11 +35,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from syncer.agent import HTTPSource, SyncAgent, hub_reporter, hub_session
+from syncer.agent import SyncAgent, SyncResult
 from syncer.bundle import build_files, pack, read_repository
 from syncer.revocations import KEY_ID, RevocationStore
 from syncer.signing import SigningKey, load_verification_keys, sign_files
 from syncer.simulation import InMemoryCluster
+from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
 from tests.support.hub import free_port
 from tests.support.svid import issue_svid_files
@@ -112,7 +113,7 @@ async def run_agents(
                 cluster=name,
                 group="gateways",
                 site_class="edge-gateway",
-                source=HTTPSource("/v1/policy/bundle", http, wait_s=WAIT_S, revocations_url="/v1/policy/revocations"),
+                source=HubSource("/v1/policy/bundle", http, wait_s=WAIT_S, revocations_url="/v1/policy/revocations"),
                 keys=keys,
                 kube=InMemoryCluster(),
                 state=AgentState(states / name),
@@ -126,10 +127,10 @@ async def run_agents(
                 if first:
                     queue.put(("connected", name, time.time()))
                     first = False
-                if outcome.result == "applied" and target.get(name) != outcome.revision:
+                if outcome.result is SyncResult.APPLIED and target.get(name) != outcome.revision:
                     target[name] = outcome.revision
                     queue.put(("applied", name, time.time()))
-                if outcome.result == "unreachable":
+                if outcome.result is SyncResult.UNREACHABLE:
                     await asyncio.sleep(1)
 
     async def report_polls() -> None:

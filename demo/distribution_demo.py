@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.agent import HTTPSource, SyncAgent, hub_reporter, hub_session
+from edgetrust._internal import hubclient
+from syncer.agent import SyncAgent
 from syncer.kube import KubeClient, KubeConfig
+from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
 from tests.support.hub import RunningHub, running_policy_hub
 from tests.support.kube import running_kube_apiserver
@@ -110,15 +111,14 @@ def main() -> int:
 
         async def agent_round() -> str:
             cert, private = _svid(hub, "/cluster/site-lyon", root / "site-lyon")
-            context = ssl.create_default_context(cafile=str(hub.ca_bundle))
-            context.load_cert_chain(str(cert), str(private))
+            context = hubclient.tls_context(hub.ca_bundle, cert, private)
             async with hub_session(hub.url, context) as http:
                 kube_client = KubeClient(KubeConfig(kube.url, kube.token, kube.ca_file))
                 agent = SyncAgent(
                     cluster="site-lyon",
                     group="gateways",
                     site_class="edge-gateway",
-                    source=HTTPSource("/v1/policy/bundle", http, wait_s=2),
+                    source=HubSource("/v1/policy/bundle", http, wait_s=2),
                     keys=hub.hub.policy.publisher_keys if hub.hub.policy else {},
                     kube=kube_client,
                     state=AgentState(root / "site-lyon" / "state"),

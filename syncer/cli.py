@@ -1,7 +1,8 @@
 """`edgetrust-syncer run`: the per-cluster agent's process (a Deployment in each edge cluster).
 
 It re-applies the last accepted bundle from disk at start, then long-polls the hub forever; every outcome is
-logged and reported (queued while the hub is out of reach).
+logged and reported (queued while the hub is out of reach). With `--once`: one sync, exit 0 when it applied or
+had nothing to do, 1 when it refused or failed, 3 when the source was unreachable, 2 for a bad command line.
 """
 
 from __future__ import annotations
@@ -9,27 +10,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import ssl
 import sys
 from pathlib import Path
 
-from syncer.agent import BundleSource, HTTPSource, OCISource, SyncAgent, hub_reporter, hub_session
+from edgetrust._internal import hubclient
+from edgetrust._internal.cli import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    add_hub,
+    add_verification_keys,
+    fail,
+    verification_key_files,
+)
+from edgetrust._internal.hubclient import HubCallError
+from syncer.agent import BundleSource, SyncAgent, SyncResult
 from syncer.errors import SyncerError
 from syncer.kube import KubeClient, KubeConfig
 from syncer.oci import BundleRegistry, OCIReference, registry_settings
 from syncer.revocations import KEY_ID, RevocationStore
 from syncer.signing import load_verification_keys
+from syncer.sources import HubSource, OCISource, hub_reporter, hub_session
 from syncer.state import AgentState
 
 log = logging.getLogger("edgetrust.syncer")
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgetrust-syncer", description="edgetrust policy syncer (one per cluster)")
+def _parser() -> Parser:
+    parser = Parser(prog="edgetrust-syncer", description="edgetrust policy syncer (one per cluster)")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="pull, verify and apply policy bundles until stopped")
-    run.add_argument("--hub", required=True, help="trustd URL")
+    add_hub(run)
     run.add_argument("--ca-bundle", type=Path, required=True, help="roots that sign trustd's certificate")
     run.add_argument("--svid", type=Path, required=True, help="this cluster's X.509-SVID (PEM)")
     run.add_argument("--svid-key", type=Path, required=True)
@@ -38,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "--group", required=True, help="this cluster's group in the fleet: bundles signed for another are refused"
     )
     run.add_argument("--site-class", required=True, help="which NetworkPolicies of the bundle apply here")
-    run.add_argument("--verification-key", action="append", default=[], metavar="ID=PEM", help="publisher key")
+    add_verification_keys(run)
     run.add_argument(
         "--revocation-key", type=Path, help="the hub's revocation-signing public key (PEM); enables the revocation list"
     )
@@ -63,12 +78,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    keys = {}
-    for entry in args.verification_key:
-        key_id, _, path = entry.partition("=")
-        keys[key_id] = Path(path).read_bytes()
-    context = ssl.create_default_context(cafile=str(args.ca_bundle))
-    context.load_cert_chain(str(args.svid), str(args.svid_key))
+    keys = {key_id: path.read_bytes() for key_id, path in verification_key_files(args.verification_keys).items()}
+    context = hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key)
     kube = KubeClient(KubeConfig(args.kube_url, args.kube_token_file.read_text().strip(), args.kube_ca_file))
     registry = None
     async with hub_session(args.hub, context) as http:
@@ -77,7 +88,7 @@ async def _run(args: argparse.Namespace) -> int:
             registry = BundleRegistry(registry_settings(args.registry_ca, args.registry_auth_file))
             source = OCISource(registry, OCIReference.parse(args.bundle_oci))
         else:
-            source = HTTPSource(
+            source = HubSource(
                 "/v1/policy/bundle",
                 http,
                 wait_s=args.wait,
@@ -106,15 +117,17 @@ async def _run(args: argparse.Namespace) -> int:
         backoff = 1.0
         while True:
             outcome = await agent.run_once()
-            if outcome.result != "not-modified":
+            if outcome.result is not SyncResult.NOT_MODIFIED:
                 log.info("sync: %s %s %s", outcome.result, outcome.revision, outcome.error)
             if args.once:
                 await agent.flush_reports()
                 await kube.aclose()
                 if registry is not None:
                     await registry.aclose()
-                return 0 if outcome.result in ("applied", "unchanged", "not-modified") else 1
-            if outcome.result == "unreachable":
+                if outcome.result.ok:
+                    return EXIT_OK
+                return EXIT_UNREACHABLE if outcome.result is SyncResult.UNREACHABLE else EXIT_REFUSED
+            if outcome.result is SyncResult.UNREACHABLE:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 60.0)
             elif registry is not None:  # a registry has no long poll: look again every `wait` seconds
@@ -129,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(_run(args))
     except SyncerError as exc:
-        print(f"edgetrust-syncer: {exc.diagnostics()}", file=sys.stderr)
-        return 1
-    except (OSError, ssl.SSLError) as exc:
-        print(f"edgetrust-syncer: {exc}", file=sys.stderr)
-        return 2
+        return fail("edgetrust-syncer", exc.diagnostics(), EXIT_REFUSED)
+    except HubCallError as exc:
+        return fail("edgetrust-syncer", exc, exc.exit_code())
+    except (UsageError, OSError) as exc:  # the command line, or a file it names
+        return fail("edgetrust-syncer", exc, EXIT_USAGE)
     except KeyboardInterrupt:
         return 0
 

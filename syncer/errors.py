@@ -45,3 +45,16 @@ class BundlePolicyError(SyncerError):
     manageable (kube-system, edgetrust-system)."""
 
     code = "bundle_policy_refused"
+
+
+class SourceUnreachableError(SyncerError):
+    """The bundle source (the hub, a mirror, a file) gave no bundle: nothing applied, the last known good kept."""
+
+    code = "hub_unreachable"
+
+
+class OversizedAnswerError(SourceUnreachableError):
+    """The hub's answer passed the agent's bound: refused like an unreachable hub (nothing applied, the last
+    known good kept), with its own code so that the report says why."""
+
+    code = "hub_answer_refused"

@@ -7,8 +7,6 @@ The device generates its SVID key itself (it never leaves the device) and sends 
 from __future__ import annotations
 
 import base64
-import ssl
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +19,11 @@ from cryptography.x509.oid import NameOID
 
 from attestation.device import AKKind, EKKind, TPMDevice
 from attestation.tpm2.constants import HashAlg
+from edgetrust._internal import hubclient
+from edgetrust._internal.hubclient import DEFAULT_TIMEOUT_S, HubCallError
 from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse, b64
 from trustd.errors import EnrollmentError, HubUnreachableError, TrustdError
 from trustd.files import private_directory, write_private
-
-#: a device on a slow link still answers within this; longer means the hub is gone
-DEFAULT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +126,10 @@ def _client(server: str, ca_bundle: Path, timeout_s: float) -> httpx.Client:
         raise EnrollmentError(
             f"the hub's CA bundle {ca_bundle} does not exist (get it from the operator: trustd bundle)"
         )
-    return httpx.Client(base_url=server, verify=ssl.create_default_context(cafile=str(ca_bundle)), timeout=timeout_s)
+    try:
+        return hubclient.client(server, hubclient.tls_context(ca_bundle), timeout_s=timeout_s)
+    except HubCallError as exc:
+        raise hub_failure(exc) from exc
 
 
 def new_key_and_csr() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
@@ -147,42 +147,15 @@ def new_key_and_csr() -> tuple[ec.EllipticCurvePrivateKey, bytes]:
 def post_to_hub(
     http: httpx.Client, path: str, body: dict[str, object], *, action: str = "enrollment"
 ) -> dict[str, object]:
-    """POST a JSON body; the hub's refusal becomes EnrollmentError naming its reason."""
+    """POST a JSON body; the hub's refusal becomes EnrollmentError naming its reason, an unavailable or
+    unreachable hub HubUnreachableError (edgetrust/_internal/hubclient.py says which answer is which)."""
     try:
-        response = http.post(path, json=body)
-    except httpx.HTTPError as exc:
-        raise HubUnreachableError(f"cannot reach trustd at {http.base_url}: {exc}") from exc
-    if response.status_code != 200:
-        raise hub_error(response, action)
-    try:
-        payload = response.json()
-    except ValueError as exc:
-        raise EnrollmentError(f"trustd answered {response.status_code} with a body that is not JSON") from exc
-    if not isinstance(payload, dict):
-        raise EnrollmentError("trustd answered with JSON that is not an object")
-    return payload
+        return hubclient.call(http, "POST", path, json=body, action=action)
+    except HubCallError as exc:
+        raise hub_failure(exc) from exc
 
 
-def hub_error(response: httpx.Response, action: str) -> TrustdError:
-    """What a hub's answer other than 200 means for the caller: 503 (or any 5xx) is "unavailable, retry" and
-    decided nothing (`HubUnreachableError`, with the hub's Retry-After); anything else is a refusal naming the
-    hub's reason."""
-    try:
-        payload = response.json()
-    except ValueError:
-        payload = None
-    found = payload if isinstance(payload, dict) else {}
-    reason = str(found.get("reason") or response.text[:500] or response.reason_phrase)
-    if response.status_code >= 500:
-        retry = response.headers.get("retry-after")
-        after = f"; retry after {retry} s" if retry else "; retry later"
-        return HubUnreachableError(f"trustd is unavailable for the {action} ({response.status_code}): {reason}{after}")
-    return EnrollmentError(f"trustd refused the {action} ({response.status_code} {found.get('error', '')}): {reason}")
-
-
-def print_hub_failure(response: httpx.Response, what: str) -> int:
-    """For trustctl's commands: say why the hub did not answer 200 and return the exit status (3 unavailable,
-    retry; 1 refused), the same as `trustctl`'s own."""
-    error = hub_error(response, what)
-    print(f"trustctl {what}: {error.diagnostics()}", file=sys.stderr)
-    return 3 if isinstance(error, HubUnreachableError) else 1
+def hub_failure(exc: HubCallError, refused: type[TrustdError] = EnrollmentError) -> TrustdError:
+    """A hub call's failure in trustd's family: unreachable or unavailable (503, any 5xx) decided nothing
+    (`HubUnreachableError`, exit 3); anything else is `refused`, naming the hub's reason."""
+    return exc.convert(unreachable=HubUnreachableError, otherwise=refused)

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import ssl
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from trustd.enroll_client import print_hub_failure
+from edgetrust._internal.cli import EXIT_OK, Parser, add_hub, add_json, fail
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    fleet = sub.add_parser("fleet", help="the fleet as the hub sees it: nodes, clusters, revocations")
+def add_parser(sub: argparse._SubParsersAction[Parser], help: str) -> None:
+    fleet = sub.add_parser("fleet", help=help)
     commands = fleet.add_subparsers(dest="fleet_command", required=True)
     listing = commands.add_parser("list", help="enrolled nodes (SVID expiry, status) and clusters (policy revision)")
     _hub_args(listing)
@@ -38,40 +34,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _hub_args(delete)
 
 
-def _hub_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hub", required=True, help="trustd URL")
+def _hub_args(parser: Parser) -> None:
+    add_hub(parser)
     parser.add_argument("--ca-bundle", type=Path, required=True, help="roots that sign trustd's certificate")
     parser.add_argument("--svid", type=Path, required=True, help="your X.509-SVID (PEM), an operator of the hub")
     parser.add_argument("--svid-key", type=Path, required=True)
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    context = ssl.create_default_context(cafile=str(args.ca_bundle))
+    from edgetrust._internal import hubclient
+
+    action = f"fleet {args.fleet_command}" + (f" {args.entry_command}" if args.fleet_command == "entry" else "")
     try:
-        context.load_cert_chain(str(args.svid), str(args.svid_key))
-    except (OSError, ssl.SSLError) as exc:
-        print(f"trustctl fleet: cannot load your SVID: {exc}", file=sys.stderr)
-        return 2
-    try:
-        with httpx.Client(base_url=args.hub, verify=context, timeout=30) as hub:
-            if args.fleet_command == "list":
-                answer = hub.get("/v1/fleet/nodes")
-            elif args.fleet_command == "revoke":
-                answer = hub.post("/v1/fleet/revocations", json={"target": args.target, "reason": args.reason})
-            elif args.entry_command == "create":
-                body = {"spiffe_id": args.spiffe_id, "parent_id": args.parent, "selectors": args.selector}
-                answer = hub.post("/v1/fleet/entries", json={**body, "ttl_s": args.ttl})
-            elif args.entry_command == "list":
-                answer = hub.get("/v1/fleet/entries")
-            else:
-                answer = hub.delete(f"/v1/fleet/entries/{args.entry_id}")
-    except httpx.HTTPError as exc:
-        print(f"trustctl fleet: the hub is unreachable: {exc}", file=sys.stderr)
-        return 3
-    if answer.status_code != 200:
-        return print_hub_failure(answer, f"fleet {args.fleet_command}")
-    view = answer.json()
+        view = _call(args, action)
+    except hubclient.HubCallError as exc:
+        return fail(f"trustctl {action}", exc, exc.exit_code())
     if args.json:
         print(json.dumps(view))
     elif args.fleet_command == "list":
@@ -82,7 +60,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"revoked {view['spiffe_id']} (revocation list counter {view['counter']})")
         if view["ek_fingerprint"]:
             print(f"  its TPM (EK {view['ek_fingerprint'][:16]}…) may not enroll again")
-    return 0
+    return EXIT_OK
+
+
+def _call(args: argparse.Namespace, action: str) -> dict[str, Any]:
+    """The command's one call to the hub, mTLS with the operator's SVID."""
+    from edgetrust._internal import hubclient
+
+    context = hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key)
+    with hubclient.client(args.hub, context) as hub:
+        if args.fleet_command == "list":
+            return hubclient.call(hub, "GET", "/v1/fleet/nodes", action=action)
+        if args.fleet_command == "revoke":
+            body = {"target": args.target, "reason": args.reason}
+            return hubclient.call(hub, "POST", "/v1/fleet/revocations", json=body, action=action)
+        if args.entry_command == "create":
+            body = {"spiffe_id": args.spiffe_id, "parent_id": args.parent, "selectors": args.selector}
+            return hubclient.call(hub, "POST", "/v1/fleet/entries", json={**body, "ttl_s": args.ttl}, action=action)
+        if args.entry_command == "list":
+            return hubclient.call(hub, "GET", "/v1/fleet/entries", action=action)
+        return hubclient.call(hub, "DELETE", f"/v1/fleet/entries/{args.entry_id}", action=action)
 
 
 def render_entries(view: dict[str, Any]) -> str:

@@ -12,23 +12,27 @@ import json
 import socket
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from admission.errors import AdmissionError
-from admission.opa import OpaDecider
-from admission.suites import CaseResult, find_suites, local_opa, opa_binary, run_suite
+from edgetrust._internal.cli import EXIT_USAGE, Parser, add_json, fail
 from syncer.bundle import unpack
 from syncer.errors import SyncerError
 from trustd import policy_release_cli
 from trustd.policy_review import PROTECTED_NAMESPACES, Review, markdown, review_repository
 
+if TYPE_CHECKING:
+    from admission.suites import CaseResult
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    policy = sub.add_parser("policy", help="policy-as-code: test, build, sign, publish, roll out")
+PROG = "trustctl policy test"
+
+
+def add_parser(sub: argparse._SubParsersAction[Parser], help: str) -> None:
+    policy = sub.add_parser("policy", help=help)
     commands = policy.add_subparsers(dest="policy_command", required=True)
     test = commands.add_parser("test", help="run Gatekeeper suites (suite.yaml) and Rego unit tests (*_test.rego)")
     test.add_argument("paths", nargs="+", type=Path, help="suite files or folders to search")
     test.add_argument("--opa", help="the opa binary (default: on PATH, or the one hack/install-peers built)")
-    test.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(test)
     test.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
     test.add_argument("--against", type=Path, help="the published bundle: list the NetworkPolicy changes against it")
     test.add_argument("--markdown", action="store_true", help="a summary fit for a PR comment")
@@ -44,21 +48,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     if args.policy_command != "test":
         return policy_release_cli.run(args)
+    # the policy tooling (OPA's client, the Gatekeeper suites) loads only when policies are tested
+    from admission.errors import AdmissionError
+    from admission.suites import find_suites, opa_binary
+
     try:
         binary = args.opa or opa_binary()
         suites = find_suites(args.paths)
         results = _run_suites(binary, suites)
     except AdmissionError as exc:
-        print(f"trustctl policy test: {exc.diagnostics()}")
-        return 2
+        return fail(PROG, exc.diagnostics(), EXIT_USAGE)
     rego = [_opa_test(binary, folder) for folder in _rego_test_folders(args.paths)]
     failed = [r for r in results if not r.ok]
     rego_failed = [r for r in rego if not r[1]]
     try:
         published = unpack(args.against.read_bytes()) if args.against else None
     except (OSError, SyncerError) as exc:
-        print(f"trustctl policy test: --against {args.against}: {exc}")
-        return 2
+        return fail(PROG, f"--against {args.against}: {exc}", EXIT_USAGE)
     review = Review(against=published.revision if published else None)
     for path in args.paths:
         if path.is_dir():
@@ -116,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_suites(binary: str, suites: list[Path]) -> list[CaseResult]:
+    from admission.opa import OpaDecider
+    from admission.suites import local_opa, run_suite
+
     if not suites:
         return []
     with local_opa(binary, _free_port()) as settings:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from edgetrust._internal import hubclient
+from edgetrust._internal.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Parser, add_hub, add_json, fail
 from syncer.bundle import (
     MANIFEST,
     SIGNATURES,
@@ -31,12 +31,11 @@ from syncer.bundle import (
 from syncer.errors import SyncerError
 from syncer.oci import OCIReference, push_bundle, registry_settings
 from syncer.signing import SigningKey, sign_files
-from trustd.enroll_client import print_hub_failure
 
 BAR_WIDTH = 30
 
 
-def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parsers(commands: argparse._SubParsersAction[Parser]) -> None:
     build = commands.add_parser("build", help="build a bundle from a policies/ repository")
     build.add_argument("repository", type=Path)
     build.add_argument("--out", type=Path, required=True)
@@ -46,12 +45,14 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--group", required=True, help="the cluster group it is for (signed; clusters of other groups refuse it)"
     )
     _signing_args(build, required=False)
+    add_json(build)
 
     sign = commands.add_parser("sign", help="sign (or re-sign) a bundle")
     sign.add_argument("bundle", type=Path)
     sign.add_argument("--out", type=Path)
     sign.add_argument("--group", help="set the cluster group it is for (default: the one its manifest names)")
     _signing_args(sign, required=True)
+    add_json(sign)
 
     publish = commands.add_parser("publish", help="publish a signed bundle to a cluster group on trustd")
     publish.add_argument("bundle", type=Path)
@@ -65,13 +66,13 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     push.add_argument(
         "--registry-auth-file", type=Path, help="the registry's credentials (a Docker config.json; Basic or token)"
     )
+    add_json(push)
 
     rollout = commands.add_parser("rollout", help="rollout progress of a cluster group")
     rollout_commands = rollout.add_subparsers(dest="rollout_command", required=True)
     status = rollout_commands.add_parser("status")
     status.add_argument("group")
     status.add_argument("--watch", action="store_true", help="refresh until the rollout completes or halts")
-    status.add_argument("--json", action="store_true")
     _hub_args(status)
 
     rollback = commands.add_parser("rollback", help="re-publish an earlier bundle's content as the newest revision")
@@ -81,19 +82,22 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     _hub_args(rollback)
 
 
-def _signing_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
+def _signing_args(parser: Parser, *, required: bool) -> None:
     parser.add_argument("--key", type=Path, required=required, help="ES256 (P-256) private key, PEM")
     parser.add_argument("--key-id", required=required, help="the id clusters and OPA know this key by")
 
 
-def _hub_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hub", required=True, help="trustd URL")
+def _hub_args(parser: Parser) -> None:
+    add_hub(parser)
     parser.add_argument("--ca-bundle", type=Path, required=True, help="roots that sign trustd's certificate")
     parser.add_argument("--svid", type=Path, required=True, help="your X.509-SVID (PEM), a publisher of the fleet")
     parser.add_argument("--svid-key", type=Path, required=True)
+    add_json(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    """A hub's failure (HubCallError) goes up to trustctl, which prints it with its exit code."""
+    prog = f"trustctl policy {args.policy_command}"
     try:
         command = args.policy_command
         if command == "build":
@@ -101,20 +105,22 @@ def run(args: argparse.Namespace) -> int:
         if command == "sign":
             return _sign(args)
         if command == "publish":
-            return _show(_hub(args).post(f"/v1/policy/bundles/{args.group}", content=args.bundle.read_bytes()), args)
+            blob = args.bundle.read_bytes()
+            with _hub(args) as hub:
+                return _show(_publish(hub, args.group, blob), args)
         if command == "rollout":
             return _status(args)
         if command == "push":
             return _push(args)
         if command == "rollback":
             return _rollback(args)
-    except (SyncerError, OSError) as exc:
-        print(f"trustctl policy {args.policy_command}: {exc}", file=sys.stderr)
-        return 1
-    except httpx.HTTPError as exc:
-        print(f"trustctl policy {args.policy_command}: the hub is unreachable: {exc}", file=sys.stderr)
-        return 3
-    return 2
+    except hubclient.HubCallError as exc:
+        return fail(prog, exc, exc.exit_code())
+    except SyncerError as exc:
+        return fail(prog, exc, EXIT_REFUSED)
+    except OSError as exc:  # a file the command line names
+        return fail(prog, exc, EXIT_USAGE)
+    return EXIT_USAGE
 
 
 def _git(repository: Path, *argv: str) -> str | None:
@@ -132,11 +138,13 @@ def _build(args: argparse.Namespace) -> int:
         files = sign_files(files, SigningKey.from_pem(args.key_id, args.key.read_bytes()))
     args.out.write_bytes(pack(files))
     signed = "signed by " + args.key_id if args.key else "unsigned"
-    print(
-        f"built {args.out}: revision {files and unpack(args.out.read_bytes()).revision} for group {args.group}, "
-        f"{len(files)} files, {signed}"
-    )
-    return 0
+    revision = files and unpack(args.out.read_bytes()).revision
+    if args.json:
+        view = {"bundle": str(args.out), "revision": revision, "group": args.group, "files": len(files)}
+        print(json.dumps({**view, "key_id": args.key_id if args.key else None}))
+    else:
+        print(f"built {args.out}: revision {revision} for group {args.group}, {len(files)} files, {signed}")
+    return EXIT_OK
 
 
 def _sign(args: argparse.Namespace) -> int:
@@ -149,8 +157,11 @@ def _sign(args: argparse.Namespace) -> int:
     group = bundle.group  # a bundle is signed for one group, or not at all
     out = args.out or args.bundle
     out.write_bytes(pack(sign_files(files, SigningKey.from_pem(args.key_id, args.key.read_bytes()))))
-    print(f"signed {out} (revision {bundle.revision}, group {group}) with key {args.key_id}")
-    return 0
+    if args.json:
+        print(json.dumps({"bundle": str(out), "revision": bundle.revision, "group": group, "key_id": args.key_id}))
+    else:
+        print(f"signed {out} (revision {bundle.revision}, group {group}) with key {args.key_id}")
+    return EXIT_OK
 
 
 def _with_group(bundle: Bundle, group: str) -> bytes:
@@ -163,29 +174,31 @@ def _push(args: argparse.Namespace) -> int:
     blob = args.bundle.read_bytes()
     bundle = unpack(blob)
     if SIGNATURES not in bundle.files:
-        print("refused: sign the bundle first (trustctl policy sign)", file=sys.stderr)
-        return 1
+        return fail("trustctl policy push", "refused: sign the bundle first (trustctl policy sign)", EXIT_REFUSED)
     settings = registry_settings(args.registry_ca, args.registry_auth_file)
     digest = push_bundle(OCIReference.parse(args.reference), blob, settings)
-    print(f"pushed {bundle.revision} to {args.reference} ({digest})")
-    return 0
+    if args.json:
+        print(json.dumps({"reference": args.reference, "revision": bundle.revision, "digest": digest}))
+    else:
+        print(f"pushed {bundle.revision} to {args.reference} ({digest})")
+    return EXIT_OK
 
 
 def _hub(args: argparse.Namespace) -> httpx.Client:
-    context = ssl.create_default_context(cafile=str(args.ca_bundle))
-    context.load_cert_chain(str(args.svid), str(args.svid_key))
-    return httpx.Client(base_url=args.hub, verify=context, timeout=30)
+    return hubclient.client(args.hub, hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key))
 
 
-def _show(answer: httpx.Response, args: argparse.Namespace) -> int:
-    if answer.status_code != 200:
-        return print_hub_failure(answer, f"policy {args.policy_command}")
-    view = answer.json()
-    if getattr(args, "json", False):
-        print(json.dumps(view))
-    else:
-        print(render(view))
-    return 0
+def _publish(hub: httpx.Client, group: str, blob: bytes) -> dict[str, Any]:
+    return hubclient.call(hub, "POST", f"/v1/policy/bundles/{group}", content=blob, action="publish")
+
+
+def _rollout(hub: httpx.Client, group: str) -> dict[str, Any]:
+    return hubclient.call(hub, "GET", f"/v1/policy/rollouts/{group}", action="rollout status")
+
+
+def _show(view: dict[str, Any], args: argparse.Namespace) -> int:
+    print(json.dumps(view) if args.json else render(view))
+    return EXIT_OK
 
 
 def render(view: dict[str, Any]) -> str:
@@ -206,21 +219,19 @@ def render(view: dict[str, Any]) -> str:
 def _status(args: argparse.Namespace) -> int:
     with _hub(args) as hub:
         while True:
-            answer = hub.get(f"/v1/policy/rollouts/{args.group}")
-            code = _show(answer, args)
-            if code or not args.watch or answer.json()["complete"] or answer.json()["halted"]:
+            view = _rollout(hub, args.group)
+            code = _show(view, args)
+            if not args.watch or view["complete"] or view["halted"]:
                 return code
             time.sleep(2)
 
 
 def _rollback(args: argparse.Namespace) -> int:
     with _hub(args) as hub:
-        current = hub.get(f"/v1/policy/rollouts/{args.group}")
-        if current.status_code != 200:
-            return print_hub_failure(current, f"policy {args.policy_command}")
+        current = _rollout(hub, args.group)
         old = unpack(args.to.read_bytes())
         manifest = dict(old.manifest)
-        counter = int(current.json()["counter"]) + 1
+        counter = int(current["counter"]) + 1
         commit = str((manifest.get("metadata") or {}).get("commit", "rollback"))
         manifest["revision"] = f"{counter:012d}-{commit[:12]}"
         manifest["metadata"] = {
@@ -233,5 +244,6 @@ def _rollback(args: argparse.Namespace) -> int:
         files[MANIFEST] = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
         check_network_policies(unpack(pack(files)))
         blob = pack(sign_files(files, SigningKey.from_pem(args.key_id, args.key.read_bytes())))
-        print(f"rolling {args.group} back to the content of {old.revision} as revision {manifest['revision']}")
-        return _show(hub.post(f"/v1/policy/bundles/{args.group}", content=blob), args)
+        if not args.json:
+            print(f"rolling {args.group} back to the content of {old.revision} as revision {manifest['revision']}")
+        return _show(_publish(hub, args.group, blob), args)

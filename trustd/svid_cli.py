@@ -10,21 +10,24 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from edgetrust._internal.cli import EXIT_REFUSED, EXIT_USAGE, Parser, add_json, fail
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    svid = sub.add_parser("svid", help="inspect X.509-SVIDs")
+
+def add_parser(sub: argparse._SubParsersAction[Parser], help: str) -> None:
+    svid = sub.add_parser("svid", help=help)
     commands = svid.add_subparsers(dest="svid_command", required=True)
     show = commands.add_parser("show", help="SPIFFE ID, validity, issuer and key of an SVID file")
     show.add_argument("path", nargs="?", type=Path, default=Path("/var/lib/edgetrust/svid/svid.pem"))
-    show.add_argument("--json", action="store_true")
+    add_json(show)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         chain = x509.load_pem_x509_certificates(args.path.read_bytes())
-    except (OSError, ValueError) as exc:
-        print(f"trustctl svid show: {args.path}: {exc}")
-        return 1
+    except OSError as exc:
+        return fail("trustctl svid show", f"{args.path}: {exc}", EXIT_USAGE)
+    except ValueError as exc:
+        return fail("trustctl svid show", f"{args.path}: not PEM certificates: {exc}", EXIT_REFUSED)
     leaf = chain[0]
     try:
         names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -52,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(view))
         return 0 if view["spiffe_id"] else 1
     if view["spiffe_id"] is None:
-        print(f"{args.path}: not an X.509-SVID (a leaf with exactly one spiffe:// URI)")
-        return 1
+        message = f"{args.path}: not an X.509-SVID (a leaf with exactly one spiffe:// URI)"
+        return fail("trustctl svid show", message, EXIT_REFUSED)
     state = "EXPIRED" if left <= 0 else f"expires in {int(left) // 3600}h{int(left) % 3600 // 60:02d}m"
     print(f"{view['spiffe_id']}")
     print(f"  serial {view['serial']}, valid {view['not_before']} .. {view['not_after']} ({state})")

@@ -1,7 +1,9 @@
 """`trustctl`: the operator's and the device's command line.
 
 Output is for people first (a sentence), `--json` for scripts. Exit codes: 0 ok, 1 refused (policy or
-verification), 2 usage, 3 hub unreachable.
+verification), 2 usage, 3 hub unreachable (edgetrust/_internal/cli.py). Subcommand modules are imported only
+when their command runs (and to build the parser, each only with its parsing imports): a device's
+`trustctl enroll` loads neither the hub's nor the policy tooling's dependencies.
 """
 
 from __future__ import annotations
@@ -11,13 +13,47 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
-from attestation.errors import AttestationError
-from trustd import fleet_cli, policy_cli, svid_cli
-from trustd.agent import cli as agent_cli
-from trustd.errors import HubUnreachableError, TrustdError
+from edgetrust._internal.cli import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    add_hub,
+    add_json,
+    fail,
+)
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+#: the commands whose modules are imported only when they run (`add_parser(sub, help)`, `run(args)`)
+COMMANDS = {
+    "policy": "policy-as-code: test, build, sign, publish, roll out",
+    "fleet": "the fleet as the hub sees it: nodes, clusters, revocations",
+    "agent": "the node agent: the SPIFFE Workload API for this node's workloads",
+    "svid": "inspect X.509-SVIDs",
+}
+
+
+def _module(command: str) -> ModuleType:
+    """A command's module, imported now (import statements rather than names in strings: a move of the
+    modules rewrites them with every other import)."""
+    if command == "policy":
+        from trustd import policy_cli
+
+        return policy_cli
+    if command == "fleet":
+        from trustd import fleet_cli
+
+        return fleet_cli
+    if command == "agent":
+        from trustd.agent import cli as agent_cli
+
+        return agent_cli
+    from trustd import svid_cli
+
+    return svid_cli
 
 
 def _claim(text: str) -> tuple[str, str]:
@@ -27,12 +63,14 @@ def _claim(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trustctl", description="edgetrust device and operator CLI")
+def _parser(command: str | None = None) -> Parser:
+    """The whole parser, or (`command`) the enroll parser and that command's only: `trustctl enroll` does not
+    import the modules of the other commands."""
+    parser = Parser(prog="trustctl", description="edgetrust device and operator CLI")
     sub = parser.add_subparsers(dest="command", required=True)
 
     enroll = sub.add_parser("enroll", help="prove this device with its TPM and obtain its X.509-SVID")
-    enroll.add_argument("--server", required=True, help="trustd URL, e.g. https://hub.example:8443")
+    add_hub(enroll, aliases=["--server"], help="trustd URL, e.g. https://hub.example:8443")
     enroll.add_argument("--tpm", required=True, help="TCTI, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321")
     enroll.add_argument("--ca-bundle", type=Path, required=True, help="PEM roots that sign trustd's certificate")
     enroll.add_argument("--out", type=Path, default=Path("/var/lib/edgetrust/svid"), help="where to write the SVID")
@@ -53,11 +91,12 @@ def _parser() -> argparse.ArgumentParser:
         help="TCG boot event log to send (default: the kernel's, if readable)",
     )
     enroll.add_argument("--jwt-audience", action="append", default=[], help="also issue a JWT-SVID for this audience")
-    enroll.add_argument("--json", action="store_true", help="machine-readable output")
-    policy_cli.add_parser(sub)
-    fleet_cli.add_parser(sub)
-    agent_cli.add_parser(sub)
-    svid_cli.add_parser(sub)
+    add_json(enroll)
+    for name, text in COMMANDS.items():
+        if command is None or command == name:
+            _module(name).add_parser(sub, text)
+        else:  # another command than the one run: listed, its module not loaded
+            sub.add_parser(name, help=text)
     return parser
 
 
@@ -67,6 +106,10 @@ _KERNEL_EVENT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
 def _enroll(args: argparse.Namespace) -> int:
     from trustd.enroll_client import enroll
 
+    if not args.hub.startswith("https://"):
+        raise UsageError(f"--hub {args.hub}: trustd is only reached over https://")
+    if not args.ca_bundle.is_file():
+        raise UsageError(f"--ca-bundle {args.ca_bundle} is not a file (get it from the operator: trustd bundle --pem)")
     claims = dict(args.claim)
     if args.site:
         claims["site"] = args.site
@@ -76,7 +119,7 @@ def _enroll(args: argparse.Namespace) -> int:
     if log_path is None and _KERNEL_EVENT_LOG.is_file():
         log_path = _KERNEL_EVENT_LOG
     result = enroll(
-        server=args.server,
+        server=args.hub,
         tcti=args.tpm,
         out_dir=args.out,
         device_class=args.device_class,
@@ -111,25 +154,27 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    from attestation.errors import AttestationError
+    from edgetrust._internal.hubclient import HubCallError
+    from trustd.errors import HubUnreachableError, TrustdError
+
+    given = list(argv) if argv is not None else sys.argv[1:]
+    command = given[0] if given and (given[0] == "enroll" or given[0] in COMMANDS) else None
+    args = _parser(command).parse_args(given)
+    prog = f"trustctl {args.command}"
     try:
         if args.command == "enroll":
             return _enroll(args)
-        if args.command == "policy":
-            return policy_cli.run(args)
-        if args.command == "fleet":
-            return fleet_cli.run(args)
-        if args.command == "agent":
-            return agent_cli.run(args)
-        if args.command == "svid":
-            return svid_cli.run(args)
+        code: int = _module(args.command).run(args)
+        return code
     except HubUnreachableError as exc:
-        print(f"trustctl: {exc.diagnostics()}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return fail(prog, exc.diagnostics(), EXIT_UNREACHABLE)
+    except HubCallError as exc:
+        return fail(prog, exc, exc.exit_code())
     except (TrustdError, AttestationError) as exc:
-        print(f"trustctl: {exc.diagnostics()}", file=sys.stderr)
-        return EXIT_REFUSED
-    return EXIT_USAGE
+        return fail(prog, exc.diagnostics(), EXIT_REFUSED)
+    except (UsageError, OSError) as exc:  # the command line, or a file it names, cannot be used
+        return fail(prog, exc, EXIT_USAGE)
 
 
 if __name__ == "__main__":

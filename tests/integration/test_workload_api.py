@@ -196,7 +196,7 @@ def test_svid_show_reads_the_node_svid(node: tuple[str, Path], capsys: pytest.Ca
     assert view["spiffe_id"] == node_id
     assert view["expires_in_s"] > 3000
     assert trustctl(["svid", "show", str(svid_dir / "bundle.pem")]) == 1  # a CA is not an SVID
-    assert "not an X.509-SVID" in capsys.readouterr().out
+    assert "not an X.509-SVID" in capsys.readouterr().err  # a failed check: said on stderr
 
 
 def test_the_svid_endpoint_refuses_garbage_and_strangers(

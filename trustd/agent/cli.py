@@ -1,4 +1,5 @@
-"""`trustctl agent run | status`."""
+"""`trustctl agent run | renew | status`. The agent's modules are imported when a command runs, not to build
+the parser (`trustctl agent run --help` loads none of them)."""
 
 from __future__ import annotations
 
@@ -6,25 +7,22 @@ import argparse
 import asyncio
 import json
 import logging
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from trustd.agent.k8s import KubeAttestor
-from trustd.agent.node import run_agent
-from trustd.agent.renewal_client import renew_node
+from edgetrust._internal.cli import EXIT_OK, EXIT_UNREACHABLE, Parser, add_hub, add_json, fail
 
 DEFAULT_SOCKET = Path("/run/edgetrust/agent/api.sock")
 DEFAULT_STATE = Path("/var/lib/edgetrust/agent")
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    agent = sub.add_parser("agent", help="the node agent: the SPIFFE Workload API for this node's workloads")
+def add_parser(sub: argparse._SubParsersAction[Parser], help: str) -> None:
+    agent = sub.add_parser("agent", help=help)
     commands = agent.add_subparsers(dest="agent_command", required=True)
     run = commands.add_parser("run", help="serve the Workload API until stopped")
-    run.add_argument("--hub", required=True, help="trustd URL")
+    add_hub(run)
     run.add_argument("--svid-dir", type=Path, default=Path("/var/lib/edgetrust/svid"), help="from trustctl enroll")
     run.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
     run.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
@@ -38,17 +36,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     run.add_argument("--metrics-port", type=int, help="Prometheus metrics on 127.0.0.1:PORT")
     run.add_argument("--proc-root", type=Path, default=Path("/proc"), help="the host's /proc (e.g. /host/proc)")
     renew = commands.add_parser("renew", help="renew the node SVID now, with a fresh quote")
-    renew.add_argument("--hub", required=True)
+    add_hub(renew)
     renew.add_argument("--svid-dir", type=Path, default=Path("/var/lib/edgetrust/svid"))
     renew.add_argument("--tpm", required=True, help="TCTI, e.g. device:/dev/tpmrm0")
     renew.add_argument("--event-log", type=Path)
+    add_json(renew)
     status = commands.add_parser("status", help="what this node holds and how long until it expires")
     status.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
-    status.add_argument("--json", action="store_true")
+    add_json(status)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.agent_command == "run":
+        from trustd.agent.k8s import KubeAttestor
+        from trustd.agent.node import run_agent
+
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
             asyncio.run(
@@ -76,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         return 0
     if args.agent_command == "renew":
+        from trustd.agent.renewal_client import renew_node
+
         renewed = renew_node(
             hub=args.hub,
             svid_dir=args.svid_dir,
@@ -83,8 +87,12 @@ def run(args: argparse.Namespace) -> int:
             event_log=args.event_log.read_bytes() if args.event_log else None,
         )
         until = datetime.fromtimestamp(renewed.not_after, UTC)
-        print(f"renewed {renewed.spiffe_id}: valid until {until:%Y-%m-%d %H:%M} UTC")
-        return 0
+        if args.json:
+            view = {"spiffe_id": renewed.spiffe_id, "serial": f"{renewed.serial:x}", "expires_at": until.isoformat()}
+            print(json.dumps(view))
+        else:
+            print(f"renewed {renewed.spiffe_id}: valid until {until:%Y-%m-%d %H:%M} UTC")
+        return EXIT_OK
     return _status(args)
 
 
@@ -101,8 +109,8 @@ def _status(args: argparse.Namespace) -> int:
     try:
         view = json.loads((args.state_dir / "status.json").read_text())
     except (OSError, ValueError) as exc:
-        print(f"trustctl agent status: no status in {args.state_dir} ({exc}); is the agent running?", file=sys.stderr)
-        return 3
+        message = f"no status in {args.state_dir} ({exc}); is the agent running?"
+        return fail("trustctl agent status", message, EXIT_UNREACHABLE)
     now = time.time()
     view["stale"] = now - view["written_at"] > 30
     if args.json:

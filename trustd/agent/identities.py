@@ -11,7 +11,6 @@ import base64
 import json
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from trustd.enroll_client import hub_error
+from edgetrust._internal import hubclient
+from edgetrust._internal.hubclient import HubCallError
 from trustd.errors import HubUnreachableError, TrustdError
 
 log = logging.getLogger("edgetrust.agent")
@@ -79,9 +79,10 @@ class HubClient:
         self._http = self._client()
 
     def _client(self) -> httpx.AsyncClient:
-        context = ssl.create_default_context(cafile=str(self._svid_dir / "bundle.pem"))
-        context.load_cert_chain(str(self._svid_dir / "svid.pem"), str(self._svid_dir / "svid.key"))
-        return httpx.AsyncClient(base_url=self._hub, verify=context, timeout=15)
+        try:
+            return hubclient.async_client(self._hub, hubclient.svid_context(self._svid_dir), timeout_s=15)
+        except HubCallError as exc:
+            raise AgentError(str(exc)) from exc
 
     async def reload(self) -> None:
         """Speak with the renewed node SVID from now on."""
@@ -89,21 +90,12 @@ class HubClient:
         await old.aclose()
 
     async def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Unreachable or unavailable (nothing was decided: keep what is held and retry) is HubUnreachableError;
+        a refusal or an answer that is not the protocol AgentError."""
         try:
-            answer = await self._http.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            raise HubUnreachableError(f"the hub is unreachable: {exc}") from exc
-        if answer.status_code >= 500:  # unavailable: nothing was decided, keep what is held and retry
-            raise hub_error(answer, path)
-        try:
-            found = answer.json()
-        except ValueError:
-            found = {}
-        if answer.status_code != 200:
-            raise AgentError(f"the hub refused {path}: {found.get('reason', answer.status_code)}")
-        if not isinstance(found, dict):
-            raise AgentError(f"the hub answered {path} with something that is not an object")
-        return found
+            return await hubclient.acall(self._http, method, path, json=body, action=path)
+        except HubCallError as exc:
+            raise exc.convert(unreachable=HubUnreachableError, otherwise=AgentError) from exc
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import base64
 import random
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from attestation.device import TPMDevice
 from attestation.tpm2.constants import HashAlg
+from edgetrust._internal import hubclient
+from edgetrust._internal.hubclient import HubCallError
 from trustd.api_models import RenewChallenge, RenewRequest, RenewResponse, b64
-from trustd.enroll_client import new_key_and_csr, post_to_hub
+from trustd.enroll_client import hub_failure, new_key_and_csr, post_to_hub
 from trustd.files import write_private
 
 JITTER = 0.1
@@ -37,10 +37,12 @@ def renew_at(svid_path: Path) -> float:
 
 
 def renew_node(*, hub: str, svid_dir: Path, tcti: str, event_log: bytes | None, timeout_s: float = 30) -> Renewed:
-    context = ssl.create_default_context(cafile=str(svid_dir / "bundle.pem"))
-    context.load_cert_chain(str(svid_dir / "svid.pem"), str(svid_dir / "svid.key"))
+    try:
+        http = hubclient.client(hub, hubclient.svid_context(svid_dir), timeout_s=timeout_s)
+    except HubCallError as exc:
+        raise hub_failure(exc) from exc
     key, csr = new_key_and_csr()
-    with httpx.Client(base_url=hub, verify=context, timeout=timeout_s) as http, TPMDevice(tcti) as tpm:
+    with http, TPMDevice(tcti) as tpm:
         challenge = RenewChallenge.model_validate(post_to_hub(http, "/v1/agent/renew/challenge", {}, action="renewal"))
         ak = tpm.load_attestation_key((svid_dir / "ak.priv").read_bytes(), (svid_dir / "ak.pub").read_bytes())
         selection = {HashAlg.from_label(bank): pcrs for bank, pcrs in challenge.pcr_selection.items()}

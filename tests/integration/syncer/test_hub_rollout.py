@@ -18,10 +18,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.agent import HTTPSource, SyncAgent, hub_reporter, hub_session
+from syncer.agent import SyncAgent
 from syncer.bundle import build_files, pack, read_repository
 from syncer.kube import KubeClient, KubeConfig
 from syncer.signing import SigningKey, sign_files
+from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
 from tests.support.hub import RunningHub, running_policy_hub
 from tests.support.kube import KubeAPI, running_kube_apiserver
@@ -91,7 +92,7 @@ async def scenario(hub: RunningHub, kubes: dict[str, KubeAPI], work: Path, signi
             cluster=name,
             group="gateways",
             site_class="edge-gateway",
-            source=HTTPSource("/v1/policy/bundle", http, wait_s=5),
+            source=HubSource("/v1/policy/bundle", http, wait_s=5),
             keys=hub.hub.policy.publisher_keys if hub.hub.policy else {},
             kube=kube,
             state=AgentState(work / name / "state"),

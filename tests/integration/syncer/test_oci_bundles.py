@@ -13,11 +13,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.agent import OCISource, SyncAgent
+from syncer.agent import SyncAgent
 from syncer.bundle import build_files, pack, read_repository
 from syncer.oci import BundleRegistry, OCIReference, registry_settings
 from syncer.signing import SigningKey, load_verification_keys, sign_files
 from syncer.simulation import InMemoryCluster
+from syncer.sources import OCISource
 from syncer.state import AgentState
 from tests.support.peers import peer
 from tests.support.registry import running_registry

@@ -21,10 +21,11 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.agent import HTTPSource, SyncAgent, hub_reporter, hub_session
+from syncer.agent import SyncAgent
 from syncer.bundle import build_files, pack, read_repository
 from syncer.kube import KubeClient, KubeConfig
 from syncer.signing import SigningKey, load_verification_keys, sign_files
+from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
 from tests.support.kube import KubeAPI, running_kube_apiserver
 from tests.support.netns import Link, namespace_link
@@ -159,7 +160,7 @@ async def scenario(
             cluster="site-a",
             group="all",
             site_class="edge-gateway",
-            source=HTTPSource("/v1/policy/bundle", http, wait_s=1, timeout_s=timeout_s),
+            source=HubSource("/v1/policy/bundle", http, wait_s=1, timeout_s=timeout_s),
             keys=keys,
             kube=target,
             state=AgentState(state_dir),

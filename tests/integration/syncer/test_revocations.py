@@ -27,11 +27,12 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.agent import HTTPSource, SyncAgent, hub_reporter, hub_session
+from syncer.agent import SyncAgent
 from syncer.bundle import build_files, pack, read_repository
 from syncer.revocations import KEY_ID, RevocationList, RevocationStore, RevokedError
 from syncer.signing import SigningKey, load_verification_keys, sign_files
 from syncer.simulation import InMemoryCluster
+from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
 from tests.support.hub import RunningHub, free_port, running_policy_hub
 from tests.support.peers import peer
@@ -192,7 +193,7 @@ def test_revocation_reaches_the_agent_opa_and_in_cluster_services(tmp_path: Path
                         cluster="site-a",
                         group="all",
                         site_class="edge-store",
-                        source=HTTPSource(
+                        source=HubSource(
                             "/v1/policy/bundle", http, wait_s=20, revocations_url="/v1/policy/revocations"
                         ),
                         keys=load_verification_keys({"ci-1": public}),
