@@ -18,11 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgetrust.oci.auth import load_credentials
 from edgetrust.oci.registry import RegistryClient, RegistrySettings
-from syncer.agent import OCISource, SyncAgent
+from syncer.agent import SyncAgent
 from syncer.bundle import build_files, pack, read_repository
 from syncer.oci import BundleRegistry, OCIReference, registry_settings
 from syncer.signing import SigningKey, load_verification_keys, sign_files
 from syncer.simulation import InMemoryCluster
+from syncer.sources import OCISource
 from syncer.state import AgentState
 from tests.support.opa_server import OpaServer, opa_server
 from tests.support.registry import REGISTRY_LOGIN, Registry, running_registry, write_auth_file
