@@ -66,7 +66,8 @@ async def _run(args: argparse.Namespace) -> int:
         keys[key_id] = Path(path).read_bytes()
     context = ssl.create_default_context(cafile=str(args.ca_bundle))
     context.load_cert_chain(str(args.svid), str(args.svid_key))
-    kube = KubeClient(KubeConfig(args.kube_url, args.kube_token_file.read_text().strip(), args.kube_ca_file))
+    # the token file is followed as the kubelet rotates it (bound service-account tokens), not read once
+    kube = KubeClient(KubeConfig(args.kube_url, token_file=args.kube_token_file, ca_file=args.kube_ca_file))
     registry = None
     async with hub_session(args.hub, context) as http:
         source: BundleSource
