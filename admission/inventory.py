@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
-
 from admission.errors import AdmissionError
+from edgetrust._internal import kube as kubeapi
 
 log = logging.getLogger("edgetrust.admission")
 MAX_OBJECTS = 20_000
@@ -98,18 +94,9 @@ class InventoryTarget(Protocol):
     async def set_inventory(self, inventory: Mapping[str, Any]) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class KubeSource:
-    """Where the webhook lists objects from: the API server, with the pod's service account or a test token."""
-
-    url: str
-    token: str
-    ca_file: Path | None = None
-
-    @classmethod
-    def in_cluster(cls) -> KubeSource:
-        account = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-        return cls("https://kubernetes.default.svc", (account / "token").read_text().strip(), account / "ca.crt")
+#: where the webhook lists objects from: explicit settings (URL, CA, a token or token file), or
+#: `kubeapi.InCluster()` / `kubeapi.Kubeconfig(path)`; every form goes through edgetrust/_internal/kube.py
+KubeSource = kubeapi.Direct
 
 
 class InventorySync:
@@ -121,7 +108,7 @@ class InventorySync:
 
     def __init__(
         self,
-        source: KubeSource,
+        source: kubeapi.Source,
         resources: Sequence[str],
         inventory: Inventory,
         target: InventoryTarget,
@@ -135,54 +122,36 @@ class InventorySync:
         self._target = target
         self._interval = interval_s
         self._page_size = page_size
-        verify: ssl.SSLContext | bool = True
-        if source.ca_file is not None:
-            verify = ssl.create_default_context(cafile=str(source.ca_file))
-        self._http = httpx.AsyncClient(
-            base_url=source.url, headers={"Authorization": f"Bearer {source.token}"}, verify=verify, timeout=10
-        )
+        self._api = kubeapi.KubeConnection(source, timeout_s=10, user_agent="edgetrust-admission")
         self._task: asyncio.Task[None] | None = None
 
     async def sync_once(self) -> int:
         objects: list[Mapping[str, Any]] = []
         for resource in self._resources:
-            objects.extend(await self._list(resource, self._inventory.max_objects + 1 - len(objects)))
+            objects.extend(await self._list(resource, self._inventory.max_objects - len(objects)))
         self._inventory.replace(objects)
         await self._target.set_inventory(self._inventory.tree)
         return len(self._inventory)
 
     async def _list(self, resource: str, room: int) -> list[Mapping[str, Any]]:
-        """Every object of one resource, page by page (the API server cuts a list at `limit` and hands back a
-        `continue` token): stopping at the first page would sync a silently partial inventory."""
-        objects: list[Mapping[str, Any]] = []
-        token = ""
-        while True:
-            params = {"limit": str(max(1, min(room - len(objects), self._page_size)))}
-            if token:
-                params["continue"] = token
-            try:
-                answer = await self._http.get(f"/{resource}", params=params)
-            except httpx.HTTPError as exc:
-                raise InventoryError(f"listing {resource}: {exc}") from exc
-            if answer.status_code != 200:
-                raise InventoryError(f"listing {resource}: the API server answered {answer.status_code}")
-            try:
-                body = answer.json()
-            except ValueError as exc:
-                raise InventoryError(f"listing {resource}: the answer is not JSON") from exc
-            if not isinstance(body, dict) or not isinstance(body.get("items") or [], list):
-                raise InventoryError(f"listing {resource}: the answer is not a Kubernetes list")
-            api_version = str(body.get("apiVersion", "v1"))
-            kind = str(body.get("kind", "")).removesuffix("List")
-            for item in body.get("items") or []:
-                if isinstance(item, dict):
-                    objects.append({"apiVersion": api_version, "kind": kind, **item})
-            metadata = body.get("metadata")
-            token = str(metadata.get("continue") or "") if isinstance(metadata, dict) else ""
-            if not token:
-                return objects
-            if len(objects) >= room:
-                return objects  # over the limit: replace() refuses the lot
+        """Every object of one resource, all pages (stopping at the first would sync a silently partial
+        inventory); more than `room` objects is refused whole, the last complete inventory kept."""
+        try:
+            listed = await self._api.list_all(
+                f"/{resource}", what=f"listing {resource}", max_items=room, page_size=self._page_size
+            )
+        except kubeapi.KubeListLimitError as exc:
+            raise InventoryError(
+                f"the cluster holds over {self._inventory.max_objects} objects of the synced kinds, the "
+                "inventory's limit; keeping the last complete inventory"
+            ) from exc
+        except kubeapi.KubeStatusError as exc:
+            raise InventoryError(f"listing {resource}: the API server answered {exc.status}") from exc
+        except kubeapi.KubeAccessError as exc:
+            raise InventoryError(str(exc)) from exc
+        api_version = listed.api_version or "v1"
+        kind = listed.kind.removesuffix("List")
+        return [{"apiVersion": api_version, "kind": kind, **item} for item in listed.items]
 
     async def run(self) -> None:
         while True:
@@ -199,4 +168,4 @@ class InventorySync:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        await self._http.aclose()
+        await self._api.aclose()

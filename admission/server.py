@@ -16,6 +16,7 @@ from admission.opa import OpaDecider, OpaSettings
 from admission.policy import PolicySet
 from admission.registry import RegistryClient, RegistrySettings
 from admission.settings import AdmissionSettings
+from edgetrust._internal import kube as kubeapi
 from edgetrust._internal import serving
 from edgetrust.oci.auth import load_credentials
 from edgetrust.oci.errors import OCIError
@@ -49,10 +50,10 @@ def build_controller(settings: AdmissionSettings) -> AdmissionController:
     inventory = Inventory()
     sync = None
     if settings.inventory_resources:
-        source = (
-            KubeSource(settings.kube_url, settings.kube_token_file.read_text().strip(), settings.kube_ca_file)
+        source: kubeapi.Source = (
+            KubeSource(settings.kube_url, token_file=settings.kube_token_file, ca_file=settings.kube_ca_file)
             if settings.kube_url and settings.kube_token_file
-            else KubeSource.in_cluster()
+            else kubeapi.InCluster()
         )
         sync = InventorySync(
             source, settings.inventory_resources, inventory, opa, interval_s=settings.inventory_interval_s

@@ -80,7 +80,8 @@ def _parser() -> Parser:
 async def _run(args: argparse.Namespace) -> int:
     keys = {key_id: path.read_bytes() for key_id, path in verification_key_files(args.verification_keys).items()}
     context = hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key)
-    kube = KubeClient(KubeConfig(args.kube_url, args.kube_token_file.read_text().strip(), args.kube_ca_file))
+    # the token file is followed as the kubelet rotates it (bound service-account tokens), not read once
+    kube = KubeClient(KubeConfig(args.kube_url, token_file=args.kube_token_file, ca_file=args.kube_ca_file))
     registry = None
     async with hub_session(args.hub, context) as http:
         source: BundleSource

@@ -9,19 +9,20 @@ it) is put back by the next sync instead of blocking every later bundle.
 
 from __future__ import annotations
 
-import json
-import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
-
+from edgetrust._internal import kube as kubeapi
 from syncer.errors import SyncerError
 
 FIELD_MANAGER = "edgetrust-syncer"
 MANAGED_BY = ("app.kubernetes.io/managed-by", FIELD_MANAGER)
+#: NetworkPolicies carrying our label, at most: a longer list is refused, never cut (a cut list would leave
+#: policies that left the bundle unpruned, and enforced)
+MAX_MANAGED = 10_000
+
+#: where the API server is and who the syncer is to it (kept under this name for the syncer's callers)
+KubeConfig = kubeapi.Direct
 
 
 class KubeError(SyncerError):
@@ -36,13 +37,6 @@ class KubeConflictError(KubeError):
     """An object the bundle names exists and is not ours (no managed-by label, or fields another manager owns)."""
 
     code = "apply_conflict"
-
-
-@dataclass(frozen=True, slots=True)
-class KubeConfig:
-    url: str
-    token: str
-    ca_file: Path | None = None
 
 
 class KubeTarget(Protocol):
@@ -60,20 +54,15 @@ class KubeTarget(Protocol):
 
 
 class KubeClient:
-    def __init__(self, config: KubeConfig, *, timeout_s: float = 10.0) -> None:
-        verify: ssl.SSLContext | bool = True
-        if config.ca_file is not None:
-            verify = ssl.create_default_context(cafile=str(config.ca_file))
-        self._http = httpx.AsyncClient(
-            base_url=config.url,
-            headers={"Authorization": f"Bearer {config.token}"},
-            verify=verify,
-            timeout=timeout_s,
-        )
+    """The syncer's API calls, through the shared client (edgetrust/_internal/kube.py): a kubeconfig, the
+    pod's service account or explicit settings, the token file followed as it rotates."""
+
+    def __init__(self, config: kubeapi.Source, *, timeout_s: float = 10.0) -> None:
+        self._api = kubeapi.KubeConnection(config, timeout_s=timeout_s, user_agent=FIELD_MANAGER)
         self.writes = 0  # API calls that change state (or would, for dry runs): for tests and benchmarks
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._api.aclose()
 
     @staticmethod
     def _path(namespace: str, name: str | None = None) -> str:
@@ -82,63 +71,74 @@ class KubeClient:
 
     async def apply(self, obj: Mapping[str, Any], *, dry_run: bool = False, force: bool = False) -> dict[str, Any]:
         metadata = obj["metadata"]
-        params = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
-        if dry_run:
-            params["dryRun"] = "All"
-        answer = await self._request(
-            "PATCH",
-            self._path(metadata["namespace"], metadata["name"]),
-            params=params,
-            content=json.dumps(obj),
-            headers={"Content-Type": "application/apply-patch+yaml"},
-        )
+        named = f"{metadata['namespace']}/{metadata['name']}"
+        try:
+            body = await self._api.apply(
+                self._path(metadata["namespace"], metadata["name"]),
+                obj,
+                field_manager=FIELD_MANAGER,
+                force=force,
+                dry_run=dry_run,
+                what=f"applying NetworkPolicy {named}",
+            )
+        except kubeapi.KubeStatusError as exc:
+            if not dry_run:
+                self.writes += 1
+            if exc.status == 409:
+                raise KubeConflictError(
+                    f"NetworkPolicy {named} is also managed by someone else, who owns fields the bundle sets: "
+                    f"not taken over ({exc.reason})"
+                ) from exc
+            raise KubeError(f"applying NetworkPolicy {named}: {exc.reason}") from exc
+        except kubeapi.KubeAccessError as exc:
+            raise _converted(exc) from exc
         if not dry_run:
             self.writes += 1
-        if answer.status_code == 409:
-            raise KubeConflictError(
-                f"NetworkPolicy {metadata['namespace']}/{metadata['name']} is also managed by someone else, who "
-                f"owns fields the bundle sets: not taken over ({_reason(answer)})"
-            )
-        if answer.status_code not in (200, 201):
-            raise KubeError(f"applying NetworkPolicy {metadata['namespace']}/{metadata['name']}: {_reason(answer)}")
-        body: dict[str, Any] = answer.json()
         return body
 
     async def list_managed(self) -> list[dict[str, Any]]:
-        answer = await self._request(
-            "GET",
-            "/apis/networking.k8s.io/v1/networkpolicies",
-            params={"labelSelector": f"{MANAGED_BY[0]}={MANAGED_BY[1]}"},
-        )
-        if answer.status_code != 200:
-            raise KubeError(f"listing managed NetworkPolicies: {_reason(answer)}")
-        items = answer.json().get("items") or []
-        return [item for item in items if isinstance(item, dict)]
+        try:
+            listed = await self._api.list_all(
+                "/apis/networking.k8s.io/v1/networkpolicies",
+                query=[("labelSelector", f"{MANAGED_BY[0]}={MANAGED_BY[1]}")],
+                max_items=MAX_MANAGED,
+                what="listing managed NetworkPolicies",
+            )
+        except kubeapi.KubeStatusError as exc:
+            raise KubeError(f"listing managed NetworkPolicies: {exc.reason}") from exc
+        except kubeapi.KubeAccessError as exc:
+            raise _converted(exc) from exc
+        return listed.items
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        answer = await self._request("GET", self._path(namespace, name))
-        if answer.status_code == 404:
-            return None
-        if answer.status_code != 200:
-            raise KubeError(f"reading NetworkPolicy {namespace}/{name}: {_reason(answer)}")
-        body: dict[str, Any] = answer.json()
-        return body
+        try:
+            return await self._api.request(
+                "GET", self._path(namespace, name), what=f"reading NetworkPolicy {namespace}/{name}"
+            )
+        except kubeapi.KubeStatusError as exc:
+            if exc.status == 404:
+                return None
+            raise KubeError(f"reading NetworkPolicy {namespace}/{name}: {exc.reason}") from exc
+        except kubeapi.KubeAccessError as exc:
+            raise _converted(exc) from exc
 
     async def delete(self, namespace: str, name: str) -> None:
-        answer = await self._request("DELETE", self._path(namespace, name))
-        self.writes += 1
-        if answer.status_code not in (200, 202, 404):
-            raise KubeError(f"deleting NetworkPolicy {namespace}/{name}: {_reason(answer)}")
-
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            return await self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise KubeUnreachableError(f"the API server at {self._http.base_url} is unreachable: {exc}") from exc
+            await self._api.request(
+                "DELETE", self._path(namespace, name), what=f"deleting NetworkPolicy {namespace}/{name}"
+            )
+        except kubeapi.KubeStatusError as exc:
+            self.writes += 1
+            if exc.status != 404:
+                raise KubeError(f"deleting NetworkPolicy {namespace}/{name}: {exc.reason}") from exc
+            return
+        except kubeapi.KubeAccessError as exc:
+            raise _converted(exc) from exc
+        self.writes += 1
 
 
-def _reason(answer: httpx.Response) -> str:
-    try:
-        return str(answer.json().get("message") or answer.text)[:500]
-    except ValueError:
-        return f"HTTP {answer.status_code}: {answer.text[:200]}"
+def _converted(exc: kubeapi.KubeAccessError) -> KubeError:
+    """The shared client's error as the syncer's: unreachable (retried later, last known good kept) or not."""
+    if isinstance(exc, kubeapi.KubeTransportError):
+        return KubeUnreachableError(str(exc))
+    return KubeError(str(exc))

@@ -2,15 +2,21 @@
 
 Only the API server and its store: no scheduler, controller manager or kubelet, so Pods are stored and stay
 Pending, which is all an admission test needs. The ServiceAccount admission plugin is off because the
-controller that creates default service accounts is not running.
+controller that creates default service accounts is not running; service accounts made by a test get real
+bound tokens from the TokenRequest API (`KubeAPI.service_account_token`), and `ProjectedAccount` lays them out
+the way the kubelet projects them into a pod, rotation included. Client certificates of the test CA are
+accepted too (`--client-ca-file`): a certificate's CN is its user name.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
+import shutil
 import ssl
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +59,99 @@ class KubeAPI:
             verify=ssl.create_default_context(cafile=str(self.ca_file)),
             timeout=30,
         )
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def grant(self, subject: dict[str, str], name: str, rules: list[dict[str, object]]) -> None:
+        """A ClusterRole with `rules`, bound to `subject` ({"kind": "ServiceAccount", "name", "namespace"} or
+        {"kind": "User", "name"})."""
+        if subject["kind"] == "User":
+            subject = {**subject, "apiGroup": "rbac.authorization.k8s.io"}
+        role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}}
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [subject],
+        }
+        with self.client() as client:
+            made = client.post("/apis/rbac.authorization.k8s.io/v1/clusterroles", json={**role, "rules": rules})
+            assert made.status_code == 201, made.text
+            bound = client.post("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", json=binding)
+            assert bound.status_code == 201, bound.text
+
+    def service_account(self, namespace: str, name: str) -> None:
+        with self.client() as client:
+            found = client.get(f"/api/v1/namespaces/{namespace}")
+            if found.status_code == 404:
+                made = client.post("/api/v1/namespaces", json={"metadata": {"name": namespace}})
+                assert made.status_code == 201, made.text
+            account = client.post(f"/api/v1/namespaces/{namespace}/serviceaccounts", json={"metadata": {"name": name}})
+            assert account.status_code == 201, account.text
+
+    def service_account_token(self, namespace: str, name: str, *, bound_to: str, expiration_s: int = 3600) -> str:
+        """A bound token of the service account from the TokenRequest API, as the kubelet asks for one; bound
+        to a Secret named `bound_to` (made here), so that deleting the Secret revokes the token at once."""
+        with self.client() as client:
+            secret = client.post(f"/api/v1/namespaces/{namespace}/secrets", json={"metadata": {"name": bound_to}})
+            assert secret.status_code == 201, secret.text
+            request = {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {
+                    "expirationSeconds": expiration_s,
+                    "boundObjectRef": {
+                        "kind": "Secret",
+                        "apiVersion": "v1",
+                        "name": bound_to,
+                        "uid": secret.json()["metadata"]["uid"],
+                    },
+                },
+            }
+            issued = client.post(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", json=request)
+            assert issued.status_code == 201, issued.text
+            return str(issued.json()["status"]["token"])
+
+    def revoke_service_account_token(self, namespace: str, bound_to: str, token: str) -> None:
+        """Delete the Secret the token is bound to, and wait until the API server refuses the token (it keeps
+        a token it accepted in its authentication cache for up to 10 s)."""
+        with self.client() as client:
+            assert client.delete(f"/api/v1/namespaces/{namespace}/secrets/{bound_to}").status_code == 200
+            deadline = time.monotonic() + 30
+            while client.get("/api", headers={"Authorization": f"Bearer {token}"}).status_code != 401:
+                assert time.monotonic() < deadline, f"the token bound to {bound_to} is still accepted"
+                time.sleep(0.2)
+
+
+class ProjectedAccount:
+    """A service-account folder as the kubelet projects it into a pod: `token` and `ca.crt` are links through
+    `..data` to a timestamped folder, and a rotation writes a new folder and swaps `..data` atomically."""
+
+    def __init__(self, directory: Path, token: str, ca_file: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._ca = ca_file.read_bytes()
+        self._generation = 0
+        self.rotate(token)
+        for name in ("token", "ca.crt"):
+            (directory / name).symlink_to(Path("..data") / name)
+
+    def rotate(self, token: str) -> None:
+        self._generation += 1
+        payload = self.directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{self._generation}"
+        payload.mkdir()
+        (payload / "token").write_text(token)
+        (payload / "ca.crt").write_bytes(self._ca)
+        data = self.directory / "..data"
+        previous = data.resolve() if data.is_symlink() else None
+        staged = self.directory / "..data_tmp"
+        staged.symlink_to(payload.name)
+        os.replace(staged, data)
+        if previous is not None:
+            shutil.rmtree(previous)
 
 
 @contextmanager
@@ -111,6 +210,7 @@ def running_kube_apiserver(workdir: Path, ca: TestCA, *, extra_args: Sequence[st
             f"--tls-cert-file={serving.cert}",
             f"--tls-private-key-file={serving.key}",
             f"--token-auth-file={tokens}",
+            f"--client-ca-file={ca.ca_file}",
             "--authorization-mode=RBAC",
             f"--service-account-key-file={workdir / 'sa.pub'}",
             f"--service-account-signing-key-file={workdir / 'sa.key'}",

@@ -10,17 +10,17 @@ its namespace and service account; a process in no pod gets no k8s selectors.
 from __future__ import annotations
 
 import re
-import ssl
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from edgetrust._internal import kube as kubeapi
 from trustd.errors import TrustdError
 
 _POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 CACHE_S = 5.0
+#: pods on one node, at most (the kubelet's default is 110): a longer list is refused, never cut
+MAX_NODE_PODS = 2_000
 
 
 class KubeAttestorError(TrustdError):
@@ -39,28 +39,37 @@ class KubeAttestor:
     def __init__(
         self, *, node: str, url: str, token_file: Path, ca_file: Path, proc_root: Path = Path("/proc")
     ) -> None:
+        """The API server at `url`, trusted through `ca_file`; the token file is followed as the kubelet
+        rotates it (edgetrust/_internal/kube.py)."""
         self._node = node
         self.proc_root = proc_root
-        self._token_file = token_file
-        context = ssl.create_default_context(cafile=str(ca_file))
-        self._http = httpx.AsyncClient(base_url=url, verify=context, timeout=5)
+        self._api = kubeapi.KubeConnection(
+            kubeapi.Direct(url, token_file=token_file, ca_file=ca_file), timeout_s=5, user_agent="edgetrust-agent"
+        )
         self._pods: dict[str, dict[str, Any]] = {}
         self._listed = 0.0
 
     async def _pod(self, uid: str) -> dict[str, Any] | None:
         if uid not in self._pods or time.monotonic() - self._listed > CACHE_S:
-            token = self._token_file.read_text().strip()  # re-read: projected tokens rotate
             try:
-                answer = await self._http.get(
+                listed = await self._api.list_all(
                     "/api/v1/pods",
-                    params={"fieldSelector": f"spec.nodeName={self._node}"},
-                    headers={"Authorization": f"Bearer {token}"},
+                    query=[("fieldSelector", f"spec.nodeName={self._node}")],
+                    max_items=MAX_NODE_PODS,
+                    what="listing this node's pods",
                 )
-            except httpx.HTTPError as exc:
+            except kubeapi.KubeTransportError as exc:
                 raise KubeAttestorError(f"the API server is unreachable: {exc}") from exc
-            if answer.status_code != 200:
-                raise KubeAttestorError(f"listing this node's pods was refused ({answer.status_code})")
-            self._pods = {p["metadata"]["uid"]: p for p in answer.json().get("items", [])}
+            except kubeapi.KubeStatusError as exc:
+                raise KubeAttestorError(f"listing this node's pods was refused ({exc.status})") from exc
+            except kubeapi.KubeAccessError as exc:
+                raise KubeAttestorError(str(exc)) from exc
+            pods: dict[str, dict[str, Any]] = {}
+            for pod in listed.items:
+                metadata = pod.get("metadata")
+                if isinstance(metadata, dict) and isinstance(metadata.get("uid"), str):
+                    pods[metadata["uid"]] = pod
+            self._pods = pods
             self._listed = time.monotonic()
         return self._pods.get(uid)
 
@@ -92,4 +101,4 @@ class KubeAttestor:
         return frozenset(found)
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self._api.aclose()
