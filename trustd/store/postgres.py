@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 
+from edgetrust._internal.retry import Backoff
 from trustd.errors import ChallengeError, StoreConflictError, StoreError
 from trustd.store.base import AuditEvent, ChallengeRecord, DeviceRecord, EntryRecord, RevocationRecord, SvidRecord
 from trustd.store.rows import (
@@ -118,6 +119,7 @@ class PostgresStore:
         self._migrate()
 
     def _connect(self, *, deadline: float) -> psycopg.Connection[Any]:
+        backoff = Backoff(base_s=0.25, cap_s=2.0)  # jittered: hubs behind one database do not reconnect in step
         while True:
             try:
                 return psycopg.connect(self._url, autocommit=True, connect_timeout=5)
@@ -125,7 +127,7 @@ class PostgresStore:
                 refused = "authentication failed" in str(exc) or "does not exist" in str(exc)
                 if refused or time.monotonic() > deadline:  # waiting does not fix a wrong password
                     raise StoreError(f"cannot reach the PostgreSQL store: {_safe(exc)}") from exc
-                time.sleep(0.25)
+                backoff.sleep(deadline=deadline)
 
     def _run(self, operation: Callable[[psycopg.Connection[Any]], T]) -> T:
         with self._lock:
