@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -12,12 +11,17 @@ from pydantic import ValidationError
 from admission.errors import AdmissionError
 from admission.server import serve
 from admission.settings import AdmissionSettings
+from edgetrust._internal import logs
+
+#: arguments that are not AdmissionSettings fields
+_NOT_SETTINGS = frozenset({"command", "log_format", "verbose"})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgetrust-admission", description="edgetrust admission webhook")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve AdmissionReviews over HTTPS")
+    logs.add_arguments(run)
     run.add_argument("--policy-dir", type=Path)
     run.add_argument("--gatekeeper-dir", type=Path, help="Gatekeeper ConstraintTemplates and Constraints (YAML)")
     run.add_argument("--bundle", type=Path, help="a signed policy bundle to take policies from (e.g. the syncer's)")
@@ -36,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         help="start even with no policy at all, admitting everything (with a warning on every admitted review)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    logs.configure_from(args)
+    overrides = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
     if "bundle_keys" in overrides:
         overrides["bundle_keys"] = tuple(overrides["bundle_keys"])
     if "exempt_namespaces" in overrides:
@@ -46,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = AdmissionSettings(**overrides)
         serve(settings)
     except ValidationError as exc:
-        print(f"edgetrust-admission: bad settings: {exc}", file=sys.stderr)
+        logs.fail("edgetrust-admission", f"bad settings: {exc}")
         return 2
     except AdmissionError as exc:
-        print(f"edgetrust-admission: {exc.diagnostics()}", file=sys.stderr)
+        logs.fail("edgetrust-admission", exc.diagnostics())
         return 1
     return 0
 

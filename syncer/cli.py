@@ -13,6 +13,8 @@ import ssl
 import sys
 from pathlib import Path
 
+from edgetrust._internal import logs
+from edgetrust._internal.retry import Backoff
 from syncer.agent import BundleSource, HTTPSource, OCISource, SyncAgent, hub_reporter, hub_session
 from syncer.errors import SyncerError
 from syncer.kube import KubeClient, KubeConfig
@@ -29,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgetrust-syncer", description="edgetrust policy syncer (one per cluster)")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="pull, verify and apply policy bundles until stopped")
+    logs.add_arguments(run)
     run.add_argument("--hub", required=True, help="trustd URL")
     run.add_argument("--ca-bundle", type=Path, required=True, help="roots that sign trustd's certificate")
     run.add_argument("--svid", type=Path, required=True, help="this cluster's X.509-SVID (PEM)")
@@ -100,7 +103,7 @@ async def _run(args: argparse.Namespace) -> int:
         restored = await agent.start()
         if restored is not None:
             log.info("re-applied %s from disk: %s", restored.revision, restored.result)
-        backoff = 1.0
+        backoff = Backoff(base_s=1.0, cap_s=60.0)
         while True:
             outcome = await agent.run_once()
             if outcome.result != "not-modified":
@@ -112,24 +115,23 @@ async def _run(args: argparse.Namespace) -> int:
                     registry.close()
                 return 0 if outcome.result in ("applied", "unchanged", "not-modified") else 1
             if outcome.result == "unreachable":
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
-            elif registry is not None:  # a registry has no long poll: look again every `wait` seconds
+                await backoff.wait()
+                continue
+            backoff.reset()
+            if registry is not None:  # a registry has no long poll: look again every `wait` seconds
                 await asyncio.sleep(args.wait)
-            else:
-                backoff = 1.0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure_from(args)
     try:
         return asyncio.run(_run(args))
     except SyncerError as exc:
-        print(f"edgetrust-syncer: {exc.diagnostics()}", file=sys.stderr)
+        logs.fail("edgetrust-syncer", exc.diagnostics())
         return 1
     except (OSError, ssl.SSLError) as exc:
-        print(f"edgetrust-syncer: {exc}", file=sys.stderr)
+        logs.fail("edgetrust-syncer", str(exc))
         return 2
     except KeyboardInterrupt:
         return 0

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from edgetrust._internal import logs
 from trustd.agent.k8s import KubeAttestor
 from trustd.agent.node import run_agent
 from trustd.agent.renewal_client import renew_node
@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     agent = sub.add_parser("agent", help="the node agent: the SPIFFE Workload API for this node's workloads")
     commands = agent.add_subparsers(dest="agent_command", required=True)
     run = commands.add_parser("run", help="serve the Workload API until stopped")
+    logs.add_arguments(run)
     run.add_argument("--hub", required=True, help="trustd URL")
     run.add_argument("--svid-dir", type=Path, default=Path("/var/lib/edgetrust/svid"), help="from trustctl enroll")
     run.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
@@ -49,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     if args.agent_command == "run":
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.configure_from(args)
         try:
             asyncio.run(
                 run_agent(
