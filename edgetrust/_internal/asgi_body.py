@@ -10,7 +10,10 @@ the webhook an AdmissionReview refusal).
 
 from __future__ import annotations
 
-from starlette.types import Message, Receive, Scope
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the ASGI types only: importing this module costs no web framework
+    from starlette.types import Message, Receive, Scope
 
 
 class BodyError(Exception):

@@ -86,9 +86,9 @@ def test_oversized_body(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize("path", ["/v1/enroll/challenge", "/v1/agent/svids"])
-@pytest.mark.parametrize("length", [str(64 * 1024 * 1024), "12abc", "\u00b2"])
+@pytest.mark.parametrize("length", [str(64 * 1024 * 1024).encode(), b"12abc", "\u00b2".encode()])
 def test_a_body_declared_too_large_or_not_a_size_is_413_on_the_app_and_on_the_svid_fast_path(
-    client: TestClient, path: str, length: str
+    client: TestClient, path: str, length: bytes
 ) -> None:
     # the fast path (trustd.agent_api.SvidFastPath) reads through the same bounded reader as the app's BodyLimit
     answer = client.post(path, content=b"{}", headers={"content-length": length})
