@@ -20,8 +20,9 @@ from fastapi import FastAPI, Response
 from starlette.types import Receive, Scope, Send
 
 from admission.controller import AdmissionController
-from admission.errors import AdmissionError, BodyTooLargeError, ReviewError
+from admission.errors import AdmissionError, ReviewError
 from admission.review import MAX_REVIEW_BYTES, build_response, parse_review, uid_of
+from edgetrust._internal import asgi_body
 
 log = logging.getLogger("edgetrust.admission")
 
@@ -105,11 +106,11 @@ class ReviewEndpoints:
 
     async def _answer(self, scope: Scope, receive: Receive, *, mutate: bool) -> tuple[int, dict[str, object]]:
         try:
-            body = await _read_limited(scope, receive, MAX_REVIEW_BYTES)
-        except BodyTooLargeError as exc:
+            body = await asgi_body.read_body(scope, receive, MAX_REVIEW_BYTES)
+        except asgi_body.BodyTooLargeError as exc:
             self._metrics.requests.labels("bad_review").inc()
             return 413, build_response("", allowed=False, message=str(exc), code=413, reason="RequestEntityTooLarge")
-        except ReviewError as exc:
+        except asgi_body.BodyError as exc:  # a Content-Length that is no size, a client gone mid-body
             self._metrics.requests.labels("bad_review").inc()
             return 400, build_response("", allowed=False, message=str(exc), code=400, reason="BadRequest")
         try:
@@ -128,28 +129,6 @@ class ReviewEndpoints:
             log.exception("admission failed on an unexpected error; refusing the review")
             message = "edgetrust could not decide this review (internal error, logged by the webhook); refused"
             return 200, build_response(uid_of(body), allowed=False, message=message, code=500, reason="InternalError")
-
-
-async def _read_limited(scope: Scope, receive: Receive, limit: int) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            if not (value.isascii() and value.isdigit()):
-                raise ReviewError("Content-Length is not a number")
-            if int(value) > limit:
-                raise BodyTooLargeError(f"request bodies are limited to {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ReviewError("client went away before sending the whole review")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLargeError(f"request bodies are limited to {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _json(content: object, *, status: int = 200) -> Response:

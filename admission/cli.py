@@ -7,7 +7,6 @@ Exit codes: 0 stopped cleanly, 1 refused to start (a policy that does not load, 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 from admission.errors import AdmissionError
 from admission.server import serve
 from admission.settings import AdmissionSettings
+from edgetrust._internal import logs
 from edgetrust._internal.cli import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -35,6 +35,7 @@ def _parser() -> Parser:
     parser = Parser(prog="edgetrust-admission", description="edgetrust admission webhook")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve AdmissionReviews over HTTPS")
+    logs.add_arguments(run)
     run.add_argument("--policy-dir", type=Path)
     run.add_argument("--gatekeeper-dir", type=Path, help="Gatekeeper ConstraintTemplates and Constraints (YAML)")
     run.add_argument("--bundle", type=Path, help="a signed policy bundle to take policies from (e.g. the syncer's)")
@@ -58,7 +59,7 @@ def _parser() -> Parser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The command line as settings (what it does not give comes from the environment, or the default)."""
     given = vars(args)
-    skip = {"command", "listen", "listen_host", "listen_port", "verification_keys"}
+    skip = {"command", "listen", "listen_host", "listen_port", "verification_keys", "log_format", "verbose"}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if k not in skip and v is not None}
     host, port = listen_of(args)
     if host is not None:
@@ -75,7 +76,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure_from(args)
     try:
         settings = AdmissionSettings(**_overrides(args))
         serve(settings)

@@ -16,12 +16,6 @@ class ReviewError(AdmissionError):
     code = "bad_review"
 
 
-class BodyTooLargeError(ReviewError):
-    """The request body is over the review size limit; refused before it is read whole."""
-
-    code = "body_too_large"
-
-
 class WorkloadShapeError(AdmissionError):
     """A pod-bearing object we will not judge in part: too many containers, or containers not shaped as pods'."""
 

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from edgetrust._internal import hubclient
+from edgetrust._internal import hubclient, logs
 from edgetrust._internal.cli import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -27,6 +27,7 @@ from edgetrust._internal.cli import (
     verification_key_files,
 )
 from edgetrust._internal.hubclient import HubCallError
+from edgetrust._internal.retry import Backoff
 from syncer.agent import BundleSource, SyncAgent, SyncResult
 from syncer.errors import SyncerError
 from syncer.kube import KubeClient, KubeConfig
@@ -44,6 +45,7 @@ def _parser() -> Parser:
     parser = Parser(prog="edgetrust-syncer", description="edgetrust policy syncer (one per cluster)")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="pull, verify and apply policy bundles until stopped")
+    logs.add_arguments(run)
     add_hub(run)
     run.add_argument("--ca-bundle", type=Path, required=True, help="roots that sign trustd's certificate")
     run.add_argument("--svid", type=Path, required=True, help="this cluster's X.509-SVID (PEM)")
@@ -115,7 +117,7 @@ async def _run(args: argparse.Namespace) -> int:
         restored = await agent.start()
         if restored is not None:
             log.info("re-applied %s from disk: %s", restored.revision, restored.result)
-        backoff = 1.0
+        backoff = Backoff(base_s=1.0, cap_s=60.0)
         while True:
             outcome = await agent.run_once()
             if outcome.result is not SyncResult.NOT_MODIFIED:
@@ -129,17 +131,16 @@ async def _run(args: argparse.Namespace) -> int:
                     return EXIT_OK
                 return EXIT_UNREACHABLE if outcome.result is SyncResult.UNREACHABLE else EXIT_REFUSED
             if outcome.result is SyncResult.UNREACHABLE:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
-            elif registry is not None:  # a registry has no long poll: look again every `wait` seconds
+                await backoff.wait()
+                continue
+            backoff.reset()
+            if registry is not None:  # a registry has no long poll: look again every `wait` seconds
                 await asyncio.sleep(args.wait)
-            else:
-                backoff = 1.0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure_from(args)
     try:
         return asyncio.run(_run(args))
     except SyncerError as exc:

@@ -1,15 +1,16 @@
 """The highest bundle revision this cluster ever applied, kept on disk so no restart re-opens a rollback.
 
-Written atomically (temporary file, fsync, rename) before a bundle is applied: a crash mid-apply leaves the
-guard at the new revision, and the agent converges forward on restart, never back.
+Written atomically and durably (`edgetrust._internal.files`: file and directory fsynced) before a bundle is
+applied: a crash mid-apply leaves the guard at the new revision, and the agent converges forward on restart,
+never back.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from edgetrust._internal.files import write_public
 from syncer.bundle import Bundle
 from syncer.errors import RollbackError, SyncerError
 
@@ -42,10 +43,4 @@ class RevisionGuard:
 
     def advance(self, bundle: Bundle) -> None:
         self.check(bundle)
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self._path.with_suffix(".tmp")
-        with temporary.open("w") as handle:
-            json.dump({"counter": bundle.counter, "revision": bundle.revision}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self._path)
+        write_public(self._path, json.dumps({"counter": bundle.counter, "revision": bundle.revision}).encode())

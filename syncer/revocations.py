@@ -15,10 +15,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust._internal.files import write_public
 from syncer.bundle import ROOT, Bundle, unpack
 from syncer.errors import BundleFormatError, RollbackError, SyncerError
 from syncer.signing import verify_bundle
-from syncer.state import write_atomic
 
 ROOTS = [f"{ROOT}/revocations"]
 KEY_ID = "trustd-revocations"  # the key id the hub signs with (trustd/revocations.py)
@@ -116,10 +116,10 @@ class RevocationStore:
             raise RollbackError(
                 f"revocation list {found.revision} is older than the one held ({self.current.revision}): refused"
             )
-        write_atomic(self._blob_path, blob)
+        write_public(self._blob_path, blob)
         if etag:
-            write_atomic(self._etag_path, etag.encode())
+            write_public(self._etag_path, etag.encode())
         if self._out is not None:
-            write_atomic(self._out, found.as_json())
+            write_public(self._out, found.as_json())
         self.current, self.etag = found, etag
         return found

@@ -4,25 +4,15 @@ a restart, even while the hub is unreachable), the rollback guard, and status re
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgetrust._internal.files import write_public
 from syncer.bundle import Bundle, unpack
 from syncer.revisions import RevisionGuard
 
 MAX_QUEUED_REPORTS = 1000  # a site cut off for weeks keeps the newest reports, not an unbounded file
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    with temporary.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 class AgentState:
@@ -58,13 +48,13 @@ class AgentState:
     def accept(self, blob: bytes, bundle: Bundle) -> None:
         """A verified, newer bundle becomes current; the guard moves first, so it is never offered again."""
         self.guard.advance(bundle)
-        write_atomic(self._current, blob)
+        write_public(self._current, blob)
         self._parsed[self._current] = (blob, bundle)
 
     def mark_good(self) -> None:
         found = self._parsed.get(self._current)
         blob = found[0] if found is not None else self._current.read_bytes()
-        write_atomic(self._good, blob)
+        write_public(self._good, blob)
         self._parsed[self._good] = found if found is not None else (blob, unpack(blob))
 
     def _queue(self) -> list[str]:
@@ -77,7 +67,7 @@ class AgentState:
         lines = self._queue()
         lines.append(json.dumps(report, sort_keys=True))
         del lines[:-MAX_QUEUED_REPORTS]
-        write_atomic(self._reports, ("\n".join(lines) + "\n").encode())
+        write_public(self._reports, ("\n".join(lines) + "\n").encode())
 
     def queued_reports(self) -> Iterator[dict[str, Any]]:
         for line in list(self._queue()):

@@ -20,6 +20,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from edgetrust._internal import asgi_body
 from trustd import authz
 from trustd.api_models import RenewChallenge, RenewRequest, RenewResponse
 from trustd.authz import Authorizer, Caller
@@ -73,15 +74,13 @@ class SvidFastPath:
         if scope["type"] != "http" or scope["path"] != self.PATH or scope["method"] != "POST":
             await self._app(scope, receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if len(body) > self.MAX_BODY:
-                await _answer(send, 413, {"error": "body_too_large", "reason": f"over {self.MAX_BODY} bytes"})
-                return
-            if not message.get("more_body"):
-                break
+        try:
+            body = await asgi_body.read_body(scope, receive, self.MAX_BODY)
+        except asgi_body.ClientGoneError:
+            return  # nobody to answer, nothing decided
+        except asgi_body.BodyError as exc:  # over the limit, or a Content-Length that is no size: as BodyLimit
+            await _answer(send, 413, {"error": "body_too_large", "reason": str(exc)})
+            return
 
         def answer_of() -> dict[str, Any]:
             caller = self._authorizer.check(scope, authz.NODE)

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attestation.errors import AttestationError, MalformedStructureError, UnsupportedAlgorithmError
+from edgetrust._internal import asgi_body
 from trustd import authz, ca_rotation
 from trustd.agent_api import SvidFastPath, agent_router
 from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse
@@ -193,23 +194,25 @@ class BodyLimit:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self._max):
-                await _too_large(scope, receive, send, self._max)
-                return
-        seen = 0
+        try:
+            asgi_body.declared_length(scope, self._max)
+        except asgi_body.BodyError as exc:
+            await _too_large(scope, receive, send, exc)
+            return
+        meter = asgi_body.BodyMeter(self._max)
         refused = False
 
         async def counting_receive() -> Message:
-            nonlocal seen, refused
+            nonlocal refused
             if refused:
                 return {"type": "http.disconnect"}
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self._max:
+            try:
+                meter.count(message)
+            except asgi_body.BodyTooLargeError as exc:
                 # Answer now and tell the app the client left: it stops reading, and its answer is dropped.
                 refused = True
-                await _too_large(scope, receive, send, self._max)
+                await _too_large(scope, receive, send, exc)
                 return {"type": "http.disconnect"}
             return message
 
@@ -220,8 +223,9 @@ class BodyLimit:
         await self._app(scope, counting_receive, guarded_send)
 
 
-async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-    await _error(413, "body_too_large", f"request bodies are limited to {limit} bytes")(scope, receive, send)
+async def _too_large(scope: Scope, receive: Receive, send: Send, exc: asgi_body.BodyError) -> None:
+    """413 body_too_large, also for a Content-Length that is no size (as trustd has always answered it)."""
+    await _error(413, "body_too_large", str(exc))(scope, receive, send)
 
 
 def _validation_reason(exc: RequestValidationError) -> str:

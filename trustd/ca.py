@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgetrust._internal.files import write_private
 from trustd.ca_rotation import Published, published
 from trustd.errors import CAConfigError, CSRError, JWTSVIDError
-from trustd.files import write_private
 from trustd.spiffe_id import SpiffeId, TrustDomain
 
 #: tolerate devices whose clocks run a little behind the hub's

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from attestation.errors import AttestationError
+from edgetrust._internal import logs
 from edgetrust._internal.cli import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -32,10 +32,11 @@ from trustd.settings import TrustdSettings
 
 def _parser() -> Parser:
     parser = Parser(prog="trustd", description="edgetrust hub: TPM enrollment and SPIFFE CA")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    logs.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the hub (HTTPS)")
+    logs.add_arguments(serve)
     serve.add_argument("--data-dir", type=Path, help="CA keys, TLS and the embedded store (TRUSTD_DATA_DIR)")
     serve.add_argument("--trust-domain", help="SPIFFE trust domain (TRUSTD_TRUST_DOMAIN)")
     serve.add_argument("--ek-roots", type=Path, help="directory of TPM vendors' EK root certificates")
@@ -145,9 +146,7 @@ def _settings(args: argparse.Namespace) -> TrustdSettings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure_from(args)
     try:
         settings = _settings(args)
         if args.command == "serve":

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.eventlog import parse_event_log
 from attestation.tpm2.constants import HashAlg
-from trustd.files import write_private
+from edgetrust._internal.files import write_private
 
 os.environ.setdefault("TSS2_LOG", "all+NONE")  # tpm2-tss logs probes of absent NV indexes as errors
 

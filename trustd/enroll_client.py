@@ -20,10 +20,10 @@ from cryptography.x509.oid import NameOID
 from attestation.device import AKKind, EKKind, TPMDevice
 from attestation.tpm2.constants import HashAlg
 from edgetrust._internal import hubclient
+from edgetrust._internal.files import UnsafeDirectoryError, private_directory, write_private, write_public
 from edgetrust._internal.hubclient import DEFAULT_TIMEOUT_S, HubCallError
 from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse, b64
-from trustd.errors import EnrollmentError, HubUnreachableError, TrustdError
-from trustd.files import private_directory, write_private
+from trustd.errors import EnrollmentError, HubUnreachableError, PrivateFileError, TrustdError
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +96,17 @@ def enroll(
                 ).model_dump(),
             )
         )
-    private_directory(out_dir)  # the key is 0600, and the directory holding it 0700
+    private_out(out_dir)  # the key is 0600, and the directory holding it 0700
     key_path, svid_path, bundle_path = out_dir / "svid.key", out_dir / "svid.pem", out_dir / "bundle.pem"
     write_private(
         key_path,
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
-    svid_path.write_text(answer.svid_chain)
-    bundle_path.write_text(answer.bundle)
+    write_public(svid_path, answer.svid_chain.encode())
+    write_public(bundle_path, answer.bundle.encode())
     # the AK, as this TPM wrapped it (useless on another TPM), and what to quote with it: for renewals
     write_private(out_dir / "ak.priv", ak.private_blob)
-    (out_dir / "ak.pub").write_bytes(ak.public_blob)
+    write_public(out_dir / "ak.pub", ak.public_blob)
     return Enrollment(
         spiffe_id=answer.spiffe_id,
         not_after=answer.not_after,
@@ -115,6 +115,14 @@ def enroll(
         bundle_path=bundle_path,
         jwt_svids=answer.jwt_svids,
     )
+
+
+def private_out(path: Path) -> Path:
+    """`private_directory`, refused as a trustd error (trustctl says why and exits 1)."""
+    try:
+        return private_directory(path)
+    except UnsafeDirectoryError as exc:
+        raise PrivateFileError(str(exc)) from exc
 
 
 def _client(server: str, ca_bundle: Path, timeout_s: float) -> httpx.Client:

@@ -104,3 +104,14 @@ class HubUnreachableError(UnavailableError):
     about the device; retry later."""
 
     code = "hub_unreachable"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        #: seconds the hub asked the caller to wait (its `Retry-After`), when it said; a retry loop obeys it
+        self.retry_after = retry_after
+
+
+class PrivateFileError(TrustdError):
+    """A directory meant for secrets (keys, SVIDs) is not one this process can trust: refused, nothing written."""
+
+    code = "private_file"

@@ -28,8 +28,8 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from edgetrust._internal.files import write_private
 from trustd.errors import InvalidSpiffeIdError, TrustdError
-from trustd.files import write_private
 from trustd.spiffe_id import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)

@@ -18,13 +18,13 @@ from fastapi import FastAPI
 from attestation.ek import EKVerifier
 from attestation.refvalues import ReferencePolicy
 from edgetrust._internal import serving
+from edgetrust._internal.files import write_private
 from syncer.signing import load_verification_keys
 from trustd.app import create_app
 from trustd.ca import SpiffeCA
 from trustd.enrollment import EnrollmentPolicy, EnrollmentService
 from trustd.errors import TrustdError
 from trustd.federation import Federation
-from trustd.files import write_private
 from trustd.policy_bundles import Fleet, PolicyBundles
 from trustd.revocations import Revocations, load_or_create_key
 from trustd.settings import TrustdSettings

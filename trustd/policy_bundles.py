@@ -25,11 +25,11 @@ from typing import Any
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust._internal.files import write_private
 from syncer.bundle import check_network_policies, unpack
 from syncer.errors import SyncerError
 from syncer.signing import verify_bundle
 from trustd.errors import ConflictError, NotFoundError, TrustdError
-from trustd.files import write_private
 from trustd.revocations import Revocations
 
 DEFAULT_WAVES = (10, 50, 100)  # percent of the group's non-canary clusters, cumulative

@@ -31,11 +31,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust._internal.files import write_private
 from syncer.bundle import MANIFEST, pack
 from syncer.revocations import KEY_ID, ROOTS
 from syncer.signing import SigningKey, sign_files
 from trustd.errors import BadRequestError, StoreError, TrustdError
-from trustd.files import write_private
 from trustd.spiffe_id import SpiffeId, TrustDomain
 from trustd.store import AuditEvent, DeviceRecord, RevocationRecord, Store, off_loop
 

@@ -79,6 +79,6 @@ def declared_length(value: str | None, what: str) -> int | None:
     """A Content-Length header as a size to hold the body to (None when absent); a bad one is refused."""
     if value is None:
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # str.isdigit() is True for "²", which int() refuses
         raise BoundedReadError(f"{what}: Content-Length {value!r} is not a size")
     return int(value)

@@ -64,8 +64,11 @@ def one_line(message: str) -> str:
 
 
 def fail(prog: str, message: object, code: int) -> int:
-    """Print `<prog>: <message>` on stderr, one line, and return `code` (for `return fail(...)`)."""
-    print(f"{prog}: {one_line(str(message))}", file=sys.stderr)
+    """Say `<prog>: <message>` on stderr, one line (a JSON log line under a daemon's `--log-format json`), and
+    return `code` (for `return fail(...)`)."""
+    from edgetrust._internal import logs  # standard library only, like this module
+
+    logs.fail(prog, one_line(str(message)))
     return code
 
 

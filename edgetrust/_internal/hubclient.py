@@ -80,8 +80,16 @@ class HubCallError(Exception):
         return EXIT_USAGE if self.failure is HubFailure.LOCAL else EXIT_REFUSED
 
     def convert(self, *, unreachable: Callable[[str], _E], otherwise: Callable[[str], _E]) -> _E:
-        """This failure in the caller's error family: `raise exc.convert(...) from exc`."""
-        return (unreachable if self.unreachable else otherwise)(str(self))
+        """This failure in the caller's error family: `raise exc.convert(...) from exc`. An unreachable one
+        keeps the hub's Retry-After (in seconds) where the caller's error has a `retry_after` for its retry loop."""
+        if not self.unreachable:
+            return otherwise(str(self))
+        converted = unreachable(str(self))
+        if hasattr(converted, "retry_after"):
+            from edgetrust._internal.retry import retry_after_seconds
+
+            converted.retry_after = retry_after_seconds(self.retry_after)
+        return converted
 
 
 def tls_context(ca_bundle: Path | str, cert: Path | str | None = None, key: Path | str | None = None) -> ssl.SSLContext:

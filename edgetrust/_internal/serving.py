@@ -294,6 +294,7 @@ def server_config(
         ssl_cert_reqs=client_cert_reqs,
         ssl_ca_certs=client_ca_certs,
         http=guarded_protocol(protocol, limits, max_connections),
+        log_config=None,  # uvicorn's loggers propagate to the daemon's one set-up (edgetrust._internal.logs)
         log_level="warning",
         access_log=False,
         timeout_keep_alive=int(limits.keep_alive_s),

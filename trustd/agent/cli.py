@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from edgetrust._internal import logs
 from edgetrust._internal.cli import EXIT_OK, EXIT_UNREACHABLE, Parser, add_hub, add_json, fail
 
 DEFAULT_SOCKET = Path("/run/edgetrust/agent/api.sock")
@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser], help: str) -> None:
     agent = sub.add_parser("agent", help=help)
     commands = agent.add_subparsers(dest="agent_command", required=True)
     run = commands.add_parser("run", help="serve the Workload API until stopped")
+    logs.add_arguments(run)
     add_hub(run)
     run.add_argument("--svid-dir", type=Path, default=Path("/var/lib/edgetrust/svid"), help="from trustctl enroll")
     run.add_argument("--socket", type=Path, default=DEFAULT_SOCKET)
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         from trustd.agent.k8s import KubeAttestor
         from trustd.agent.node import run_agent
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.configure_from(args)
         try:
             asyncio.run(
                 run_agent(

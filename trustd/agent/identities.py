@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from edgetrust._internal import hubclient
 from edgetrust._internal.hubclient import HubCallError
+from edgetrust._internal.retry import Backoff
 from trustd.errors import HubUnreachableError, TrustdError
 
 log = logging.getLogger("edgetrust.agent")
@@ -200,17 +201,17 @@ class Identities:
         return max(1.0, min([self._entry_poll, *due]))
 
     async def run(self) -> None:
-        backoff = 1.0
+        backoff = Backoff(base_s=1.0, cap_s=60.0)
         while True:
             try:
                 await self.refresh()
-                backoff = 1.0
+                backoff.reset()
                 await asyncio.sleep(self.next_due())
             except TrustdError as exc:
                 self.last_error = exc.diagnostics()
-                log.warning("keeping the identities held (%s); retrying in %.0f s", self.last_error, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
+                delay = backoff.next_delay(exc.retry_after if isinstance(exc, HubUnreachableError) else None)
+                log.warning("keeping the identities held (%s); retrying in %.0f s", self.last_error, delay)
+                await asyncio.sleep(delay)
 
 
 def _jitter() -> float:

@@ -17,13 +17,15 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from attestation.errors import AttestationError
+from edgetrust._internal.files import write_private
+from edgetrust._internal.retry import Backoff
 from trustd.agent.identities import HubClient, Identities
 from trustd.agent.k8s import KubeAttestor
 from trustd.agent.peercred import PeerCredFront
 from trustd.agent.renewal_client import renew_at, renew_node
 from trustd.agent.workload_api import serve
-from trustd.errors import TrustdError
-from trustd.files import private_directory, write_private
+from trustd.enroll_client import private_out
+from trustd.errors import HubUnreachableError, TrustdError
 
 log = logging.getLogger("edgetrust.agent")
 STATUS_EVERY_S = 5.0
@@ -74,7 +76,7 @@ async def keep_node_svid(
     hub: str, svid_dir: Path, client: HubClient, identities: Identities, *, tcti: str, event_log: Path | None
 ) -> None:
     """Renew the node SVID at half its lifetime with a fresh quote; on refusal, say so and retry until expiry."""
-    backoff = 5.0
+    backoff = Backoff(base_s=5.0, cap_s=300.0)
     while True:
         due = renew_at(svid_dir / "svid.pem")
         log.info("node SVID renewal due at %s", time.ctime(due))
@@ -85,11 +87,11 @@ async def keep_node_svid(
         except Exception as exc:  # noqa: BLE001 - whatever failed, the node keeps its SVID and tries again
             message = exc.diagnostics() if isinstance(exc, TrustdError | AttestationError) else repr(exc)
             identities.last_error = f"node SVID renewal: {message}"
-            log.warning("node SVID renewal failed, retrying in %.0f s: %s", backoff, message)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 300.0)
+            delay = backoff.next_delay(exc.retry_after if isinstance(exc, HubUnreachableError) else None)
+            log.warning("node SVID renewal failed, retrying in %.0f s: %s", delay, message)
+            await asyncio.sleep(delay)
             continue
-        backoff = 5.0
+        backoff.reset()
         await client.reload()
         log.info("node SVID renewed (serial %x), valid until %s", renewed.serial, time.ctime(renewed.not_after))
 
@@ -107,8 +109,8 @@ async def run_agent(
     metrics_port: int | None = None,
 ) -> None:
     # what the agent keeps on disk is readable by its own uid only (the node key is 0600 in a 0700 directory)
-    private_directory(state_dir)
-    private_directory(svid_dir)
+    private_out(state_dir)
+    private_out(svid_dir)
     client = HubClient(hub, svid_dir)
     identities = Identities(client, entry_poll_s=entry_poll_s)
     front = PeerCredFront(socket_path, private_parent=state_dir, proc_root=kube.proc_root if kube else None)

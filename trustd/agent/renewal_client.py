@@ -13,11 +13,10 @@ from cryptography.hazmat.primitives import serialization
 
 from attestation.device import TPMDevice
 from attestation.tpm2.constants import HashAlg
-from edgetrust._internal import hubclient
+from edgetrust._internal import files, hubclient
 from edgetrust._internal.hubclient import HubCallError
 from trustd.api_models import RenewChallenge, RenewRequest, RenewResponse, b64
 from trustd.enroll_client import hub_failure, new_key_and_csr, post_to_hub
-from trustd.files import write_private
 
 JITTER = 0.1
 
@@ -59,15 +58,16 @@ def renew_node(*, hub: str, svid_dir: Path, tcti: str, event_log: bytes | None, 
             csr=csr.decode(),
         )
         answer = RenewResponse.model_validate(post_to_hub(http, "/v1/agent/renew", body.model_dump(), action="renewal"))
-    write_private(
+    files.write_private(
         svid_dir / "svid.key.new",
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
-    (svid_dir / "svid.pem.new").write_text(answer.svid_chain)
-    (svid_dir / "bundle.pem").write_text(answer.bundle)
+    files.write_public(svid_dir / "svid.pem.new", answer.svid_chain.encode())
+    files.write_public(svid_dir / "bundle.pem", answer.bundle.encode())
     # key first, then certificate: a reader between the two renames sees the new key with the old certificate
-    # for an instant at worst, and retries; never a certificate without its key
-    (svid_dir / "svid.key.new").replace(svid_dir / "svid.key")
-    (svid_dir / "svid.pem.new").replace(svid_dir / "svid.pem")
+    # for an instant at worst, and retries; never a certificate without its key. One directory fsync after
+    # both: a power cut leaves the old pair or the new one
+    files.replace(svid_dir / "svid.key.new", svid_dir / "svid.key", sync=False)
+    files.replace(svid_dir / "svid.pem.new", svid_dir / "svid.pem")
     leaf = x509.load_pem_x509_certificates(answer.svid_chain.encode())[0]
     return Renewed(answer.spiffe_id, leaf.serial_number, answer.not_after)

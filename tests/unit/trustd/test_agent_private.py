@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from edgetrust._internal.files import UnsafeDirectoryError, private_directory
 from tests.support.tlsca import TestCA
 from trustd.agent.k8s import KubeAttestor
 from trustd.agent.peercred import AgentSocketError, PeerCredFront
-from trustd.files import PrivateFileError, private_directory
 
 
 def _mode(path: Path) -> int:
@@ -35,14 +35,14 @@ def test_private_directory_refuses_a_symlink_and_someone_elses(tmp_path: Path) -
     target = tmp_path / "elsewhere"
     target.mkdir()
     (tmp_path / "link").symlink_to(target)
-    with pytest.raises(PrivateFileError, match="not a directory"):
+    with pytest.raises(UnsafeDirectoryError, match="not a directory"):
         private_directory(tmp_path / "link")
     if os.geteuid() != 0:
         pytest.fail("this test runs as root (it hands a directory to uid 65534)", pytrace=False)
     theirs = tmp_path / "theirs"
     theirs.mkdir(mode=0o755)
     os.chown(theirs, 65534, 65534)
-    with pytest.raises(PrivateFileError, match="belongs to uid 65534"):
+    with pytest.raises(UnsafeDirectoryError, match="belongs to uid 65534"):
         private_directory(theirs)
     assert _mode(theirs) == 0o755  # not touched
 

@@ -85,6 +85,25 @@ def test_oversized_body(client: TestClient) -> None:
     assert answer.json()["error"] == "body_too_large"
 
 
+@pytest.mark.parametrize("path", ["/v1/enroll/challenge", "/v1/agent/svids"])
+@pytest.mark.parametrize("length", [str(64 * 1024 * 1024).encode(), b"12abc", "\u00b2".encode()])
+def test_a_body_declared_too_large_or_not_a_size_is_413_on_the_app_and_on_the_svid_fast_path(
+    client: TestClient, path: str, length: bytes
+) -> None:
+    # the fast path (trustd.agent_api.SvidFastPath) reads through the same bounded reader as the app's BodyLimit
+    answer = client.post(path, content=b"{}", headers={"content-length": length})
+    assert answer.status_code == 413
+    assert answer.json()["error"] == "body_too_large"
+
+
+@pytest.mark.parametrize("path", ["/v1/enroll/challenge", "/v1/agent/svids"])
+def test_a_chunked_body_streamed_past_the_limit_is_413(client: TestClient, path: str) -> None:
+    chunks = iter([b"x" * (1024 * 1024)] * 8)  # no Content-Length: counted as it streams
+    answer = client.post(path, content=chunks)
+    assert answer.status_code == 413
+    assert answer.json()["error"] == "body_too_large"
+
+
 def test_random_structures_are_malformed_evidence_not_crashes(client: TestClient, hub: Hub) -> None:
     answer = client.post("/v1/enroll/challenge", json=_valid_shape())
     assert answer.status_code == 400
