@@ -8,11 +8,10 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
 import pytest
 
+from edgetrust._internal import hubclient
 from trustd.agent.identities import HubClient, Identities
-from trustd.enroll_client import hub_error
 from trustd.errors import HubUnreachableError
 
 
@@ -55,8 +54,9 @@ def test_two_agents_that_lost_the_hub_back_off_jittered_growing_and_capped(monke
 
 
 def test_the_hubs_retry_after_is_obeyed(monkeypatch: pytest.MonkeyPatch) -> None:
-    answer = httpx.Response(503, json={"error": "unavailable", "reason": "store down"}, headers={"Retry-After": "7"})
-    error = hub_error(answer, "/v1/agent/entries")
+    body = b'{"error": "unavailable", "reason": "store down"}'
+    failure = hubclient.failure_of(503, {"Retry-After": "7"}, body, "/v1/agent/entries")
+    error = failure.convert(unreachable=HubUnreachableError, otherwise=HubUnreachableError)
     assert isinstance(error, HubUnreachableError)
     assert error.retry_after == 7.0
     assert "retry after 7 s" in error.diagnostics()
