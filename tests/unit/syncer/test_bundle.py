@@ -136,6 +136,40 @@ def test_unsigned_algorithm_none_is_refused() -> None:
         verify_bundle(unpack(pack(forged)), keys)
 
 
+def test_forged_jws_headers_are_refused_before_any_key_is_tried() -> None:
+    files, keys = signed()
+    signing, _ = keypair()
+    token = json.loads(files[SIGNATURES])["signatures"][0]
+    payload = jwt.api_jws.PyJWS().decode_complete(token, options={"verify_signature": False})["payload"]
+
+    def forged(new_token: str) -> Bundle:
+        return unpack(pack({**files, SIGNATURES: json.dumps({"signatures": [new_token]}).encode()}))
+
+    critical = jwt.api_jws.PyJWS().encode(
+        payload, signing.private_key, algorithm="ES256", headers={"kid": "hub-1", "crit": ["exp"], "exp": 1}
+    )
+    with pytest.raises(BundleSignatureError, match="critical header parameters"):
+        verify_bundle(forged(critical), keys)
+    public_pem = next(iter(keys.values())).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    hmac = jwt.api_jws.PyJWS().encode(payload, public_pem, algorithm="HS256", headers={"kid": "hub-1"})
+    with pytest.raises(BundleSignatureError, match="only ES256 is accepted"):
+        verify_bundle(forged(hmac), keys)
+    head, body, signature = token.split(".")
+    with pytest.raises(BundleSignatureError, match="does not verify under key 'hub-1'"):
+        verify_bundle(forged(f"{head}.{body}.{signature[:-4]}AAAA"), keys)
+    with pytest.raises(BundleSignatureError, match="not a JWT"):
+        verify_bundle(forged(f"{head}.{body}!.{signature}"), keys)
+    # OPA's fallback: no kid in the header, the key named by the (deprecated) keyid claim
+    claims = {**json.loads(payload), "keyid": "hub-1"}
+    keyid_only = jwt.encode(claims, signing.private_key, algorithm="ES256")
+    with pytest.raises(BundleSignatureError, match="does not verify under key 'hub-1'"):
+        verify_bundle(forged(keyid_only), keys)  # named, but signed by another key than hub-1's
+    own_key, own_keys = keypair()
+    assert verify_bundle(forged(jwt.encode(claims, own_key.private_key, algorithm="ES256")), own_keys) == "hub-1"
+
+
 def test_truncated_and_hostile_archives_are_refused() -> None:
     files, _ = signed()
     blob = pack(files)
