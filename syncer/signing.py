@@ -109,8 +109,10 @@ _JWS = jwt.PyJWS(algorithms=[ALGORITHM])
 
 
 def _header(token: str) -> dict[str, Any]:
+    """The protected header, read by PyJWT (so its checks apply) from the header segment alone: the payload is
+    decoded once, when the signature is verified (PyJWT checks base64url byte by byte, 0.4 ms for a bundle's)."""
     try:
-        header = _JWS.get_unverified_header(token)
+        header = _JWS.get_unverified_header(token.split(".", 1)[0] + "..")
     except jwt.DecodeError as exc:
         raise BundleSignatureError(f"bundle signature is not a JWT: {exc}") from exc
     except jwt.InvalidTokenError as exc:  # PyJWT refuses a `crit` it does not implement while reading the header
@@ -162,6 +164,8 @@ def verify_bundle(bundle: Bundle, keys: Mapping[str, ec.EllipticCurvePublicKey])
         verified = _JWS.decode_complete(token, keys[key_id], algorithms=[ALGORITHM])
     except jwt.InvalidSignatureError:
         raise BundleSignatureError(f"bundle signature does not verify under key {key_id!r}") from None
+    except jwt.DecodeError as exc:
+        raise BundleSignatureError(f"bundle signature is not a JWT: {exc}") from exc
     except jwt.PyJWTError as exc:
         raise BundleSignatureError(f"bundle signature does not verify under key {key_id!r}: {exc}") from exc
     claims = _claims(verified["payload"])

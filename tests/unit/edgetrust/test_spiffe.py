@@ -24,6 +24,7 @@ from edgetrust.spiffe.bundle import (
     public_jwk,
 )
 from edgetrust.spiffe.jwt_svid import JwtSvidError, validate_jwt_svid
+from tests.support.jws import hs256_forgery
 from trustd.ca import SpiffeCA
 from trustd.spiffe_id import SpiffeId, TrustDomain
 
@@ -136,12 +137,8 @@ def test_forged_jwt_svids_are_refused() -> None:
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    hmac = jwt.api_jws.PyJWS().encode(  # the public key as an HMAC secret: the classic confusion
-        json.dumps({"sub": str(ID), "aud": "a", "exp": 9999999999}).encode(),
-        public_pem,
-        algorithm="HS256",
-        headers={"kid": "k1"},
-    )
+    payload = json.dumps({"sub": str(ID), "aud": "a", "exp": 9999999999}).encode()
+    hmac = hs256_forgery(payload, public_pem, "k1")
     with pytest.raises(JwtSvidError, match="'HS256' is not allowed"):
         validate_jwt_svid(hmac, keys, audience="a")
     other = ec.generate_private_key(ec.SECP256R1())

@@ -19,6 +19,7 @@ from syncer.bundle import MANIFEST, SIGNATURES, Bundle, build_files, pack, read_
 from syncer.errors import BundleBuildError, BundleFormatError, BundleSignatureError, RollbackError, SyncerError
 from syncer.revisions import RevisionGuard
 from syncer.signing import SigningKey, file_hash, load_verification_keys, sign_files, verify_bundle
+from tests.support.jws import hs256_forgery
 
 REPO_POLICIES = Path(__file__).resolve().parents[3] / "policies"
 
@@ -153,7 +154,7 @@ def test_forged_jws_headers_are_refused_before_any_key_is_tried() -> None:
     public_pem = next(iter(keys.values())).public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    hmac = jwt.api_jws.PyJWS().encode(payload, public_pem, algorithm="HS256", headers={"kid": "hub-1"})
+    hmac = hs256_forgery(payload, public_pem, "hub-1")
     with pytest.raises(BundleSignatureError, match="only ES256 is accepted"):
         verify_bundle(forged(hmac), keys)
     head, body, signature = token.split(".")
