@@ -36,12 +36,17 @@ from trustd.store import open_store
 
 OPERATOR = "spiffe://edge.example/operator/admin"
 FLEET = {
-    "groups": {"all": {"matchLabels": {"site-class": "edge-store"}, "waves": [100]}},
+    "groups": {
+        "all": {
+            "matchLabels": {"site-class": "edge-store"},
+            "waves": [100],
+            "publishers": ["spiffe://edge.example/operator/ci"],
+        }
+    },
     "clusters": {
         "site-a": {"labels": {"site-class": "edge-store"}},
         "site-b": {"labels": {"site-class": "edge-store"}},
     },
-    "publishers": ["spiffe://edge.example/operator/ci"],
     "operators": [OPERATOR],
 }
 WAIT_S = 30
