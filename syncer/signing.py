@@ -5,13 +5,12 @@
 are hashed as bytes; `.manifest` and `data.json` as their parsed JSON, objects with sorted keys and no spaces,
 numbers as written (OPA's bundle/hash.go), so whitespace does not matter but every value does.
 Verification fails on the first discrepancy and says which: a file signed but absent, a file present but
-unsigned, a hash that differs, an unknown key.
+unsigned, a hash that differs, an unknown key. The JWS itself is checked by PyJWT with ES256 pinned (`none`,
+HMAC and every other algorithm refused before a key is even looked up).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from collections.abc import Mapping
@@ -19,10 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
 from syncer.bundle import MANIFEST, SIGNATURES, Bundle
@@ -108,32 +104,34 @@ def load_verification_keys(keys: Mapping[str, bytes]) -> dict[str, ec.EllipticCu
     return loaded
 
 
-def _b64url(segment: str, what: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise BundleSignatureError(f"bundle signature is not a JWT: its {what} is not base64url") from exc
+#: one JWS decoder, ES256 only; PyJWT refuses malformed segments, unknown `crit` extensions and other algorithms
+_JWS = jwt.PyJWS(algorithms=[ALGORITHM])
 
 
-def _split_jws(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
-    """A compact JWS split and decoded, nothing verified yet (PyJWT's decoder cost 1 ms per bundle here, most
-    of an agent's sync at 10,000 clusters; the checks below are the ones it made that matter for ES256)."""
-    parts = token.split(".")
-    if len(parts) != 3 or any(c not in _B64URL for part in parts for c in set(part)):
-        raise BundleSignatureError("bundle signature is not a JWT (three base64url segments)")
+def _header(token: str) -> dict[str, Any]:
+    """The protected header, read by PyJWT (so its checks apply) from the header segment alone: the payload is
+    decoded once, when the signature is verified (PyJWT checks base64url byte by byte: ~0.5 ms for 22 files)."""
     try:
-        header = json.loads(_b64url(parts[0], "header"))
-        claims = json.loads(_b64url(parts[1], "payload"))
-    except ValueError as exc:
+        header = _JWS.get_unverified_header(token.split(".", 1)[0] + "..")
+    except jwt.DecodeError as exc:
         raise BundleSignatureError(f"bundle signature is not a JWT: {exc}") from exc
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        raise BundleSignatureError("bundle signature is not a JWT: header and payload must be JSON objects")
-    if "crit" in header:
+    except jwt.InvalidTokenError as exc:  # PyJWT refuses a `crit` it does not implement while reading the header
+        raise BundleSignatureError(
+            f"bundle signature has critical header parameters, which are not supported: {exc}"
+        ) from exc
+    if "crit" in header:  # even those PyJWT implements (b64): OPA's signatures never carry any
         raise BundleSignatureError("bundle signature has critical header parameters, which are not supported")
-    return header, claims, f"{parts[0]}.{parts[1]}".encode(), _b64url(parts[2], "signature")
+    return header
 
 
-_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+def _claims(payload: bytes) -> dict[str, Any]:
+    try:
+        claims = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise BundleSignatureError(f"bundle signature is not a JWT: {exc}") from exc
+    if not isinstance(claims, dict):
+        raise BundleSignatureError("bundle signature is not a JWT: its payload must be a JSON object")
+    return claims
 
 
 def verify_bundle(bundle: Bundle, keys: Mapping[str, ec.EllipticCurvePublicKey]) -> str:
@@ -149,21 +147,28 @@ def verify_bundle(bundle: Bundle, keys: Mapping[str, ec.EllipticCurvePublicKey])
         raise BundleSignatureError('.signatures.json is not {"signatures": [...]}') from exc
     if not isinstance(tokens, list) or len(tokens) != 1 or not isinstance(tokens[0], str):
         raise BundleSignatureError(".signatures.json must hold exactly one signature (as OPA requires)")
-    header, claims, signed, signature = _split_jws(tokens[0])
-    key_id = header.get("kid")
-    if key_id is None:  # OPA's order: the JWT header's kid, else the (deprecated) keyid claim
-        key_id = claims.get("keyid")
+    token = tokens[0]
+    header = _header(token)
     if header.get("alg") != ALGORITHM:
         raise BundleSignatureError(f"bundle signature uses {header.get('alg')!r}; only {ALGORITHM} is accepted")
+    key_id = header.get("kid")
+    if key_id is None:  # OPA's order: the JWT header's kid, else the (deprecated) keyid claim, read unverified
+        try:
+            unverified = _JWS.decode_complete(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise BundleSignatureError(f"bundle signature is not a JWT: {exc}") from exc
+        key_id = _claims(unverified["payload"]).get("keyid")
     if not isinstance(key_id, str) or key_id not in keys:
         raise BundleSignatureError(f"bundle is signed by key {key_id!r}, which is not trusted here")
-    if len(signature) != 64:
-        raise BundleSignatureError(f"bundle signature does not verify under key {key_id!r}: not an ES256 signature")
-    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
     try:
-        keys[key_id].verify(der, signed, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
+        verified = _JWS.decode_complete(token, keys[key_id], algorithms=[ALGORITHM])
+    except jwt.InvalidSignatureError:
         raise BundleSignatureError(f"bundle signature does not verify under key {key_id!r}") from None
+    except jwt.DecodeError as exc:
+        raise BundleSignatureError(f"bundle signature is not a JWT: {exc}") from exc
+    except jwt.PyJWTError as exc:
+        raise BundleSignatureError(f"bundle signature does not verify under key {key_id!r}: {exc}") from exc
+    claims = _claims(verified["payload"])
     listed = claims.get("files")
     if not isinstance(listed, list):
         raise BundleSignatureError("bundle signature lists no files")

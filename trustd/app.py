@@ -24,11 +24,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attestation.errors import AttestationError, MalformedStructureError, UnsupportedAlgorithmError
 from edgetrust._internal import asgi_body
-from trustd import authz, ca_rotation
+from trustd import authz
 from trustd.agent_api import SvidFastPath, agent_router
 from trustd.api_models import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse
 from trustd.authz import Authorizer, Caller
 from trustd.ca import SpiffeCA
+from trustd.ca import rotation as ca_rotation
 from trustd.enrollment import EnrollmentService
 from trustd.errors import TrustdError, UnavailableError
 from trustd.federation import Federation

@@ -79,8 +79,8 @@ def _parser() -> Parser:
 def _rotate(args: argparse.Namespace, settings: TrustdSettings) -> int:
     from datetime import timedelta
 
-    from trustd import ca_rotation
     from trustd.ca import SpiffeCA
+    from trustd.ca import rotation as ca_rotation
     from trustd.spiffe_id import TrustDomain
 
     trust_domain = TrustDomain.parse(settings.trust_domain)

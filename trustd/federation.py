@@ -12,8 +12,6 @@ bundle held before stays in force. Our own bundle is served at /v1/bundle in the
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import ssl
 import tempfile
@@ -26,14 +24,15 @@ from typing import Any
 import httpx
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
+from edgetrust._internal.bounded import BoundedReadError, aread_bounded
 from edgetrust._internal.files import write_private
+from edgetrust.spiffe.bundle import MAX_BUNDLE_BYTES, SpiffeBundle, SpiffeBundleError
+from edgetrust.spiffe.bundle import parse_bundle as parse_spiffe_bundle
 from trustd.errors import InvalidSpiffeIdError, TrustdError
 from trustd.spiffe_id import SpiffeId, TrustDomain
 
 log = logging.getLogger(__name__)
-MAX_BUNDLE_BYTES = 256 * 1024
 MIN_REFRESH_S, MAX_REFRESH_S = 5.0, 300.0
 
 
@@ -74,53 +73,12 @@ class Peer:
         return peers
 
 
-@dataclass(frozen=True, slots=True)
-class TrustBundle:
-    trust_domain: str
-    jwks: Mapping[str, Any]
-    authorities: tuple[x509.Certificate, ...]
-    sequence: int
-    refresh_hint: float
-
-    def authorities_pem(self) -> bytes:
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.authorities)
-
-
-def parse_bundle(trust_domain: str, body: bytes) -> TrustBundle:
-    """A SPIFFE bundle (JWKS), strictly: every x509-svid key must be the certificate it carries, of a CA."""
-    if len(body) > MAX_BUNDLE_BYTES:
-        raise FederationError(f"{trust_domain}'s bundle is over {MAX_BUNDLE_BYTES} bytes")
+def parse_bundle(trust_domain: str, body: bytes) -> SpiffeBundle:
+    """A peer's SPIFFE bundle, strictly (edgetrust.spiffe.bundle): refused whole, never taken in part."""
     try:
-        jwks = json.loads(body)
-    except ValueError as exc:
-        raise FederationError(f"{trust_domain}'s bundle is not JSON (truncated?): {exc}") from exc
-    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
-        raise FederationError(f"{trust_domain}'s bundle is not a JWKS with a keys list")
-    authorities = []
-    for key in jwks["keys"]:
-        if not isinstance(key, dict) or key.get("use") not in ("x509-svid", "jwt-svid"):
-            raise FederationError(f"{trust_domain}'s bundle holds a key of unknown use: {str(key)[:80]}")
-        if key["use"] == "x509-svid":
-            chain = key.get("x5c")
-            if not isinstance(chain, list) or len(chain) != 1:
-                raise FederationError(f"{trust_domain}'s x509-svid key must carry exactly one certificate")
-            try:
-                cert = x509.load_der_x509_certificate(base64.b64decode(chain[0], validate=True))
-                is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-            except (ValueError, x509.ExtensionNotFound) as exc:
-                raise FederationError(f"{trust_domain}'s x509-svid authority is not a CA certificate: {exc}") from exc
-            if not is_ca:
-                raise FederationError(f"{trust_domain}'s x509-svid authority is not a CA certificate")
-            authorities.append(cert)
-    if not authorities:
-        raise FederationError(f"{trust_domain}'s bundle has no X.509 authority")
-    return TrustBundle(
-        trust_domain,
-        jwks,
-        tuple(authorities),
-        int(jwks.get("spiffe_sequence", 0) or 0),
-        float(jwks.get("spiffe_refresh_hint", 60) or 60),
-    )
+        return parse_spiffe_bundle(trust_domain, body, limit=MAX_BUNDLE_BYTES)
+    except SpiffeBundleError as exc:
+        raise FederationError(str(exc)) from exc
 
 
 class Federation:
@@ -132,7 +90,7 @@ class Federation:
         self._peers: list[Peer] = []
         self._dir = directory
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.bundles: dict[str, TrustBundle] = {}
+        self.bundles: dict[str, SpiffeBundle] = {}
         self.errors: dict[str, str] = {}
         self.reload()
 
@@ -153,12 +111,12 @@ class Federation:
         self._peers, self.bundles, self._file_mtime = peers, bundles, mtime
 
     def jwks(self) -> dict[str, Mapping[str, Any]]:
-        return {td: b.jwks for td, b in self.bundles.items()}
+        return {td: b.document for td, b in self.bundles.items()}
 
-    async def refresh(self, peer: Peer) -> TrustBundle:
+    async def refresh(self, peer: Peer) -> SpiffeBundle:
         current = self.bundles[peer.trust_domain]
         with tempfile.NamedTemporaryFile("wb", suffix=".pem") as roots:
-            roots.write(current.authorities_pem())
+            roots.write(current.x509_authorities_pem())
             roots.flush()
             context = ssl.create_default_context(cafile=roots.name)
         context.check_hostname = False  # https_spiffe: the server is named by its SPIFFE ID, checked below
@@ -168,7 +126,12 @@ class Federation:
                 client.stream("GET", peer.url) as answer,
             ):
                 served = _peer_spiffe_id(answer)
-                body = await answer.aread()
+                # bounded as it streams (after decompression): a peer sending an endless body is cut off
+                body = await aread_bounded(
+                    answer.aiter_bytes(), f"{peer.trust_domain}'s bundle", limit=MAX_BUNDLE_BYTES
+                )
+        except BoundedReadError as exc:
+            raise FederationError(str(exc)) from exc
         except (httpx.HTTPError, ssl.SSLError) as exc:
             raise FederationError(f"{peer.trust_domain}'s bundle endpoint failed: {exc}") from exc
         if served != peer.endpoint_spiffe_id:

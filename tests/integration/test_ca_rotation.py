@@ -22,7 +22,7 @@ from tests.support.nodes import enroll_node
 from tests.support.processes import running
 from tests.support.spire import wait_for_svid
 from tests.support.svid import issue_svid_files
-from trustd import ca_rotation
+from trustd.ca import keystore, rotation
 from trustd.cli import main as trustd
 from trustd.errors import CAConfigError
 from trustd.spiffe_id import SpiffeId
@@ -96,7 +96,7 @@ def test_rotation_keeps_every_svid_valid(workload: tuple[RunningHub, Path, list[
 
     assert trustd(["ca", "prepare", *data]) == 0
     with pytest.raises(CAConfigError, match="wait"):  # published for 0 s: too early to sign with it
-        ca_rotation.activate(ca_dir, keep_for=timedelta(hours=1), min_published=timedelta(minutes=15))
+        rotation.activate(ca_dir, keep_for=timedelta(hours=1), min_published=timedelta(minutes=15))
     # the hub's CA-rotation watcher takes each step by itself (within its 5 s interval)
     until(lambda: len(context(socket_path)[1]) == 2, "the workload to see the next CA in its bundle")
     chain, bundle = context(socket_path)
@@ -126,7 +126,7 @@ def test_rotation_keeps_every_svid_valid(workload: tuple[RunningHub, Path, list[
 
     # once the old CA's SVIDs have all expired, it leaves the bundle
     later = time.time() + 3601
-    assert len(ca_rotation.published(ca_dir, now=later).certificates) == 0
+    assert len(keystore.published(ca_dir, now=later).certificates) == 0
     until(
         lambda: [c.serial_number for c in hub.hub.ca.x509_authorities()] == [new_root.serial_number],
         "the hub's watcher to drop the expired CA from the bundle",

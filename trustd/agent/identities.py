@@ -7,8 +7,6 @@ they expire.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import random
 import time
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from edgetrust._internal import hubclient
 from edgetrust._internal.hubclient import HubCallError
 from edgetrust._internal.retry import Backoff
+from edgetrust.spiffe.bundle import SpiffeBundleError, parse_bundle_document
 from trustd.errors import HubUnreachableError, TrustdError
 
 log = logging.getLogger("edgetrust.agent")
@@ -135,8 +135,8 @@ class Identities:
             e["id"]: Entry(e["id"], e["spiffe_id"], frozenset(e["selectors"]), int(e["ttl_s"]))
             for e in answer["entries"]
         }
-        authorities, jwt_keys = _split_bundle(answer["bundle"])
-        federated = {str(td): _split_bundle(b) for td, b in (answer.get("federated") or {}).items()}
+        authorities, jwt_keys = _split_bundle(str(answer["trust_domain"]), answer["bundle"])
+        federated = {str(td): _split_bundle(str(td), b) for td, b in (answer.get("federated") or {}).items()}
         now = self._clock()
         current = self.snapshot
         keep = {
@@ -189,9 +189,13 @@ class Identities:
             return cached[0]
         answer = await self._hub.call("POST", "/v1/agent/jwt", {"entry_id": entry.id, "audience": list(audience)})
         token = str(answer["token"])
-        claims = json.loads(_b64url(token.split(".")[1]))
-        issued_at = float(claims.get("iat", self._clock()))
-        self._jwt[key] = (token, issued_at + (float(claims["exp"]) - issued_at) / 2)
+        try:  # only to know how long to cache it: the workload's relying party verifies it
+            claims = jwt.decode(token, options={"verify_signature": False})
+            issued_at = float(claims.get("iat", self._clock()))
+            half_life = (float(claims["exp"]) - issued_at) / 2
+        except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
+            raise AgentError(f"the hub handed a JWT-SVID that does not parse: {exc}") from exc
+        self._jwt[key] = (token, issued_at + half_life)
         return token
 
     def next_due(self) -> float:
@@ -227,16 +231,11 @@ def _csr(key: ec.EllipticCurvePrivateKey) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _b64url(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def _split_bundle(bundle: Mapping[str, Any]) -> tuple[tuple[bytes, ...], tuple[dict[str, Any], ...]]:
-    authorities: list[bytes] = []
-    jwt_keys: list[dict[str, Any]] = []
-    for key in bundle.get("keys", []):
-        if key.get("use") == "x509-svid":
-            authorities.extend(base64.b64decode(c) for c in key.get("x5c", []))
-        elif key.get("use") == "jwt-svid":
-            jwt_keys.append(dict(key))
-    return tuple(authorities), tuple(jwt_keys)
+def _split_bundle(trust_domain: str, document: Any) -> tuple[tuple[bytes, ...], tuple[dict[str, Any], ...]]:
+    """The X.509 authorities (DER) and JWT keys of a bundle the hub handed us, parsed as federation parses a
+    peer's (edgetrust.spiffe.bundle): a malformed one is refused and the identities held stay in force."""
+    try:
+        bundle = parse_bundle_document(trust_domain, document)
+    except SpiffeBundleError as exc:
+        raise AgentError(f"the hub handed a bundle that is not a SPIFFE bundle: {exc}") from exc
+    return bundle.x509_authorities_der(), bundle.jwt_keys

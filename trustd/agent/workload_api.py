@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import jwt
 from google.protobuf import struct_pb2
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
+from edgetrust.spiffe.jwt_svid import JwtSvidError, validate_jwt_svid
 from trustd.agent.identities import AgentError, Entry, Identities, Issued, Snapshot
 from trustd.agent.k8s import KubeAttestor
 from trustd.agent.peercred import AgentSocketError, Caller, PeerCredFront
@@ -142,26 +142,11 @@ class WorkloadAPI(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
 
 
 def _validate(token: str, audience: str, snapshot: Snapshot) -> dict[str, Any]:
+    keys = {str(k["kid"]): k for k in snapshot.jwt_keys if "kid" in k}
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError as exc:
-        raise AgentError(f"not a JWT: {exc}") from exc
-    key = next((k for k in snapshot.jwt_keys if k.get("kid") == header.get("kid")), None)
-    if key is None:
-        raise AgentError(f"JWT-SVID signed with unknown key id {header.get('kid')!r}")
-    if header.get("alg") not in ("ES256", "ES384", "RS256", "PS256"):
-        raise AgentError(f"JWT-SVID algorithm {header.get('alg')!r} is not allowed")
-    try:
-        public = jwt.algorithms.ECAlgorithm.from_jwk(json.dumps(key))
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            public,  # type: ignore[arg-type]
-            algorithms=[str(header["alg"])],
-            audience=audience,
-            options={"require": ["sub", "aud", "exp"]},
-        )
-    except jwt.PyJWTError as exc:
-        raise AgentError(f"JWT-SVID rejected: {exc}") from exc
+        claims = validate_jwt_svid(token, keys, audience=audience)
+    except JwtSvidError as exc:
+        raise AgentError(str(exc)) from exc
     if not str(claims["sub"]).startswith(f"spiffe://{snapshot.trust_domain}/"):
         raise AgentError(f"JWT-SVID subject {claims['sub']} is not in trust domain {snapshot.trust_domain}")
     return claims

@@ -19,6 +19,7 @@ from syncer.bundle import MANIFEST, SIGNATURES, Bundle, build_files, pack, read_
 from syncer.errors import BundleBuildError, BundleFormatError, BundleSignatureError, RollbackError, SyncerError
 from syncer.revisions import RevisionGuard
 from syncer.signing import SigningKey, file_hash, load_verification_keys, sign_files, verify_bundle
+from tests.support.jws import hs256_forgery
 
 REPO_POLICIES = Path(__file__).resolve().parents[3] / "policies"
 
@@ -134,6 +135,40 @@ def test_unsigned_algorithm_none_is_refused() -> None:
     forged = {**files, SIGNATURES: json.dumps({"signatures": [token]}).encode()}
     with pytest.raises(BundleSignatureError, match="only ES256 is accepted"):
         verify_bundle(unpack(pack(forged)), keys)
+
+
+def test_forged_jws_headers_are_refused_before_any_key_is_tried() -> None:
+    files, keys = signed()
+    signing, _ = keypair()
+    token = json.loads(files[SIGNATURES])["signatures"][0]
+    payload = jwt.api_jws.PyJWS().decode_complete(token, options={"verify_signature": False})["payload"]
+
+    def forged(new_token: str) -> Bundle:
+        return unpack(pack({**files, SIGNATURES: json.dumps({"signatures": [new_token]}).encode()}))
+
+    critical = jwt.api_jws.PyJWS().encode(
+        payload, signing.private_key, algorithm="ES256", headers={"kid": "hub-1", "crit": ["exp"], "exp": 1}
+    )
+    with pytest.raises(BundleSignatureError, match="critical header parameters"):
+        verify_bundle(forged(critical), keys)
+    public_pem = next(iter(keys.values())).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    hmac = hs256_forgery(payload, public_pem, "hub-1")
+    with pytest.raises(BundleSignatureError, match="only ES256 is accepted"):
+        verify_bundle(forged(hmac), keys)
+    head, body, signature = token.split(".")
+    with pytest.raises(BundleSignatureError, match="does not verify under key 'hub-1'"):
+        verify_bundle(forged(f"{head}.{body}.{signature[:-4]}AAAA"), keys)
+    with pytest.raises(BundleSignatureError, match="not a JWT"):
+        verify_bundle(forged(f"{head}.{body}!.{signature}"), keys)
+    # OPA's fallback: no kid in the header, the key named by the (deprecated) keyid claim
+    claims = {**json.loads(payload), "keyid": "hub-1"}
+    keyid_only = jwt.encode(claims, signing.private_key, algorithm="ES256")
+    with pytest.raises(BundleSignatureError, match="does not verify under key 'hub-1'"):
+        verify_bundle(forged(keyid_only), keys)  # named, but signed by another key than hub-1's
+    own_key, own_keys = keypair()
+    assert verify_bundle(forged(jwt.encode(claims, own_key.private_key, algorithm="ES256")), own_keys) == "hub-1"
 
 
 def test_truncated_and_hostile_archives_are_refused() -> None:

@@ -1,9 +1,10 @@
-"""The trust domain's certificate authority: X.509-SVIDs, JWT-SVIDs and the SPIFFE trust bundle.
+"""The signing authority: X.509-SVIDs, JWT-SVIDs and the SPIFFE trust bundle, made with the keys it is handed.
 
-Keys live in one directory: `ca.key` + `ca.crt` (+ `chain.pem` when the CA is an intermediate under an
-upstream root) and `jwt.key` for JWT-SVIDs. Key files are created 0600 and refused when group or others can
-read them. What the CA signs is decided here, not by the CSR: one URI SAN (the SPIFFE ID), leaf constraints,
-a TTL capped by the CA's own validity (SPIFFE X509-SVID §4-5).
+What the CA signs is decided here, not by the CSR: one URI SAN (the SPIFFE ID), leaf constraints, a TTL capped
+by the CA's own validity (SPIFFE X509-SVID §4-5). The keys come from a key-store slot (`keystore`), and are
+taken again by `reload` after a rotation step (`rotation`); nothing here decides when to rotate. The bundle is
+built by the shared SPIFFE bundle module (edgetrust.spiffe.bundle), JWT-SVIDs are checked by the shared
+validator (edgetrust.spiffe.jwt_svid).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import base64
 import hashlib
 import ipaddress
 import secrets
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,16 +25,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edgetrust._internal.files import write_private
-from trustd.ca_rotation import Published, published
+from edgetrust.spiffe.bundle import SpiffeBundleError, build_bundle, public_jwk
+from edgetrust.spiffe.jwt_svid import JwtSvidError, validate_jwt_svid
+from trustd.ca import keystore
+from trustd.ca.keystore import CLOCK_SKEW, DEFAULT_CA_TTL, Published
 from trustd.errors import CAConfigError, CSRError, JWTSVIDError
 from trustd.spiffe_id import SpiffeId, TrustDomain
 
-#: tolerate devices whose clocks run a little behind the hub's
-CLOCK_SKEW = timedelta(seconds=30)
-DEFAULT_CA_TTL = timedelta(days=365)
 MIN_RSA_BITS = 2048
 _SUBJECT = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgetrust")])
+#: JWT-SVIDs are issued with ES256 only; validation accepts no other algorithm
+JWT_ALGORITHM = "ES256"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,36 +57,32 @@ class X509Svid:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
 
 
-def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    write_private(
-        path,
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
-
-
-def read_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise CAConfigError(f"{path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}")
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except ValueError as exc:
-        raise CAConfigError(f"{path} is not a PEM private key: {exc}") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CAConfigError(f"{path}: the CA key must be ECDSA (P-256 or P-384)")
-    return key
-
-
 def _kid(key: ec.EllipticCurvePublicKey) -> str:
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.urlsafe_b64encode(hashlib.sha256(spki).digest()[:20]).decode().rstrip("=")
 
 
-def _b64url_int(value: int, size: int) -> str:
-    return base64.urlsafe_b64encode(value.to_bytes(size, "big")).decode().rstrip("=")
+def _leaf_key_usage(*, key_encipherment: bool) -> x509.KeyUsage:
+    """A leaf signs (TLS handshakes, JWTs) and, for RSA key transport only, enciphers keys; it never signs
+    certificates (SPIFFE X509-SVID §4.3)."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 class SpiffeCA:
+    """Signs with the CA key, certificate and JWT key it is handed, and publishes them in the bundle beside the
+    next and retired authorities it is handed (`published`). `load`, `load_or_create_root` and `reload` take
+    all of them from a key-store directory."""
+
     def __init__(
         self,
         *,
@@ -119,77 +116,31 @@ class SpiffeCA:
         self._jwt_key = jwt_key
         self._jwt_kid = _kid(jwt_key.public_key())
         self._jwt_public[self._jwt_kid] = jwt_key.public_key()
+        #: the same keys as JWKs, for the JWT-SVID validator
+        self._jwt_jwks = {kid: public_jwk(public) for kid, public in self._jwt_public.items()}
         self._hash = hashes.SHA256() if key.curve.key_size <= 256 else hashes.SHA384()
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
         self._intermediates = (certificate, *self._upstream[:-1]) if self._upstream else ()
 
-    # -- construction ----------------------------------------------------------------------------------------
+    # -- construction from a key store -------------------------------------------------------------------
     @classmethod
     def load_or_create_root(
         cls, directory: Path, *, trust_domain: TrustDomain, ttl: timedelta = DEFAULT_CA_TTL
     ) -> SpiffeCA:
-        if (directory / "ca.crt").exists():
-            return cls.load(directory, trust_domain=trust_domain)
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.now(UTC)
-        name = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgetrust"),
-                x509.NameAttribute(NameOID.COMMON_NAME, f"{trust_domain} root CA"),
-            ]
-        )
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW)
-            .not_valid_after(now + ttl)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(trust_domain.id))]), critical=False
-            )
-            .sign(key, hashes.SHA256())
-        )
-        write_private_key(directory / "ca.key", key)
-        write_private_key(directory / "jwt.key", ec.generate_private_key(ec.SECP256R1()))
-        (directory / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        if not keystore.has_keys(directory):
+            keystore.create_root(directory, trust_domain=trust_domain, ttl=ttl)
         return cls.load(directory, trust_domain=trust_domain)
 
     @classmethod
     def load(cls, directory: Path, *, trust_domain: TrustDomain) -> SpiffeCA:
-        try:
-            cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
-            chain_path = directory / "chain.pem"
-            chain = x509.load_pem_x509_certificates(chain_path.read_bytes()) if chain_path.exists() else []
-        except (OSError, ValueError) as exc:
-            raise CAConfigError(f"cannot load the CA certificate from {directory}: {exc}") from exc
-        key = read_private_key(directory / "ca.key")
-        jwt_path = directory / "jwt.key"
-        if not jwt_path.exists():
-            write_private_key(jwt_path, ec.generate_private_key(ec.SECP256R1()))
-        jwt_key = read_private_key(jwt_path)
-        if cert.public_key() != key.public_key():
-            raise CAConfigError(f"{directory}/ca.key does not belong to {directory}/ca.crt")
-        try:
-            uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-                x509.UniformResourceIdentifier
-            )
-        except x509.ExtensionNotFound:
-            uris = []
-        if uris and uris != [str(trust_domain.id)]:
-            raise CAConfigError(f"the CA certificate names {uris}, not the trust domain {trust_domain.id}")
+        keys = keystore.load_keys(directory, trust_domain=trust_domain)
         return cls(
             trust_domain=trust_domain,
-            key=key,
-            certificate=cert,
-            chain=chain,
-            jwt_key=jwt_key,
-            published=published(directory),
+            key=keys.key,
+            certificate=keys.certificate,
+            chain=keys.chain,
+            jwt_key=keys.jwt_key,
+            published=keystore.published(directory),
             directory=directory,
         )
 
@@ -197,8 +148,9 @@ class SpiffeCA:
         """Take a rotation (`trustd ca prepare` / `activate`) made while running; every holder sees it."""
         if self._directory is None:
             return
-        fresh = SpiffeCA.load(self._directory, trust_domain=self.trust_domain)
-        self._set(fresh.trust_domain, fresh._key, fresh.certificate, fresh._upstream, fresh._jwt_key, fresh._published)
+        keys = keystore.load_keys(self._directory, trust_domain=self.trust_domain)
+        published = keystore.published(self._directory)
+        self._set(self.trust_domain, keys.key, keys.certificate, keys.chain, keys.jwt_key, published)
 
     # -- X.509 -----------------------------------------------------------------------------------------------
     def _leaf(
@@ -222,9 +174,7 @@ class SpiffeCA:
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, key_encipherment, False, False, False, False, False, False), critical=True
-            )
+            .add_extension(_leaf_key_usage(key_encipherment=key_encipherment), critical=True)
             .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
             .add_extension(self._aki, critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
@@ -283,49 +233,22 @@ class SpiffeCA:
             raise JWTSVIDError("a JWT-SVID needs at least one audience")
         issued = now or datetime.now(UTC)
         claims = {"sub": str(spiffe_id), "aud": list(audience), "iat": issued, "exp": issued + ttl}
-        return jwt.encode(claims, self._jwt_key, algorithm="ES256", headers={"kid": self._jwt_kid, "typ": "JWT"})
+        return jwt.encode(claims, self._jwt_key, algorithm=JWT_ALGORITHM, headers={"kid": self._jwt_kid, "typ": "JWT"})
 
     def validate_jwt_svid(self, token: str, *, audience: str) -> SpiffeId:
         try:
-            header = jwt.get_unverified_header(token)
-            public = self._jwt_public.get(str(header.get("kid")))
-            if public is None:
-                raise JWTSVIDError(f"JWT-SVID signed with unknown key id {header.get('kid')!r}")
-            claims = jwt.decode(
-                token,
-                public,
-                algorithms=["ES256"],
-                audience=audience,
-                options={"require": ["sub", "aud", "exp"]},
-            )
-        except jwt.PyJWTError as exc:
-            raise JWTSVIDError(f"JWT-SVID rejected: {exc}") from exc
+            claims = validate_jwt_svid(token, self._jwt_jwks, audience=audience, algorithms=(JWT_ALGORITHM,))
+        except JwtSvidError as exc:
+            raise JWTSVIDError(str(exc)) from exc
         return SpiffeId.parse(str(claims["sub"]))
 
     # -- bundle ----------------------------------------------------------------------------------------------
     def bundle(self, *, sequence: int = 1, refresh_hint: int = 300) -> dict[str, Any]:
         """The SPIFFE bundle (SPIFFE Trust Domain and Bundle §4): a JWKS with x509-svid and jwt-svid keys."""
-        keys: list[dict[str, Any]] = []
-        for cert in self.x509_authorities():
-            entry = _ec_jwk(cert.public_key())
-            entry.update(
-                use="x509-svid", x5c=[base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
-            )
-            keys.append(entry)
-        for kid, public in self._jwt_public.items():
-            jwt_entry = _ec_jwk(public)
-            jwt_entry.update(use="jwt-svid", kid=kid)
-            keys.append(jwt_entry)
-        return {"keys": keys, "spiffe_sequence": sequence, "spiffe_refresh_hint": refresh_hint}
-
-
-def _ec_jwk(key: Any) -> dict[str, Any]:
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise CAConfigError("only EC CA keys are supported")
-    size = (key.curve.key_size + 7) // 8
-    numbers = key.public_numbers()
-    crv = {256: "P-256", 384: "P-384", 521: "P-521"}[key.curve.key_size]
-    return {"kty": "EC", "crv": crv, "x": _b64url_int(numbers.x, size), "y": _b64url_int(numbers.y, size)}
+        try:
+            return build_bundle(self.x509_authorities(), self._jwt_public, sequence=sequence, refresh_hint=refresh_hint)
+        except SpiffeBundleError as exc:
+            raise CAConfigError(str(exc)) from exc
 
 
 def _load_csr(data: bytes) -> x509.CertificateSigningRequest:
