@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edgetrust._internal import files
 from edgetrust._internal.files import write_private
 from trustd.errors import CAConfigError
 from trustd.spiffe_id import TrustDomain
@@ -162,7 +163,7 @@ def promote_next(directory: Path) -> None:
     """The next slot's keys and certificate become the current ones; the current private keys are overwritten."""
     nxt = directory / NEXT
     for name in ("ca.key", "jwt.key", "ca.crt"):
-        (nxt / name).replace(directory / name)
+        files.replace(nxt / name, directory / name)  # renamed, then the directory fsynced: a power cut keeps a pair
     shutil.rmtree(nxt)
 
 
