@@ -36,7 +36,8 @@ from trustd.store.rows import (
 )
 
 T = TypeVar("T")
-RECONNECT_S = 15.0  # how long a call waits for the database to come back before it fails
+RECONNECT_S = 5.0  # how long a call waits for the database to come back before it fails (503): the hub calls the
+# store on its event loop, and a longer wait held every other request (the revocation watcher included) with it
 _MIGRATION_LOCK = 0x65646765  # advisory lock id ("edge")
 
 MIGRATIONS: tuple[str, ...] = (
