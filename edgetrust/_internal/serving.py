@@ -15,9 +15,9 @@ every connection would cut them. Here, per connection:
 - at most `max_connections` connections are open (capped below the fd limit, which is raised to its hard
   limit). Past `max_waiting_per_source` connections of one client address that have not sent a whole
   request yet, the oldest of those is closed to make room if it has had `stale_after_s` to send its head; at
-  the cap, the oldest such one from anyone, then the oldest kept-alive idle one. Connections inside a
-  request (a long poll) are never evicted; a new one is refused at once (503 too_many_connections) only when
-  no connection can be evicted.
+  the cap, the oldest connection still waiting for its head from anyone, then the oldest kept-alive idle
+  one. Connections inside a request (a long poll) are never evicted; a new one is refused at once (503
+  too_many_connections) only when no connection can be evicted.
 
 Both `trustd serve` and `edgetrust-admission serve` build their configuration with `server_config()` and run
 it through `run()`, which also runs the caller's periodic upkeep tasks (e.g. trustd's challenge purge) while the
@@ -106,8 +106,10 @@ class ConnectionGuard:
     def admit(self, conn: GuardedProtocol) -> bool:
         now = conn.loop.time()
         conn.born = now
+        # at the cap a slot must be made whatever the age of the oldest waiting connection; below it, only a
+        # source's own stale connections make room (a storm of young ones from one address is let in)
         if self.open >= self.max_connections and not (
-            self._evict_stale(self._fresh, now) or self._evict_oldest(self._kept_alive)
+            self._evict_oldest(self._fresh) or self._evict_oldest(self._kept_alive)
         ):
             self.refused += 1
             return False
