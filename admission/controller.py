@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from admission.errors import AdmissionError, ImageReferenceError, ReviewError, WorkloadShapeError
-from admission.gatekeeper import Constraint
 from admission.imageref import parse_image_reference
-from admission.images import ImageVerifier, VerifiedImage
-from admission.inventory import Inventory, InventorySync
-from admission.match import expand_to_pod
+from admission.images.verifier import ImageVerifier, VerifiedImage
 from admission.metrics import AdmissionMetrics
-from admission.opa import OpaDecider
 from admission.policy import FailureMode, ImagePolicy, Mode, PolicySet, RegoPolicy
+from admission.rego.gatekeeper import Constraint
+from admission.rego.inventory import Inventory, InventorySync
+from admission.rego.match import expand_to_pod
+from admission.rego.opa import OpaDecider
+from admission.rego.workloads import ContainerImage, container_images, pod_spec
 from admission.review import AdmissionRequest, build_response
-from admission.workloads import ContainerImage, container_images, pod_spec
 
 log = logging.getLogger("edgetrust.admission")
 # A set can only be empty when started with unsafe_allow_empty_policy_set (PolicySet.load refuses otherwise).

@@ -23,12 +23,12 @@ from typing import Any, TypeVar
 
 import yaml
 
-from admission.cosign import VerificationKey
 from admission.errors import ConfigError, ImageReferenceError
-from admission.gatekeeper import GatekeeperSet
-from admission.gatekeeper import load_directory as load_gatekeeper_directory
 from admission.imageref import ImageReference, canonical_image_globs
+from admission.images.cosign import VerificationKey
 from admission.modes import FailureMode, Mode
+from admission.rego.gatekeeper import GatekeeperSet
+from admission.rego.gatekeeper import load_directory as load_gatekeeper_directory
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 __all__ = ["FailureMode", "ImagePolicy", "KeylessIdentity", "Match", "Mode", "PolicySet", "RegoLibrary", "RegoPolicy"]

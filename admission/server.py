@@ -9,20 +9,20 @@ from pathlib import Path
 from admission.app import ReviewEndpoints, create_app
 from admission.controller import AdmissionController
 from admission.errors import ConfigError
-from admission.images import CacheSettings, ImageVerifier
-from admission.inventory import Inventory, InventorySync, KubeSource
+from admission.images.verifier import CacheSettings, ImageVerifier
 from admission.metrics import AdmissionMetrics
-from admission.opa import OpaDecider, OpaSettings
 from admission.policy import PolicySet
 from admission.registry import RegistryClient, RegistrySettings
+from admission.rego.inventory import Inventory, InventorySync, KubeSource
+from admission.rego.opa import OpaDecider, OpaSettings
 from admission.settings import AdmissionSettings
 from edgetrust._internal import kube as kubeapi
 from edgetrust._internal import serving
+from edgetrust.bundles.errors import BundleError
+from edgetrust.bundles.format import unpack
+from edgetrust.bundles.signing import load_verification_keys, verify_bundle
 from edgetrust.oci.auth import load_credentials
 from edgetrust.oci.errors import OCIError
-from syncer.bundle import unpack
-from syncer.errors import SyncerError
-from syncer.signing import load_verification_keys, verify_bundle
 
 log = logging.getLogger("edgetrust.admission")
 
@@ -96,7 +96,7 @@ def policies_from_bundle(path: Path, key_specs: tuple[str, ...]) -> tuple[Path, 
     try:
         bundle = unpack(path.read_bytes())
         signer = verify_bundle(bundle, load_verification_keys(keys))
-    except (SyncerError, OSError) as exc:
+    except (BundleError, OSError) as exc:
         raise ConfigError(f"policy bundle {path} refused: {exc}") from exc
     work = Path(tempfile.mkdtemp(prefix="edgetrust-admission-"))
     log.info("admission policies from bundle %s (signed by %s)", bundle.revision, signer)

@@ -29,11 +29,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from admission.policy import PolicySet
-from tests.support.opa_server import opa_server
-from tests.support.peers import peer
-from tests.support.registry import running_registry
-from tests.support.tlsca import TestCA
-from tests.support.webhook import pod, policy_dir, review, webhook_process, workload
+from localpeers.opa_server import opa_server
+from localpeers.peers import peer
+from localpeers.registry import running_registry
+from localpeers.tlsca import TestCA
+from localpeers.webhook import pod, policy_dir, review, webhook_process, workload
 
 RATE = 500
 SECONDS = 10
@@ -60,7 +60,7 @@ def reviews(host: str) -> list[bytes]:
 
 
 def opa_input(body: bytes, policies: PolicySet) -> bytes:
-    """The query the webhook sends OPA for this review (admission/opa.py's decision contract)."""
+    """The query the webhook sends OPA for this review (admission/rego/opa.py's decision contract)."""
     request = json.loads(body)["request"]
     names = [p.name for p in policies.rego]
     return json.dumps({"input": {"review": request, "policies": names, "constraints": []}}).encode()

@@ -16,10 +16,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from localpeers.kube import running_kube_apiserver
+from localpeers.tlsca import TestCA
 from syncer.apply import apply_set, desired
 from syncer.kube import KubeClient, KubeConfig
-from tests.support.kube import running_kube_apiserver
-from tests.support.tlsca import TestCA
 
 COUNT = 200
 

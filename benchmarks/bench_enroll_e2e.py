@@ -28,10 +28,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attestation.device import TPMDevice
-from attestation.simboot import boot_events, measure_boot
-from attestation.swtpm import SoftwareTPM, SoftwareTPMFactory
-from tests.support.hub import GOLDEN_BANKS, free_port, golden_reference_values
-from trustd.enroll_client import enroll
+from localpeers.hub import GOLDEN_BANKS, free_port, golden_reference_values
+from localpeers.simboot import boot_events, measure_boot
+from localpeers.swtpm import SoftwareTPM, SoftwareTPMFactory
+from trustd.agent.enroll_client import enroll
 
 
 def _cpu_seconds(pid: int) -> float:

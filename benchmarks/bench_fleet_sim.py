@@ -3,7 +3,7 @@
 A SIMULATION of the fleet, not of the agent: each simulated cluster runs the real SyncAgent (mTLS with its own
 X.509-SVID, long poll with ETag, signature check, rollback guard, status reports carried on the polls, the
 hub's revocation list), but applies to an in-memory
-target (syncer/simulation.py) instead of a kube-apiserver, since 10,000 of those cannot run here. trustd runs as
+target (localpeers/simulation.py) instead of a kube-apiserver, since 10,000 of those cannot run here. trustd runs as
 `trustd serve` in its own process; the agents run in worker processes.
 
 Figures: converge_all_s (publish -> every agent applied it, through the group's canary and waves),
@@ -35,17 +35,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edgetrust.bundles.format import build_files, pack, read_repository
+from edgetrust.bundles.revocations import KEY_ID, RevocationStore
+from edgetrust.bundles.signing import SigningKey, load_verification_keys, sign_files
+from edgetrust.spiffe.id import TrustDomain
+from localpeers.hub import free_port
+from localpeers.simulation import InMemoryCluster
+from localpeers.svid import issue_svid_files
 from syncer.agent import SyncAgent, SyncResult
-from syncer.bundle import build_files, pack, read_repository
-from syncer.revocations import KEY_ID, RevocationStore
-from syncer.signing import SigningKey, load_verification_keys, sign_files
-from syncer.simulation import InMemoryCluster
 from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
-from tests.support.hub import free_port
-from tests.support.svid import issue_svid_files
-from trustd.ca import SpiffeCA
-from trustd.spiffe_id import TrustDomain
+from trustd.server.ca import SpiffeCA
 
 AGENTS = int(os.environ.get("FLEET_SIM_AGENTS", "10000"))
 WORKERS = 4

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_admission import attack, cpu_seconds, percentile, summarize
 
 from admission.policy import PolicySet
-from tests.support.opa_server import opa_server
-from tests.support.tlsca import TestCA
-from tests.support.webhook import pod, policy_dir, review, webhook_process, workload
+from localpeers.opa_server import opa_server
+from localpeers.tlsca import TestCA
+from localpeers.webhook import pod, policy_dir, review, webhook_process, workload
 
 RATE = 500
 SECONDS = 10

@@ -22,14 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from attestation.swtpm import SoftwareTPM, SoftwareTPMFactory
-from tests.support.hub import hub_process
-from tests.support.nodes import boot_swtpm, ek_roots_of
-from tests.support.postgres import running_postgres
-from tests.support.tlsca import TestCA
+from localpeers.hub import hub_process
+from localpeers.nodes import boot_swtpm, ek_roots_of
+from localpeers.postgres import running_postgres
+from localpeers.swtpm import SoftwareTPM, SoftwareTPMFactory
+from localpeers.tlsca import TestCA
+from trustd.agent.enroll_client import enroll
 from trustd.agent.renewal_client import renew_node
-from trustd.enroll_client import enroll
-from trustd.store import AuditEvent, DeviceRecord, SvidRecord, open_store
+from trustd.server.store import AuditEvent, DeviceRecord, SvidRecord, open_store
 
 NODES = 10_000
 TTL_S = 3600

@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from admission.images import ImageVerifier
+from admission.images.verifier import ImageVerifier
 from admission.metrics import AdmissionMetrics
 from admission.policy import PolicySet
 from admission.registry import RegistryClient, RegistrySettings
-from tests.support.registry import running_registry
-from tests.support.tlsca import TestCA
-from tests.support.webhook import policy_dir
+from localpeers.registry import running_registry
+from localpeers.tlsca import TestCA
+from localpeers.webhook import policy_dir
 
 IMAGES = 20
 ROUNDS = 10

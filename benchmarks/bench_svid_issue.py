@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from trustd.ca import SpiffeCA
-from trustd.spiffe_id import SpiffeId, TrustDomain
+from edgetrust.spiffe.id import SpiffeId, TrustDomain
+from trustd.server.ca import SpiffeCA
 
 SECONDS = 3.0
 

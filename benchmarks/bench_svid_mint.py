@@ -32,14 +32,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from attestation.swtpm import SoftwareTPMFactory
-from tests.support.hub import hub_process
-from tests.support.nodes import OPERATOR, boot_swtpm, create_entry, ek_roots_of, enroll_node, operator_args
-from tests.support.postgres import running_postgres
-from tests.support.spire import running_spire_server
-from tests.support.tlsca import TestCA
-from trustd.ca import SpiffeCA
-from trustd.spiffe_id import TrustDomain
+from edgetrust.spiffe.id import TrustDomain
+from localpeers.hub import hub_process
+from localpeers.nodes import OPERATOR, boot_swtpm, create_entry, ek_roots_of, enroll_node, operator_args
+from localpeers.postgres import running_postgres
+from localpeers.spire import running_spire_server
+from localpeers.swtpm import SoftwareTPMFactory
+from localpeers.tlsca import TestCA
+from trustd.server.ca import SpiffeCA
 
 THREADS = 4
 BATCH = 16

@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from spiffe import WorkloadApiClient
 
-from attestation.swtpm import SoftwareTPMFactory
-from tests.support.hub import running_hub
-from tests.support.nodes import OPERATOR, boot_swtpm, create_entry, ek_roots_of, enroll_node, operator_args
-from tests.support.postgres import running_postgres
-from tests.support.processes import running
-from tests.support.spire import register, running_spire_agent, running_spire_server, wait_for_svid
-from tests.support.tlsca import TestCA
+from localpeers.hub import running_hub
+from localpeers.nodes import OPERATOR, boot_swtpm, create_entry, ek_roots_of, enroll_node, operator_args
+from localpeers.postgres import running_postgres
+from localpeers.processes import running
+from localpeers.spire import register, running_spire_agent, running_spire_server, wait_for_svid
+from localpeers.swtpm import SoftwareTPMFactory
+from localpeers.tlsca import TestCA
 
 ROUNDS = 10
 CALLS = 100  # per round and side

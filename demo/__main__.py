@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from demo import admission_demo, distribution_demo
-from trustd import demo as identity_demo
+from demo import admission_demo, distribution_demo, identity_demo
 
 
 def main() -> int:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.kube import running_kube_apiserver, validating_webhook
-from tests.support.opa_server import opa_server
-from tests.support.registry import running_registry
-from tests.support.tlsca import TestCA
-from tests.support.webhook import pod, policy_dir, webhook_process, workload
+from localpeers.kube import running_kube_apiserver, validating_webhook
+from localpeers.opa_server import opa_server
+from localpeers.registry import running_registry
+from localpeers.tlsca import TestCA
+from localpeers.webhook import pod, policy_dir, webhook_process, workload
 
 
 def _say(text: str = "") -> None:

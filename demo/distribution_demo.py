@@ -13,14 +13,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgetrust._internal import hubclient
+from localpeers.hub import RunningHub, running_policy_hub
+from localpeers.kube import running_kube_apiserver
+from localpeers.svid import issue_svid_files
+from localpeers.tlsca import TestCA
 from syncer.agent import SyncAgent
 from syncer.kube import KubeClient, KubeConfig
 from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
-from tests.support.hub import RunningHub, running_policy_hub
-from tests.support.kube import running_kube_apiserver
-from tests.support.svid import issue_svid_files
-from tests.support.tlsca import TestCA
 
 
 def _say(text: str = "") -> None:

@@ -21,12 +21,12 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust.bundles.errors import BundleError, BundleGroupError
+from edgetrust.bundles.format import Bundle, check_network_policies, unpack
+from edgetrust.bundles.revocations import RevocationStore
+from edgetrust.bundles.signing import verify_bundle
 from syncer.apply import ApplyResult, apply_with_rollback, desired
-from syncer.bundle import Bundle, check_network_policies, unpack
-from syncer.errors import BundleGroupError, SyncerError
 from syncer.kube import KubeTarget
-from syncer.revocations import RevocationStore
-from syncer.signing import verify_bundle
 from syncer.state import AgentState
 
 log = logging.getLogger("edgetrust.syncer")
@@ -65,7 +65,7 @@ class BundleSource(Protocol):
 
     async def fetch(self, reports: Sequence[Mapping[str, Any]]) -> Fetched:
         """The newest bundle; `reports` to deliver on the way when the source carries them. Raises a
-        SyncerError when it has no answer (the sync is then "unreachable")."""
+        BundleError when it has no answer (the sync is then "unreachable")."""
 
     async def fetch_revocations(self) -> tuple[bytes, str | None] | None:
         """A signed revocation list newer than the one held (and its ETag), or None."""
@@ -137,7 +137,7 @@ class SyncAgent:
         carries = self._source.carries_reports
         try:
             fetched = await self._source.fetch(list(self.state.queued_reports()) if carries else [])
-        except SyncerError as exc:
+        except BundleError as exc:
             return self._record(SyncOutcome(SyncResult.UNREACHABLE, error=f"{exc.code}: {exc.diagnostics()}"))
         self.last_contact = time.time()
         if fetched.delivered:
@@ -166,7 +166,7 @@ class SyncAgent:
                 return self._record(SyncOutcome(SyncResult.UNCHANGED, bundle.revision))
             self.state.guard.check(bundle)
             wanted = self._wanted(bundle)  # validated before the guard moves
-        except SyncerError as exc:
+        except BundleError as exc:
             log.warning("bundle refused: %s", exc.diagnostics())
             return self._record(SyncOutcome(SyncResult.REFUSED, error=f"{exc.code}: {exc.diagnostics()}"))
         log.info("bundle %s verified (key %s), applying for site class %s", bundle.revision, signer, self.site_class)
@@ -183,7 +183,7 @@ class SyncAgent:
             if found is None:
                 return
             accepted = self.revocations.accept(*found)
-        except SyncerError as exc:
+        except BundleError as exc:
             log.warning("revocation list refused: %s", exc.diagnostics())
             self._record(SyncOutcome(SyncResult.REVOCATIONS_REFUSED, error=f"{exc.code}: {exc.diagnostics()}"))
             return
@@ -195,7 +195,7 @@ class SyncAgent:
     ) -> SyncOutcome:
         try:
             detail = await apply_with_rollback(self._kube, wanted or self._wanted(bundle), fallback)
-        except SyncerError as exc:
+        except BundleError as exc:
             return self._record(SyncOutcome(SyncResult.FAILED, bundle.revision, f"{exc.code}: {exc.diagnostics()}"))
         self.state.mark_good()
         result = SyncResult.APPLIED if detail.applied or detail.pruned else SyncResult.UNCHANGED
@@ -212,7 +212,7 @@ class SyncAgent:
             return
         try:
             await self._reporter(reports)
-        except SyncerError as exc:
+        except BundleError as exc:
             log.info("status reports kept for later: %s", exc)
             return
         self.state.clear_reports()

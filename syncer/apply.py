@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncer.errors import SyncerError
+from edgetrust.bundles.errors import BundleError
+from edgetrust.bundles.networkpolicy import validate_network_policy
 from syncer.kube import MANAGED_BY, KubeConflictError, KubeTarget
-from syncer.networkpolicy import validate_network_policy
 
 
-class ApplyError(SyncerError):
+class ApplyError(BundleError):
     code = "apply_failed"
 
 
@@ -112,11 +112,11 @@ async def apply_with_rollback(
 ) -> ApplyResult:
     try:
         return await apply_set(kube, wanted)
-    except SyncerError as exc:
+    except BundleError as exc:
         if last_known_good is not None:
             try:
                 await apply_set(kube, last_known_good)
-            except SyncerError as again:
+            except BundleError as again:
                 raise ApplyError(f"{exc.diagnostics()}; and restoring the last known good set failed: {again}") from exc
             raise ApplyError(f"{exc.diagnostics()} (the last known good set was restored)") from exc
         raise

@@ -28,12 +28,12 @@ from edgetrust._internal.cli import (
 )
 from edgetrust._internal.hubclient import HubCallError
 from edgetrust._internal.retry import Backoff
+from edgetrust.bundles.errors import BundleError
+from edgetrust.bundles.oci import BundleRegistry, OCIReference, registry_settings
+from edgetrust.bundles.revocations import KEY_ID, RevocationStore
+from edgetrust.bundles.signing import load_verification_keys
 from syncer.agent import BundleSource, SyncAgent, SyncResult
-from syncer.errors import SyncerError
 from syncer.kube import KubeClient, KubeConfig
-from syncer.oci import BundleRegistry, OCIReference, registry_settings
-from syncer.revocations import KEY_ID, RevocationStore
-from syncer.signing import load_verification_keys
 from syncer.sources import HubSource, OCISource, hub_reporter, hub_session
 from syncer.state import AgentState
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure_from(args)
     try:
         return asyncio.run(_run(args))
-    except SyncerError as exc:
+    except BundleError as exc:
         return fail("edgetrust-syncer", exc.diagnostics(), EXIT_REFUSED)
     except HubCallError as exc:
         return fail("edgetrust-syncer", exc, exc.exit_code())

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from edgetrust._internal import kube as kubeapi
-from syncer.errors import SyncerError
+from edgetrust.bundles.errors import BundleError
 
 FIELD_MANAGER = "edgetrust-syncer"
 MANAGED_BY = ("app.kubernetes.io/managed-by", FIELD_MANAGER)
@@ -25,7 +25,7 @@ MAX_MANAGED = 10_000
 KubeConfig = kubeapi.Direct
 
 
-class KubeError(SyncerError):
+class KubeError(BundleError):
     code = "kube_error"
 
 

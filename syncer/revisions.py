@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from edgetrust._internal.files import write_public
-from syncer.bundle import Bundle
-from syncer.errors import RollbackError, SyncerError
+from edgetrust.bundles.errors import BundleError, RollbackError
+from edgetrust.bundles.format import Bundle
 
 
 class RevisionGuard:
@@ -27,10 +27,10 @@ class RevisionGuard:
             return -1
         except (OSError, ValueError) as exc:
             # an unreadable guard must not silently reset to "anything goes"
-            raise SyncerError(f"revision guard {self._path} is unreadable: {exc}") from exc
+            raise BundleError(f"revision guard {self._path} is unreadable: {exc}") from exc
         counter = state.get("counter") if isinstance(state, dict) else None
         if not isinstance(counter, int):
-            raise SyncerError(f"revision guard {self._path} holds no counter")
+            raise BundleError(f"revision guard {self._path} holds no counter")
         return counter
 
     def check(self, bundle: Bundle) -> None:

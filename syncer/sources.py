@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 from edgetrust._internal import hubclient
 from edgetrust._internal.bounded import CHUNK_BYTES, BoundedReadError, read_bounded
 from edgetrust._internal.hubclient import HubCallError, HubFailure
+from edgetrust.bundles.errors import OversizedAnswerError, SourceUnreachableError
+from edgetrust.bundles.format import MAX_BUNDLE_BYTES
+from edgetrust.bundles.oci import BundleRegistry, OCIReference
 from syncer.agent import Fetched
-from syncer.bundle import MAX_BUNDLE_BYTES
-from syncer.errors import OversizedAnswerError, SourceUnreachableError
-from syncer.oci import BundleRegistry, OCIReference
 
 if TYPE_CHECKING:
     import aiohttp
 
-REVOCATIONS_HEADER = "X-Edgetrust-Revocations"  # trustd/policy_api.py sends it; the value is an ETag
+REVOCATIONS_HEADER = "X-Edgetrust-Revocations"  # trustd/server/api/policy.py sends it; the value is an ETag
 #: the largest answer the agent reads from the hub (a bundle, or the revocation list); past it, it stops reading
 MAX_ANSWER_BYTES = MAX_BUNDLE_BYTES
 
@@ -177,7 +177,7 @@ class FileSource(_PulledSource):
 
 class OCISource(_PulledSource):
     """A bundle published as an OCI artifact (a registry mirror near the site); 'changed' by manifest digest.
-    A thin adapter: the registry client is syncer/oci.py's."""
+    A thin adapter: the registry client is edgetrust/bundles/oci.py's."""
 
     def __init__(self, registry: BundleRegistry, reference: OCIReference) -> None:
         self._registry = registry

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetrust._internal.files import write_public
-from syncer.bundle import Bundle, unpack
+from edgetrust.bundles.format import Bundle, unpack
 from syncer.revisions import RevisionGuard
 
 MAX_QUEUED_REPORTS = 1000  # a site cut off for weeks keeps the newest reports, not an unbounded file

@@ -1,7 +1,7 @@
 """Every way the hub refuses or fails, as one exception family; `code` goes into API answers and audit.
 
 Each class also says which HTTP status it is (`status`), so the API maps errors in one place
-(`trustd.app`) and a caller can tell a refusal (403) from bad input (400), a conflict (409), and an outage
+(`trustd.server.app`) and a caller can tell a refusal (403) from bad input (400), a conflict (409), and an outage
 (503, with `Retry-After`): a PostgreSQL outage must never read as "you may not".
 A class that does not say is a refusal: failing closed.
 """

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from attestation.device import TPMDevice
-from attestation.simboot import boot_events, measure_boot
-from attestation.swtpm import INSTALL_HINT, SoftwareTPM, SoftwareTPMFactory
-from tests.support.hub import GOLDEN_BANKS, RunningHub, running_hub
+from localpeers.hub import GOLDEN_BANKS, RunningHub, running_hub
+from localpeers.simboot import boot_events, measure_boot
+from localpeers.swtpm import INSTALL_HINT, SoftwareTPM, SoftwareTPMFactory
 
 
 def _require_swtpm() -> None:

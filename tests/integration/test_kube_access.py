@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from edgetrust._internal import kube as kubeapi
-from tests.support.hub import free_port
-from tests.support.kube import KubeAPI, ProjectedAccount, running_kube_apiserver
-from tests.support.tlsca import TestCA
+from localpeers.hub import free_port
+from localpeers.kube import KubeAPI, ProjectedAccount, running_kube_apiserver
+from localpeers.tlsca import TestCA
 
 pytestmark = pytest.mark.integration
 

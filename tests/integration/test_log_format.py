@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.hub import free_port, hub_process
-from tests.support.tlsca import TestCA
+from localpeers.hub import free_port, hub_process
+from localpeers.tlsca import TestCA
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@ migrates and serves with this code, on SQLite and on a real PostgreSQL.
 
 `SQLITE_V4` and `POSTGRES_V4` are the migration lists as each backend's module held them (schema version 4,
 issue 12's `purpose` and `count` columns), frozen here on purpose: they are what existing databases were
-made with, whatever `trustd.store.schema` becomes. Rows are written as that code wrote them (INSERTs by
+made with, whatever `trustd.server.store.schema` becomes. Rows are written as that code wrote them (INSERTs by
 position), and read back through the store.
 """
 
@@ -17,10 +17,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.postgres import PostgresServer, running_postgres
-from tests.support.tlsca import TestCA
-from trustd.store import AuditEvent, ChallengeRecord, DeviceRecord, RevocationRecord, Store, SvidRecord, open_store
-from trustd.store.schema import MIGRATIONS, POSTGRESQL, SQLITE, migration
+from localpeers.postgres import PostgresServer, running_postgres
+from localpeers.tlsca import TestCA
+from trustd.server.store import (
+    AuditEvent,
+    ChallengeRecord,
+    DeviceRecord,
+    RevocationRecord,
+    Store,
+    SvidRecord,
+    open_store,
+)
+from trustd.server.store.schema import MIGRATIONS, POSTGRESQL, SQLITE, migration
 
 pytestmark = pytest.mark.integration
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from localpeers.postgres import PostgresServer, running_postgres
+from localpeers.tlsca import TestCA
 from tests.support.fleet_hub import CLUSTER, DOMAIN, running_fleet_hub
-from tests.support.postgres import PostgresServer, running_postgres
-from tests.support.tlsca import TestCA
-from trustd.store import AuditEvent, DeviceRecord, SvidRecord, open_store
-from trustd.store.postgres import WAIT_S
+from trustd.server.store import AuditEvent, DeviceRecord, SvidRecord, open_store
+from trustd.server.store.postgres import WAIT_S
 
 pytestmark = pytest.mark.integration
 

@@ -19,19 +19,19 @@ from typing import Any
 import httpx
 import pytest
 
-from admission.inventory import Inventory, InventoryError, InventorySync, KubeSource
-from admission.opa import OpaDecider, OpaSettings
+from admission.rego.inventory import Inventory, InventoryError, InventorySync, KubeSource
+from admission.rego.opa import OpaDecider, OpaSettings
+from localpeers.hub import free_port
+from localpeers.kube import running_kube_apiserver
+from localpeers.opa_server import OpaServer, opa_server
+from localpeers.peers import peer
+from localpeers.processes import running
+from localpeers.registry import Registry, registry_binary, running_registry
+from localpeers.tlsca import TestCA
+from localpeers.webhook import RunningWebhook, pod, policy_dir, review, running_webhook
 from tests.integration.admission.conftest import Images, signature_policy
-from tests.support.hub import free_port
-from tests.support.kube import running_kube_apiserver
 from tests.support.netns import Link, namespace_link
-from tests.support.opa_server import OpaServer, opa_server
-from tests.support.peers import peer
-from tests.support.processes import running
-from tests.support.registry import Registry, registry_binary, running_registry
 from tests.support.sigstore_instance import PrivateSigstore
-from tests.support.tlsca import TestCA
-from tests.support.webhook import RunningWebhook, pod, policy_dir, review, running_webhook
 
 pytestmark = pytest.mark.integration
 

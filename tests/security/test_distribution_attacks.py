@@ -30,14 +30,14 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.bundle import MANIFEST, ROOT, build_files, pack, read_repository
-from syncer.oci import OCIReference, push_bundle, registry_settings
-from syncer.signing import SigningKey, sign_files
-from tests.support.hub import RunningHub, free_port, running_policy_hub
-from tests.support.kube import KubeAPI, running_kube_apiserver
-from tests.support.registry import Registry, running_registry
-from tests.support.svid import issue_svid_files
-from tests.support.tlsca import TestCA
+from edgetrust.bundles.format import MANIFEST, ROOT, build_files, pack, read_repository
+from edgetrust.bundles.oci import OCIReference, push_bundle, registry_settings
+from edgetrust.bundles.signing import SigningKey, sign_files
+from localpeers.hub import RunningHub, free_port, running_policy_hub
+from localpeers.kube import KubeAPI, running_kube_apiserver
+from localpeers.registry import Registry, running_registry
+from localpeers.svid import issue_svid_files
+from localpeers.tlsca import TestCA
 
 pytestmark = pytest.mark.integration
 

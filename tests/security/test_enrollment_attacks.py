@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from attestation.device import TPMDevice
+from edgetrust.protocol import b64
+from localpeers.hub import RunningHub, golden_reference_values, running_hub
 from tests.integration.conftest import BootedDevice
-from tests.support.hub import RunningHub, golden_reference_values, running_hub
 from tests.support.protocol import ManualEnrollment
-from trustd.api_models import b64
-from trustd.enroll_client import enroll
+from trustd.agent.enroll_client import enroll
 
 pytestmark = pytest.mark.integration
 

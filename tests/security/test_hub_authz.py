@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from localpeers.nodes import enroll_node
 from tests.integration.conftest import BootedDevice
 from tests.support.fleet_hub import (
     CLUSTER,
@@ -29,9 +30,8 @@ from tests.support.fleet_hub import (
     FleetHub,
     running_fleet_hub,
 )
-from tests.support.nodes import enroll_node
-from trustd import authz
 from trustd.errors import TrustdError
+from trustd.server.api import authz
 
 pytestmark = pytest.mark.integration
 

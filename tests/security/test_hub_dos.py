@@ -27,18 +27,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from attestation.device import TPMDevice
+from edgetrust.spiffe.id import TrustDomain
+from localpeers.hub import HubProcess, hub_process
+from localpeers.nodes import enroll_node
+from localpeers.postgres import running_postgres
+from localpeers.svid import issue_svid_files
+from localpeers.tlsca import TestCA
 from tests.integration.conftest import BootedDevice
-from tests.support.hub import HubProcess, hub_process
-from tests.support.nodes import enroll_node
-from tests.support.postgres import running_postgres
 from tests.support.protocol import ManualEnrollment
 from tests.support.slowloris import half_headers, silent_connections_closed_after
-from tests.support.svid import issue_svid_files
-from tests.support.tlsca import TestCA
 from trustd.agent.renewal_client import renew_node
-from trustd.ca import SpiffeCA
-from trustd.hub import KEEP_ALIVE_S
-from trustd.spiffe_id import TrustDomain
+from trustd.server.ca import SpiffeCA
+from trustd.server.hub import KEEP_ALIVE_S
 
 pytestmark = pytest.mark.integration
 

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from localpeers.nodes import enroll_node
 from tests.integration.conftest import BootedDevice
 from tests.support.fleet_hub import (
     CLUSTER,
@@ -30,7 +31,6 @@ from tests.support.fleet_hub import (
     FleetHub,
     running_fleet_hub,
 )
-from tests.support.nodes import enroll_node
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from syncer.bundle import MAX_COUNTER
+from edgetrust.bundles.format import MAX_COUNTER
+from localpeers.hub import golden_reference_values
+from localpeers.nodes import enroll_node
+from localpeers.postgres import PostgresServer, running_postgres
+from localpeers.tlsca import TestCA
 from tests.integration.conftest import BootedDevice
 from tests.support.fleet_hub import (
     CLUSTER,
@@ -24,12 +28,8 @@ from tests.support.fleet_hub import (
     FleetHub,
     running_fleet_hub,
 )
-from tests.support.hub import golden_reference_values
-from tests.support.nodes import enroll_node
-from tests.support.postgres import PostgresServer, running_postgres
-from tests.support.tlsca import TestCA
-from trustd.store import EntryRecord
-from trustd.trustctl import main as trustctl
+from trustd.cli.trustctl import main as trustctl
+from trustd.server.store import EntryRecord
 
 pytestmark = pytest.mark.integration
 

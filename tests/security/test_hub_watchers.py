@@ -25,14 +25,14 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.support.hub import running_hub, running_policy_hub
-from tests.support.svid import issue_svid_files
-from tests.support.tlsca import TestCA
+from edgetrust.spiffe.id import TrustDomain
+from localpeers.hub import running_hub, running_policy_hub
+from localpeers.svid import issue_svid_files
+from localpeers.tlsca import TestCA
 from tests.support.waiting import until
-from trustd.policy_api import REVOCATIONS_HEADER
-from trustd.revocations import Revocations, load_or_create_key
-from trustd.spiffe_id import TrustDomain
-from trustd.store import open_store
+from trustd.server.api.policy import REVOCATIONS_HEADER
+from trustd.server.revocations import Revocations, load_or_create_key
+from trustd.server.store import open_store
 
 OPERATOR = "spiffe://edge.example/operator/admin"
 FLEET = {

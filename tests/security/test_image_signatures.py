@@ -22,15 +22,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from admission.bundles import MAX_BUNDLES
+from admission.images.bundles import MAX_BUNDLES
+from localpeers.opa_server import opa_server
+from localpeers.peers import peer
+from localpeers.registry import Registry
+from localpeers.tlsca import TestCA
+from localpeers.webhook import RunningWebhook, pod, policy_dir, review, running_webhook
 from tests.integration.admission.conftest import attach_bundle
 from tests.support.hostile_registry import HostileRegistry, running_hostile_registry
-from tests.support.opa_server import opa_server
-from tests.support.peers import peer
-from tests.support.registry import Registry
 from tests.support.sigstore_instance import PrivateSigstore
-from tests.support.tlsca import TestCA
-from tests.support.webhook import RunningWebhook, pod, policy_dir, review, running_webhook
 
 pytestmark = pytest.mark.integration
 
@@ -210,7 +210,7 @@ def test_bundle_from_an_issuer_outside_the_policy_is_refused_and_the_recorded_si
     """The policy trusts SUBJECT from issuers A and B. A bundle whose certificate says issuer C is refused; one
     from issuer B is admitted and recorded (log and verdict cache) as B's, not as the first identity (A) whose
     subject matched."""
-    caplog.set_level(logging.INFO, logger="admission.images")
+    caplog.set_level(logging.INFO, logger="admission.images.verifier")
     host = registry.host
     outsider = registry.push_image("sig/keyless/outsider", "v1", content=b"issuer C")
     bundle = sigstore.sign_digest(outsider, SUBJECT, ISSUER_C, dsse=True)

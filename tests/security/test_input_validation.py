@@ -20,18 +20,18 @@ import pytest
 import yaml
 
 from admission.errors import AdmissionError
-from admission.gatekeeper import parse_template
 from admission.imageref import parse_image_reference
 from admission.policy import load_policy
 from admission.registry import RegistryClient
-from syncer.networkpolicy import validate_network_policy
+from admission.rego.gatekeeper import parse_template
+from edgetrust.bundles.networkpolicy import validate_network_policy
+from edgetrust.spiffe.id import SpiffeId, TrustDomain, render_spiffe_id
+from localpeers.hub import RunningHub, running_hub
+from localpeers.nodes import enroll_node
+from localpeers.svid import issue_svid_files
 from tests.integration.conftest import BootedDevice
-from tests.support.hub import RunningHub, running_hub
-from tests.support.nodes import enroll_node
-from tests.support.svid import issue_svid_files
 from trustd.errors import TrustdError
-from trustd.federation import Peer
-from trustd.spiffe_id import SpiffeId, TrustDomain, render_spiffe_id
+from trustd.server.federation import Peer
 
 OPERATOR = "spiffe://edge.example/operator/admin"
 DIGEST = "sha256:" + "ab" * 32

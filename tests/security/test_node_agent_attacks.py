@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from spiffe import WorkloadApiClient
 
+from localpeers.hub import free_port, running_hub
+from localpeers.nodes import create_entry, enroll_node, operator_args
+from localpeers.processes import running
 from tests.integration.conftest import BootedDevice
-from tests.integration.test_workload_api import TRUSTCTL, serving
-from tests.support.hub import free_port, running_hub
-from tests.support.nodes import create_entry, enroll_node, operator_args
-from tests.support.processes import running
+from tests.integration.trustd.test_workload_api import TRUSTCTL, serving
 from tests.support.unprivileged import NOBODY, run_as_nobody
 
 pytestmark = pytest.mark.integration

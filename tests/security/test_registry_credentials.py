@@ -17,11 +17,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from localpeers.opa_server import OpaServer, opa_server
+from localpeers.registry import REGISTRY_LOGIN, write_auth_file
+from localpeers.tlsca import TestCA
+from localpeers.webhook import pod, policy_dir, review, running_webhook
 from tests.support.https_stub import QuietHandler, serving_https
-from tests.support.opa_server import OpaServer, opa_server
-from tests.support.registry import REGISTRY_LOGIN, write_auth_file
-from tests.support.tlsca import TestCA
-from tests.support.webhook import pod, policy_dir, review, running_webhook
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.opa_server import OpaServer
+from localpeers.opa_server import OpaServer
+from localpeers.tlsca import TestCA
+from localpeers.webhook import pod, policy_dir, review, webhook_process
 from tests.support.slowloris import half_headers
-from tests.support.tlsca import TestCA
-from tests.support.webhook import pod, policy_dir, review, webhook_process
 
 pytestmark = pytest.mark.integration
 

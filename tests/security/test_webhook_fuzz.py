@@ -25,13 +25,13 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from localpeers.opa_server import opa_server
+from localpeers.registry import Registry
+from localpeers.tlsca import TestCA
+from localpeers.webhook import WebhookProcess, pod, policy_dir, review, webhook_process, workload
 from tests.integration.admission.conftest import Images, signature_policy
 from tests.integration.gatekeeper.conftest import DEFAULT_CONSTRAINTS, gatekeeper_dir
-from tests.support.opa_server import opa_server
-from tests.support.registry import Registry
 from tests.support.sigstore_instance import PrivateSigstore
-from tests.support.tlsca import TestCA
-from tests.support.webhook import WebhookProcess, pod, policy_dir, review, webhook_process, workload
 
 pytestmark = pytest.mark.integration
 

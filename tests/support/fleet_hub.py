@@ -16,10 +16,10 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.bundle import build_files, pack, read_repository
-from syncer.signing import SigningKey, sign_files
-from tests.support.hub import RunningHub, running_hub
-from tests.support.svid import issue_svid_files
+from edgetrust.bundles.format import build_files, pack, read_repository
+from edgetrust.bundles.signing import SigningKey, sign_files
+from localpeers.hub import RunningHub, running_hub
+from localpeers.svid import issue_svid_files
 
 DOMAIN = "edge.example"
 OPERATOR = f"spiffe://{DOMAIN}/operator/admin"

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from localpeers.tlsca import TestCA
 from tests.support.https_stub import QuietHandler, serving_https
-from tests.support.tlsca import TestCA
 
 HUGE_TOKEN_BYTES = 8 * 1024 * 1024
 

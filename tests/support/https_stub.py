@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.support.tlsca import ServerCert
+from localpeers.tlsca import ServerCert
 
 
 class QuietHandler(BaseHTTPRequestHandler):

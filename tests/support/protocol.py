@@ -1,6 +1,6 @@
 """The enrollment protocol step by step on a real TPM, so tests can tamper with one field between steps.
 
-`trustd.enroll_client.enroll` is what devices run; this mirrors it without the disk side effects, and hands
+`trustd.agent.enroll_client.enroll` is what devices run; this mirrors it without the disk side effects, and hands
 each message to the test before it is sent.
 """
 
@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from attestation.device import AttestationKey, EndorsementKey, TPMDevice
 from attestation.tpm2.constants import HashAlg
-from trustd.api_models import b64
+from edgetrust.protocol import b64
 
 Body = dict[str, Any]
 

@@ -24,8 +24,8 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from localpeers.tlsca import TestCA
 from tests.support.https_stub import QuietHandler, serving_https
-from tests.support.tlsca import TestCA
 
 TOKEN_SERVICE = "edgetrust-test-registry"
 TOKEN_ISSUER = "edgetrust-test-token-service"

@@ -65,8 +65,8 @@ OTHER_PORTS = {"--opa-port", "--metrics-port"}
 def _parsers() -> dict[str, argparse.ArgumentParser]:
     from admission.cli import _parser as admission
     from syncer.cli import _parser as syncer
-    from trustd.cli import _parser as trustd
-    from trustd.trustctl import _parser as trustctl
+    from trustd.cli.server import _parser as trustd
+    from trustd.cli.trustctl import _parser as trustctl
 
     parsers: dict[str, argparse.ArgumentParser] = {"trustd": trustd(), "trustctl": trustctl()}
     return {**parsers, "edgetrust-admission": admission(), "edgetrust-syncer": syncer()}
@@ -234,7 +234,7 @@ SERVER_ONLY = ("fastapi", "psycopg", "sigstore", "opa_client", "kubernetes")
 def test_trustctl_help_on_a_device_imports_no_server_dependency(argv: list[str]) -> None:
     probe = (
         "import json, sys\n"
-        "from trustd.trustctl import main\n"
+        "from trustd.cli.trustctl import main\n"
         "try:\n"
         f"    main({argv!r})\n"
         "except SystemExit as stop:\n"

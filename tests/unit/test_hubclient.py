@@ -14,7 +14,7 @@ from trustd.errors import EnrollmentError, HubUnreachableError, TrustdError
 
 
 def hub_failure(exc: HubCallError) -> TrustdError:
-    """As trustd/enroll_client.py converts (importing it would need tpm2-pytss)."""
+    """As trustd/agent/enroll_client.py converts (importing it would need tpm2-pytss)."""
     return exc.convert(unreachable=HubUnreachableError, otherwise=EnrollmentError)
 
 

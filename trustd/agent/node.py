@@ -19,12 +19,12 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from attestation.errors import AttestationError
 from edgetrust._internal.files import write_private
 from edgetrust._internal.retry import Backoff
+from trustd.agent.enroll_client import private_out
 from trustd.agent.identities import HubClient, Identities
 from trustd.agent.k8s import KubeAttestor
 from trustd.agent.peercred import PeerCredFront
 from trustd.agent.renewal_client import renew_at, renew_node
 from trustd.agent.workload_api import serve
-from trustd.enroll_client import private_out
 from trustd.errors import HubUnreachableError, TrustdError
 
 log = logging.getLogger("edgetrust.agent")

@@ -15,8 +15,8 @@ from attestation.device import TPMDevice
 from attestation.tpm2.constants import HashAlg
 from edgetrust._internal import files, hubclient
 from edgetrust._internal.hubclient import HubCallError
-from trustd.api_models import RenewChallenge, RenewRequest, RenewResponse, b64
-from trustd.enroll_client import hub_failure, new_key_and_csr, post_to_hub
+from edgetrust.protocol import RenewChallenge, RenewRequest, RenewResponse, b64
+from trustd.agent.enroll_client import hub_failure, new_key_and_csr, post_to_hub
 
 JITTER = 0.1
 

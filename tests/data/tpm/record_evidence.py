@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from attestation.device import TPMDevice  # noqa: E402
-from attestation.simboot import boot_events, measure_boot  # noqa: E402
-from attestation.swtpm import SoftwareTPMFactory  # noqa: E402
+from localpeers.simboot import boot_events, measure_boot  # noqa: E402
+from localpeers.swtpm import SoftwareTPMFactory  # noqa: E402
 from attestation.tpm2.constants import HashAlg  # noqa: E402
 
 NONCE = bytes(range(32))

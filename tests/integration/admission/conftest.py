@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.opa_server import OpaServer, opa_server
-from tests.support.registry import Registry, running_registry
+from localpeers.opa_server import OpaServer, opa_server
+from localpeers.registry import Registry, running_registry
+from localpeers.tlsca import TestCA
+from localpeers.webhook import RunningWebhook, policy_dir, running_webhook
 from tests.support.sigstore_instance import BUNDLE_MEDIA_TYPE, PrivateSigstore
-from tests.support.tlsca import TestCA
-from tests.support.webhook import RunningWebhook, policy_dir, running_webhook
 
 KEYLESS_ISSUER = "https://token.edge.test"
 KEYLESS_IDENTITY = "release@edge.test"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from localpeers.webhook import RunningWebhook, pod, review
 from tests.integration.admission.conftest import Images
-from tests.support.webhook import RunningWebhook, pod, review
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.opa_server import opa_server
-from tests.support.registry import running_registry
-from tests.support.tlsca import TestCA
-from tests.support.webhook import pod, policy_dir, review, running_webhook
+from localpeers.opa_server import opa_server
+from localpeers.registry import running_registry
+from localpeers.tlsca import TestCA
+from localpeers.webhook import pod, policy_dir, review, running_webhook
 
 pytestmark = pytest.mark.integration
 

@@ -11,13 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
+from localpeers.kube import KubeAPI, running_kube_apiserver, validating_webhook
+from localpeers.opa_server import opa_server
+from localpeers.registry import Registry
+from localpeers.tlsca import TestCA
+from localpeers.webhook import pod, policy_dir, running_webhook, workload
 from tests.integration.admission.conftest import Images, signature_policy
-from tests.support.kube import KubeAPI, running_kube_apiserver, validating_webhook
-from tests.support.opa_server import opa_server
-from tests.support.registry import Registry
 from tests.support.sigstore_instance import PrivateSigstore
-from tests.support.tlsca import TestCA
-from tests.support.webhook import pod, policy_dir, running_webhook, workload
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from tests.support.peers import peer
-from tests.support.webhook import REPO_POLICIES
+from localpeers.peers import peer
+from localpeers.webhook import REPO_POLICIES
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from localpeers.peers import peer
+from localpeers.registry import Registry
+from localpeers.webhook import RunningWebhook, pod, review, workload
 from tests.integration.admission.conftest import Images
-from tests.support.peers import peer
-from tests.support.registry import Registry
-from tests.support.webhook import RunningWebhook, pod, review, workload
 
 pytestmark = pytest.mark.integration
 

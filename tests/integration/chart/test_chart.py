@@ -28,14 +28,14 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.bundle import build_files, pack, read_repository
-from syncer.signing import SigningKey, sign_files
-from tests.support.kube import running_kube_apiserver
+from edgetrust.bundles.format import build_files, pack, read_repository
+from edgetrust.bundles.signing import SigningKey, sign_files
+from localpeers.kube import running_kube_apiserver
+from localpeers.peers import peer
+from localpeers.processes import running
+from localpeers.tlsca import TestCA
+from localpeers.webhook import pod
 from tests.support.netns import namespace_link
-from tests.support.peers import peer
-from tests.support.processes import running
-from tests.support.tlsca import TestCA
-from tests.support.webhook import pod
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.opa_server import opa_server
-from tests.support.tlsca import TestCA
-from tests.support.webhook import RunningWebhook, policy_dir, running_webhook
+from localpeers.opa_server import opa_server
+from localpeers.tlsca import TestCA
+from localpeers.webhook import RunningWebhook, policy_dir, running_webhook
 
 REPO = Path(__file__).resolve().parents[3]
 OWN = REPO / "tests" / "data" / "gatekeeper"

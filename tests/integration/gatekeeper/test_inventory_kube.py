@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
+from localpeers.kube import KubeAPI, running_kube_apiserver, validating_webhook
+from localpeers.opa_server import opa_server
+from localpeers.tlsca import TestCA
+from localpeers.webhook import pod, policy_dir, running_webhook
 from tests.integration.gatekeeper.conftest import POD, constraint, gatekeeper_dir
-from tests.support.kube import KubeAPI, running_kube_apiserver, validating_webhook
-from tests.support.opa_server import opa_server
-from tests.support.tlsca import TestCA
-from tests.support.webhook import pod, policy_dir, running_webhook
 
 pytestmark = pytest.mark.integration
 

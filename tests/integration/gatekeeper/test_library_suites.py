@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from admission.opa import OpaDecider, OpaSettings
-from admission.suites import CaseResult, find_suites, run_suite
-from tests.support.opa_server import OpaServer, opa_server
+from admission.rego.opa import OpaDecider, OpaSettings
+from admission.rego.suites import CaseResult, find_suites, run_suite
+from localpeers.opa_server import OpaServer, opa_server
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.peers import peer
+from localpeers.peers import peer
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ from admission.errors import ConfigError
 from admission.policy import PolicySet
 from admission.server import build_controller
 from admission.settings import AdmissionSettings
+from localpeers.opa_server import opa_server
+from localpeers.tlsca import TestCA
+from localpeers.webhook import RunningWebhook, pod, policy_dir, review, running_webhook, workload
 from tests.integration.gatekeeper.conftest import DEFAULT_CONSTRAINTS, POD, constraint, gatekeeper_dir
-from tests.support.opa_server import opa_server
-from tests.support.tlsca import TestCA
-from tests.support.webhook import RunningWebhook, pod, policy_dir, review, running_webhook, workload
 
 pytestmark = pytest.mark.integration
 

@@ -16,20 +16,20 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust.bundles.format import build_files, pack, read_repository
+from edgetrust.bundles.oci import BundleRegistry, OCIReference, registry_settings
+from edgetrust.bundles.signing import SigningKey, load_verification_keys, sign_files
 from edgetrust.oci.auth import load_credentials
 from edgetrust.oci.registry import RegistryClient, RegistrySettings
+from localpeers.opa_server import OpaServer, opa_server
+from localpeers.registry import REGISTRY_LOGIN, Registry, running_registry, write_auth_file
+from localpeers.simulation import InMemoryCluster
+from localpeers.tlsca import TestCA
+from localpeers.webhook import pod, policy_dir, review, running_webhook
 from syncer.agent import SyncAgent
-from syncer.bundle import build_files, pack, read_repository
-from syncer.oci import BundleRegistry, OCIReference, registry_settings
-from syncer.signing import SigningKey, load_verification_keys, sign_files
-from syncer.simulation import InMemoryCluster
 from syncer.sources import OCISource
 from syncer.state import AgentState
-from tests.support.opa_server import OpaServer, opa_server
-from tests.support.registry import REGISTRY_LOGIN, Registry, running_registry, write_auth_file
 from tests.support.registry_token import Login
-from tests.support.tlsca import TestCA
-from tests.support.webhook import pod, policy_dir, review, running_webhook
 
 pytestmark = pytest.mark.integration
 

@@ -16,14 +16,14 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust.bundles.format import SIGNATURES, build_files, pack, read_repository
+from edgetrust.bundles.signing import SigningKey, load_verification_keys, sign_files
+from localpeers.kube import KubeAPI, running_kube_apiserver
+from localpeers.tlsca import TestCA
 from syncer.agent import SyncAgent
-from syncer.bundle import SIGNATURES, build_files, pack, read_repository
 from syncer.kube import KubeClient, KubeConfig
-from syncer.signing import SigningKey, load_verification_keys, sign_files
 from syncer.sources import FileSource
 from syncer.state import AgentState
-from tests.support.kube import KubeAPI, running_kube_apiserver
-from tests.support.tlsca import TestCA
 
 pytestmark = pytest.mark.integration
 

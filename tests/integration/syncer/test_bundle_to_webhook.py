@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from admission.errors import ConfigError
 from admission.server import build_controller
 from admission.settings import AdmissionSettings
-from syncer.bundle import build_files, pack, read_repository
-from syncer.signing import SigningKey, sign_files
-from tests.support.opa_server import opa_server
-from tests.support.tlsca import TestCA
-from tests.support.webhook import pod, review, running_webhook
+from edgetrust.bundles.format import build_files, pack, read_repository
+from edgetrust.bundles.signing import SigningKey, sign_files
+from localpeers.opa_server import opa_server
+from localpeers.tlsca import TestCA
+from localpeers.webhook import pod, review, running_webhook
 
 pytestmark = pytest.mark.integration
 

@@ -18,16 +18,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust.bundles.format import build_files, pack, read_repository
+from edgetrust.bundles.signing import SigningKey, sign_files
+from localpeers.hub import RunningHub, running_policy_hub
+from localpeers.kube import KubeAPI, running_kube_apiserver
+from localpeers.svid import issue_svid_files
+from localpeers.tlsca import TestCA
 from syncer.agent import SyncAgent
-from syncer.bundle import build_files, pack, read_repository
 from syncer.kube import KubeClient, KubeConfig
-from syncer.signing import SigningKey, sign_files
 from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
-from tests.support.hub import RunningHub, running_policy_hub
-from tests.support.kube import KubeAPI, running_kube_apiserver
-from tests.support.svid import issue_svid_files
-from tests.support.tlsca import TestCA
 
 pytestmark = pytest.mark.integration
 

@@ -13,16 +13,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust.bundles.format import build_files, pack, read_repository
+from edgetrust.bundles.oci import BundleRegistry, OCIReference, registry_settings
+from edgetrust.bundles.signing import SigningKey, load_verification_keys, sign_files
+from localpeers.peers import peer
+from localpeers.registry import running_registry
+from localpeers.simulation import InMemoryCluster
+from localpeers.tlsca import TestCA
 from syncer.agent import SyncAgent
-from syncer.bundle import build_files, pack, read_repository
-from syncer.oci import BundleRegistry, OCIReference, registry_settings
-from syncer.signing import SigningKey, load_verification_keys, sign_files
-from syncer.simulation import InMemoryCluster
 from syncer.sources import OCISource
 from syncer.state import AgentState
-from tests.support.peers import peer
-from tests.support.registry import running_registry
-from tests.support.tlsca import TestCA
 
 pytestmark = pytest.mark.integration
 

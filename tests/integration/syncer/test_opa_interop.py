@@ -13,11 +13,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from syncer.bundle import build_files, pack, read_repository, unpack
-from syncer.errors import BundleSignatureError
-from syncer.signing import SigningKey, load_verification_keys, sign_files, verify_bundle
-from tests.support.hub import free_port
-from tests.support.peers import peer
+from edgetrust.bundles.errors import BundleSignatureError
+from edgetrust.bundles.format import build_files, pack, read_repository, unpack
+from edgetrust.bundles.signing import SigningKey, load_verification_keys, sign_files, verify_bundle
+from localpeers.hub import free_port
+from localpeers.peers import peer
 
 pytestmark = pytest.mark.integration
 

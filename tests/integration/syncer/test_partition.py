@@ -21,18 +21,18 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust.bundles.format import build_files, pack, read_repository
+from edgetrust.bundles.signing import SigningKey, load_verification_keys, sign_files
+from edgetrust.spiffe.id import TrustDomain
+from localpeers.kube import KubeAPI, running_kube_apiserver
+from localpeers.svid import issue_svid_files
+from localpeers.tlsca import TestCA
 from syncer.agent import SyncAgent
-from syncer.bundle import build_files, pack, read_repository
 from syncer.kube import KubeClient, KubeConfig
-from syncer.signing import SigningKey, load_verification_keys, sign_files
 from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
-from tests.support.kube import KubeAPI, running_kube_apiserver
 from tests.support.netns import Link, namespace_link
-from tests.support.svid import issue_svid_files
-from tests.support.tlsca import TestCA
-from trustd.ca import SpiffeCA
-from trustd.spiffe_id import TrustDomain
+from trustd.server.ca import SpiffeCA
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def publish_inside(link: Link, work: Path, blob: bytes) -> None:
     """The publisher sits with the hub: publishing works even while the edge is cut off."""
     path = work / f"bundle-{time.monotonic_ns()}.tar.gz"
     path.write_bytes(blob)
-    script = "import sys; from pathlib import Path; from trustd.policy_bundles import PolicyBundles"
+    script = "import sys; from pathlib import Path; from trustd.server.policy.distribution import PolicyBundles"
     del script
     # trustd holds the published bundles in its data directory; publish through its API from inside the namespace
     ca = SpiffeCA.load(work / "hub" / "ca", trust_domain=TrustDomain.parse("edge.example"))

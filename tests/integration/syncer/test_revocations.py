@@ -3,7 +3,7 @@ it within a second and keeps the hub-signed list; a real OPA pulls both bundles 
 signers) from the hub over mTLS; an mTLS service in the cluster refuses the revoked SVID although its
 certificate is still valid; the revoked cluster itself is refused by the hub.
 
-The agent's apply goes to the in-memory target here (syncer/simulation.py): NetworkPolicies on a real
+The agent's apply goes to the in-memory target here (localpeers/simulation.py): NetworkPolicies on a real
 kube-apiserver are test_agent_kube's and test_hub_rollout's subject; this test is about the list.
 """
 
@@ -27,17 +27,17 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust.bundles.format import build_files, pack, read_repository
+from edgetrust.bundles.revocations import KEY_ID, RevocationList, RevocationStore, RevokedError
+from edgetrust.bundles.signing import SigningKey, load_verification_keys, sign_files
+from localpeers.hub import RunningHub, free_port, running_policy_hub
+from localpeers.peers import peer
+from localpeers.simulation import InMemoryCluster
+from localpeers.svid import issue_svid_files
 from syncer.agent import SyncAgent
-from syncer.bundle import build_files, pack, read_repository
-from syncer.revocations import KEY_ID, RevocationList, RevocationStore, RevokedError
-from syncer.signing import SigningKey, load_verification_keys, sign_files
-from syncer.simulation import InMemoryCluster
 from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
-from tests.support.hub import RunningHub, free_port, running_policy_hub
-from tests.support.peers import peer
-from tests.support.svid import issue_svid_files
-from trustd.trustctl import main as trustctl
+from trustd.cli.trustctl import main as trustctl
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from admission.cache import TTLCache
+from admission.images.cache import TTLCache
 
 
 class Clock:

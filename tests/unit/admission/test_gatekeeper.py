@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from admission.errors import ConfigError
-from admission.gatekeeper import build_set, load_documents, parse_template
-from admission.inventory import Inventory, InventoryError
-from admission.match import expand_to_pod, parse_match
 from admission.modes import Mode
-from admission.suites import check_assertions, review_of
+from admission.rego.gatekeeper import build_set, load_documents, parse_template
+from admission.rego.inventory import Inventory, InventoryError
+from admission.rego.match import expand_to_pod, parse_match
+from admission.rego.suites import check_assertions, review_of
 
 OWN = Path(__file__).resolve().parents[2] / "data" / "gatekeeper"
 

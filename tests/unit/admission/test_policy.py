@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from admission.errors import ConfigError
 from admission.imageref import parse_image_reference
 from admission.policy import FailureMode, Mode, PolicySet
-from tests.support.webhook import REPO_POLICIES, policy_dir
+from localpeers.webhook import REPO_POLICIES, policy_dir
 
 
 def test_repository_policies_load() -> None:

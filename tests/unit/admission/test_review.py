@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from admission.errors import ReviewError, WorkloadShapeError
+from admission.rego.workloads import container_images
 from admission.review import build_response, parse_review, uid_of
-from admission.workloads import container_images
-from tests.support.webhook import WORKLOAD_GROUPS, pod, review, workload
+from localpeers.webhook import WORKLOAD_GROUPS, pod, review, workload
 
 
 def test_parse_keeps_what_policies_need() -> None:

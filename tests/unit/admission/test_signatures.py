@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from admission.cosign import COSIGN_SIGNATURE_TYPE, VerificationKey, check_simple_signing
 from admission.errors import ConfigError, PayloadMismatchError, SignatureError
-from admission.keyless import check_bundle
+from admission.images.cosign import COSIGN_SIGNATURE_TYPE, VerificationKey, check_simple_signing
+from admission.images.keyless import check_bundle
 from admission.policy import KeylessIdentity
 from tests.support.sigstore_instance import PrivateSigstore
 

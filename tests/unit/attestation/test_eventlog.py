@@ -7,8 +7,8 @@ import pytest
 from attestation.errors import EventLogError
 from attestation.eventlog import parse_event_log, verify_replay
 from attestation.quote import VerifiedQuote
-from attestation.simboot import boot_events, write_event_log
 from attestation.tpm2.constants import HashAlg
+from localpeers.simboot import boot_events, write_event_log
 from tests.unit.attestation.evidence import quote_case, recorded
 
 BANKS = (HashAlg.SHA256, HashAlg.SHA1)

@@ -9,8 +9,8 @@ from attestation.errors import EventLogError, PolicyConfigError, ReferenceValueE
 from attestation.eventlog import parse_event_log
 from attestation.quote import VerifiedQuote
 from attestation.refvalues import ReferencePolicy, ReferenceValueViolationError
-from attestation.simboot import boot_events, write_event_log
 from attestation.tpm2.constants import HashAlg
+from localpeers.simboot import boot_events, write_event_log
 
 BANKS = (HashAlg.SHA256, HashAlg.SHA1)
 GOLDEN = parse_event_log(write_event_log(boot_events(), BANKS))

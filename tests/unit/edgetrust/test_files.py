@@ -12,7 +12,7 @@ import pytest
 
 from edgetrust._internal import files
 from edgetrust._internal.files import UnsafeDirectoryError, private_directory, write_private, write_public
-from trustd.enroll_client import private_out
+from trustd.agent.enroll_client import private_out
 from trustd.errors import PrivateFileError
 
 

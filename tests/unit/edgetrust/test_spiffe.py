@@ -23,10 +23,10 @@ from edgetrust.spiffe.bundle import (
     parse_bundle_document,
     public_jwk,
 )
+from edgetrust.spiffe.id import SpiffeId, TrustDomain
 from edgetrust.spiffe.jwt_svid import JwtSvidError, validate_jwt_svid
 from tests.support.jws import hs256_forgery
-from trustd.ca import SpiffeCA
-from trustd.spiffe_id import SpiffeId, TrustDomain
+from trustd.server.ca import SpiffeCA
 
 TD = TrustDomain.parse("edge.example")
 ID = SpiffeId.parse("spiffe://edge.example/workload/a")

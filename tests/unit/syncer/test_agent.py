@@ -8,10 +8,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust.bundles.format import build_files, pack, read_repository
+from edgetrust.bundles.signing import SigningKey, load_verification_keys, sign_files
+from localpeers.simulation import InMemoryCluster
 from syncer.agent import SyncAgent
-from syncer.bundle import build_files, pack, read_repository
-from syncer.signing import SigningKey, load_verification_keys, sign_files
-from syncer.simulation import InMemoryCluster
 from syncer.sources import FileSource
 from syncer.state import AgentState
 

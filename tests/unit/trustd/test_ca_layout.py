@@ -18,7 +18,7 @@ ALLOWED = {"keystore": set(), "authority": {"keystore"}, "rotation": {"keystore"
 
 
 def _ca_imports(path: Path) -> set[str]:
-    """The trustd.ca modules a file imports, anywhere in it (module level, in functions, under TYPE_CHECKING)."""
+    """The trustd.server.ca modules a file imports, anywhere in it (module level, in functions, under TYPE_CHECKING)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -28,31 +28,37 @@ def _ca_imports(path: Path) -> set[str]:
         else:
             continue
         for name in names:
-            if name == "trustd.ca" or name.startswith("trustd.ca."):
-                found.add(name.removeprefix("trustd.ca").lstrip(".").split(".")[0] or "__init__")
+            if name == "trustd.server.ca" or name.startswith("trustd.server.ca."):
+                found.add(name.removeprefix("trustd.server.ca").lstrip(".").split(".")[0] or "__init__")
     return found
 
 
 def test_the_ca_parts_do_not_import_in_a_circle() -> None:
     graph = {part: _ca_imports(CA / f"{part}.py") & set(PARTS) for part in PARTS}
     for part, imports in graph.items():
-        assert imports <= ALLOWED[part], f"trustd.ca.{part} imports {sorted(imports - ALLOWED[part])}"
+        assert imports <= ALLOWED[part], f"trustd.server.ca.{part} imports {sorted(imports - ALLOWED[part])}"
     assert not (ROOT / "trustd" / "ca_rotation.py").exists()
     assert not (ROOT / "trustd" / "ca.py").exists()
 
 
 def test_no_ca_part_takes_names_from_the_package() -> None:
-    """`from trustd.ca import SpiffeCA` inside a part would run __init__, which imports the parts: a circle."""
+    """`from trustd.server.ca import SpiffeCA` inside a part would run __init__, which imports the parts: a circle."""
     for part in PARTS:
         tree = ast.parse((CA / f"{part}.py").read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "trustd.ca":
-                assert {alias.name for alias in node.names} <= set(PARTS), f"{part}: from trustd.ca import ..."
+            if isinstance(node, ast.ImportFrom) and node.module == "trustd.server.ca":
+                assert {alias.name for alias in node.names} <= set(PARTS), f"{part}: from trustd.server.ca import ..."
 
 
 @pytest.mark.parametrize(
     "module",
-    ["trustd.ca.keystore", "trustd.ca.authority", "trustd.ca.rotation", "trustd.ca", "edgetrust.spiffe.bundle"],
+    [
+        "trustd.server.ca.keystore",
+        "trustd.server.ca.authority",
+        "trustd.server.ca.rotation",
+        "trustd.server.ca",
+        "edgetrust.spiffe.bundle",
+    ],
 )
 def test_each_module_imports_alone_in_a_fresh_interpreter(module: str) -> None:
     done = subprocess.run(

@@ -1,0 +1,1 @@
+"""Image signatures: cosign (keyed, keyless, bundles), the Sigstore trust root, the cache."""

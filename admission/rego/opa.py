@@ -1,0 +1,230 @@
+"""Rego decisions from an OPA sidecar through opa-python-client, in Gatekeeper's shape.
+
+Our policies are packages `edgetrust.admission.<name>`; Gatekeeper templates are moved to `templates.<Kind>`
+(admission/rego/gatekeeper.py). Both define `violation[{"msg": ...}]` over `input.review` (the AdmissionRequest) and
+`input.parameters`. Parameters are loaded once as data (`data.edgetrust.config`); each review then costs one
+query, naming the applicable policies and constraints, answered by a small generated module with
+{name: [violation, ...]} per kind of policy. A name missing from that answer was not loaded: the caller treats
+it as undecided, never as clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from opa_client.errors import ConnectionsError, QueryExecuteError, RegoParseError
+from opa_client.opa_async import AsyncOpaClient
+
+from admission.errors import ConfigError, OpaUnavailableError, PolicyDecisionError, ReviewError
+from admission.policy import RegoLibrary, RegoPolicy
+from admission.rego.gatekeeper import Constraint, GatekeeperSet
+
+DECISION_PACKAGE = "edgetrust/decision"
+DECISION_MODULE = """package edgetrust.decision
+
+import rego.v1
+
+# Every rule of this package is in each answer: keep it to the two results (no helper documents), and
+# only the message travels back: violations may carry large `details` that nobody reads here.
+msg(v) := v.msg if is_string(v.msg)
+
+else := sprintf("violation without a msg: %v", [v])
+
+# Our policies. `with` costs OPA a fresh evaluation context per policy (measured: 430 -> 270 us for the
+# library's 9 policies), so it is used only for policies that have parameters.
+violations[name] := [msg(v) | some v in data.edgetrust.admission[name].violation] if {
+	some name in input.policies
+	data.edgetrust.config.policies[name] == {}
+}
+
+violations[name] := [msg(v) | some v in found] if {
+	some name in input.policies
+	params := data.edgetrust.config.policies[name]
+	params != {}
+	found := data.edgetrust.admission[name].violation with input.parameters as params
+}
+
+# Gatekeeper constraints, each run by its template with the constraint's parameters.
+constraints[id] := [msg(v) | some v in found] if {
+	some id in input.constraints
+	c := data.edgetrust.config.constraints[id]
+	found := data.templates[c.kind].violation with input.parameters as c.parameters
+}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OpaSettings:
+    host: str = "127.0.0.1"
+    port: int = 8181
+    timeout_s: float = 2.0  # below the API server's webhook timeout (10 s default) so we answer, not it
+    constraints_per_query: int = 8
+
+
+@dataclass(slots=True)
+class Decision:
+    policies: dict[str, list[str]] = field(default_factory=dict)
+    constraints: dict[str, list[str]] = field(default_factory=dict)
+    implied: dict[str, list[str]] = field(default_factory=dict)
+
+
+class OpaDecider:
+    def __init__(self, settings: OpaSettings) -> None:
+        self._settings = settings
+        # identity: OPA gzips larger answers, and for a sidecar on loopback that costs more than it saves
+        # (measured: +2 ms per review with 50 constraints)
+        self._client = AsyncOpaClient(
+            host=settings.host,
+            port=settings.port,
+            retries=0,
+            timeout=settings.timeout_s,
+            headers={"Accept-Encoding": "identity"},
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        if not self._started:
+            await self._client.__aenter__()
+            self._started = True
+
+    async def close(self) -> None:
+        if self._started:
+            await self._client.close_connection()
+            self._started = False
+
+    async def load(
+        self,
+        policies: Sequence[RegoPolicy],
+        libraries: Sequence[RegoLibrary] = (),
+        gatekeeper: GatekeeperSet | None = None,
+    ) -> None:
+        """Push every module, the parameters and the decision module; a module OPA refuses stops the start."""
+        await self.start()
+        gatekeeper = gatekeeper if gatekeeper is not None else GatekeeperSet()
+        try:
+            modules = [(m, "policy library") for library in libraries for m in library.rego.items()]
+            modules += [(m, f"policy {policy.name}") for policy in policies for m in policy.rego.items()]
+            for template in gatekeeper.templates.values():
+                # libs first: the template's imports must resolve when OPA compiles it
+                ordered = sorted(
+                    template.modules.items(), key=lambda item: not item[0].split("/")[-1].startswith("lib")
+                )
+                modules += [(m, f"ConstraintTemplate {template.name}") for m in ordered]
+            for (module_id, source), owner in modules:
+                try:
+                    await self._client.update_policy_from_string(source, _policy_id(module_id), rego_compat=False)
+                except RegoParseError as exc:
+                    raise ConfigError(f"{owner}: OPA refused it: {_compile_errors(exc)}") from exc
+            config = {
+                "policies": {p.name: dict(p.parameters) for p in policies},
+                "constraints": {
+                    c.id: {"kind": c.kind, "parameters": dict(c.parameters)} for c in gatekeeper.constraints
+                },
+            }
+            await self._client.update_or_create_data(config, "edgetrust/config")
+            await self._client.update_policy_from_string(DECISION_MODULE, "edgetrust-decision", rego_compat=False)
+        except RegoParseError as exc:
+            raise PolicyDecisionError(f"OPA refused a module: {exc}") from exc
+        except (aiohttp.ClientError, ConnectionsError, TimeoutError) as exc:
+            raise OpaUnavailableError(f"OPA at {self._settings.host}:{self._settings.port}: {exc}") from exc
+
+    async def set_inventory(self, inventory: Mapping[str, Any]) -> None:
+        """Replace `data.inventory` (Gatekeeper's view of other cluster objects)."""
+        await self.start()
+        try:
+            await self._client.update_or_create_data(dict(inventory), "inventory")
+        except (aiohttp.ClientError, ConnectionsError, TimeoutError) as exc:
+            raise OpaUnavailableError(f"OPA at {self._settings.host}:{self._settings.port}: {exc}") from exc
+
+    async def decide(
+        self,
+        review: Mapping[str, Any],
+        policies: Sequence[RegoPolicy],
+        constraints: Sequence[Constraint] = (),
+        implied: Sequence[Constraint] = (),
+        implied_review: Mapping[str, Any] | None = None,
+        *,
+        images: Mapping[str, str] | None = None,
+    ) -> Decision:
+        """Violation messages per policy and constraint; raises when OPA cannot answer.
+
+        `images` (image as written -> canonical reference) reaches our policies as `input.images`.
+        """
+        if not policies and not constraints and not implied:
+            return Decision()
+        await self.start()
+        # One query per shard, concurrently: OPA evaluates each on its own core, so a review that many
+        # constraints apply to is answered in the time of its largest shard. The implied Pod goes as a review of
+        # its own: `with input.review as ...` would make OPA re-evaluate every input-dependent rule (measured:
+        # 6.1 vs 2.4 ms for 16 library constraints).
+        shards: list[dict[str, Any]] = []
+        ids = [c.id for c in constraints]
+        first = ids[: self._settings.constraints_per_query]
+        names = [p.name for p in policies]
+        shards.append({"review": review, "images": dict(images or {}), "policies": names, "constraints": first})
+        for chunk in _chunks(ids[len(first) :], self._settings.constraints_per_query):
+            shards.append({"review": review, "policies": [], "constraints": chunk})
+        implied_ids = [c.id for c in implied] if implied_review is not None else []
+        for chunk in _chunks(implied_ids, self._settings.constraints_per_query):
+            shards.append({"review": implied_review, "policies": [], "constraints": chunk, "implied": True})
+        if len(shards) == 1:  # the common case: no task to schedule
+            results = [await self._query(shards[0])]
+        else:
+            results = list(await asyncio.gather(*(self._query(shard) for shard in shards)))
+        decision = Decision(policies=_messages(results[0].get("violations"), [p.name for p in policies]))
+        for shard, result in zip(shards, results, strict=True):
+            target = decision.implied if shard.get("implied") else decision.constraints
+            target.update(_messages(result.get("constraints"), shard["constraints"]))
+        return decision
+
+    async def _query(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            answer = await self._client.query_rule(
+                {k: v for k, v in request.items() if k != "implied"}, DECISION_PACKAGE
+            )
+        except RecursionError as exc:
+            # orjson reads reviews nested up to 1024 levels; the JSON encoder towards OPA gives up earlier. That
+            # is the review's fault, not OPA's: refused as a bad review, never "undecided" (failure: open admits).
+            raise ReviewError("the review is nested too deeply to be judged") from exc
+        except TimeoutError as exc:
+            raise OpaUnavailableError(f"OPA did not answer within {self._settings.timeout_s}s") from exc
+        except aiohttp.ClientResponseError as exc:
+            raise PolicyDecisionError(f"OPA answered {exc.status}: {exc.message}") from exc
+        except (aiohttp.ClientError, ConnectionsError, QueryExecuteError) as exc:
+            raise OpaUnavailableError(f"OPA at {self._settings.host}:{self._settings.port}: {exc}") from exc
+        result = answer.get("result") if isinstance(answer, dict) else None
+        return result if isinstance(result, dict) else {}
+
+
+def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _messages(found: Any, names: Sequence[str]) -> dict[str, list[str]]:
+    found = found if isinstance(found, dict) else {}
+    return {name: [_message(v) for v in found[name]] for name in names if isinstance(found.get(name), list)}
+
+
+def _compile_errors(exc: RegoParseError) -> str:
+    """OPA's own words, one per error, with the line in the module: what a policy author needs to fix it."""
+    parts = []
+    for error in getattr(exc, "errors", None) or []:
+        if isinstance(error, dict):
+            row = (error.get("location") or {}).get("row")
+            where = f" (line {row})" if row else ""
+            parts.append(f"{error.get('code', 'error')}{where}: {error.get('message', '')}")
+    return "; ".join(parts) or str(getattr(exc, "message", exc))
+
+
+def _policy_id(module_id: str) -> str:
+    return "edgetrust-admission-" + module_id.replace("/", "-").removesuffix(".rego")
+
+
+def _message(violation: Any) -> str:
+    if isinstance(violation, str):
+        return violation[:4096]
+    return f"violation without a msg: {str(violation)[:200]}"

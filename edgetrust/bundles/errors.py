@@ -1,0 +1,60 @@
+"""Every way a policy bundle is refused, as one family; `code` goes into status reports and metrics."""
+
+from __future__ import annotations
+
+
+class BundleError(Exception):
+    code = "syncer_error"
+
+    def diagnostics(self) -> str:
+        return str(self)
+
+
+class BundleBuildError(BundleError):
+    """The policy repository cannot become a bundle (an invalid NetworkPolicy, a bad path...)."""
+
+    code = "bundle_build_failed"
+
+
+class BundleFormatError(BundleError):
+    """Not a well-formed bundle: truncated tar, unsafe paths, oversized, missing manifest."""
+
+    code = "bundle_malformed"
+
+
+class BundleSignatureError(BundleError):
+    """Unsigned, signed by an unknown key, or a file does not match what was signed."""
+
+    code = "bundle_signature_invalid"
+
+
+class RollbackError(BundleError):
+    """A bundle older than (or as old as) one already applied: a replay, or a rollback attack."""
+
+    code = "bundle_rollback"
+
+
+class BundleGroupError(BundleError):
+    """A bundle signed for another cluster group than this cluster's (or naming none)."""
+
+    code = "bundle_wrong_group"
+
+
+class BundlePolicyError(BundleError):
+    """A NetworkPolicy in the bundle is invalid, or would restrict a namespace the cluster needs to stay
+    manageable (kube-system, edgetrust-system)."""
+
+    code = "bundle_policy_refused"
+
+
+class SourceUnreachableError(BundleError):
+    """The bundle source (the hub, a mirror, a file) gave no bundle: nothing applied, the last known good kept."""
+
+    code = "hub_unreachable"
+
+
+class OversizedAnswerError(SourceUnreachableError):
+    """The hub's answer passed the agent's bound: refused like an unreachable hub (nothing applied, the last
+    known good kept), with its own code so that the report says why."""
+
+    code = "hub_answer_refused"

@@ -1,0 +1,170 @@
+"""A real trustd (uvicorn, TLS, SQLite) on 127.0.0.1 in a background thread, for integration tests.
+
+It runs as `trustd serve` runs it (trustd.server.hub.server_config): the lifespan is on, so the revocation, CA-rotation
+and federation watchers run by themselves, as in production; tests wait for them rather than drive them."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+import yaml
+
+from attestation.eventlog import parse_event_log
+from attestation.tpm2.constants import HashAlg
+from localpeers.processes import running
+from localpeers.simboot import boot_events, write_event_log
+from localpeers.tlsca import TestCA
+from trustd.server.hub import Hub, build_hub, server_config
+from trustd.server.settings import TrustdSettings
+
+GOLDEN_BANKS = (HashAlg.SHA256, HashAlg.SHA1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def golden_reference_values() -> dict[str, object]:
+    """Classes used by the tests: PCRs of the simulated golden boot, in the SHA-256 and the SHA-1 bank."""
+    replayed = parse_event_log(write_event_log(boot_events(), GOLDEN_BANKS)).replay()
+    secure_boot_rule = {"pcr": 7, "type": "EV_EFI_VARIABLE_DRIVER_CONFIG", "variable": "SecureBoot"}
+    return {
+        "device_classes": {
+            "edge-gateway": {
+                "pcr_bank": "sha256",
+                "pcrs": {i: [replayed[HashAlg.SHA256][i].hex()] for i in (0, 4, 7)},
+                "event_log": "required",
+                "events": {"require": [secure_boot_rule]},
+            },
+            "legacy-sha1": {
+                "pcr_bank": "sha1",
+                "allow_sha1_quotes": True,  # SHA-1 anywhere in a quote is an opt-in (a legacy TPM's class)
+                "pcrs": {i: [replayed[HashAlg.SHA1][i].hex()] for i in (0, 4, 7)},
+                "event_log": "optional",
+            },
+        }
+    }
+
+
+class RunningHub:
+    def __init__(self, hub: Hub, server: uvicorn.Server, thread: threading.Thread, port: int, roots: Path) -> None:
+        self.hub = hub
+        self.url = f"https://127.0.0.1:{port}"
+        self.ca_bundle = roots
+        self._server = server
+        self._thread = thread
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, verify=ssl.create_default_context(cafile=str(self.ca_bundle)), timeout=30
+        )
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self.hub.close()
+
+
+@contextmanager
+def running_hub(
+    workdir: Path, *, ek_roots: Path, reference_values: dict[str, object] | None = None, **settings: object
+) -> Iterator[RunningHub]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    refvalues = workdir / "reference-values.yaml"
+    refvalues.write_text(yaml.safe_dump(reference_values or golden_reference_values()))
+    port = free_port()
+    hub = build_hub(
+        TrustdSettings(
+            data_dir=workdir / "hub",
+            ek_roots_dir=ek_roots,
+            reference_values=refvalues,
+            listen_port=port,
+            **settings,  # type: ignore[arg-type]
+        )
+    )
+    roots = workdir / "hub-roots.pem"
+    roots.write_bytes(hub.ca.x509_authorities_pem())
+    config = server_config(hub)  # as `trustd serve` runs it: lifespan on, so its watchers run
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    running = RunningHub(hub, server, thread, port, roots)
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            running.stop()
+            raise RuntimeError("trustd did not start within 15 s")
+        time.sleep(0.02)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@contextmanager
+def running_policy_hub(
+    workdir: Path, *, fleet: dict[str, object], publisher_keys: dict[str, bytes]
+) -> Iterator[RunningHub]:
+    """A hub serving policy bundles: the fleet file, the publishers' keys (id -> PEM), and no devices to enroll
+    (its EK roots are a throwaway certificate)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    keys = workdir / "publisher-keys"
+    keys.mkdir(exist_ok=True)
+    for key_id, pem in publisher_keys.items():
+        (keys / f"{key_id}.pem").write_bytes(pem)
+    fleet_file = workdir / "fleet.yaml"
+    fleet_file.write_text(yaml.safe_dump(fleet))
+    ek_roots = workdir / "ek-roots"
+    ek_roots.mkdir(exist_ok=True)
+    (ek_roots / "unused.pem").write_bytes(TestCA(workdir / "unused-ek-ca").ca_file.read_bytes())
+    with running_hub(
+        workdir / "hub", ek_roots=ek_roots, fleet_file=fleet_file, policy_keys_dir=keys, trust_domain="edge.example"
+    ) as hub:
+        yield hub
+
+
+@dataclass(frozen=True)
+class HubProcess:
+    url: str
+    ca_bundle: Path
+    data_dir: Path
+    pid: int
+
+
+@contextmanager
+def hub_process(workdir: Path, *, ek_roots: Path, extra_args: tuple[str, ...] = ()) -> Iterator[HubProcess]:
+    """`trustd serve` in its own process (benchmarks: the hub must not share a GIL with its load)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    refvalues = workdir / "reference-values.yaml"
+    refvalues.write_text(yaml.safe_dump(golden_reference_values()))
+    port = free_port()
+    data = workdir / "hub"
+    argv = [str(Path(sys.executable).parent / "trustd"), "serve", "--data-dir", str(data), "--ek-roots", str(ek_roots)]
+    argv += ["--reference-values", str(refvalues), "--port", str(port), "--trust-domain", "edge.example", *extra_args]
+    ca = data / "ca" / "ca.crt"
+
+    def ready() -> bool:
+        return (
+            ca.exists()
+            and httpx.get(
+                f"https://127.0.0.1:{port}/healthz", verify=ssl.create_default_context(cafile=str(ca)), timeout=1
+            ).status_code
+            == 200
+        )
+
+    with running(argv, ready=ready, log=workdir / "trustd.log") as process:
+        roots = workdir / "hub-roots.pem"
+        roots.write_bytes(ca.read_bytes())
+        yield HubProcess(f"https://127.0.0.1:{port}", roots, data, process.pid)

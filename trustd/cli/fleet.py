@@ -1,0 +1,124 @@
+"""`trustctl fleet list | revoke`: the operator's commands, spoken to trustd over mTLS with an operator SVID."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgetrust._internal.cli import Parser
+
+
+def add_parser(sub: argparse._SubParsersAction[Parser], help: str) -> None:
+    fleet = sub.add_parser("fleet", help=help)
+    commands = fleet.add_subparsers(dest="fleet_command", required=True)
+    listing = commands.add_parser("list", help="enrolled nodes (SVID expiry, status) and clusters (policy revision)")
+    _hub_args(listing)
+    revoke = commands.add_parser("revoke", help="revoke a node (its TPM may not enroll again) or any SPIFFE ID")
+    revoke.add_argument("target", help="SPIFFE ID, node name or EK fingerprint (at least 16 hex digits)")
+    revoke.add_argument("--reason", default="", help="kept in the audit log")
+    _hub_args(revoke)
+    entry = commands.add_parser("entry", help="registration entries: which workloads on which node get which ID")
+    entry_commands = entry.add_subparsers(dest="entry_command", required=True)
+    create = entry_commands.add_parser("create", help="assign a SPIFFE ID to workloads matching selectors on a node")
+    create.add_argument("--spiffe-id", required=True)
+    create.add_argument("--parent", required=True, help="the node's SPIFFE ID (its agent serves the workload)")
+    create.add_argument("--selector", action="append", required=True, help="e.g. unix:uid:1000 (repeatable: all)")
+    create.add_argument("--ttl", type=int, default=3600, help="X.509-SVID lifetime, seconds")
+    _hub_args(create)
+    _hub_args(entry_commands.add_parser("list", help="every entry"))
+    delete = entry_commands.add_parser("delete", help="remove an entry (its SVIDs stop renewing)")
+    delete.add_argument("entry_id")
+    _hub_args(delete)
+
+
+def _hub_args(parser: Parser) -> None:
+    from edgetrust._internal.cli import add_hub, add_json
+
+    add_hub(parser)
+    parser.add_argument("--ca-bundle", type=Path, required=True, help="roots that sign trustd's certificate")
+    parser.add_argument("--svid", type=Path, required=True, help="your X.509-SVID (PEM), an operator of the hub")
+    parser.add_argument("--svid-key", type=Path, required=True)
+    add_json(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgetrust._internal import hubclient
+    from edgetrust._internal.cli import EXIT_OK, fail
+
+    action = f"fleet {args.fleet_command}" + (f" {args.entry_command}" if args.fleet_command == "entry" else "")
+    try:
+        view = _call(args, action)
+    except hubclient.HubCallError as exc:
+        return fail(f"trustctl {action}", exc, exc.exit_code())
+    if args.json:
+        print(json.dumps(view))
+    elif args.fleet_command == "list":
+        print(render_list(view))
+    elif args.fleet_command == "entry":
+        print(render_entries(view))
+    else:
+        print(f"revoked {view['spiffe_id']} (revocation list counter {view['counter']})")
+        if view["ek_fingerprint"]:
+            print(f"  its TPM (EK {view['ek_fingerprint'][:16]}…) may not enroll again")
+    return EXIT_OK
+
+
+def _call(args: argparse.Namespace, action: str) -> dict[str, Any]:
+    """The command's one call to the hub, mTLS with the operator's SVID."""
+    from edgetrust._internal import hubclient
+
+    context = hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key)
+    with hubclient.client(args.hub, context) as hub:
+        if args.fleet_command == "list":
+            return hubclient.call(hub, "GET", "/v1/fleet/nodes", action=action)
+        if args.fleet_command == "revoke":
+            body = {"target": args.target, "reason": args.reason}
+            return hubclient.call(hub, "POST", "/v1/fleet/revocations", json=body, action=action)
+        if args.entry_command == "create":
+            body = {"spiffe_id": args.spiffe_id, "parent_id": args.parent, "selectors": args.selector}
+            return hubclient.call(hub, "POST", "/v1/fleet/entries", json={**body, "ttl_s": args.ttl}, action=action)
+        if args.entry_command == "list":
+            return hubclient.call(hub, "GET", "/v1/fleet/entries", action=action)
+        return hubclient.call(hub, "DELETE", f"/v1/fleet/entries/{args.entry_id}", action=action)
+
+
+def render_entries(view: dict[str, Any]) -> str:
+    if "deleted" in view:
+        return f"deleted entry {view['deleted']}"
+    entries = view.get("entries", [view])
+    lines = [f"{'ENTRY':<34} {'SPIFFE ID':<44} {'NODE':<44} SELECTORS"]
+    for entry in entries:
+        lines.append(
+            f"{entry['id']:<34} {entry['spiffe_id']:<44} {entry['parent_id']:<44} {', '.join(entry['selectors'])}"
+        )
+    return "\n".join(lines)
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def render_list(view: dict[str, Any]) -> str:
+    lines = [f"{'NODE':<48} {'CLASS':<14} {'STATUS':<9} SVID EXPIRES (UTC)"]
+    for node in view["nodes"]:
+        lines.append(
+            f"{node['spiffe_id']:<48} {node['device_class']:<14} {node['status']:<9} {_when(node['svid_expires_at'])}"
+        )
+    if not view["nodes"]:
+        lines.append("(no enrolled nodes)")
+    if view["clusters"]:
+        lines.append("")
+        lines.append(f"{'CLUSTER':<32} {'REVISION':<28} {'RESULT':<10} LAST REPORT (UTC)")
+        for name, cluster in sorted(view["clusters"].items()):
+            lines.append(
+                f"{name:<32} {cluster['revision'] or '-':<28} {cluster['result'] or '-':<10} "
+                f"{_when(cluster['last_report'])}"
+            )
+    lines.append(f"revocation list counter: {view['revocations']}")
+    return "\n".join(lines)

@@ -1,0 +1,179 @@
+"""`trustd`: run the hub, or print what a device needs to trust it.
+
+Exit codes: 0 ok, 1 refused (the hub would not start as configured), 2 usage (the command line, or settings
+that do not validate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from attestation.errors import AttestationError
+from edgetrust._internal import logs
+from edgetrust._internal.cli import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    add_json,
+    add_listen,
+    add_verification_keys,
+    fail,
+    listen_of,
+)
+from trustd.errors import TrustdError
+from trustd.server.settings import TrustdSettings
+
+
+def _parser() -> Parser:
+    parser = Parser(prog="trustd", description="edgetrust hub: TPM enrollment and SPIFFE CA")
+    logs.add_arguments(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the hub (HTTPS)")
+    logs.add_arguments(serve)
+    serve.add_argument("--data-dir", type=Path, help="CA keys, TLS and the embedded store (TRUSTD_DATA_DIR)")
+    serve.add_argument("--trust-domain", help="SPIFFE trust domain (TRUSTD_TRUST_DOMAIN)")
+    serve.add_argument("--ek-roots", type=Path, help="directory of TPM vendors' EK root certificates")
+    serve.add_argument("--reference-values", type=Path, help="reference values per device class (YAML/JSON)")
+    serve.add_argument("--store", help="store URL, e.g. sqlite:///var/lib/edgetrust/trustd.db")
+    add_listen(serve, default="127.0.0.1:8443", host_aliases=["--host"], port_aliases=["--port"])
+    serve.add_argument("--fleet", type=Path, help="policy distribution: cluster groups, clusters, publishers (YAML)")
+    add_verification_keys(
+        serve, aliases=["--policy-keys"], help="publishers' bundle-signing public keys (trustd serve: one DIR)"
+    )
+    serve.add_argument("--federation", type=Path, help="trust domains to federate with (YAML)")
+    serve.add_argument(
+        "--operator", action="append", help="SPIFFE ID allowed to list and revoke (trustctl fleet); repeatable"
+    )
+
+    bundle = sub.add_parser("bundle", help="print the trust bundle (SPIFFE JWKS, or PEM roots with --pem)")
+    bundle.add_argument("--data-dir", type=Path)
+    bundle.add_argument("--trust-domain")
+    bundle.add_argument("--pem", action="store_true", help="the X.509 roots a device passes to trustctl --ca-bundle")
+    add_json(bundle)
+    rotation = sub.add_parser("ca", help="rotate the CA without downtime: prepare, wait, activate")
+    steps = rotation.add_subparsers(dest="ca_command", required=True)
+    for step, text in (
+        ("prepare", "make the next CA and publish it in the bundle (it does not sign yet)"),
+        ("activate", "sign with the next CA; keep the old one in the bundle until its SVIDs expire"),
+        ("status", "the signing CA, the prepared one, the retired ones"),
+    ):
+        command = steps.add_parser(step, help=text)
+        command.add_argument("--data-dir", type=Path)
+        command.add_argument("--trust-domain")
+        add_json(command)
+        if step == "activate":
+            command.add_argument("--keep-for", type=float, default=24 * 3600, help="seconds: the longest SVID TTL")
+            command.add_argument(
+                "--min-published", type=float, default=900, help="seconds the next CA must have been in the bundle"
+            )
+    return parser
+
+
+def _rotate(args: argparse.Namespace, settings: TrustdSettings) -> int:
+    from datetime import timedelta
+
+    from edgetrust.spiffe.id import TrustDomain
+    from trustd.server.ca import SpiffeCA
+    from trustd.server.ca import rotation as ca_rotation
+
+    trust_domain = TrustDomain.parse(settings.trust_domain)
+
+    def say(line: str) -> None:  # with --json, only the JSON document is printed
+        if not args.json:
+            print(line)
+
+    if args.ca_command == "prepare":
+        cert = ca_rotation.prepare(settings.ca_dir, trust_domain)
+        say(f"prepared the next CA (serial {cert.serial_number:x}); it is in the bundle now and signs after activate")
+    elif args.ca_command == "activate":
+        ca_rotation.activate(
+            settings.ca_dir,
+            keep_for=timedelta(seconds=args.keep_for),
+            min_published=timedelta(seconds=args.min_published),
+        )
+        say("the next CA signs from now on; the old one stays in the bundle until its last SVID expires")
+    ca = SpiffeCA.load(settings.ca_dir, trust_domain=trust_domain)
+    if args.json:
+        view = {
+            "signing": {
+                "serial": f"{ca.certificate.serial_number:x}",
+                "not_after": ca.certificate.not_valid_after_utc.isoformat(),
+            },
+            "in_bundle": [f"{authority.serial_number:x}" for authority in ca.x509_authorities()[1:]],
+        }
+        print(json.dumps(view))
+        return EXIT_OK
+    print(f"signing CA: serial {ca.certificate.serial_number:x}, valid until {ca.certificate.not_valid_after_utc}")
+    for authority in ca.x509_authorities()[1:]:
+        print(f"also in the bundle: serial {authority.serial_number:x}")
+    return EXIT_OK
+
+
+def _keys_dir(args: argparse.Namespace) -> Path | None:
+    """The hub reads its publishers' keys from one directory (settings.policy_keys_dir)."""
+    specs: list[str] | None = getattr(args, "verification_keys", None)
+    if not specs:
+        return None
+    if len(specs) != 1 or not Path(specs[0]).is_dir():
+        raise UsageError("trustd serve --verification-key takes one directory of publishers' keys (ID.pem)")
+    return Path(specs[0])
+
+
+def _settings(args: argparse.Namespace) -> TrustdSettings:
+    host, port = listen_of(args)
+    overrides: dict[str, Any] = {
+        "data_dir": getattr(args, "data_dir", None),
+        "trust_domain": getattr(args, "trust_domain", None),
+        "ek_roots_dir": getattr(args, "ek_roots", None),
+        "reference_values": getattr(args, "reference_values", None),
+        "store_url": getattr(args, "store", None),
+        "listen_host": host,
+        "listen_port": port,
+        "fleet_file": getattr(args, "fleet", None),
+        "policy_keys_dir": _keys_dir(args),
+        "federation_file": getattr(args, "federation", None),
+        "operators": tuple(args.operator) if getattr(args, "operator", None) else None,
+    }
+    return TrustdSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.configure_from(args)
+    try:
+        settings = _settings(args)
+        if args.command == "serve":
+            from trustd.server.hub import serve
+
+            serve(settings)
+            return 0
+        if args.command == "ca":
+            return _rotate(args, settings)
+        from edgetrust.spiffe.id import TrustDomain
+        from trustd.server.ca import SpiffeCA
+
+        ca = SpiffeCA.load_or_create_root(settings.ca_dir, trust_domain=TrustDomain.parse(settings.trust_domain))
+        if args.pem and args.json:
+            raise UsageError("give --pem or --json, not both")
+        if args.pem:
+            sys.stdout.write(ca.x509_authorities_pem().decode())
+        else:  # the SPIFFE bundle is JSON already: --json only says so
+            print(json.dumps(ca.bundle(), indent=2))
+        return EXIT_OK
+    except (TrustdError, AttestationError) as exc:
+        return fail("trustd", exc.diagnostics(), EXIT_REFUSED)
+    except UsageError as exc:
+        return fail("trustd", exc, EXIT_USAGE)
+    except ValueError as exc:  # pydantic settings validation
+        return fail("trustd", f"invalid configuration: {exc}", EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

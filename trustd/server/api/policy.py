@@ -1,0 +1,120 @@
+"""HTTP surface of policy distribution. Every caller is identified by the SPIFFE ID of its X.509-SVID (mTLS):
+clusters as spiffe://<trust domain>/cluster/<name>, publishers as listed in the fleet file; who may call what is
+declared per route (`trustd.server.api.authz`), revocation included.
+
+Query parameters are bounded and finite (`wait=nan` or `inf` is bad input, not a server error)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from trustd.errors import BadRequestError, TrustdError
+from trustd.server.api import authz
+from trustd.server.api.authz import Authorizer, Caller
+from trustd.server.policy.distribution import PolicyBundles
+
+MAX_BUNDLE_BYTES = 8 * 1024 * 1024
+MAX_WAIT_S = 60.0
+#: group names as the fleet file spells them; anything longer names no group
+MAX_GROUP_NAME = 253
+#: a long poll's wait in seconds: finite, 0..MAX_WAIT_S (FastAPI refuses nan and inf against these bounds)
+Wait = Annotated[float, Query(ge=0.0, le=MAX_WAIT_S, allow_inf_nan=False)]
+GroupName = Annotated[str, Path(min_length=1, max_length=MAX_GROUP_NAME)]
+#: on every bundle answer: the ETag of the current revocation list; the agent fetches the list when it moved
+REVOCATIONS_HEADER = "X-Edgetrust-Revocations"
+
+
+class NotAuthorizedError(TrustdError):
+    code = "not_authorized"
+
+
+class PolicyRequestError(BadRequestError):
+    """A cluster's or publisher's request that is not what the protocol says (not JSON, too many reports)."""
+
+    code = "bad_policy_request"
+
+
+async def _json_body(request: Request, what: str) -> Any:
+    try:
+        return await request.json()
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested deeper than the parser goes
+        raise PolicyRequestError(f"{what} must be JSON: {str(exc)[:200]}") from exc
+
+
+def policy_router(bundles: PolicyBundles, authorizer: Authorizer) -> APIRouter:
+    router = APIRouter(prefix="/v1/policy")
+    cluster_rule = authorizer.require(authz.CLUSTER)
+    publisher_rule = authorizer.require(authz.GROUP_PUBLISHER)
+    rollout_reader = authorizer.require(authz.ROLLOUT_READER)
+
+    def revocation_headers() -> dict[str, str]:
+        if bundles.revocations is None:
+            return {}
+        return {REVOCATIONS_HEADER: bundles.revocations.current().etag}
+
+    def take_reports(cluster: str, reports: Any) -> int:
+        if not isinstance(reports, list) or len(reports) > 1000:
+            raise PolicyRequestError("status must be a list of at most 1000 reports")
+        for report in reports:
+            if isinstance(report, dict):
+                bundles.report(cluster, report)
+        return len(reports)
+
+    @router.post("/bundle")
+    async def poll_with_reports(request: Request, caller: Caller = cluster_rule, wait: Wait = 0.0) -> Response:
+        """The agent's poll carrying its queued status reports: one round trip per sync instead of two."""
+        cluster = caller.cluster
+        body = await _json_body(request, "a poll's body")
+        take_reports(cluster, body.get("reports") if isinstance(body, dict) else None)
+        return await answer_poll(request, cluster, wait)
+
+    @router.get("/bundle")
+    async def bundle(request: Request, caller: Caller = cluster_rule, wait: Wait = 0.0) -> Response:
+        return await answer_poll(request, caller.cluster, wait)
+
+    async def answer_poll(request: Request, cluster: str, wait: float) -> Response:
+        etag = request.headers.get("if-none-match")
+        seen_revocations = request.headers.get(REVOCATIONS_HEADER.lower())
+        found = await bundles.wait_for_change(cluster, etag, wait, seen_revocations)
+        if found is None:
+            current = bundles.bundle_for(cluster)
+            if current is None:  # nothing released to this cluster yet
+                return Response(status_code=204, headers=revocation_headers())
+            return Response(status_code=304, headers={"ETag": current[1], **revocation_headers()})
+        blob, new_etag = found
+        return Response(blob, media_type="application/gzip", headers={"ETag": new_etag, **revocation_headers()})
+
+    @router.get("/revocations")
+    async def revocations(request: Request, _caller: Caller = cluster_rule) -> Response:
+        """The hub-signed revocation bundle (OPA format, root edgetrust/revocations)."""
+        if bundles.revocations is None:
+            return Response(status_code=404)
+        signed = bundles.revocations.current()
+        if request.headers.get("if-none-match") == signed.etag:
+            return Response(status_code=304, headers={"ETag": signed.etag})
+        return Response(signed.blob, media_type="application/gzip", headers={"ETag": signed.etag})
+
+    @router.post("/status")
+    async def status(request: Request, caller: Caller = cluster_rule) -> dict[str, int]:
+        cluster = caller.cluster
+        reports = await _json_body(request, "status")
+        return {"accepted": take_reports(cluster, reports)}
+
+    @router.post("/bundles/{group}")
+    async def publish(group: GroupName, request: Request, _caller: Caller = publisher_rule) -> dict[str, Any]:
+        blob = await request.body()
+        if len(blob) > MAX_BUNDLE_BYTES:
+            raise PolicyRequestError(f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
+        return bundles.publish(group, blob, publisher=_caller.spiffe_id).view()
+
+    @router.get("/rollouts/{group}")
+    async def rollout(group: GroupName, _caller: Caller = rollout_reader) -> JSONResponse:
+        found = bundles.rollout(group)
+        if found is None:
+            return JSONResponse({"error": "no_rollout", "reason": f"nothing published to {group!r}"}, status_code=404)
+        return JSONResponse(found.view())
+
+    return router

@@ -1,0 +1,1 @@
+"""Policy distribution: fleets of cluster groups, waved rollouts, the bundle per cluster."""
