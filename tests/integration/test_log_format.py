@@ -160,7 +160,7 @@ def test_syncer_run_logs_json_lines(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert done.returncode == 1  # the hub is not there: unreachable
+    assert done.returncode == 3  # the hub is not there: unreachable (exit 3, as every CLI says it)
     lines = _json_lines(done.stderr.decode())
     assert any(line["message"].startswith("sync: unreachable") for line in lines), lines
     assert "not-a-real-token" not in done.stderr.decode()

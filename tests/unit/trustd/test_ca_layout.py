@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-CA = ROOT / "trustd" / "ca"
+CA = ROOT / "trustd" / "server" / "ca"
 PARTS = ("keystore", "authority", "rotation")
 #: what each part may import of the others; anything else would let them circle again
 ALLOWED = {"keystore": set(), "authority": {"keystore"}, "rotation": {"keystore", "authority"}}
@@ -37,8 +37,8 @@ def test_the_ca_parts_do_not_import_in_a_circle() -> None:
     graph = {part: _ca_imports(CA / f"{part}.py") & set(PARTS) for part in PARTS}
     for part, imports in graph.items():
         assert imports <= ALLOWED[part], f"trustd.server.ca.{part} imports {sorted(imports - ALLOWED[part])}"
-    assert not (ROOT / "trustd" / "ca_rotation.py").exists()
-    assert not (ROOT / "trustd" / "ca.py").exists()
+    assert not (ROOT / "trustd" / "server" / "ca_rotation.py").exists()
+    assert not (ROOT / "trustd" / "server" / "ca.py").exists()
 
 
 def test_no_ca_part_takes_names_from_the_package() -> None:
