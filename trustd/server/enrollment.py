@@ -22,15 +22,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from attestation.credential import make_credential
 from attestation.ek import EKVerifier, ek_fingerprint
 from attestation.errors import AttestationError, CredentialActivationError, MalformedStructureError
 from attestation.eventlog import EventLog, parse_event_log
 from attestation.quote import ak_signs_with_sha1, check_ak_attributes, check_ak_scheme, scheme_label, verify_quote
-from attestation.refvalues import ReferencePolicy
+from attestation.refvalues import DeviceClassPolicy, ReferencePolicy
 from attestation.tpm2.constants import HashAlg
-from attestation.tpm2.public import parse_public
+from attestation.tpm2.public import TpmPublic, parse_public
 from edgetrust.protocol import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse, b64, b64decode_field
 from edgetrust.spiffe.id import SpiffeId, render_spiffe_id
 from trustd.errors import ChallengeError, ClaimsTooLargeError, EnrollmentError, TrustdError
@@ -180,18 +181,7 @@ class EnrollmentService:
             claims = dict(challenge.claims)
             device_class = claims.pop("device_class")
             class_policy = self._reference.device_class(device_class)
-            quote = verify_quote(
-                ak=ak_public,
-                attest=b64decode_field(request.attest, field="attest"),
-                signature=b64decode_field(request.signature, field="signature"),
-                nonce=challenge.nonce,
-                pcr_values=parse_pcr_values(request.pcr_values),
-                allow_sha1=class_policy.allow_sha1_quotes,
-            )
-            event_log: EventLog | None = None
-            if request.event_log is not None:
-                event_log = parse_event_log(b64decode_field(request.event_log, field="event_log"))
-            class_policy.check(quote, event_log)
+            judge_evidence(request, ak=ak_public, nonce=challenge.nonce, class_policy=class_policy)
             detail = {"ek": challenge.ek_fingerprint, "class": device_class, "ak_scheme": scheme_label(ak_public)}
             sha1_used = [
                 what
@@ -290,6 +280,33 @@ def _check_claims(claims: dict[str, str]) -> None:
             raise ClaimsTooLargeError(
                 f"claim {key!r} has {len(value)} characters; claim values are limited to {MAX_CLAIM_VALUE}"
             )
+
+
+class QuoteEvidence(Protocol):
+    """What a device sends to prove its boot, at enrollment and at every renewal (EnrollRequest, RenewRequest)."""
+
+    attest: str
+    signature: str
+    pcr_values: dict[str, dict[int, str]]
+    event_log: str | None
+
+
+def judge_evidence(evidence: QuoteEvidence, *, ak: TpmPublic, nonce: bytes, class_policy: DeviceClassPolicy) -> None:
+    """The one judgement of a device's boot, for enrollment and renewal alike: the quote by `ak` over the hub's
+    `nonce` and the PCR values sent, the event log (when sent) replayed against them, then the device class's
+    reference values. Raises the AttestationError of the first check that fails."""
+    quote = verify_quote(
+        ak=ak,
+        attest=b64decode_field(evidence.attest, field="attest"),
+        signature=b64decode_field(evidence.signature, field="signature"),
+        nonce=nonce,
+        pcr_values=parse_pcr_values(evidence.pcr_values),
+        allow_sha1=class_policy.allow_sha1_quotes,
+    )
+    event_log: EventLog | None = None
+    if evidence.event_log is not None:
+        event_log = parse_event_log(b64decode_field(evidence.event_log, field="event_log"))
+    class_policy.check(quote, event_log)
 
 
 def parse_pcr_values(raw: dict[str, dict[int, str]]) -> dict[HashAlg, dict[int, bytes]]:

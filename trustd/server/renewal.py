@@ -12,15 +12,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from attestation.errors import AttestationError
-from attestation.eventlog import EventLog, parse_event_log
-from attestation.quote import verify_quote
 from attestation.refvalues import ReferencePolicy
 from attestation.tpm2.public import parse_public
 from edgetrust.protocol import RenewChallenge, RenewRequest, RenewResponse, b64, b64decode_field
 from edgetrust.spiffe.id import SpiffeId
 from trustd.errors import TrustdError
 from trustd.server.ca import SpiffeCA
-from trustd.server.enrollment import MAX_PENDING_PER_EK, parse_pcr_values
+from trustd.server.enrollment import MAX_PENDING_PER_EK, judge_evidence
 from trustd.server.refusals import RefusalAudit
 from trustd.server.revocations import Revocations
 from trustd.server.store import AuditEvent, ChallengeRecord, DeviceRecord, Store, SvidRecord
@@ -103,18 +101,7 @@ class RenewalService:
             if ak.name.hex() != device.ak_name:
                 raise RenewalError("the quote is not by the AK this node enrolled with")
             class_policy = self._reference.device_class(device.device_class)
-            quote = verify_quote(
-                ak=ak,
-                attest=b64decode_field(request.attest, field="attest"),
-                signature=b64decode_field(request.signature, field="signature"),
-                nonce=challenge.nonce,
-                pcr_values=parse_pcr_values(request.pcr_values),
-                allow_sha1=class_policy.allow_sha1_quotes,
-            )
-            event_log: EventLog | None = None
-            if request.event_log is not None:
-                event_log = parse_event_log(b64decode_field(request.event_log, field="event_log"))
-            class_policy.check(quote, event_log)
+            judge_evidence(request, ak=ak, nonce=challenge.nonce, class_policy=class_policy)
             svid = self._ca.issue_x509_svid(
                 request.csr.encode(),
                 SpiffeId.parse(spiffe_id),
