@@ -97,6 +97,9 @@ def configure_from(args: argparse.Namespace, *, stream: TextIO | None = None) ->
     configure(getattr(args, "log_format", "text"), verbose=getattr(args, "verbose", False), stream=stream)
 
 
+_CHATTY = ("httpx", "httpcore")
+
+
 def configure(log_format: str = "text", *, verbose: bool = False, stream: TextIO | None = None) -> None:
     """The root logger writes `log_format` lines to stderr at INFO (DEBUG with `verbose`); every logger,
     uvicorn's included (served with `log_config=None`), propagates to it, so all lines have one shape.
@@ -115,6 +118,10 @@ def configure(log_format: str = "text", *, verbose: bool = False, stream: TextIO
             old.close()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # the HTTP clients say every request at INFO (a line per registry or hub call on the webhook's hot path):
+    # their warnings and errors only, unless asked for everything
+    for chatty in _CHATTY:
+        logging.getLogger(chatty).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def fail(prog: str, message: str) -> None:
