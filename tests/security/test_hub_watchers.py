@@ -29,26 +29,12 @@ from edgetrust.spiffe.id import TrustDomain
 from localpeers.hub import running_hub, running_policy_hub
 from localpeers.svid import issue_svid_files
 from localpeers.tlsca import TestCA
+from tests.support.two_sites import FLEET, OPERATOR
 from tests.support.waiting import until
 from trustd.server.api.policy import REVOCATIONS_HEADER
 from trustd.server.revocations import Revocations, load_or_create_key
 from trustd.server.store import open_store
 
-OPERATOR = "spiffe://edge.example/operator/admin"
-FLEET = {
-    "groups": {
-        "all": {
-            "matchLabels": {"site-class": "edge-store"},
-            "waves": [100],
-            "publishers": ["spiffe://edge.example/operator/ci"],
-        }
-    },
-    "clusters": {
-        "site-a": {"labels": {"site-class": "edge-store"}},
-        "site-b": {"labels": {"site-class": "edge-store"}},
-    },
-    "operators": [OPERATOR],
-}
 WAIT_S = 30
 
 

@@ -37,26 +37,12 @@ from localpeers.svid import issue_svid_files
 from syncer.agent import SyncAgent
 from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
+from tests.support.two_sites import FLEET, OPERATOR
 from trustd.cli.trustctl import main as trustctl
 
 pytestmark = pytest.mark.integration
 
 REPO_POLICIES = Path(__file__).resolve().parents[3] / "policies"
-OPERATOR = "spiffe://edge.example/operator/admin"
-FLEET = {
-    "groups": {
-        "all": {
-            "matchLabels": {"site-class": "edge-store"},
-            "waves": [100],
-            "publishers": ["spiffe://edge.example/operator/ci"],
-        }
-    },
-    "clusters": {
-        "site-a": {"labels": {"site-class": "edge-store"}},
-        "site-b": {"labels": {"site-class": "edge-store"}},
-    },
-    "operators": [OPERATOR],
-}
 
 
 def mtls(hub: RunningHub, cert: Path, key: Path) -> httpx.AsyncClient:
