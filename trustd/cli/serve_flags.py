@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from edgetrust._internal.cli import Parser, UsageError, add_listen, add_verification_keys, listen_of
 from trustd.server.settings import TrustdSettings
 
@@ -139,3 +141,13 @@ def settings_from(args: argparse.Namespace) -> TrustdSettings:
     if keys is not None:
         overrides[KEYS] = keys
     return TrustdSettings(**overrides)
+
+
+def invalid_settings(exc: ValidationError) -> str:
+    """A settings error as one line naming each setting's flag and environment variable."""
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        where = f"{name} ({flag_of(name)}, env {env_var(name)})" if name in TrustdSettings.model_fields else name
+        problems.append(f"{where}: {str(error['msg']).removeprefix('Value error, ')}")
+    return "invalid setting " + "; ".join(problems)

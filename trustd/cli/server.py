@@ -10,11 +10,13 @@ import argparse
 import json
 import sys
 
+from pydantic import ValidationError
+
 from attestation.errors import AttestationError
 from edgetrust._internal import logs
 from edgetrust._internal.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Parser, UsageError, add_json, fail
 from trustd.cli import mint
-from trustd.cli.serve_flags import add_settings_flags, settings_from
+from trustd.cli.serve_flags import add_settings_flags, invalid_settings, settings_from
 from trustd.errors import TrustdError
 from trustd.server.settings import TrustdSettings
 
@@ -125,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail("trustd", exc.diagnostics(), EXIT_REFUSED)
     except UsageError as exc:
         return fail("trustd", exc, EXIT_USAGE)
-    except ValueError as exc:  # pydantic settings validation
+    except ValidationError as exc:
+        return fail("trustd", invalid_settings(exc), EXIT_USAGE)
+    except ValueError as exc:
         return fail("trustd", f"invalid configuration: {exc}", EXIT_USAGE)
 
 

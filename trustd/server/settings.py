@@ -107,7 +107,7 @@ class TrustdSettings(BaseSettings):
     def _dns_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for name in value:
             if not _DNS_NAME.fullmatch(name) or len(name) > 253:
-                raise ValueError(f"server_dns_names: {name!r} is not a DNS name (e.g. hub.retail.example)")
+                raise ValueError(f"{name!r} is not a DNS name (e.g. hub.retail.example)")
         return value
 
     @field_validator("server_ip_addresses")
@@ -117,7 +117,7 @@ class TrustdSettings(BaseSettings):
             try:
                 ipaddress.ip_address(address)
             except ValueError:
-                raise ValueError(f"server_ip_addresses: {address!r} is not an IP address (e.g. 10.0.0.5)") from None
+                raise ValueError(f"{address!r} is not an IP address (e.g. 10.0.0.5)") from None
         return value
 
     @property
