@@ -63,10 +63,12 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         "--ttl",
         default=DEFAULT_TTL,
         metavar="DURATION",
-        help=f"lifetime: 90s, 30m, 8h, 7d or seconds; {MIN_TTL.total_seconds():g} s .. 30d (default {DEFAULT_TTL})",
+        help=f"lifetime: 90s, 30m, 8h, 7d or seconds; 1m .. 30d, refused outside (default {DEFAULT_TTL})",
     )
     mint.add_argument(
-        "--out", type=Path, help="directory for svid.pem, svid.key, bundle.pem (default ./<path of the ID with ->)"
+        "--out",
+        type=Path,
+        help="directory for svid.pem, svid.key, bundle.pem (default: ./operator-alice for .../operator/alice)",
     )
     add_settings_flags(mint, ("data_dir", "trust_domain", "store_url", "spiffe_id_template"))
     add_json(mint)

@@ -104,8 +104,8 @@ def add_settings_flags(parser: Parser, fields: Iterable[str] | None = None) -> N
             text += f"; 90s, 30m, 8h, 7d or seconds; default {info.default:g} s; the env var is in seconds"
         elif typing.get_origin(annotation) is tuple:
             kwargs["action"] = "append"
-            default = ", ".join(info.default) or "none"
-            text += f"; repeatable, replaces the default ({default}); the env var takes a JSON list"
+            replaces = f", replaces the default ({', '.join(info.default)})" if info.default else ""
+            text += f"; repeatable{replaces}; the env var takes a JSON list"
         else:
             kwargs["type"] = annotation
             if info.default is not None and annotation is not str:
