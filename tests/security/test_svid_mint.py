@@ -171,3 +171,12 @@ def test_a_planted_key_symlink_is_replaced_not_written_through(data: Path, tmp_p
     assert victim.read_text() == "untouched"
     assert not (out / "svid.key").is_symlink()
     assert (out / "svid.key").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("path", ["/operator/alice", "/publisher/ci", "/cluster/site-0"])
+def test_what_it_is_for_is_minted(data: Path, tmp_path: Path, path: str) -> None:
+    out = tmp_path / "out"
+    done = mint(data, f"{TD}{path}", out, "--ttl", "90s", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["spiffe_id"] == f"{TD}{path}"
+    assert [e.subject for e in minted_rows(data)] == [f"{TD}{path}"]
