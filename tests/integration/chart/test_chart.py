@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -362,6 +363,19 @@ def test_helm_install_then_pods_are_judged_through_the_installed_webhook(
     for block in blocks[: blocks.index(install_block)]:
         if not block.startswith("helm template"):
             run_readme_block(block, user_dir)
+    # the same line without a policy: refused before anything is made (no webhook that could not start while
+    # failurePolicy Fail refuses every pod)
+    without_policy = install_block.replace("--set-file webhook.policyBundleBase64=bundle.b64 \\\n", "")
+    assert without_policy != install_block
+    with pytest.raises(
+        AssertionError, match=re.escape("- webhook.policyBundleBase64 or webhook.policyBundleConfigMap: ")
+    ):
+        run_readme_block(without_policy, user_dir, kubeconfig=kubeconfig)
+    with api.client() as client:
+        hooks = client.get("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations").json()
+        assert hooks["items"] == []
+    assert helm("list", "--all-namespaces", "-q", kubeconfig=kubeconfig).stdout.strip() == ""
+
     install = run_readme_block(install_block, user_dir, kubeconfig=kubeconfig)
     assert "STATUS: deployed" in install.stdout
     assert "Admission webhook (2 replicas, failurePolicy Fail)" in install.stdout  # NOTES.txt
