@@ -180,6 +180,8 @@ def test_two_hub_replicas_need_a_shared_store() -> None:
         str(HUB_EXAMPLE),
         "--set",
         "hub.storeSecret=",
+        "--set",
+        "hub.replicas=2",
         "--kube-version",
         "v1.37.0",
         check=False,
