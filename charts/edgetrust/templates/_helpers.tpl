@@ -89,3 +89,29 @@ matchPolicy: Equivalent
 matchConditions: {{ toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{- define "edgetrust.hubService" -}}
+{{ include "edgetrust.fullname" . }}-hub
+{{- end -}}
+
+{{/* The names the hub's serving certificate carries: its Service's, and hub.dnsNames. */}}
+{{- define "edgetrust.hubDNSNames" -}}
+{{- $svc := include "edgetrust.hubService" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- $own := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) -}}
+{{ concat $own .Values.hub.dnsNames | uniq | toJson }}
+{{- end -}}
+
+{{/*
+The hub a component talks to: the one given, else this release's hub Service (a name its certificate carries),
+else empty (templates/checks.yaml refuses that with the way to give one).
+*/}}
+{{- define "edgetrust.hubURL" -}}
+{{- $given := index . 0 -}}
+{{- $root := index . 1 -}}
+{{- if $given -}}
+{{ $given }}
+{{- else if $root.Values.hub.enabled -}}
+{{ printf "https://%s.%s.svc:%v" (include "edgetrust.hubService" $root) $root.Release.Namespace $root.Values.hub.port }}
+{{- end -}}
+{{- end -}}

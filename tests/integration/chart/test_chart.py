@@ -1,6 +1,8 @@
 """The Helm chart with the real helm (pinned peer): lint --strict, every manifest of every example against the
-Kubernetes schemas of each supported version, wrong values refused by name, and an install into a real
-kube-apiserver after which pods are admitted or refused through the webhook configuration the chart made.
+Kubernetes schemas of each supported version, wrong values refused by name, missing ones refused with the way to
+give them, the hub's certificate checked by a real trustd against the URL the node agent is given, and the
+README's `helm install` into a real kube-apiserver after which pods are admitted or refused through the webhook
+configuration the chart made.
 
 There is no kubelet here, so the chart's webhook pods stay Pending. The webhook process runs instead in a
 network namespace (a non-loopback address the API server may route to), serving with the certificate the
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -20,49 +24,49 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgetrust.bundles.format import build_files, pack, read_repository
-from edgetrust.bundles.signing import SigningKey, sign_files
+from localpeers.hub import free_port
 from localpeers.kube import running_kube_apiserver
 from localpeers.peers import peer
 from localpeers.processes import running
 from localpeers.tlsca import TestCA
 from localpeers.webhook import pod
+from tests.integration.chart.support import (
+    CHART,
+    NAMESPACE,
+    UserInputs,
+    helm,
+    make_user_inputs,
+    readme_blocks,
+    run_readme_block,
+)
 from tests.support.netns import namespace_link
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "charts" / "edgetrust"
 EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 EDGE_SITE = CHART / "examples" / "edge-site.yaml"
-#: the Kubernetes versions we support (Chart.yaml kubeVersion >= 1.33), oldest, middle and newest
-VERSIONS = ("1.33.0", "1.35.0", "1.37.0")
+HUB_EXAMPLE = CHART / "examples" / "hub-and-node-agent.yaml"
+#: the Kubernetes versions we test (webhook.matchConditions need 1.30), oldest, middle and newest
+VERSIONS = ("1.30.0", "1.34.0", "1.37.0")
 #: cert-manager's kinds are CRDs, not in the Kubernetes schemas; they are checked for shape by lint only
 CRD_GROUPS = ("cert-manager.io/",)
-NAMESPACE = "edgetrust-system"
 
 
-def helm(*argv: str, kubeconfig: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/edgetrust-helm/cache", "HELM_CONFIG_HOME": "/tmp/edgetrust-helm"}
-    if kubeconfig is not None:
-        env["KUBECONFIG"] = str(kubeconfig)
-    done = subprocess.run([str(peer("helm")), *argv], capture_output=True, text=True, env=env, check=False)
-    if check and done.returncode != 0:
-        raise AssertionError(f"helm {' '.join(argv[:2])} failed:\n{done.stdout}\n{done.stderr}")
-    return done
+@pytest.fixture(scope="module")
+def user(tmp_path_factory: pytest.TempPathFactory) -> UserInputs:
+    return make_user_inputs(tmp_path_factory.mktemp("user"))
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
-def test_lint_strict(example: Path) -> None:
-    done = helm("lint", "--strict", str(CHART), "-f", str(example))
+def test_lint_strict(example: Path, user: UserInputs) -> None:
+    done = helm("lint", "--strict", str(CHART), "-f", str(example), *user.set_files(), "--kube-version", "v1.30.0")
     assert "0 chart(s) failed" in done.stdout
 
 
@@ -84,9 +88,10 @@ def rendered(example: Path, version: str, *extra: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
-def test_every_manifest_validates_against_the_kubernetes_schemas(example: Path, version: str) -> None:
+def test_every_manifest_validates_against_the_kubernetes_schemas(example: Path, version: str, user: UserInputs) -> None:
     validated, crds = [], []
-    for doc in rendered(example, version):
+    docs = rendered(example, version, *user.set_files())
+    for doc in docs:
         kind = f"{doc['kind']}/{doc['metadata']['name']}"
         if doc["apiVersion"].startswith(CRD_GROUPS):
             crds.append(kind)
@@ -97,7 +102,7 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(example: Path, 
             raise AssertionError(f"{example.name} {kind} is invalid for Kubernetes {version}: {exc.message}") from exc
         validated.append(kind)
     assert len(validated) >= 5, validated
-    for doc in rendered(example, version):
+    for doc in docs:
         spec = doc.get("spec", {}).get("template", {}).get("spec", {})
         for container in spec.get("containers", []):
             security = container.get("securityContext", {})
@@ -107,10 +112,11 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(example: Path, 
             assert "requests" in container.get("resources", {}), "sized for small nodes: requests are set"
 
 
-def test_the_webhook_configuration_exempts_system_namespaces_and_takes_its_settings() -> None:
+def test_the_webhook_configuration_exempts_system_namespaces_and_takes_its_settings(user: UserInputs) -> None:
     docs = rendered(
         EDGE_SITE,
         VERSIONS[-1],
+        *user.set_files(),
         "--set",
         "webhook.failurePolicy=Ignore",
         "--set",
@@ -151,7 +157,9 @@ def test_the_webhook_configuration_exempts_system_namespaces_and_takes_its_setti
         (["syncer.hub=http://hub:8443"], "at '/syncer/hub'"),
         (["syncer.verificationKeys.ci-1=not a key"], "at '/syncer/verificationKeys/ci-1'"),
         (["webhook.policyBundleBase64=%%%"], "at '/webhook/policyBundleBase64'"),
-        (["nodeAgent.enabled=true"], "at '/nodeAgent/hub'"),
+        (["webhook.policyBundleConfigMap=Not_A_Name"], "at '/webhook/policyBundleConfigMap'"),
+        (["nodeAgent.enabled=true,nodeAgent.hub=hub:8443"], "at '/nodeAgent/hub'"),
+        (["hub.dnsNames={bad name}"], "at '/hub/dnsNames/0'"),
     ],
 )
 def test_wrong_values_are_refused_by_name(values: list[str], message: str) -> None:
@@ -164,15 +172,16 @@ def test_wrong_values_are_refused_by_name(values: list[str], message: str) -> No
 
 
 def test_two_hub_replicas_need_a_shared_store() -> None:
-    hub_example = CHART / "examples" / "hub-and-node-agent.yaml"
     done = helm(
         "template",
         "t",
         str(CHART),
         "-f",
-        str(hub_example),
+        str(HUB_EXAMPLE),
         "--set",
         "hub.storeSecret=",
+        "--set",
+        "hub.replicas=2",
         "--kube-version",
         "v1.37.0",
         check=False,
@@ -181,17 +190,160 @@ def test_two_hub_replicas_need_a_shared_store() -> None:
     assert "hub.replicas > 1 needs hub.storeSecret" in done.stderr
 
 
-def signed_policy_bundle(work: Path) -> tuple[str, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = work / "ci-1.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    files = sign_files(
-        build_files(read_repository(REPO / "policies"), counter=1, commit="chart", group="gateways"),
-        SigningKey("ci-1", key),
-    )
-    return base64.b64encode(pack(files)).decode(), public
+def test_an_install_without_the_users_keys_policy_and_site_says_how_to_give_each() -> None:
+    """The chart's defaults: nothing of ours to trust, so nothing renders, and every missing value is named."""
+    done = helm("template", "edgetrust", str(CHART), check=False)
+    assert done.returncode != 0
+    for line in (
+        "- webhook.bundleKeys: ",
+        "--set-file webhook.bundleKeys.ci-1=ci-1.pub",
+        "- syncer.verificationKeys: ",
+        "--set-file syncer.verificationKeys.ci-1=ci-1.pub",
+        "- webhook.policyBundleBase64 or webhook.policyBundleConfigMap: ",
+        "--set-file webhook.policyBundleBase64=bundle.b64",
+        "- syncer.hub: ",
+        "- syncer.cluster: ",
+        "- syncer.group: ",
+        "- syncer.siteClass: ",
+    ):
+        assert line in done.stderr, done.stderr
+    assert "kubeVersion" not in done.stderr  # no --kube-version needed
+
+
+@pytest.mark.parametrize(
+    ("values", "message", "absent"),
+    [
+        # the keys given, not the policy: a webhook that could not start while failurePolicy Fail refuses pods
+        ([], "- webhook.policyBundleBase64 or webhook.policyBundleConfigMap: ", "bundleKeys"),
+        (["--set", "webhook.policyBundleBase64=AAAA", "--set", "webhook.policyBundleConfigMap=p"], "give one", "keys"),
+        (["--set", "webhook.enabled=false", "--set", "syncer.enabled=false", "--set", "hub.enabled=true"],
+         "- hub.trustDomain: your SPIFFE trust domain", "webhook"),
+        (["--set", "webhook.enabled=false", "--set", "nodeAgent.enabled=true"],
+         "- nodeAgent.hub: trustd's URL: --set nodeAgent.hub=https://", "syncer"),
+    ],
+)  # fmt: skip
+def test_each_missing_value_is_named_alone(user: UserInputs, values: list[str], message: str, absent: str) -> None:
+    keys = ["--set-file", f"webhook.bundleKeys.ci-1={user.public_key}"]
+    keys += ["--set-file", f"syncer.verificationKeys.ci-1={user.public_key}"]
+    done = helm("template", "t", str(CHART), "-f", str(EDGE_SITE), *keys, *values, check=False)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+    assert f"- {absent}" not in done.stderr, done.stderr
+
+
+def test_match_conditions_say_which_kubernetes_they_need(user: UserInputs) -> None:
+    pinning = CHART / "examples" / "cert-manager-pinning.yaml"
+    argv = ["template", "t", str(CHART), "-f", str(pinning), *user.set_files()]
+    too_old = helm(*argv, "--kube-version", "v1.29.0", check=False)
+    assert too_old.returncode != 0
+    assert "webhook.matchConditions: need Kubernetes >= 1.30, and this is v1.29.0" in too_old.stderr
+    assert helm(*argv, "--kube-version", "v1.30.0").returncode == 0
+
+
+def test_the_bundle_as_base64_text_wrapped_or_not_is_the_bundle(user: UserInputs) -> None:
+    docs = rendered(EDGE_SITE, VERSIONS[-1], *user.set_files())
+    policy = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "edgetrust-webhook-policy")
+    assert "\n" in user.bundle_b64.read_text().strip()  # as `base64` writes it: wrapped at 76
+    assert base64.b64decode(policy["binaryData"]["bundle.tar.gz"], validate=True) == user.bundle
+    assert policy["data"]["key-ci-1"] == user.public_key.read_text()
+
+
+def test_the_bundle_from_a_configmap_of_the_users(user: UserInputs) -> None:
+    keys = user.set_files()[2:]  # the keys, not the inline bundle
+    docs = rendered(EDGE_SITE, VERSIONS[-1], *keys, "--set", "webhook.policyBundleConfigMap=site-policy")
+    webhook = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "edgetrust-webhook")
+    volumes = {v["name"]: v for v in webhook["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["bundle"]["configMap"] == {
+        "name": "site-policy",
+        "items": [{"key": "bundle.tar.gz", "path": "bundle.tar.gz"}],
+    }
+    policy = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "edgetrust-webhook-policy")
+    assert "binaryData" not in policy
+    assert volumes["bundle-keys"]["configMap"]["name"] == "edgetrust-webhook-policy"
+
+
+def test_the_syncer_and_the_node_agent_trust_the_hub_through_one_secret(user: UserInputs) -> None:
+    site = rendered(EDGE_SITE, VERSIONS[-1], *user.set_files())
+    hub = rendered(HUB_EXAMPLE, VERSIONS[-1])
+    syncer = next(d for d in site if d["kind"] == "Deployment" and d["metadata"]["name"] == "edgetrust-syncer")
+    agent = next(d for d in hub if d["kind"] == "DaemonSet")
+    for workload, flag in ((syncer, "--ca-bundle=/etc/edgetrust/trust/bundle.pem"), (agent, None)):
+        spec = workload["spec"]["template"]["spec"]
+        trust = next(v for v in spec["volumes"] if v["name"] == "trust")
+        assert trust["secret"] == {
+            "secretName": "edgetrust-trust-bundle",
+            "items": [{"key": "bundle.pem", "path": "bundle.pem"}],
+        }
+        if flag:
+            assert flag in spec["containers"][0]["args"]
+    enroll = agent["spec"]["template"]["spec"]["initContainers"][0]["args"][0]
+    assert "--ca-bundle /etc/edgetrust/trust/bundle.pem" in enroll
+    assert "--server https://edgetrust-hub.edgetrust-system.svc:8443 " in enroll
+
+
+def test_the_hubs_certificate_names_the_url_the_node_agent_is_given(tmp_path: Path) -> None:
+    """The hub example's trustd, run as its StatefulSet runs it (its args and env; loopback, a free port): the
+    node agent's default hub URL verifies against `trustd bundle --pem`, as NOTES.txt makes the Secret."""
+    port = free_port()
+    docs = rendered(HUB_EXAMPLE, VERSIONS[-1], "--set", "hub.storeSecret=", "--set", "hub.replicas=1",
+                    "--set", f"hub.port={port}")  # fmt: skip
+    agent = next(d for d in docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    hub_url = urlsplit(next(a for a in agent["args"] if a.startswith("--hub="))[len("--hub=") :])
+    assert (hub_url.hostname, hub_url.port) == ("edgetrust-hub.edgetrust-system.svc", port)
+
+    statefulset = next(d for d in docs if d["kind"] == "StatefulSet")
+    trustd = statefulset["spec"]["template"]["spec"]["containers"][0]
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    mounts = {
+        "/var/lib/edgetrust/trustd": tmp_path / "data",
+        "/etc/edgetrust/config": tmp_path / "config",
+        "/etc/edgetrust/ek-roots": tmp_path / "ek-roots",
+        "/etc/edgetrust/policy-keys": tmp_path / "policy-keys",
+    }
+    for directory in mounts.values():
+        directory.mkdir()
+    (mounts["/etc/edgetrust/config"] / "reference-values.yaml").write_text(config["data"]["reference-values.yaml"])
+    (mounts["/etc/edgetrust/ek-roots"] / "root.pem").write_bytes(TestCA(tmp_path / "ek-ca").ca_file.read_bytes())
+
+    def local(arg: str) -> str:
+        if arg == "--host=0.0.0.0":
+            return "--host=127.0.0.1"  # loopback only here
+        for inside, outside in mounts.items():
+            arg = arg.replace(inside, str(outside))
+        return arg
+
+    argv = [str(Path(sys.executable).parent / trustd["command"][0]), *trustd["command"][1:]]
+    argv += [local(a) for a in trustd["args"]]
+    env = {**os.environ, **{e["name"]: e["value"] for e in trustd["env"] if "value" in e}}
+    ca = mounts["/var/lib/edgetrust/trustd"] / "ca" / "ca.crt"
+    insecure = ssl.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+
+    def ready() -> bool:
+        return ca.exists() and httpx.get(f"https://127.0.0.1:{port}/healthz", verify=insecure).status_code == 200
+
+    with running(argv, ready=ready, log=tmp_path / "trustd.log", env=env):
+        bundle = tmp_path / "bundle.pem"
+        trustd_cli = str(Path(sys.executable).parent / "trustd")
+        made = subprocess.run(
+            [trustd_cli, "bundle", "--pem", "--data-dir", str(mounts["/var/lib/edgetrust/trustd"]),
+             "--trust-domain", "retail.example"],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        bundle.write_bytes(made.stdout)
+        verifying = ssl.create_default_context(cafile=str(bundle))
+        for name in (hub_url.hostname, "hub.retail.example", "edgetrust-hub.edgetrust-system.svc.cluster.local"):
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                verifying.wrap_socket(raw, server_hostname=name) as tls,
+            ):
+                assert tls.version() is not None
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"),
+        ):
+            verifying.wrap_socket(raw, server_hostname="trustd.edgetrust-system.svc")  # the old example's name
 
 
 @pytest.fixture
@@ -205,26 +357,32 @@ def test_helm_install_then_pods_are_judged_through_the_installed_webhook(
     cluster: tuple[Any, Path], tmp_path: Path
 ) -> None:
     api, kubeconfig = cluster
-    bundle_b64, public = signed_policy_bundle(tmp_path)
-    values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump({"webhook": {"policyBundleBase64": bundle_b64}}))
-    install = helm(
-        "install",
-        "edgetrust",
-        str(CHART),
-        "--namespace",
-        NAMESPACE,
-        "--create-namespace",
-        "-f",
-        str(EDGE_SITE),
-        "-f",
-        str(values),
-        "--set-file",
-        f"webhook.bundleKeys.ci-1={public}",
-        kubeconfig=kubeconfig,
-    )
+    # the README, as written: the key, the bundle and the site file, then its `helm install` line
+    user_dir = tmp_path / "user"
+    user_dir.mkdir()
+    blocks = readme_blocks()
+    install_block = next(b for b in blocks if b.startswith("helm install"))
+    for block in blocks[: blocks.index(install_block)]:
+        if not block.startswith("helm template"):
+            run_readme_block(block, user_dir)
+    # the same line without a policy: refused before anything is made (no webhook that could not start while
+    # failurePolicy Fail refuses every pod)
+    without_policy = install_block.replace("--set-file webhook.policyBundleBase64=bundle.b64 \\\n", "")
+    assert without_policy != install_block
+    with pytest.raises(
+        AssertionError, match=re.escape("- webhook.policyBundleBase64 or webhook.policyBundleConfigMap: ")
+    ):
+        run_readme_block(without_policy, user_dir, kubeconfig=kubeconfig)
+    with api.client() as client:
+        hooks = client.get("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations").json()
+        assert hooks["items"] == []
+    assert helm("list", "--all-namespaces", "-q", kubeconfig=kubeconfig).stdout.strip() == ""
+
+    install = run_readme_block(install_block, user_dir, kubeconfig=kubeconfig)
     assert "STATUS: deployed" in install.stdout
     assert "Admission webhook (2 replicas, failurePolicy Fail)" in install.stdout  # NOTES.txt
+    bundle_secret = f"kubectl -n {NAMESPACE} create secret generic edgetrust-trust-bundle --from-file=bundle.pem="
+    assert bundle_secret in install.stdout
 
     with api.client() as client:
         secret = client.get(f"/api/v1/namespaces/{NAMESPACE}/secrets/edgetrust-webhook-tls").json()
