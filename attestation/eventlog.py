@@ -157,8 +157,8 @@ def _text(data: bytes) -> str:
     stripped = data.rstrip(b"\x00")
     if stripped and all(32 <= b < 127 for b in stripped):
         return stripped.decode("ascii")
-    if len(stripped) >= 2 and len(stripped) % 2 == 0:
-        wide = stripped.decode("utf-16-le", "replace").rstrip("\x00")
+    if len(data) >= 2 and len(data) % 2 == 0:  # UCS-2, as UEFI writes strings (before stripping: NULs are half)
+        wide = data.decode("utf-16-le", "replace").rstrip("\x00")
         if wide and all(32 <= ord(c) < 127 for c in wide):
             return wide
     return (data[:16].hex() + (f"… ({len(data)} bytes)" if len(data) > 16 else "")) or "(no data)"

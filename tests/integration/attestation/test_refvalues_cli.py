@@ -47,7 +47,8 @@ def test_captured_values_are_loaded_by_the_hub_which_enrolls_the_golden_device_a
     assert _capture(golden_device, _log(golden_device, tmp_path / "golden.bin"), out) == 0
     text = out.read_text()
     assert text.startswith("# Reference values per device class")
-    assert f"TPM {golden_device.tcti}" in text and "Secure Boot enabled" in text
+    assert f"TPM {golden_device.tcti}" in text
+    assert "Secure Boot enabled" in text
     cls = ReferencePolicy.load(out).device_class("edge-gateway")
     replayed = golden_device_replay()
     assert {i: set(v or ()) for i, v in cls.pcrs.items()} == {i: {replayed[i]} for i in range(8)}
@@ -139,7 +140,9 @@ def test_check_accepts_the_golden_boot_and_says_the_log_agrees_with_the_tpm(
     log = tmp_path / "golden.bin"
     assert trustctl([*_check(golden_file, "--event-log", str(log), "--tpm", golden_device.tcti), "--json"]) == 0
     view = json.loads(capsys.readouterr().out)
-    assert view["accepted"] is True and view["log_agrees_with_pcrs"] is True and view["violations"] == []
+    assert view["accepted"] is True
+    assert view["log_agrees_with_pcrs"] is True
+    assert view["violations"] == []
     assert trustctl(_check(golden_file, "--event-log", str(log))) == 0
     assert "would be accepted" in capsys.readouterr().out
 
@@ -151,22 +154,23 @@ def test_check_of_a_tampered_bootloader_names_pcr_4_and_the_event_that_extended_
     assert trustctl([*_check(golden_file, "--event-log", str(log), "--tpm", tampered_device.tcti), "--json"]) == 1
     captured = capsys.readouterr()
     view = json.loads(captured.out)
-    assert view["accepted"] is False and view["log_agrees_with_pcrs"] is True
+    assert view["accepted"] is False
+    assert view["log_agrees_with_pcrs"] is True
     assert [m["pcr"] for m in view["mismatches"]] == [4]
     (pcr4,) = view["mismatches"]
-    assert pcr4["value"] == pcr4["replayed"] and pcr4["value"] not in pcr4["allowed"]
+    assert pcr4["value"] == pcr4["replayed"]
+    assert pcr4["value"] not in pcr4["allowed"]
     bad_digest = hashlib.sha256(TAMPERED_BOOTLOADER).hexdigest()
     changed = [e for e in pcr4["events"] if e["digest"] == bad_digest]
-    assert changed and changed[0]["type"] == "EV_EFI_BOOT_SERVICES_APPLICATION"
+    assert changed
+    assert changed[0]["type"] == "EV_EFI_BOOT_SERVICES_APPLICATION"
     assert changed[0]["description"] == "\\EFI\\BOOT\\BOOTX64.EFI"
     assert "would refuse this boot: PCR 4 (sha256)" in captured.err
 
     assert trustctl(_check(golden_file, "--event-log", str(log))) == 1
     out = capsys.readouterr().out
-    assert (
-        "PCR 4 (sha256)" in out
-        and f"EV_EFI_BOOT_SERVICES_APPLICATION \\EFI\\BOOT\\BOOTX64.EFI sha256:{bad_digest}" in out
-    )
+    assert "PCR 4 (sha256)" in out
+    assert f"EV_EFI_BOOT_SERVICES_APPLICATION \\EFI\\BOOT\\BOOTX64.EFI sha256:{bad_digest}" in out
 
 
 def test_check_says_a_log_that_disagrees_with_the_tpm_is_suspect(
