@@ -59,12 +59,12 @@ def _add_tpm(parser: argparse.ArgumentParser, *, default: str | None, what: str)
     )
 
 
-def _add_event_log(parser: argparse.ArgumentParser) -> None:
+def _add_event_log(parser: argparse.ArgumentParser, *, when: str = "") -> None:
     parser.add_argument(
         "--event-log",
         type=Path,
         metavar="PATH",
-        help=f"TCG boot event log (default: the kernel's, {KERNEL_EVENT_LOG}, if readable)",
+        help=f"TCG boot event log (default{when}: the kernel's, {KERNEL_EVENT_LOG}, if readable)",
     )
     parser.add_argument("--eventlog", dest="event_log", type=Path, help=argparse.SUPPRESS)
 
@@ -88,9 +88,15 @@ def add_parser(sub: argparse._SubParsersAction[Parser], help: str) -> None:
     capture.add_argument("--device-class", required=True, help="the class these values define, e.g. edge-gateway")
     _add_tpm(capture, default=DEFAULT_TPM, what="the golden device's TPM")
     _add_event_log(capture)
-    capture.add_argument("--pcrs", type=_pcr_list, default=_pcr_list("0-7"), help="PCRs to pin (default 0-7)")
+    capture.add_argument(
+        "--pcrs",
+        type=_pcr_list,
+        default=_pcr_list("0-7"),
+        metavar="LIST",
+        help="PCRs to pin, e.g. 0-7 or 0,2,4-7 (default 0-7)",
+    )
     capture.add_argument("--bank", choices=_BANKS, default="sha256", help="PCR bank (default sha256)")
-    capture.add_argument("--out", type=Path, help="reference-values file to write (default: print it)")
+    capture.add_argument("--out", type=Path, metavar="FILE", help="reference-values file to write (default: print it)")
     capture.add_argument(
         "--merge",
         action="store_true",
@@ -106,9 +112,11 @@ def add_parser(sub: argparse._SubParsersAction[Parser], help: str) -> None:
         description="Judges PCR values (from --tpm, --pcr-values, or the event log's own replay) and the event "
         "log against a reference-values file, with the hub's checker.",
     )
-    check.add_argument("--reference-values", type=Path, required=True, help="the file trustd --reference-values reads")
+    check.add_argument(
+        "--reference-values", type=Path, required=True, metavar="FILE", help="the file trustd --reference-values reads"
+    )
     check.add_argument("--device-class", required=True, help="the class to judge against, e.g. edge-gateway")
-    _add_event_log(check)
+    _add_event_log(check, when=" with --tpm")
     _add_tpm(check, default=None, what="read the PCRs from this TPM (and compare the log with them)")
     check.add_argument(
         "--pcr-values",
@@ -130,9 +138,10 @@ def run(args: argparse.Namespace) -> int:
     return _check(args)
 
 
-def _event_log_path(args: argparse.Namespace) -> Path | None:
+def _event_log_path(args: argparse.Namespace, *, local: bool = True) -> Path | None:
+    """--event-log, else the kernel's when the command is about this machine (`local`: its own TPM)."""
     path: Path | None = args.event_log
-    if path is None and KERNEL_EVENT_LOG.is_file():
+    if path is None and local and KERNEL_EVENT_LOG.is_file():
         return KERNEL_EVENT_LOG
     return path
 
@@ -312,7 +321,7 @@ def _check(args: argparse.Namespace) -> int:
         raise UsageError("give --tpm or --pcr-values, not both: they are two sources of the same PCR values")
     policy = ReferencePolicy.load(args.reference_values)
     cls: DeviceClassPolicy = policy.device_class(args.device_class)
-    log_path = _event_log_path(args)
+    log_path = _event_log_path(args, local=bool(args.tpm))  # an operator checking a copied log: not their own
     log = read_event_log(log_path) if log_path is not None else None
     if args.tpm:
         source, what = f"TPM {args.tpm}", "TPM's"
