@@ -38,6 +38,7 @@ from localpeers.kube import KubeAPI, running_kube_apiserver
 from localpeers.registry import Registry, running_registry
 from localpeers.svid import issue_svid_files
 from localpeers.tlsca import TestCA
+from localpeers.webhook import write_site_parameters
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +107,7 @@ class Publishers:
         """A copy of the policy repository, minus some files (e.g. 'edge-gateway' or 'edge-gateway/allow-hub.yaml')."""
         path = self.work / "repos" / name
         shutil.copytree(REPO_POLICIES, path)
+        write_site_parameters(path / "parameters.yaml")  # the site's registries
         for item in without:
             target = path / "networkpolicies" / item
             shutil.rmtree(target) if target.is_dir() else target.unlink()

@@ -34,7 +34,7 @@ from localpeers.kube import running_kube_apiserver
 from localpeers.peers import peer
 from localpeers.processes import running
 from localpeers.tlsca import TestCA
-from localpeers.webhook import pod
+from localpeers.webhook import LOOPBACK_SITE, pod
 from tests.support.netns import namespace_link
 
 pytestmark = pytest.mark.integration
@@ -188,7 +188,9 @@ def signed_policy_bundle(work: Path) -> tuple[str, Path]:
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     files = sign_files(
-        build_files(read_repository(REPO / "policies"), counter=1, commit="chart", group="gateways"),
+        build_files(
+            read_repository(REPO / "policies", parameters=LOOPBACK_SITE), counter=1, commit="chart", group="gateways"
+        ),
         SigningKey("ci-1", key),
     )
     return base64.b64encode(pack(files)).decode(), public

@@ -24,6 +24,7 @@ from localpeers.hub import RunningHub, running_policy_hub
 from localpeers.kube import KubeAPI, running_kube_apiserver
 from localpeers.svid import issue_svid_files
 from localpeers.tlsca import TestCA
+from localpeers.webhook import LOOPBACK_SITE
 from syncer.agent import SyncAgent
 from syncer.kube import KubeClient, KubeConfig
 from syncer.sources import HubSource, hub_reporter, hub_session
@@ -109,7 +110,12 @@ async def scenario(hub: RunningHub, kubes: dict[str, KubeAPI], work: Path, signi
 
     waiting_b = asyncio.create_task(agents["site-b"].run_once())  # site-b long-polls through the publish
     blob = pack(
-        sign_files(build_files(read_repository(REPO_POLICIES), counter=1, commit="abc", group="gateways"), signing)
+        sign_files(
+            build_files(
+                read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE), counter=1, commit="abc", group="gateways"
+            ),
+            signing,
+        )
     )
     published = await publisher.post("/v1/policy/bundles/gateways", content=blob)
     assert published.status_code == 200, published.text

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from edgetrust.bundles.format import build_files, pack, read_repository
 from edgetrust.bundles.signing import SigningKey, sign_files
 from localpeers.peers import peer
+from localpeers.webhook import write_site_parameters
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +37,7 @@ def policy_test(*args: str) -> subprocess.CompletedProcess[str]:
 def repo(tmp_path: Path) -> Path:
     copy = tmp_path / "policies"
     shutil.copytree(REPO / "policies", copy)
+    write_site_parameters(copy / "parameters.yaml")  # the site's registries
     return copy
 
 
