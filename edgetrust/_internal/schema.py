@@ -24,7 +24,7 @@ def validator(name: str) -> jsonschema.protocols.Validator:
     schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema)  # type: ignore[no-any-return]
+    return cls(schema)
 
 
 def field_path(parts: Iterable[str | int]) -> str:
@@ -44,19 +44,20 @@ def problems(name: str, instance: Any) -> list[str]:
 
 
 def _describe(error: jsonschema.ValidationError) -> list[str]:
+    schema: dict[str, Any] = error.schema if isinstance(error.schema, dict) else {}
     where = field_path(error.absolute_path)
     prefix = f"{where}: " if where else ""
     if error.validator in ("oneOf", "anyOf") and error.context:
         # the alternative that went deepest says what is wrong, not "is not valid under any of the given schemas"
         best = max(error.context, key=lambda e: len(e.absolute_path))
-        if len(best.absolute_path) == len(error.absolute_path) and error.schema.get("description"):
-            return [f"{prefix}{error.schema['description']}"]
+        if len(best.absolute_path) == len(error.absolute_path) and schema.get("description"):
+            return [f"{prefix}{schema['description']}"]
         return _describe(best)
     if error.validator == "enum":
-        allowed = ", ".join(str(v) for v in error.validator_value)
+        allowed = ", ".join(str(v) for v in error.validator_value)  # type: ignore[union-attr]
         return [f"{prefix}{error.instance!r} is not one of {allowed}"]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        known = sorted(error.schema.get("properties", {}))
+        known = sorted(schema.get("properties", {}))
         unknown = sorted(k for k in error.instance if k not in known)
         hint = f" (known: {', '.join(known)})" if known else ""
         return [f"{prefix}unknown field {key!r}{hint}" for key in unknown]
@@ -64,5 +65,5 @@ def _describe(error: jsonschema.ValidationError) -> list[str]:
         return [f"{prefix}{error.message}"]
     if error.validator == "pattern":
         return [f"{prefix}{error.instance!r} does not match {error.validator_value}"]
-    description = error.schema.get("description") if error.validator == "not" else None
+    description = schema.get("description") if error.validator == "not" else None
     return [f"{prefix}{description or error.message}"]

@@ -4,6 +4,7 @@ NetworkPolicy field and a lock-out of kube-system fail with the file named; a re
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -53,13 +54,14 @@ def published_without_allow_web(repo: Path, tmp_path: Path) -> Path:
 
 
 def test_our_policies_pass_with_a_pr_summary(repo: Path, tmp_path: Path) -> None:
-    done = policy_test(
-        str(REPO / "policies"), "--markdown", "--against", str(published_without_allow_web(repo, tmp_path))
-    )
+    site = write_site_parameters(tmp_path / "site.yaml")  # the library names no registry: the site's file does
+    against = str(published_without_allow_web(repo, tmp_path))
+    done = policy_test(str(REPO / "policies"), "--markdown", "--parameters", str(site), "--against", against)
     assert done.returncode == 0, done.stdout + done.stderr
     summary = done.stdout
     assert summary.startswith("### edgetrust policy test: ✅ passed")
-    assert "| Rego unit tests (`opa test`) | 1/1 folders passed |" in summary
+    assert re.search(r"\| Rego unit tests \(`opa test`\) \| 10 suites, (\d+)/\1 tests passed \(1/1 folders", summary)
+    assert "| Policy files (policy.yaml, NetworkPolicies) | 10 admission policies, 5 NetworkPolicies valid |" in summary
     assert "#### NetworkPolicy changes against 000000000007-0badc0ffee" in summary
     assert "| edge-store | `shop/allow-web` | - | - |" in summary
 
@@ -96,6 +98,20 @@ def test_a_policy_that_would_lock_out_kube_system_is_refused(repo: Path) -> None
     done = policy_test(str(repo), "--markdown")
     assert done.returncode == 1
     assert "kube-system/deny-all would restrict kube-system" in done.stdout
+
+
+def test_a_misspelt_mode_and_a_repository_without_site_parameters_are_named(repo: Path) -> None:
+    meta = repo / "admission" / "no_privileged" / "policy.yaml"
+    meta.write_text(meta.read_text().replace("mode: enforce", "mode: enfroce"))
+    done = policy_test(str(repo))
+    assert done.returncode == 1
+    assert f"{meta}: mode: 'enfroce' is not one of enforce, warn, audit, dryrun" in done.stdout
+    meta.write_text(meta.read_text().replace("mode: enfroce", "mode: enforce"))
+    (repo / "parameters.yaml").unlink()
+    done = policy_test(str(repo))
+    assert done.returncode == 1
+    assert "allowed_repos/policy.yaml: parameters.repos is site-specific and not set" in done.stdout
+    assert "policies FAILED: " in done.stdout.splitlines()[-1]
 
 
 def test_a_repository_without_tests_is_warned(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgetrust._internal.files import write_private
 from edgetrust.bundles.errors import BundleError
-from edgetrust.bundles.format import check_network_policies, unpack
+from edgetrust.bundles.format import check_bundle, unpack
 from edgetrust.bundles.signing import verify_bundle
 from trustd.errors import ConflictError, NotFoundError, TrustdError
 from trustd.server.revocations import Revocations
@@ -302,7 +302,9 @@ class PolicyBundles:
             verify_bundle(bundle, self._keys)
             counter = bundle.counter
             signed_for = bundle.group
-            check_network_policies(bundle)  # the syncer's own rule: refused here, before any cluster sees it
+            check_bundle(
+                bundle
+            )  # the syncer's own rules (NetworkPolicies, policy files): refused before any cluster sees it
         except BundleError as exc:
             raise PolicyDistributionError(f"bundle refused: {exc.code}: {exc.diagnostics()}") from exc
         if signed_for != group_name:
