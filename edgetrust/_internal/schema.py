@@ -53,6 +53,8 @@ def _describe(error: jsonschema.ValidationError) -> list[str]:
         if len(best.absolute_path) == len(error.absolute_path) and schema.get("description"):
             return [f"{prefix}{schema['description']}"]
         return _describe(best)
+    if isinstance(schema.get("errorMessage"), str) and error.validator not in ("additionalProperties", "required"):
+        return [f"{prefix}{schema['errorMessage']}, not {error.instance!r}"]  # the ajv-errors convention
     if error.validator == "enum":
         allowed = ", ".join(str(v) for v in error.validator_value)  # type: ignore[union-attr]
         return [f"{prefix}{error.instance!r} is not one of {allowed}"]

@@ -46,6 +46,7 @@ OTHERS = {
     "trustd ca activate",
     "trustd ca status",
     "trustctl policy test",
+    "trustctl fleet check",
     "trustctl policy build",
     "trustctl policy sign",
     "trustctl policy push",

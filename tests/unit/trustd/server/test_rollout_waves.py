@@ -66,7 +66,9 @@ def test_failures_past_the_threshold_halt(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [0, 101, "most", True])
 def test_advance_at_must_be_a_percentage(tmp_path: Path, bad: object) -> None:
-    with pytest.raises(PolicyDistributionError, match="advanceAt must be a whole percentage"):
+    with pytest.raises(
+        PolicyDistributionError, match=r"groups\.g\.advanceAt: must be a whole percentage from 1 to 100, not "
+    ):
         Fleet.load(fleet_file(tmp_path, bad))
 
 
