@@ -24,7 +24,7 @@ from localpeers.hub import RunningHub, running_policy_hub
 from localpeers.kube import KubeAPI, running_kube_apiserver
 from localpeers.svid import issue_svid_files
 from localpeers.tlsca import TestCA
-from localpeers.webhook import LOOPBACK_SITE
+from localpeers.webhook import LOOPBACK_SITE, write_site_parameters
 from syncer.agent import SyncAgent
 from syncer.kube import KubeClient, KubeConfig
 from syncer.sources import HubSource, hub_reporter, hub_session
@@ -195,12 +195,15 @@ def test_trustctl_publish_rollout_status_and_rollback(tmp_path: Path) -> None:
         def run(*argv: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([trustctl, "policy", *argv], capture_output=True, text=True, timeout=60)
 
+        site = write_site_parameters(tmp_path / "site.yaml")  # the library names no registry: the site's do
         first = tmp_path / "v1.tar.gz"
         built = run(
             "build",
             "--group",
             "gateways",
             str(REPO_POLICIES),
+            "--parameters",
+            str(site),
             "--out",
             str(first),
             "--counter",
@@ -227,6 +230,8 @@ def test_trustctl_publish_rollout_status_and_rollback(tmp_path: Path) -> None:
             "--group",
             "gateways",
             str(REPO_POLICIES),
+            "--parameters",
+            str(site),
             "--out",
             str(second),
             "--counter",
