@@ -40,6 +40,7 @@ def _parser() -> Parser:
     run.add_argument(
         "--parameters",
         type=Path,
+        metavar="FILE",
         help="the site's parameters file ({policy: {parameter: value}}, e.g. allowed_repos: {repos: [...]})",
     )
     run.add_argument("--gatekeeper-dir", type=Path, help="Gatekeeper ConstraintTemplates and Constraints (YAML)")

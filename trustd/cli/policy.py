@@ -47,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser], help: str) -> None:
     test.add_argument(
         "--parameters",
         type=Path,
+        metavar="FILE",
         help="the site's parameters file ({policy: {parameter: value}}; default: <repository>/parameters.yaml)",
     )
     test.add_argument(

@@ -36,6 +36,7 @@ def add_parsers(commands: argparse._SubParsersAction[Parser]) -> None:
     build.add_argument(
         "--parameters",
         type=Path,
+        metavar="FILE",
         help="the site's parameters file ({policy: {parameter: value}}, merged into the bundle's policy.yaml; "
         "default: <repository>/parameters.yaml)",
     )

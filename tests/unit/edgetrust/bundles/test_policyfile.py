@@ -146,3 +146,9 @@ def test_gatekeeper_files_in_a_bundle_are_yaml_templates_or_constraints(content:
 def test_example_site_parameters_make_the_shipped_library_load(tmp_path: Path) -> None:
     site = write_site_parameters(tmp_path / "site.yaml")
     assert PolicySet.load(REPO_POLICIES, parameters=site).rego
+
+
+def test_the_example_parameters_file_makes_the_shipped_library_load() -> None:
+    policies = PolicySet.load(REPO_POLICIES, parameters=REPO / "examples" / "parameters.yaml")
+    repos = {p.name: p.parameters for p in policies.rego}["allowed_repos"]["repos"]
+    assert repos == ["registry.retail.example/", "ghcr.io/retail-example/"]
