@@ -193,8 +193,8 @@ def load_policy(meta_path: Path, meta: Mapping[str, Any] | None = None) -> RegoP
     try:
         if meta is None:
             meta = policyfile.read(meta_path)
-            policyfile.check_site_parameters(meta, where, policyfile.policy_name(meta, meta_path.parent.name))
-        name = policyfile.policy_name(meta, meta_path.parent.name)
+            policyfile.check_site_parameters(meta, where, policyfile.policy_name(meta, meta_path.parent.name, where))
+        name = policyfile.policy_name(meta, meta_path.parent.name, where)
     except PolicyFileError as exc:
         raise ConfigError(str(exc)) from None
     mode = _enum(Mode, meta.get("mode", "enforce"), where, "mode")

@@ -66,12 +66,13 @@ def read(path: Path) -> dict[str, Any]:
     return validate(meta, str(path))
 
 
-def policy_name(meta: Mapping[str, Any], folder: str) -> str:
+def policy_name(meta: Mapping[str, Any], folder: str, where: str = "") -> str:
     """The policy's name: its `name`, or the folder's (the schema checks an explicit name; this the default)."""
     name = meta.get("name", folder.replace("-", "_"))
     found = problems("policy", {"name": name})
     if found:
-        raise PolicyFileError(f"{folder}/policy.yaml: {found[0]} (name the policy, or rename its folder)")
+        where = where or f"{folder}/policy.yaml"
+        raise PolicyFileError(f"{where}: {found[0]} (the folder's name is the default: set name, or rename it)")
     return str(name)
 
 
@@ -155,7 +156,7 @@ def check_directory(admission: Path, site: SiteParameters | None) -> dict[Path, 
     paths: dict[str, Path] = {}
     for path in sorted(admission.glob("*/policy.yaml")):
         meta = read(path)
-        name = policy_name(meta, path.parent.name)
+        name = policy_name(meta, path.parent.name, str(path))
         if name in metas:
             raise PolicyFileError(f"{path}: policy name {name!r} is also used by {paths[name]}")
         metas[name], paths[name] = (str(path), meta), path
@@ -170,7 +171,7 @@ def check_bundle_files(files: Mapping[str, bytes]) -> None:
     for name in sorted(files):
         if fnmatch.fnmatchcase(name, _ADMISSION_POLICY) and name.count("/") == 3:
             meta = validate(_yaml(files[name], name), name)
-            policy = policy_name(meta, name.split("/")[2])
+            policy = policy_name(meta, name.split("/")[2], name)
             if policy in metas:
                 raise PolicyFileError(f"{name}: policy name {policy!r} is also used by {metas[policy][0]}")
             metas[policy] = (name, meta)

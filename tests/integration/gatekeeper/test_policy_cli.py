@@ -68,6 +68,9 @@ def test_a_wrong_assertion_fails_the_run_and_names_the_case(tmp_path: Path) -> N
     failed = [c for c in report["cases"] if not c["ok"]]
     assert [c["name"] for c in failed] == ["edgeuniquehost/unique-hosts/host-taken"]
     assert "expected 2 violations matching" in failed[0]["detail"]
+    text = trustctl(str(tmp_path)).stdout.splitlines()
+    assert any(line.startswith("FAIL Gatekeeper case edgeuniquehost/unique-hosts/host-taken: ") for line in text)
+    assert re.fullmatch(r"policies FAILED: 1 Gatekeeper suites: (\d+)/\d+ cases passed, .*", text[-1]), text[-1]
 
 
 def test_a_template_that_does_not_compile_is_named(tmp_path: Path) -> None:
