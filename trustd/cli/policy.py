@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
             review.network_policies += found.network_policies
         elif path.is_dir() and any(path.glob("*/policy.yaml")):
             _check_policy_folder(path, args.parameters, review)
+        elif path.is_dir() and (path / "policy.yaml").is_file():
+            _check_one_policy(path, args.parameters, review)
     if not results and not rego:
         review.warnings.append(
             "no tests found (no suite.yaml, no *_test.rego): nothing about these policies' behaviour was checked"
@@ -208,6 +210,27 @@ def _check_policy_folder(folder: Path, parameters: Path | None, review: Review) 
         )
         site = policyfile.load_site(given) if given is not None else None
         review.admission_policies += len(policyfile.check_directory(folder, site))
+    except BundleError as exc:
+        review.errors.append(exc.diagnostics())
+
+
+def _check_one_policy(folder: Path, parameters: Path | None, review: Review) -> None:
+    """One policy's folder named alone (policies/admission/allowed_repos): its policy.yaml, with the site's
+    values for it (--parameters, else the repository's parameters.yaml two folders up)."""
+    from edgetrust.bundles import policyfile
+
+    path = folder / "policy.yaml"
+    try:
+        meta = policyfile.read(path)
+        name = policyfile.policy_name(meta, folder.name, str(path))
+        default = folder.parent.parent / policyfile.SITE_FILE
+        given = parameters or (default if default.is_file() else None)
+        site = policyfile.load_site(given) if given is not None else None
+        mine = (
+            policyfile.SiteParameters({name: site.values[name]}, site.source) if site and name in site.values else None
+        )
+        policyfile.apply_site({name: (str(path), meta)}, mine)
+        review.admission_policies += 1
     except BundleError as exc:
         review.errors.append(exc.diagnostics())
 
