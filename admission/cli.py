@@ -37,6 +37,12 @@ def _parser() -> Parser:
     run = commands.add_parser("serve", help="serve AdmissionReviews over HTTPS")
     logs.add_arguments(run)
     run.add_argument("--policy-dir", type=Path)
+    run.add_argument(
+        "--parameters",
+        type=Path,
+        metavar="FILE",
+        help="the site's parameters file ({policy: {parameter: value}}, e.g. allowed_repos: {repos: [...]})",
+    )
     run.add_argument("--gatekeeper-dir", type=Path, help="Gatekeeper ConstraintTemplates and Constraints (YAML)")
     run.add_argument("--bundle", type=Path, help="a signed policy bundle to take policies from (e.g. the syncer's)")
     add_verification_keys(run, aliases=["--bundle-key"], help="the bundle's signer key (with --bundle)")

@@ -6,7 +6,10 @@ Layout, one folder per policy as gatekeeper-library keeps them:
     policies/admission/<name>/*_test.rego     run by `opa test`
 A policy is `type: rego` (decided by OPA over input.review and input.parameters, Gatekeeper's contract) or
 `type: image-signature` (cosign keys and/or Sigstore keyless identities per image glob).
-Mistakes in a policy file are named at load; a webhook with a broken policy set does not start.
+Mistakes in a policy file are named at load; a webhook with a broken policy set does not start. The format is
+schemas/policy.schema.json, checked by edgetrust/bundles/policyfile.py, the same check `trustctl policy build`,
+the hub and the syncer run, so the webhook and the builder cannot disagree; a site's parameters file
+(`--parameters`) is merged in there too, and a site parameter left empty stops the start.
 """
 
 from __future__ import annotations
@@ -15,13 +18,10 @@ import enum
 import fnmatch
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-
-import yaml
 
 from admission.errors import ConfigError, ImageReferenceError
 from admission.imageref import ImageReference, canonical_image_globs
@@ -29,8 +29,9 @@ from admission.images.cosign import VerificationKey
 from admission.modes import FailureMode, Mode
 from admission.rego.gatekeeper import GatekeeperSet
 from admission.rego.gatekeeper import load_directory as load_gatekeeper_directory
+from edgetrust.bundles import policyfile
+from edgetrust.bundles.errors import PolicyFileError
 
-_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 __all__ = ["FailureMode", "ImagePolicy", "KeylessIdentity", "Match", "Mode", "PolicySet", "RegoLibrary", "RegoPolicy"]
 
 DEFAULT_EXEMPT_NAMESPACES = ("kube-system",)
@@ -122,8 +123,10 @@ class PolicySet:
         exempt_namespaces: Sequence[str] = DEFAULT_EXEMPT_NAMESPACES,
         gatekeeper_dir: Path | None = None,
         allow_empty: bool = False,
+        parameters: Path | None = None,
     ) -> PolicySet:
-        """Every policy under `directory` (and Gatekeeper's under `gatekeeper_dir`).
+        """Every policy under `directory` (and Gatekeeper's under `gatekeeper_dir`), with the site's parameters
+        file (`parameters`) merged in.
 
         A set with no policy at all is refused unless `allow_empty`: an empty or mistyped directory would
         otherwise admit everything, privileged and unsigned pods included, and look like a working webhook.
@@ -136,11 +139,18 @@ class PolicySet:
         images: list[ImagePolicy] = []
         libraries: list[RegoLibrary] = []
         digest = hashlib.sha256()
+        try:
+            site = policyfile.load_site(parameters) if parameters is not None else None
+            metas = policyfile.check_directory(directory, site)
+        except PolicyFileError as exc:
+            raise ConfigError(str(exc)) from None
+        if parameters is not None:
+            digest.update(parameters.read_bytes())
         for meta_path in sorted(directory.glob("*/policy.yaml")):
             digest.update(meta_path.read_bytes())
             for source in sorted(meta_path.parent.glob("*.rego")):
                 digest.update(source.read_bytes())
-            policy = load_policy(meta_path)
+            policy = load_policy(meta_path, metas[meta_path])
             if isinstance(policy, RegoPolicy):
                 rego.append(policy)
             elif isinstance(policy, ImagePolicy):
@@ -176,20 +186,17 @@ class PolicySet:
         return loaded
 
 
-def load_policy(meta_path: Path) -> RegoPolicy | ImagePolicy | RegoLibrary:
+def load_policy(meta_path: Path, meta: Mapping[str, Any] | None = None) -> RegoPolicy | ImagePolicy | RegoLibrary:
+    """One policy; `meta` is its policy.yaml as policyfile.check_directory gave it (the site's values merged),
+    else the file is read and checked alone."""
     where = str(meta_path)
     try:
-        meta = yaml.safe_load(meta_path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{where}: cannot read: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise ConfigError(f"{where}: must be a mapping")
-    unknown = set(meta) - {"name", "type", "mode", "failure", "match", "parameters", "images", "keys", "keyless"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown fields {sorted(unknown)}")
-    name = meta.get("name", meta_path.parent.name.replace("-", "_"))
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise ConfigError(f"{where}: name {name!r} must match {_NAME_RE.pattern} (it becomes a Rego package)")
+        if meta is None:
+            meta = policyfile.read(meta_path)
+            policyfile.check_site_parameters(meta, where, policyfile.policy_name(meta, meta_path.parent.name, where))
+        name = policyfile.policy_name(meta, meta_path.parent.name, where)
+    except PolicyFileError as exc:
+        raise ConfigError(str(exc)) from None
     mode = _enum(Mode, meta.get("mode", "enforce"), where, "mode")
     failure = _enum(FailureMode, meta.get("failure", "closed"), where, "failure")
     match = _match(meta.get("match") or {}, where)
@@ -201,10 +208,7 @@ def load_policy(meta_path: Path) -> RegoPolicy | ImagePolicy | RegoLibrary:
             raise ConfigError(f"{where}: a {kind} policy needs a .rego file beside policy.yaml")
         if kind == "library":
             return RegoLibrary(name, modules)
-        parameters = meta.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise ConfigError(f"{where}: parameters must be a mapping")
-        return RegoPolicy(name, mode, failure, match, modules, parameters)
+        return RegoPolicy(name, mode, failure, match, modules, dict(meta.get("parameters") or {}))
     if kind == "image-signature":
         return _image_policy(meta, meta_path.parent, name, mode, failure, match, where)
     raise ConfigError(f"{where}: type {kind!r} is not rego, library or image-signature")
@@ -263,7 +267,7 @@ def _image_policy(
 
 def _enum(cls: type[_E], value: Any, where: str, what: str) -> _E:
     try:
-        return cls(str(value).replace("-", "").lower())
+        return cls(value)  # the schema allowed only these spellings
     except ValueError:
         raise ConfigError(f"{where}: {what} {value!r} is not one of {[m.value for m in cls]}") from None
 

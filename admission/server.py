@@ -36,6 +36,7 @@ def build_controller(settings: AdmissionSettings) -> AdmissionController:
         exempt_namespaces=settings.exempt_namespaces,
         gatekeeper_dir=gatekeeper_dir,
         allow_empty=settings.unsafe_allow_empty_policy_set,
+        parameters=settings.parameters,
     )
     metrics = AdmissionMetrics()
     registry = RegistryClient(registry_settings(settings))

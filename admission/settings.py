@@ -15,6 +15,9 @@ class AdmissionSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ADMISSION_", extra="forbid", frozen=True)
 
     policy_dir: Path = Path("/etc/edgetrust/policies/admission")
+    #: the site's parameters file ({policy: {parameter: value}}, e.g. allowed_repos: {repos: [...]}), merged
+    #: into the policies' parameters and checked against them (edgetrust/bundles/policyfile.py)
+    parameters: Path | None = None
     #: take policies (and Gatekeeper files) from a signed policy bundle instead, e.g. the one the syncer keeps;
     #: verified at start with bundle_keys ("key id=PEM file"), or the webhook does not start
     bundle: Path | None = None

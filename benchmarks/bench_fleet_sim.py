@@ -42,6 +42,7 @@ from edgetrust.spiffe.id import TrustDomain
 from localpeers.hub import free_port
 from localpeers.simulation import InMemoryCluster
 from localpeers.svid import issue_svid_files
+from localpeers.webhook import LOOPBACK_SITE
 from syncer.agent import SyncAgent, SyncResult
 from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
@@ -270,7 +271,12 @@ def main() -> None:
 
         blob = pack(
             sign_files(
-                build_files(read_repository(REPO / "policies"), counter=1, commit="fleet", group="gateways"),
+                build_files(
+                    read_repository(REPO / "policies", parameters=LOOPBACK_SITE),
+                    counter=1,
+                    commit="fleet",
+                    group="gateways",
+                ),
                 SigningKey("ci-1", signing),
             )
         )

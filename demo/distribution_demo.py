@@ -17,6 +17,7 @@ from localpeers.hub import RunningHub, running_policy_hub
 from localpeers.kube import running_kube_apiserver
 from localpeers.svid import issue_svid_files
 from localpeers.tlsca import TestCA
+from localpeers.webhook import write_site_parameters
 from syncer.agent import SyncAgent
 from syncer.kube import KubeClient, KubeConfig
 from syncer.sources import HubSource, hub_reporter, hub_session
@@ -42,6 +43,7 @@ def main() -> int:
     _say("== 1. The policy repository (policies/) and the publisher's ES256 signing key")
     repo = root / "repo"
     shutil.copytree(Path("policies"), repo)
+    write_site_parameters(repo / "parameters.yaml")  # the site's registries (the library ships none)
     signing = ec.generate_private_key(ec.SECP256R1())
     key = root / "ci.key"
     key.write_bytes(

@@ -24,18 +24,32 @@ from admission.app import create_app
 from admission.controller import AdmissionController
 from admission.server import build_controller
 from admission.settings import AdmissionSettings
+from edgetrust.bundles.policyfile import SiteParameters
 from localpeers.hub import free_port
 from localpeers.processes import running
 from localpeers.tlsca import TestCA
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_POLICIES = REPO / "policies" / "admission"
+#: the site parameters of the tests' and the demo's "site": its registries are the loopback ones they start
+#: (the shipped library names no registry; policies/admission/allowed_repos/policy.yaml)
+LOOPBACK_REPOS = ("127.0.0.1:", "127.0.0.1/", "localhost:", "localhost/", "registry.edge.example/")
+LOOPBACK_SITE = SiteParameters({"allowed_repos": {"repos": list(LOOPBACK_REPOS)}}, "localpeers LOOPBACK_SITE")
+
+
+def write_site_parameters(path: Path) -> Path:
+    """LOOPBACK_SITE as a parameters file (`--parameters`, or a policy repository's parameters.yaml)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({name: dict(values) for name, values in LOOPBACK_SITE.values.items()}))
+    return path
 
 
 def policy_dir(dest: Path, *, rego: bool = True, extra: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """The repo's policy library (or only its shared lib) plus extra policies written as policy.yaml files.
 
-    An extra policy's `files` entry maps file names to bytes or source text to write beside its policy.yaml.
+    The copy holds LOOPBACK_SITE's values in its policy.yaml files, as a site that edits its copy of the
+    library would. An extra policy's `files` entry maps file names to bytes or source text to write beside
+    its policy.yaml.
     """
     if dest.exists():
         shutil.rmtree(dest)
@@ -43,6 +57,12 @@ def policy_dir(dest: Path, *, rego: bool = True, extra: Mapping[str, Mapping[str
     for folder in REPO_POLICIES.iterdir():
         if folder.is_dir() and (rego or folder.name == "lib"):
             shutil.copytree(folder, dest / folder.name)
+    for name, values in LOOPBACK_SITE.values.items():
+        meta_path = dest / name / "policy.yaml"
+        if meta_path.is_file():
+            meta = yaml.safe_load(meta_path.read_text())
+            meta["parameters"] = {**(meta.get("parameters") or {}), **values}
+            meta_path.write_text(yaml.safe_dump(meta, sort_keys=False))
     for name, spec in (extra or {}).items():
         folder = dest / name
         folder.mkdir()

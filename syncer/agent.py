@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgetrust.bundles.errors import BundleError, BundleGroupError
-from edgetrust.bundles.format import Bundle, check_network_policies, unpack
+from edgetrust.bundles.format import Bundle, check_bundle, unpack
 from edgetrust.bundles.revocations import RevocationStore
 from edgetrust.bundles.signing import verify_bundle
 from syncer.apply import ApplyResult, apply_with_rollback, desired
@@ -157,7 +157,7 @@ class SyncAgent:
                     f"bundle {bundle.revision} is signed for cluster group {bundle.group!r}; this cluster is in "
                     f"group {self.group!r}: refused (a mirror or hub handing out another group's bundle)"
                 )
-            check_network_policies(bundle)  # every site class, as the hub checked at publish
+            check_bundle(bundle)  # every site class and policy file, as the hub checked at publish
             current, good = self.state.current(), self.state.last_known_good()
             applied_before = good is not None and good.revision == bundle.revision
             if current is not None and current.revision == bundle.revision and (applied_before or self._started):

@@ -47,6 +47,12 @@ class BundlePolicyError(BundleError):
     code = "bundle_policy_refused"
 
 
+class PolicyFileError(BundlePolicyError):
+    """An admission policy file (policy.yaml, a site's parameters file) or a Gatekeeper file does not follow its
+    format (schemas/policy.schema.json), or a site-specific parameter was left empty: the webhook would refuse
+    to start on it, so the builder, the hub and the syncer refuse it first."""
+
+
 class SourceUnreachableError(BundleError):
     """The bundle source (the hub, a mirror, a file) gave no bundle: nothing applied, the last known good kept."""
 

@@ -33,6 +33,14 @@ import yaml
 
 from edgetrust.bundles.errors import BundleBuildError, BundleFormatError, BundleGroupError, BundlePolicyError
 from edgetrust.bundles.networkpolicy import PROTECTED_NAMESPACES, validate_network_policy, validate_site_classes
+from edgetrust.bundles.policyfile import (
+    SiteParameters,
+    check_bundle_files,
+    check_directory,
+    check_gatekeeper,
+    dump,
+    repository_site,
+)
 
 ROOT = "edgetrust"
 POLICY_ROOTS = [f"{ROOT}/admission", f"{ROOT}/gatekeeper", f"{ROOT}/lib", f"{ROOT}/networkpolicies"]
@@ -142,21 +150,45 @@ def check_network_policies(bundle: Bundle, *, protected: Sequence[str] = PROTECT
         raise BundlePolicyError(f"bundle {bundle.revision}: {problem}")
 
 
-def read_repository(policies: Path, *, protected: Sequence[str] = PROTECTED_NAMESPACES) -> Source:
+def check_bundle(bundle: Bundle, *, protected: Sequence[str] = PROTECTED_NAMESPACES) -> None:
+    """Everything in a bundle a cluster would refuse, or BundlePolicyError: its NetworkPolicies (the lockout rule
+    included) and its admission policy and Gatekeeper files (edgetrust/bundles/policyfile.py); what `policy
+    sign`, the hub's publish and the syncer run on a bundle."""
+    check_network_policies(bundle, protected=protected)
+    try:
+        check_bundle_files(bundle.files)
+    except BundlePolicyError as exc:
+        raise type(exc)(f"bundle {bundle.revision}: {exc}") from None
+
+
+def read_repository(
+    policies: Path,
+    *,
+    protected: Sequence[str] = PROTECTED_NAMESPACES,
+    parameters: Path | SiteParameters | None = None,
+) -> Source:
     """policies/admission/**.rego and policies/networkpolicies/<site class>/*.yaml; every NetworkPolicy is
-    validated here (the lockout rule included), so that a bad one fails the build naming its file and field."""
+    validated here (the lockout rule included), so that a bad one fails the build naming its file and field,
+    and so is every policy.yaml, with the site's parameters (`parameters`: a file or values; by default the
+    repository's parameters.yaml) merged in as the bundle then carries them."""
     source = Source()
     admission = policies / "admission"
     if admission.is_dir():
+        site = parameters if isinstance(parameters, SiteParameters) else repository_site(policies, parameters)
+        merged = check_directory(admission, site)
         for path in sorted(p for p in admission.rglob("*") if p.is_file()):
             name = f"{ROOT}/admission/{path.relative_to(admission).as_posix()}"
             if path.name.endswith("_test.rego") or path.name in ("data.json", "data.yaml", "data.yml"):
                 continue
-            (source.rego if path.suffix == ".rego" else source.admission_files)[name] = path.read_bytes()
+            content = path.read_bytes()
+            if path in merged and merged[path] != yaml.safe_load(content):  # the site's values, merged in
+                content = dump(merged[path])
+            (source.rego if path.suffix == ".rego" else source.admission_files)[name] = content
     gatekeeper = policies / "gatekeeper"
     if gatekeeper.is_dir():
         for path in sorted(p for p in gatekeeper.rglob("*.y*ml") if p.is_file() and "samples" not in p.parts):
             if path.name not in ("data.yaml", "data.yml"):
+                check_gatekeeper(path.read_bytes(), str(path))
                 source.admission_files[f"{ROOT}/gatekeeper/{path.relative_to(gatekeeper).as_posix()}"] = (
                     path.read_bytes()
                 )

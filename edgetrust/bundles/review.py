@@ -27,6 +27,9 @@ class Review:
     #: site class -> (added, removed, changed) NetworkPolicy names as namespace/name
     changes: dict[str, tuple[list[str], list[str], list[str]]] = field(default_factory=dict)
     against: str | None = None
+    #: checked and valid: admission policy files (policy.yaml, site parameters merged) and NetworkPolicies
+    admission_policies: int = 0
+    network_policies: int = 0
 
 
 def _key(policy: dict[str, Any]) -> str:
@@ -35,17 +38,24 @@ def _key(policy: dict[str, Any]) -> str:
 
 
 def review_repository(
-    repository: Path, *, published: Bundle | None, protected: Sequence[str] = PROTECTED_NAMESPACES
+    repository: Path,
+    *,
+    published: Bundle | None,
+    protected: Sequence[str] = PROTECTED_NAMESPACES,
+    parameters: Path | None = None,
 ) -> Review:
     review = Review(against=published.revision if published is not None else None)
     if not (repository / "networkpolicies").is_dir() and not (repository / "admission").is_dir():
         return review
     try:
         # validates every NetworkPolicy, naming the file and the field; the lockout rule is checked below, for all
-        source = read_repository(repository, protected=())
+        # and every policy.yaml, with the site's parameters (`parameters`, else the repository's parameters.yaml)
+        source = read_repository(repository, protected=(), parameters=parameters)
     except BundleError as exc:
         review.errors.append(exc.diagnostics())
         return review
+    review.admission_policies = sum(1 for name in source.admission_files if name.endswith("/policy.yaml"))
+    review.network_policies = sum(len(policies) for policies in source.network_policies.values())
     for site_class, policies in sorted(source.network_policies.items()):
         for policy in policies:
             problem = lockout(policy, protected=tuple(protected))
@@ -70,6 +80,9 @@ def markdown(
     cases_failed: list[str],
     rego: list[tuple[str, bool, str]],
     review: Review,
+    rego_suites: int = 0,
+    rego_tests: int = 0,
+    rego_tests_failed: int = 0,
 ) -> str:
     """A PR comment: the verdict first, then what failed, then what the PR changes in which site class."""
     rego_failed = [folder for folder, ok, _ in rego if not ok]
@@ -77,9 +90,14 @@ def markdown(
     lines = [f"### edgetrust policy test: {'✅ passed' if ok else '❌ failed'}", ""]
     lines.append("| check | result |")
     lines.append("|---|---|")
-    lines.append(f"| Rego unit tests (`opa test`) | {len(rego) - len(rego_failed)}/{len(rego)} folders passed |")
+    lines.append(
+        f"| Rego unit tests (`opa test`) | {rego_suites} suites, {rego_tests - rego_tests_failed}/{rego_tests} tests "
+        f"passed ({len(rego) - len(rego_failed)}/{len(rego)} folders passed) |"
+    )
     lines.append(f"| Gatekeeper suites | {suites} suites, {cases_passed} cases passed, {len(cases_failed)} failed |")
-    lines.append(f"| NetworkPolicies | {'valid' if not review.errors else f'{len(review.errors)} problem(s)'} |")
+    checked = f"{review.admission_policies} admission policies, {review.network_policies} NetworkPolicies"
+    verdict = f"{checked} valid" if not review.errors else f"{len(review.errors)} problem(s)"
+    lines.append(f"| Policy files (policy.yaml, NetworkPolicies) | {verdict} |")
     for warning in review.warnings:
         lines += ["", f"> ⚠️ {warning}"]
     if review.errors or cases_failed or rego_failed:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,6 +38,7 @@ from localpeers.kube import KubeAPI, running_kube_apiserver
 from localpeers.registry import Registry, running_registry
 from localpeers.svid import issue_svid_files
 from localpeers.tlsca import TestCA
+from localpeers.webhook import write_site_parameters
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +107,7 @@ class Publishers:
         """A copy of the policy repository, minus some files (e.g. 'edge-gateway' or 'edge-gateway/allow-hub.yaml')."""
         path = self.work / "repos" / name
         shutil.copytree(REPO_POLICIES, path)
+        write_site_parameters(path / "parameters.yaml")  # the site's registries
         for item in without:
             target = path / "networkpolicies" / item
             shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -450,6 +452,67 @@ def test_signed_bundle_restricting_kube_system_is_refused_by_build_sign_hub_and_
     assert live(site.kube, "kube-system") == {}, "a NetworkPolicy reached kube-system"
     assert versions(site.kube) == before
     assert site.guard() == 1
+    assert site.last_known_good() == good
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        # a misspelt mode: the webhook would refuse to start on it, leaving the cluster on its last policies
+        (lambda meta: meta.update(mode="enfroce"), "mode: 'enfroce' is not one of enforce, warn, audit, dryrun"),
+        # the site's allowlist emptied: in enforce mode it would deny every pod
+        (lambda meta: meta["parameters"].update(repos=[]), "parameters.repos is site-specific and not set"),
+    ],
+)
+def test_signed_bundle_with_a_policy_file_the_webhook_would_refuse_is_refused_by_sign_hub_and_syncer(
+    fleet: tuple[RunningHub, Publishers, SiteB],
+    mirror: Registry,
+    tmp_path: Path,
+    change: Callable[[dict[str, Any]], None],
+    named: str,
+) -> None:
+    hub, publishers, site = fleet
+    trustctl = str(Path(sys.executable).parent / "trustctl")
+    repo = genuine_first_revision(hub, publishers, site, tmp_path)
+    before = versions(site.kube)
+    good = site.last_known_good()
+
+    # built by hand, past `policy build`, and signed by a key every cluster trusts
+    files = publishers.files(repo, counter=2, group="gateways")
+    name = f"{ROOT}/admission/allowed_repos/policy.yaml"
+    meta = yaml.safe_load(files[name])
+    change(meta)
+    files[name] = yaml.safe_dump(meta).encode()
+    unsigned = tmp_path / "unsigned.tar.gz"
+    unsigned.write_bytes(pack(files))
+    key = tmp_path / "ci-gateways.key"
+    key.write_bytes(
+        publishers.keys["ci-gateways"].private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    signing = subprocess.run(
+        [trustctl, "policy", "sign", str(unsigned), "--key", str(key), "--key-id", "ci-gateways"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert signing.returncode == 1, signing.stdout + signing.stderr
+    assert f"{name}: {named}" in signing.stderr
+    bad = publishers.sign(files, "ci-gateways")
+
+    at_hub = publish(hub, GATEWAYS_CI, "gateways", bad, tmp_path)
+    assert at_hub.status_code == 403
+    assert "bundle_policy_refused" in at_hub.json()["reason"]
+    assert f"{name}: {named}" in at_hub.json()["reason"]
+    assert counter_of(hub, "gateways") == 1
+
+    handed = site.sync("--bundle-oci", serve_from_mirror(mirror, bad), "--registry-ca", str(mirror.ca_file))
+    assert handed.returncode == 1, handed.output
+    assert "bundle_policy_refused" in handed.output
+    assert named in handed.output
+    assert versions(site.kube) == before
+    assert site.guard() == 1, "the refused bundle moved the rollback guard"
     assert site.last_known_good() == good
 
 

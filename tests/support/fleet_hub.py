@@ -20,6 +20,7 @@ from edgetrust.bundles.format import build_files, pack, read_repository
 from edgetrust.bundles.signing import SigningKey, sign_files
 from localpeers.hub import RunningHub, running_hub
 from localpeers.svid import issue_svid_files
+from localpeers.webhook import LOOPBACK_SITE
 
 DOMAIN = "edge.example"
 OPERATOR = f"spiffe://{DOMAIN}/operator/admin"
@@ -80,7 +81,9 @@ class FleetHub:
     def signed_bundle(self, counter: int, group: str = GROUP) -> bytes:
         """The repository's policies as a bundle for `group` signed by the fleet's publisher key, its manifest
         carrying `counter` whatever it is (build_files would refuse an illegal one; an attacker's tool would not)."""
-        files = build_files(read_repository(REPO_POLICIES), counter=1, commit="abc", group=group)
+        files = build_files(
+            read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE), counter=1, commit="abc", group=group
+        )
         manifest = json.loads(files[".manifest"])
         manifest["revision"] = f"{counter:012d}-abc"
         manifest["metadata"]["counter"] = counter

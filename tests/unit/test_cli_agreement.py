@@ -47,6 +47,7 @@ OTHERS = {
     "trustd ca status",
     "trustd svid mint",
     "trustctl policy test",
+    "trustctl fleet check",
     "trustctl policy build",
     "trustctl policy sign",
     "trustctl policy push",

@@ -1,4 +1,8 @@
-"""`trustctl fleet list | revoke`: the operator's commands, spoken to trustd over mTLS with an operator SVID."""
+"""`trustctl fleet list | revoke | entry`: the operator's commands, spoken to trustd over mTLS with an operator
+SVID; and `trustctl fleet check FILE`, offline: the hub's fleet file checked as `trustd serve --fleet` will read
+it (schemas/fleet.schema.json), in the fleet repository's CI or before a deploy, without a hub or credentials.
+It lives here, beside the other fleet commands, rather than under `trustd`: trustctl is the operator's tool,
+the one the policy checks (`trustctl policy test`) already come with."""
 
 from __future__ import annotations
 
@@ -13,8 +17,13 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub: argparse._SubParsersAction[Parser], help: str) -> None:
+    from edgetrust._internal.cli import add_json
+
     fleet = sub.add_parser("fleet", help=help)
     commands = fleet.add_subparsers(dest="fleet_command", required=True)
+    check = commands.add_parser("check", help="check a fleet file (trustd serve --fleet) before deploying it")
+    check.add_argument("fleet_file", type=Path, help="the fleet file (YAML; see examples/fleet.yaml)")
+    add_json(check)
     listing = commands.add_parser("list", help="enrolled nodes (SVID expiry, status) and clusters (policy revision)")
     _hub_args(listing)
     revoke = commands.add_parser("revoke", help="revoke a node (its TPM may not enroll again) or any SPIFFE ID")
@@ -49,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from edgetrust._internal import hubclient
     from edgetrust._internal.cli import EXIT_OK, fail
 
+    if args.fleet_command == "check":
+        return check(args)
     action = f"fleet {args.fleet_command}" + (f" {args.entry_command}" if args.fleet_command == "entry" else "")
     try:
         view = _call(args, action)
@@ -64,6 +75,46 @@ def run(args: argparse.Namespace) -> int:
         print(f"revoked {view['spiffe_id']} (revocation list counter {view['counter']})")
         if view["ek_fingerprint"]:
             print(f"  its TPM (EK {view['ek_fingerprint'][:16]}…) may not enroll again")
+    return EXIT_OK
+
+
+def check(args: argparse.Namespace) -> int:
+    """Exit 0 valid, 1 invalid (naming the field), 2 no such file; the groups and their members on success."""
+    from edgetrust._internal.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, fail
+    from trustd.server.policy.distribution import DEFAULT_WAVES, Fleet, PolicyDistributionError
+
+    prog = "trustctl fleet check"
+    if not args.fleet_file.is_file():
+        return fail(prog, f"{args.fleet_file}: no such file", EXIT_USAGE)
+    try:
+        fleet = Fleet.load(args.fleet_file)
+    except PolicyDistributionError as exc:
+        return fail(prog, exc, EXIT_REFUSED)
+    groups: dict[str, dict[str, list[Any]]] = {
+        name: {
+            "clusters": fleet.members(group),
+            "canary": list(group.canary),
+            "waves": list(group.waves),
+            "publishers": sorted(group.publishers),
+        }
+        for name, group in fleet.groups.items()
+    }
+    grouped = {c for view in groups.values() for c in view["clusters"]}
+    outside = sorted(set(fleet.clusters) - grouped)
+    if args.json:
+        report = {"fleet_file": str(args.fleet_file), "valid": True, "groups": groups, "ungrouped": outside}
+        print(json.dumps({**report, "operators": sorted(fleet.operators)}))
+        return EXIT_OK
+    sizes = f"{len(groups)} groups, {len(fleet.clusters)} clusters, {len(fleet.operators)} operators"
+    print(f"{args.fleet_file}: valid: {sizes}")
+    for name, view in groups.items():
+        waves = "/".join(str(w) for w in view["waves"])
+        waves += " (default)" if tuple(view["waves"]) == DEFAULT_WAVES else ""
+        canary = f", canary {', '.join(view['canary'])}" if view["canary"] else ""
+        publishers = ", ".join(view["publishers"]) or "nobody (no publisher: nothing can be published)"
+        print(f"  group {name}: {len(view['clusters'])} clusters{canary}, waves {waves} %; published by {publishers}")
+    if outside:
+        print(f"  WARNING clusters in no group (they get no policy bundle): {', '.join(outside)}")
     return EXIT_OK
 
 

@@ -34,6 +34,13 @@ def add_parsers(commands: argparse._SubParsersAction[Parser]) -> None:
     build.add_argument("--counter", type=int, help="revision counter (default: the repository's commit count)")
     build.add_argument("--commit", help="revision commit (default: the repository's HEAD)")
     build.add_argument(
+        "--parameters",
+        type=Path,
+        metavar="FILE",
+        help="the site's parameters file ({policy: {parameter: value}}, merged into the bundle's policy.yaml; "
+        "default: <repository>/parameters.yaml)",
+    )
+    build.add_argument(
         "--group", required=True, help="the cluster group it is for (signed; clusters of other groups refuse it)"
     )
     _signing_args(build, required=False)
@@ -134,7 +141,10 @@ def _build(args: argparse.Namespace) -> int:
         args.counter if args.counter is not None else int(_git(args.repository, "rev-list", "--count", "HEAD") or 0)
     )
     commit = args.commit or _git(args.repository, "rev-parse", "HEAD") or "uncommitted"
-    files = build_files(read_repository(args.repository), counter=counter, commit=commit, group=args.group)
+    if args.parameters is not None and not args.parameters.is_file():
+        raise FileNotFoundError(f"--parameters {args.parameters}: no such file")
+    source = read_repository(args.repository, parameters=args.parameters)
+    files = build_files(source, counter=counter, commit=commit, group=args.group)
     if args.key:
         files = sign_files(files, SigningKey.from_pem(args.key_id, args.key.read_bytes()))
     args.out.write_bytes(pack(files))
@@ -150,7 +160,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def _sign(args: argparse.Namespace) -> int:
     from edgetrust._internal.cli import EXIT_OK
-    from edgetrust.bundles.format import MANIFEST, SIGNATURES, check_network_policies, pack, unpack
+    from edgetrust.bundles.format import MANIFEST, SIGNATURES, check_bundle, pack, unpack
     from edgetrust.bundles.signing import SigningKey, sign_files
 
     bundle = unpack(args.bundle.read_bytes())
@@ -158,7 +168,7 @@ def _sign(args: argparse.Namespace) -> int:
     if args.group:
         files[MANIFEST] = _with_group(bundle, args.group)
         bundle = unpack(pack(files))
-    check_network_policies(bundle)  # nothing is signed that the hub and the syncers would refuse
+    check_bundle(bundle)  # nothing is signed that the hub and the syncers would refuse
     group = bundle.group  # a bundle is signed for one group, or not at all
     out = args.out or args.bundle
     out.write_bytes(pack(sign_files(files, SigningKey.from_pem(args.key_id, args.key.read_bytes()))))
@@ -244,7 +254,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from edgetrust.bundles.format import MANIFEST, SIGNATURES, check_network_policies, pack, unpack
+    from edgetrust.bundles.format import MANIFEST, SIGNATURES, check_bundle, pack, unpack
     from edgetrust.bundles.signing import SigningKey, sign_files
 
     with _hub(args) as hub:
@@ -262,7 +272,7 @@ def _rollback(args: argparse.Namespace) -> int:
         }
         files = {k: v for k, v in old.files.items() if k != SIGNATURES}
         files[MANIFEST] = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-        check_network_policies(unpack(pack(files)))
+        check_bundle(unpack(pack(files)))
         blob = pack(sign_files(files, SigningKey.from_pem(args.key_id, args.key.read_bytes())))
         if not args.json:
             print(f"rolling {args.group} back to the content of {old.revision} as revision {manifest['revision']}")

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from edgetrust.bundles.format import build_files, pack, read_repository
 from edgetrust.bundles.signing import SigningKey, sign_files
 from localpeers.peers import peer
+from localpeers.webhook import LOOPBACK_SITE
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "edgetrust"
@@ -63,7 +64,9 @@ def make_user_inputs(work: Path, group: str = "stores") -> UserInputs:
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     files = sign_files(
-        build_files(read_repository(REPO / "policies"), counter=1, commit="chart", group=group),
+        build_files(
+            read_repository(REPO / "policies", parameters=LOOPBACK_SITE), counter=1, commit="chart", group=group
+        ),
         SigningKey("ci-1", key),
     )
     bundle = pack(files)

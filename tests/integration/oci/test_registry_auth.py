@@ -25,7 +25,7 @@ from localpeers.opa_server import OpaServer, opa_server
 from localpeers.registry import REGISTRY_LOGIN, Registry, running_registry, write_auth_file
 from localpeers.simulation import InMemoryCluster
 from localpeers.tlsca import TestCA
-from localpeers.webhook import pod, policy_dir, review, running_webhook
+from localpeers.webhook import LOOPBACK_SITE, pod, policy_dir, review, running_webhook
 from syncer.agent import SyncAgent
 from syncer.sources import OCISource
 from syncer.state import AgentState
@@ -126,7 +126,9 @@ def test_webhook_with_a_wrong_or_no_registry_password_refuses_the_image_clearly(
 
 
 def _bundle(counter: int, key: ec.EllipticCurvePrivateKey) -> bytes:
-    files = build_files(read_repository(REPO_POLICIES), counter=counter, commit="auth", group="gateways")
+    files = build_files(
+        read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE), counter=counter, commit="auth", group="gateways"
+    )
     return pack(sign_files(files, SigningKey("ci-1", key)))
 
 

@@ -20,6 +20,7 @@ from edgetrust.bundles.format import SIGNATURES, build_files, pack, read_reposit
 from edgetrust.bundles.signing import SigningKey, load_verification_keys, sign_files
 from localpeers.kube import KubeAPI, running_kube_apiserver
 from localpeers.tlsca import TestCA
+from localpeers.webhook import write_site_parameters
 from syncer.agent import SyncAgent
 from syncer.kube import KubeClient, KubeConfig
 from syncer.sources import FileSource
@@ -63,6 +64,7 @@ class Publisher:
         self.keys = load_verification_keys({"hub-1": public})
         self.repo = work / "repo"
         shutil.copytree(REPO_POLICIES, self.repo)
+        write_site_parameters(self.repo / "parameters.yaml")  # the site's registries
         self.drop = work / "bundle.tar.gz"
 
     def files(self, counter: int) -> dict[str, bytes]:

@@ -17,7 +17,7 @@ from edgetrust.bundles.format import build_files, pack, read_repository
 from edgetrust.bundles.signing import SigningKey, sign_files
 from localpeers.opa_server import opa_server
 from localpeers.tlsca import TestCA
-from localpeers.webhook import pod, review, running_webhook
+from localpeers.webhook import pod, review, running_webhook, write_site_parameters
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[3]
 def test_policies_and_constraints_from_a_signed_bundle(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(REPO / "policies", repo)
+    write_site_parameters(repo / "parameters.yaml")  # the site's registries
     shutil.copy(
         REPO / "tests" / "data" / "gatekeeper" / "edgerequiredlabels" / "template.yaml",
         repo / "gatekeeper-template.yaml",

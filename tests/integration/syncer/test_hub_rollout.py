@@ -24,6 +24,7 @@ from localpeers.hub import RunningHub, running_policy_hub
 from localpeers.kube import KubeAPI, running_kube_apiserver
 from localpeers.svid import issue_svid_files
 from localpeers.tlsca import TestCA
+from localpeers.webhook import LOOPBACK_SITE, write_site_parameters
 from syncer.agent import SyncAgent
 from syncer.kube import KubeClient, KubeConfig
 from syncer.sources import HubSource, hub_reporter, hub_session
@@ -109,7 +110,12 @@ async def scenario(hub: RunningHub, kubes: dict[str, KubeAPI], work: Path, signi
 
     waiting_b = asyncio.create_task(agents["site-b"].run_once())  # site-b long-polls through the publish
     blob = pack(
-        sign_files(build_files(read_repository(REPO_POLICIES), counter=1, commit="abc", group="gateways"), signing)
+        sign_files(
+            build_files(
+                read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE), counter=1, commit="abc", group="gateways"
+            ),
+            signing,
+        )
     )
     published = await publisher.post("/v1/policy/bundles/gateways", content=blob)
     assert published.status_code == 200, published.text
@@ -189,12 +195,15 @@ def test_trustctl_publish_rollout_status_and_rollback(tmp_path: Path) -> None:
         def run(*argv: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([trustctl, "policy", *argv], capture_output=True, text=True, timeout=60)
 
+        site = write_site_parameters(tmp_path / "site.yaml")  # the library names no registry: the site's do
         first = tmp_path / "v1.tar.gz"
         built = run(
             "build",
             "--group",
             "gateways",
             str(REPO_POLICIES),
+            "--parameters",
+            str(site),
             "--out",
             str(first),
             "--counter",
@@ -221,6 +230,8 @@ def test_trustctl_publish_rollout_status_and_rollback(tmp_path: Path) -> None:
             "--group",
             "gateways",
             str(REPO_POLICIES),
+            "--parameters",
+            str(site),
             "--out",
             str(second),
             "--counter",

@@ -20,6 +20,7 @@ from localpeers.peers import peer
 from localpeers.registry import running_registry
 from localpeers.simulation import InMemoryCluster
 from localpeers.tlsca import TestCA
+from localpeers.webhook import LOOPBACK_SITE
 from syncer.agent import SyncAgent
 from syncer.sources import OCISource
 from syncer.state import AgentState
@@ -32,7 +33,12 @@ REPO_POLICIES = Path(__file__).resolve().parents[3] / "policies"
 def signed(counter: int, key: ec.EllipticCurvePrivateKey, key_id: str = "ci-1") -> bytes:
     return pack(
         sign_files(
-            build_files(read_repository(REPO_POLICIES), counter=counter, commit="oci", group="gateways"),
+            build_files(
+                read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE),
+                counter=counter,
+                commit="oci",
+                group="gateways",
+            ),
             SigningKey(key_id, key),
         )
     )

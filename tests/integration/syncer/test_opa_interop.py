@@ -18,6 +18,7 @@ from edgetrust.bundles.format import build_files, pack, read_repository, unpack
 from edgetrust.bundles.signing import SigningKey, load_verification_keys, sign_files, verify_bundle
 from localpeers.hub import free_port
 from localpeers.peers import peer
+from localpeers.webhook import LOOPBACK_SITE
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,12 @@ def wait(process: subprocess.Popen[bytes], port: int) -> bool:
 def signed_bundle(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
     private, public = write_keypair(tmp_path, "hub")
     files = sign_files(
-        build_files(read_repository(REPO_POLICIES), counter=3, commit="0123456789abcdef", group="gateways"),
+        build_files(
+            read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE),
+            counter=3,
+            commit="0123456789abcdef",
+            group="gateways",
+        ),
         SigningKey.from_pem("hub-1", private.read_bytes()),
     )
     path = tmp_path / "bundle.tar.gz"

@@ -27,6 +27,7 @@ from edgetrust.spiffe.id import TrustDomain
 from localpeers.kube import KubeAPI, running_kube_apiserver
 from localpeers.svid import issue_svid_files
 from localpeers.tlsca import TestCA
+from localpeers.webhook import write_site_parameters
 from syncer.agent import SyncAgent
 from syncer.kube import KubeClient, KubeConfig
 from syncer.sources import HubSource, hub_reporter, hub_session
@@ -102,6 +103,7 @@ def test_partition_restart_bad_link_and_heal(tmp_path: Path) -> None:
     key = SigningKey("ci-1", signing)
     repo = tmp_path / "repo"
     shutil.copytree(REPO_POLICIES, repo)
+    write_site_parameters(repo / "parameters.yaml")  # the site's registries
     with namespace_link("hub") as link, running_kube_apiserver(tmp_path / "kube", TestCA(tmp_path / "ca")) as kube:
         hub = start_hub(link, tmp_path, public)
         try:

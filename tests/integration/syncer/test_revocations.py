@@ -34,6 +34,7 @@ from localpeers.hub import RunningHub, free_port, running_policy_hub
 from localpeers.peers import peer
 from localpeers.simulation import InMemoryCluster
 from localpeers.svid import issue_svid_files
+from localpeers.webhook import LOOPBACK_SITE
 from syncer.agent import SyncAgent
 from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
@@ -160,7 +161,9 @@ def test_revocation_reaches_the_agent_opa_and_in_cluster_services(tmp_path: Path
         bundle.write_bytes(
             pack(
                 sign_files(
-                    build_files(read_repository(REPO_POLICIES), counter=1, commit="abc", group="all"),
+                    build_files(
+                        read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE), counter=1, commit="abc", group="all"
+                    ),
                     SigningKey("ci-1", signing),
                 )
             )

@@ -18,6 +18,7 @@ from localpeers.hub import RunningHub, running_policy_hub
 from localpeers.kube import KubeAPI, running_kube_apiserver
 from localpeers.svid import issue_svid_files
 from localpeers.tlsca import TestCA
+from localpeers.webhook import write_site_parameters
 from syncer.state import AgentState
 
 pytestmark = pytest.mark.integration
@@ -48,6 +49,7 @@ def test_syncer_process_once_and_after_a_kill_mid_apply(tmp_path: Path) -> None:
     key = SigningKey("ci-1", signing)
     repo = tmp_path / "repo"
     shutil.copytree(REPO_POLICIES, repo)
+    write_site_parameters(repo / "parameters.yaml")  # the site's registries
     with (
         running_policy_hub(tmp_path, fleet=fleet, publisher_keys={"ci-1": public}) as hub,
         running_kube_apiserver(tmp_path / "kube", ca) as kube,

@@ -25,6 +25,7 @@ from edgetrust.bundles.signing import SigningKey, sign_files
 from localpeers.hub import running_hub
 from localpeers.peers import peer
 from localpeers.tlsca import TestCA
+from localpeers.webhook import write_site_parameters
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +46,7 @@ def policy_test(*args: str) -> subprocess.CompletedProcess[str]:
 def repo(tmp_path: Path) -> Path:
     copy = tmp_path / "policies"
     shutil.copytree(REPO / "policies", copy)
+    write_site_parameters(copy / "parameters.yaml")  # the site's registries
     return copy
 
 
@@ -60,13 +62,14 @@ def published_without_allow_web(repo: Path, tmp_path: Path) -> Path:
 
 
 def test_our_policies_pass_with_a_pr_summary(repo: Path, tmp_path: Path) -> None:
-    done = policy_test(
-        str(REPO / "policies"), "--markdown", "--against", str(published_without_allow_web(repo, tmp_path))
-    )
+    site = write_site_parameters(tmp_path / "site.yaml")  # the library names no registry: the site's file does
+    against = str(published_without_allow_web(repo, tmp_path))
+    done = policy_test(str(REPO / "policies"), "--markdown", "--parameters", str(site), "--against", against)
     assert done.returncode == 0, done.stdout + done.stderr
     summary = done.stdout
     assert summary.startswith("### edgetrust policy test: ✅ passed")
-    assert "| Rego unit tests (`opa test`) | 1/1 folders passed |" in summary
+    assert re.search(r"\| Rego unit tests \(`opa test`\) \| 10 suites, (\d+)/\1 tests passed \(1/1 folders", summary)
+    assert "| Policy files (policy.yaml, NetworkPolicies) | 10 admission policies, 5 NetworkPolicies valid |" in summary
     assert "#### NetworkPolicy changes against 000000000007-0badc0ffee" in summary
     assert "| edge-store | `shop/allow-web` | - | - |" in summary
 
@@ -103,6 +106,20 @@ def test_a_policy_that_would_lock_out_kube_system_is_refused(repo: Path) -> None
     done = policy_test(str(repo), "--markdown")
     assert done.returncode == 1
     assert "kube-system/deny-all would restrict kube-system" in done.stdout
+
+
+def test_a_misspelt_mode_and_a_repository_without_site_parameters_are_named(repo: Path) -> None:
+    meta = repo / "admission" / "no_privileged" / "policy.yaml"
+    meta.write_text(meta.read_text().replace("mode: enforce", "mode: enfroce"))
+    done = policy_test(str(repo))
+    assert done.returncode == 1
+    assert f"{meta}: mode: 'enfroce' is not one of enforce, warn, audit, dryrun" in done.stdout
+    meta.write_text(meta.read_text().replace("mode: enfroce", "mode: enforce"))
+    (repo / "parameters.yaml").unlink()
+    done = policy_test(str(repo))
+    assert done.returncode == 1
+    assert "allowed_repos/policy.yaml: parameters.repos is site-specific and not set" in done.stdout
+    assert "policies FAILED: " in done.stdout.splitlines()[-1]
 
 
 def test_a_repository_without_tests_is_warned(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from admission.errors import ConfigError
 from admission.imageref import parse_image_reference
 from admission.policy import FailureMode, Mode, PolicySet
-from localpeers.webhook import REPO_POLICIES, policy_dir
+from localpeers.webhook import LOOPBACK_REPOS, REPO_POLICIES, policy_dir, write_site_parameters
 
 
-def test_repository_policies_load() -> None:
-    policies = PolicySet.load(REPO_POLICIES)
+def test_repository_policies_load(tmp_path: Path) -> None:
+    policies = PolicySet.load(REPO_POLICIES, parameters=write_site_parameters(tmp_path / "site.yaml"))
     names = {p.name for p in policies.rego}
     assert {"disallow_latest_tag", "no_privileged", "allowed_repos", "require_labels"} <= names
     assert [lib.name for lib in policies.libraries] == ["lib"]
@@ -23,6 +23,44 @@ def test_repository_policies_load() -> None:
     assert modes["no_privileged"] == (Mode.ENFORCE, FailureMode.CLOSED)
     assert policies.exempt("kube-system")
     assert not policies.exempt("default")
+
+
+def test_the_shipped_library_names_no_registry_and_refuses_to_load_until_the_site_sets_its_own(
+    tmp_path: Path,
+) -> None:
+    unset = r"parameters\.repos is site-specific and not set"
+    with pytest.raises(ConfigError, match=r"allowed_repos/policy\.yaml: " + unset):
+        PolicySet.load(REPO_POLICIES)
+    site = tmp_path / "site.yaml"
+    site.write_text("allowed_repos: {repos: []}\n")  # an empty allowlist would deny every pod
+    with pytest.raises(ConfigError, match=unset):
+        PolicySet.load(REPO_POLICIES, parameters=site)
+    site.write_text("allowed_repos: {repos: [registry.retail.example/]}\n")
+    repos = {p.name: p.parameters for p in PolicySet.load(REPO_POLICIES, parameters=site).rego}["allowed_repos"]
+    assert repos == {"repos": ["registry.retail.example/"]}
+    assert not set(yaml.safe_load((REPO_POLICIES / "allowed_repos" / "policy.yaml").read_text())["parameters"]["repos"])
+
+
+@pytest.mark.parametrize(
+    ("site", "reason"),
+    [
+        ("allowed_repo: {repos: [x/]}", "allowed_repo: no such policy"),
+        ("allowed_repos: {repo: [x/]}", "allowed_repos.repo: the policy has no parameter 'repo'"),
+        ("allowed_repos: {repos: registry.retail.example/}", "allowed_repos.repos: must be a list"),
+        ("no_privileged: {x: 1}", "no_privileged: the policy takes no parameters"),
+        ("allowed_repos: [x]", "allowed_repos: must be a mapping of parameter names"),
+    ],
+)
+def test_a_site_parameters_file_is_checked_against_the_policies(tmp_path: Path, site: str, reason: str) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(site + "\n")
+    with pytest.raises(ConfigError, match=f"{path}: {reason}"):
+        PolicySet.load(REPO_POLICIES, parameters=path)
+
+
+def test_the_test_site_copy_holds_the_loopback_registries(tmp_path: Path) -> None:
+    policies = PolicySet.load(policy_dir(tmp_path / "p"))
+    assert {p.name: p.parameters for p in policies.rego}["allowed_repos"] == {"repos": list(LOOPBACK_REPOS)}
 
 
 def test_revision_changes_with_content(tmp_path: Path) -> None:
@@ -35,16 +73,19 @@ def test_revision_changes_with_content(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("meta", "reason"),
     [
-        ({"name": "Bad-Name"}, "must match"),
-        ({"mode": "block"}, "mode 'block' is not one of"),
-        ({"failure": "sometimes"}, "failure 'sometimes'"),
-        ({"surprise": 1}, "unknown fields"),
-        ({"type": "image-signature", "images": []}, "non-empty list"),
+        # the messages are schemas/policy.schema.json's (edgetrust/bundles/policyfile.py), naming the field
+        ({"name": "Bad-Name"}, "name: 'Bad-Name' does not match"),
+        ({"mode": "block"}, "mode: 'block' is not one of enforce, warn, audit, dryrun"),
+        ({"failure": "sometimes"}, "failure: 'sometimes' is not one of closed, open"),
+        ({"surprise": 1}, "unknown field 'surprise'"),
+        ({"type": "image-signature", "images": []}, "images: .* should be non-empty"),
         ({"type": "image-signature", "images": ["*"]}, "needs keys or keyless"),
         ({"type": "image-signature", "images": ["*"], "keys": ["missing.pub"]}, "missing.pub"),
-        ({"type": "image-signature", "images": ["*"], "keyless": {"trustedRoot": "x.json"}}, "needs trustedRoot and"),
-        ({"type": "wasm"}, "is not rego, library or image-signature"),
-        ({"match": {"kinds": "Pod"}}, "match.kinds must be a list"),
+        ({"type": "image-signature", "images": ["*"], "keyless": {"trustedRoot": "x.json"}}, "keyless: 'identities'"),
+        ({"type": "wasm"}, "type: 'wasm' is not one of rego, library, image-signature"),
+        ({"match": {"kinds": "Pod"}}, "match.kinds: 'Pod' is not of type"),
+        ({"match": {"excludedNamespace": ["x"]}}, "match: unknown field 'excludedNamespace'"),
+        ({"images": ["*"]}, "images: only an image-signature policy has images"),
     ],
 )
 def test_policy_mistakes_are_named_at_load(tmp_path: Path, meta: dict[str, object], reason: str) -> None:

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from edgetrust.bundles.format import build_files, pack, read_repository
 from edgetrust.bundles.signing import SigningKey, load_verification_keys, sign_files
 from localpeers.simulation import InMemoryCluster
+from localpeers.webhook import LOOPBACK_SITE
 from syncer.agent import SyncAgent
 from syncer.sources import FileSource
 from syncer.state import AgentState
@@ -27,7 +28,9 @@ def test_the_same_bundle_fetched_again_is_unchanged_not_a_replay(tmp_path: Path)
     drop.write_bytes(
         pack(
             sign_files(
-                build_files(read_repository(REPO_POLICIES), counter=4, commit="x", group="gateways"),
+                build_files(
+                    read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE), counter=4, commit="x", group="gateways"
+                ),
                 SigningKey("k", signing),
             )
         )

@@ -2,8 +2,8 @@
 
 A published bundle must come from a publisher of that group (the fleet file lists publishers per group),
 verify under a publisher key the hub trusts, be signed for that group (its manifest names it), hold no
-NetworkPolicy the syncer would refuse, and be newer than the group's last one; the hub never re-signs (the key
-that signs policy stays with the policy pipeline). Which revision a cluster
+NetworkPolicy or admission policy file the syncer would refuse, and be newer than the group's last one; the
+hub never re-signs (the key that signs policy stays with the policy pipeline). Which revision a cluster
 gets follows the group's rollout: canary clusters first, then waves by share of the group; a wave opens when
 every canary, or the group's `advanceAt` share of the previous wave, reported the new revision applied;
 failures above the threshold halt it.
@@ -26,8 +26,9 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgetrust._internal.files import write_private
+from edgetrust._internal.schema import problems
 from edgetrust.bundles.errors import BundleError
-from edgetrust.bundles.format import check_network_policies, unpack
+from edgetrust.bundles.format import check_bundle, unpack
 from edgetrust.bundles.signing import verify_bundle
 from trustd.errors import ConflictError, NotFoundError, TrustdError
 from trustd.server.revocations import Revocations
@@ -72,7 +73,8 @@ class Group:
 
 @dataclass(frozen=True, slots=True)
 class Fleet:
-    """The fleet file:
+    """The fleet file (its format: schemas/fleet.schema.json; annotated: examples/fleet.yaml; checked before
+    deploying with `trustctl fleet check`):
 
         groups:
           <group>: {matchLabels: {...}, publishers: [<SPIFFE ID>, ...], canary: [...], waves: [...], ...}
@@ -95,35 +97,42 @@ class Fleet:
 
     @classmethod
     def load(cls, path: Path) -> Fleet:
-        raw = yaml.safe_load(path.read_text()) or {}
-        if "publishers" in raw:
+        """The fleet file, checked against schemas/fleet.schema.json (errors name the field: groups.x.waves[1])."""
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise PolicyDistributionError(f"fleet file {path}: cannot read: {exc}") from exc
+        raw = {} if raw is None else raw
+        if isinstance(raw, dict) and "publishers" in raw:
             raise PolicyDistributionError(
                 f"fleet file {path}: a top-level `publishers` list is no longer accepted; publishers are authorized "
                 "per group: move each SPIFFE ID under `groups.<group>.publishers` for the groups it may publish to"
             )
+        found = problems("fleet", raw)
+        if found:
+            raise PolicyDistributionError(f"fleet file {path}: {'; '.join(found)}")
+        clusters = {
+            str(k): {str(a): str(b) for a, b in ((v or {}).get("labels") or {}).items()}
+            for k, v in (raw.get("clusters") or {}).items()
+        }
         groups = {}
         for name, spec in (raw.get("groups") or {}).items():
-            publishers = spec.get("publishers") or []
-            if not isinstance(publishers, list) or not all(isinstance(p, str) for p in publishers):
-                raise PolicyDistributionError(f"fleet file: groups.{name}.publishers must be a list of SPIFFE IDs")
+            canary = tuple(spec.get("canary") or ())
+            for index, cluster in enumerate(canary):
+                if cluster not in clusters:  # a misspelt canary would roll out with no canary at all
+                    raise PolicyDistributionError(
+                        f"fleet file {path}: groups.{name}.canary[{index}]: no cluster {cluster!r} under clusters"
+                    )
             groups[name] = Group(
                 name=name,
                 match_labels={str(k): str(v) for k, v in (spec.get("matchLabels") or {}).items()},
-                canary=tuple(spec.get("canary") or ()),
-                waves=tuple(int(w) for w in spec.get("waves") or DEFAULT_WAVES),
-                max_failures=int(spec.get("maxFailures", 0)),
-                advance_at=_percent(spec.get("advanceAt", 95), f"groups.{name}.advanceAt"),
-                publishers=frozenset(publishers),
+                canary=canary,
+                waves=tuple(spec.get("waves") or DEFAULT_WAVES),
+                max_failures=spec.get("maxFailures", 0),
+                advance_at=spec.get("advanceAt", 95),
+                publishers=frozenset(spec.get("publishers") or ()),
             )
-        clusters = {
-            str(k): {str(a): str(b) for a, b in (v or {}).get("labels", {}).items()}
-            for k, v in (raw.get("clusters") or {}).items()
-        }
-        return cls(
-            groups=groups,
-            clusters=clusters,
-            operators=frozenset(raw.get("operators") or ()),
-        )
+        return cls(groups=groups, clusters=clusters, operators=frozenset(raw.get("operators") or ()))
 
     def group_of(self, cluster: str) -> Group | None:
         labels = self.clusters.get(cluster)
@@ -192,12 +201,6 @@ class Rollout:
             ],
             "complete": all(c in self.applied for wave in self.waves for c in wave),
         }
-
-
-def _percent(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
-        raise PolicyDistributionError(f"fleet file: {where} must be a whole percentage from 1 to 100, not {value!r}")
-    return value
 
 
 def plan_waves(members: list[str], group: Group) -> list[list[str]]:
@@ -302,7 +305,9 @@ class PolicyBundles:
             verify_bundle(bundle, self._keys)
             counter = bundle.counter
             signed_for = bundle.group
-            check_network_policies(bundle)  # the syncer's own rule: refused here, before any cluster sees it
+            check_bundle(
+                bundle
+            )  # the syncer's own rules (NetworkPolicies, policy files): refused before any cluster sees it
         except BundleError as exc:
             raise PolicyDistributionError(f"bundle refused: {exc.code}: {exc.diagnostics()}") from exc
         if signed_for != group_name:

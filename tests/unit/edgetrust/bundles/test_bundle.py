@@ -24,6 +24,7 @@ from edgetrust.bundles.errors import (
 )
 from edgetrust.bundles.format import MANIFEST, SIGNATURES, Bundle, build_files, pack, read_repository, unpack
 from edgetrust.bundles.signing import SigningKey, file_hash, load_verification_keys, sign_files, verify_bundle
+from localpeers.webhook import LOOPBACK_SITE
 from syncer.revisions import RevisionGuard
 from tests.support.jws import hs256_forgery
 
@@ -42,7 +43,10 @@ def signed(
 ) -> tuple[dict[str, bytes], dict[str, ec.EllipticCurvePublicKey]]:
     signing, verification = keypair() if key is None else (key, {})
     return sign_files(
-        build_files(read_repository(REPO_POLICIES), counter=counter, commit="c0ffee", group="gateways"), signing
+        build_files(
+            read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE), counter=counter, commit="c0ffee", group="gateways"
+        ),
+        signing,
     ), verification
 
 

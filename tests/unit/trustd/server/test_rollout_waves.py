@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgetrust.bundles.format import build_files, pack, read_repository
 from edgetrust.bundles.signing import SigningKey, sign_files
+from localpeers.webhook import LOOPBACK_SITE
 from trustd.server.policy.distribution import Fleet, PolicyBundles, PolicyDistributionError
 
 REPO_POLICIES = Path(__file__).resolve().parents[4] / "policies"
@@ -33,7 +34,7 @@ def fleet_file(tmp_path: Path, advance_at: object) -> Path:
 def published(tmp_path: Path, advance_at: int) -> PolicyBundles:
     key = ec.generate_private_key(ec.SECP256R1())
     bundles = PolicyBundles(tmp_path / "state", Fleet.load(fleet_file(tmp_path, advance_at)), {"k": key.public_key()})
-    files = build_files(read_repository(REPO_POLICIES), counter=1, commit="c", group="g")
+    files = build_files(read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE), counter=1, commit="c", group="g")
     bundles.publish("g", pack(sign_files(files, SigningKey("k", key))), publisher="spiffe://t/ci")
     return bundles
 
@@ -65,7 +66,9 @@ def test_failures_past_the_threshold_halt(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [0, 101, "most", True])
 def test_advance_at_must_be_a_percentage(tmp_path: Path, bad: object) -> None:
-    with pytest.raises(PolicyDistributionError, match="advanceAt must be a whole percentage"):
+    with pytest.raises(
+        PolicyDistributionError, match=r"groups\.g\.advanceAt: must be a whole percentage from 1 to 100, not "
+    ):
         Fleet.load(fleet_file(tmp_path, bad))
 
 
@@ -80,10 +83,10 @@ def test_publishers_are_authorized_per_group_and_bundles_bound_to_theirs(tmp_pat
     bundles = published(tmp_path, 90)
     key = ec.generate_private_key(ec.SECP256R1())
     other = PolicyBundles(tmp_path / "other", bundles.fleet, {"k": key.public_key()})
-    files = build_files(read_repository(REPO_POLICIES), counter=2, commit="c", group="g")
+    files = build_files(read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE), counter=2, commit="c", group="g")
     with pytest.raises(PolicyDistributionError, match="may not publish to cluster group 'g'"):
         other.publish("g", pack(sign_files(files, SigningKey("k", key))), publisher="spiffe://t/someone")
-    elsewhere = build_files(read_repository(REPO_POLICIES), counter=2, commit="c", group="h")
+    elsewhere = build_files(read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE), counter=2, commit="c", group="h")
     with pytest.raises(PolicyDistributionError, match="signed for cluster group 'h', not 'g'"):
         other.publish("g", pack(sign_files(elsewhere, SigningKey("k", key))), publisher="spiffe://t/ci")
     assert other.rollout("g") is None
