@@ -442,11 +442,11 @@ def test_helm_install_then_pods_are_judged_through_the_installed_webhook(
             assert made.status_code == 201, made.text
             client.post("/api/v1/namespaces", json={"metadata": {"name": "shop"}})
 
-            admitted = client.post("/api/v1/namespaces/shop/pods", json=pod("127.0.0.1:5000/app:v1", name="good"))
+            admitted = client.post("/api/v1/namespaces/shop/pods", json=pod("registry.retail.example/app:v1", name="good"))
             assert admitted.status_code == 201, admitted.text
             refused = client.post(
                 "/api/v1/namespaces/shop/pods",
-                json=pod("127.0.0.1:5000/app:v1", name="bad", security={"privileged": True}),
+                json=pod("registry.retail.example/app:v1", name="bad", security={"privileged": True}),
             )
             assert refused.status_code == 403, refused.text
             assert "edgetrust denied Pod shop/bad" in refused.json()["message"]
@@ -454,13 +454,13 @@ def test_helm_install_then_pods_are_judged_through_the_installed_webhook(
             # the release's own namespace is exempt: never sent to the webhook
             own = client.post(
                 f"/api/v1/namespaces/{NAMESPACE}/pods",
-                json=pod("127.0.0.1:5000/app:v1", name="own", security={"privileged": True}),
+                json=pod("registry.retail.example/app:v1", name="own", security={"privileged": True}),
             )
             assert own.status_code == 201, own.text
 
     # the webhook is gone: the chart's failurePolicy Fail refuses what it would have judged
     with api.client() as client:
-        closed = client.post("/api/v1/namespaces/shop/pods", json=pod("127.0.0.1:5000/app:v1", name="later"))
+        closed = client.post("/api/v1/namespaces/shop/pods", json=pod("registry.retail.example/app:v1", name="later"))
         assert closed.status_code >= 500 or closed.status_code == 403, closed.text
         assert "failed calling webhook" in closed.text
     uninstall = helm("uninstall", "edgetrust", "--namespace", NAMESPACE, kubeconfig=kubeconfig)

@@ -183,6 +183,7 @@ def test_the_example_workflow_publishes_with_a_minted_ci_publisher(tmp_path: Pat
     )
     checkout = tmp_path / "checkout"
     shutil.copytree(REPO / "policies", checkout / "policies")
+    write_site_parameters(checkout / "policies" / "parameters.yaml")  # a policy repository holds its site's values
     runner_temp = tmp_path / "runner-temp"
     runner_temp.mkdir()
     job: dict[str, Any] = yaml.safe_load((REPO / "examples" / "policy-repo-workflow.yaml").read_text())["jobs"][
