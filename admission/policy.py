@@ -6,9 +6,9 @@ Layout, one folder per policy as gatekeeper-library keeps them:
     policies/admission/<name>/*_test.rego     run by `opa test`
 A policy is `type: rego` (decided by OPA over input.review and input.parameters, Gatekeeper's contract) or
 `type: image-signature` (cosign keys and/or Sigstore keyless identities per image glob).
-Mistakes in a policy file are named at load; a webhook with a broken policy set does not start. The format is
-schemas/policy.schema.json, checked by edgetrust/bundles/policyfile.py, the same check `trustctl policy build`,
-the hub and the syncer run, so the webhook and the builder cannot disagree; a site's parameters file
+Mistakes in a policy file are named at load; a webhook with a broken policy set does not start. The format
+is edgetrust/schemas/policy.schema.json, checked by edgetrust/bundles/policyfile.py, the same check `trustctl policy
+build`, the hub and the syncer run, so the webhook and the builder cannot disagree; a site's parameters file
 (`--parameters`) is merged in there too, and a site parameter left empty stops the start.
 """
 

@@ -1,6 +1,6 @@
-"""The repository's JSON Schemas (schemas/*.json), checked with `jsonschema`, errors as `field.path[1]: message`.
+"""The JSON Schemas of edgetrust/schemas/*.json, checked with `jsonschema`, errors as `field.path[1]: message`.
 
-A file format a user writes (policy.yaml, the fleet file) is published as a JSON Schema in schemas/, so that
+A file format a user writes (policy.yaml, the fleet file) is published as a JSON Schema in edgetrust/schemas/, so that
 editors and CI can check it too, and every reader here validates with that very file: the published schema and
 the code cannot disagree. Errors are sorted by field path and name the field the way the user wrote it.
 """
@@ -15,12 +15,12 @@ from typing import Any
 
 import jsonschema
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"  # package data: the wheel carries them
 
 
 @functools.cache
 def validator(name: str) -> jsonschema.protocols.Validator:
-    """The validator of schemas/<name>.schema.json (checked itself against its metaschema once)."""
+    """The validator of edgetrust/schemas/<name>.schema.json (checked itself against its metaschema once)."""
     schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
@@ -36,7 +36,7 @@ def field_path(parts: Iterable[str | int]) -> str:
 
 
 def problems(name: str, instance: Any) -> list[str]:
-    """Every way `instance` breaks schemas/<name>.schema.json, as `field: message` lines (empty: valid)."""
+    """Every way `instance` breaks edgetrust/schemas/<name>.schema.json, as `field: message` lines (empty: valid)."""
     found = []
     for error in sorted(validator(name).iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]):
         found.extend(_describe(error))

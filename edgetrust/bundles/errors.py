@@ -49,7 +49,7 @@ class BundlePolicyError(BundleError):
 
 class PolicyFileError(BundlePolicyError):
     """An admission policy file (policy.yaml, a site's parameters file) or a Gatekeeper file does not follow its
-    format (schemas/policy.schema.json), or a site-specific parameter was left empty: the webhook would refuse
+    format (edgetrust/schemas/policy.schema.json), or a site-specific parameter was left empty: the webhook would refuse
     to start on it, so the builder, the hub and the syncer refuse it first."""
 
 

@@ -2,7 +2,7 @@
 hub's publish, the syncer and the webhook (admission/policy.py) all run this module, so a policy.yaml the
 webhook would refuse never gets past the builder.
 
-- policy.yaml follows schemas/policy.schema.json (the validator *is* that file, see edgetrust/_internal/schema.py).
+- policy.yaml follows edgetrust/schemas/policy.schema.json (the validator *is* that file).
 - Site parameters: the shipped library holds no site's values. A policy lists the parameters each site must set
   (`siteParameters: [repos]`); a site sets them in a parameters file, by policy name:
 
@@ -48,7 +48,7 @@ class SiteParameters:
 
 
 def validate(meta: Any, where: str) -> dict[str, Any]:
-    """policy.yaml's content checked against schemas/policy.schema.json; PolicyFileError names file and field."""
+    """policy.yaml checked against edgetrust/schemas/policy.schema.json; PolicyFileError names file and field."""
     if not isinstance(meta, dict):
         raise PolicyFileError(f"{where}: must be a mapping (name, type, mode, ...), not {type(meta).__name__}")
     found = problems("policy", meta)

@@ -2,7 +2,7 @@
 
 Runs, against a private OPA on loopback: every Gatekeeper suite (`suite.yaml`) under the given paths, with
 `gator verify`'s semantics (admission/rego/suites.py), and `opa test` for every folder holding `*_test.rego`;
-checks every policy.yaml (schemas/policy.schema.json, with the site's parameters: `--parameters`, else the
+checks every policy.yaml (edgetrust/schemas/policy.schema.json, with the site's parameters: `--parameters`, else the
 repository's parameters.yaml) and every NetworkPolicy (the lockout rule included), as build, the hub and the
 syncer will. The text output counts what ran (suites, cases, Rego tests, files) and names each failure.
 """

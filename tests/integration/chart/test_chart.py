@@ -442,7 +442,9 @@ def test_helm_install_then_pods_are_judged_through_the_installed_webhook(
             assert made.status_code == 201, made.text
             client.post("/api/v1/namespaces", json={"metadata": {"name": "shop"}})
 
-            admitted = client.post("/api/v1/namespaces/shop/pods", json=pod("registry.retail.example/app:v1", name="good"))
+            admitted = client.post(
+                "/api/v1/namespaces/shop/pods", json=pod("registry.retail.example/app:v1", name="good")
+            )
             assert admitted.status_code == 201, admitted.text
             refused = client.post(
                 "/api/v1/namespaces/shop/pods",

@@ -73,7 +73,7 @@ def test_revision_changes_with_content(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("meta", "reason"),
     [
-        # the messages are schemas/policy.schema.json's (edgetrust/bundles/policyfile.py), naming the field
+        # the messages are edgetrust/schemas/policy.schema.json's (edgetrust/bundles/policyfile.py), naming the field
         ({"name": "Bad-Name"}, "name: 'Bad-Name' does not match"),
         ({"mode": "block"}, "mode: 'block' is not one of enforce, warn, audit, dryrun"),
         ({"failure": "sometimes"}, "failure: 'sometimes' is not one of closed, open"),

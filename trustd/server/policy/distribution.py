@@ -73,7 +73,7 @@ class Group:
 
 @dataclass(frozen=True, slots=True)
 class Fleet:
-    """The fleet file (its format: schemas/fleet.schema.json; annotated: examples/fleet.yaml; checked before
+    """The fleet file (its format: edgetrust/schemas/fleet.schema.json; annotated: examples/fleet.yaml; checked before
     deploying with `trustctl fleet check`):
 
         groups:
@@ -97,7 +97,7 @@ class Fleet:
 
     @classmethod
     def load(cls, path: Path) -> Fleet:
-        """The fleet file, checked against schemas/fleet.schema.json (errors name the field: groups.x.waves[1])."""
+        """The fleet file, checked against edgetrust/schemas/fleet.schema.json (errors name the field: waves[1])."""
         try:
             raw = yaml.safe_load(path.read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:

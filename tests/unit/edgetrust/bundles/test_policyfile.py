@@ -1,4 +1,4 @@
-"""policy.yaml's format is schemas/policy.schema.json: a stock JSON Schema validator over that file and our
+"""policy.yaml's format is edgetrust/schemas/policy.schema.json: a stock JSON Schema validator over that file and our
 readers (the builder's policyfile, the webhook's PolicySet) accept and refuse the same files."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from edgetrust.bundles.errors import PolicyFileError
 from localpeers.webhook import REPO_POLICIES, write_site_parameters
 
 REPO = Path(__file__).resolve().parents[4]
-SCHEMA = json.loads((REPO / "schemas" / "policy.schema.json").read_text())
+SCHEMA = json.loads((REPO / "edgetrust" / "schemas" / "policy.schema.json").read_text())
 
 GOOD: list[dict[str, Any]] = [
     {},

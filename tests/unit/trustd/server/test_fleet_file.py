@@ -1,4 +1,4 @@
-"""The fleet file's format is schemas/fleet.schema.json: a stock JSON Schema validator over that file and the
+"""The fleet file's format is edgetrust/schemas/fleet.schema.json: a stock JSON Schema validator over that file and the
 hub's reader (Fleet.load) accept and refuse the same files; examples/fleet.yaml is one of the good ones, and
 `trustctl fleet check` says so before a deploy."""
 
@@ -17,7 +17,7 @@ import yaml
 from trustd.server.policy.distribution import Fleet, PolicyDistributionError
 
 REPO = Path(__file__).resolve().parents[4]
-SCHEMA = json.loads((REPO / "schemas" / "fleet.schema.json").read_text())
+SCHEMA = json.loads((REPO / "edgetrust" / "schemas" / "fleet.schema.json").read_text())
 EXAMPLE = REPO / "examples" / "fleet.yaml"
 TRUSTCTL = str(Path(sys.executable).parent / "trustctl")
 
