@@ -51,6 +51,7 @@ OTHERS = {
     "trustctl policy push",
     "trustctl agent status",
     "trustctl svid show",
+    "edgetrust-syncer status",
 }
 #: other spellings of the hub, the verification keys and the listen address: accepted, never shown
 HIDDEN = {"--server", "--policy-keys", "--bundle-key", "--host", "--port", "--listen-host", "--listen-port"}
