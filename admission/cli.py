@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from admission.errors import AdmissionError, OpaUnavailableError
 from admission.rego.opa import wait_for_opa
 from admission.server import serve
 from admission.settings import AdmissionSettings
-from edgetrust._internal import logs
+from edgetrust._internal import logs, serving
 from edgetrust._internal.cli import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.opa_wait < 0:
             raise UsageError("--opa-wait: give 0 or more seconds")
         _check_readable(("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key))
-        _check_free(settings.listen_host, settings.listen_port)
+        serving.check_free(settings.listen_host, settings.listen_port)
         serve(
             settings,
             before_serving=lambda: wait_for_opa(
@@ -132,18 +131,6 @@ def _check_readable(*files: tuple[str, Path]) -> None:
                 pass
         except OSError as exc:
             raise UsageError(f"{flag} {path}: {exc.strerror or exc} (give the webhook's PEM {flag[6:]})") from exc
-
-
-def _check_free(host: str, port: int) -> None:
-    """The listen address said by flag before the policies load (uvicorn's own exit for it is code 3, which
-    here means "unreachable")."""
-    try:
-        with socket.create_server((host, port), reuse_port=False):
-            pass
-    except OSError as exc:
-        raise UsageError(
-            f"--listen {host}:{port}: {exc.strerror or exc} (another process listening there? give another --listen)"
-        ) from exc
 
 
 def _validation_text(exc: ValidationError) -> str:

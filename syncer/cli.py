@@ -38,7 +38,7 @@ from edgetrust._internal.cli import (
 )
 from edgetrust._internal.hubclient import HubCallError
 from edgetrust._internal.retry import Backoff
-from edgetrust.bundles.errors import BundleError
+from edgetrust.bundles.errors import BundleError, SourceUnreachableError
 from edgetrust.bundles.oci import BundleRegistry, OCIReference, registry_settings
 from edgetrust.bundles.revocations import KEY_ID, RevocationStore
 from edgetrust.bundles.signing import load_verification_keys
@@ -106,11 +106,13 @@ def _spiffe_id(svid: Path) -> str:
     return uris[0] if uris else f"the SPIFFE ID of {svid}"
 
 
-def explain(outcome: SyncOutcome, *, source: str, spiffe_id: str) -> str:
+def explain(outcome: SyncOutcome, *, source: str, spiffe_id: str, retrying: bool = True) -> str:
     """One line for a person: what happened, and for a refusal what to check."""
     code, _, text = outcome.error.partition(": ")
     if outcome.result is SyncResult.UNREACHABLE:
-        return f"{source} unreachable: {outcome.error}; retrying with backoff (nothing applied, last known good kept)"
+        why = text if code == SourceUnreachableError.code else outcome.error  # other codes say which bound
+        then = "retrying with backoff" if retrying else "nothing applied"
+        return f"{source} unreachable: {why}; {then} (the last known good bundle stays enforced)"
     if outcome.result is SyncResult.SOURCE_REFUSED:
         if code == "hub_refused":
             return f"{text}; is {spiffe_id} in the fleet file, or revoked? (trustctl fleet list)"
@@ -152,8 +154,53 @@ def _status(args: argparse.Namespace) -> int:
     return _exit_code(result)
 
 
-async def _run(args: argparse.Namespace) -> int:
+_SVID_HINT = "this cluster's X.509-SVID and key, issued by the hub for spiffe://<trust domain>/cluster/<name>"
+_KUBE_HINT = "outside a pod give --kube-url, --kube-token-file and --kube-ca-file"
+
+
+def _check_start(args: argparse.Namespace) -> dict[str, bytes]:
+    """What `run` needs, checked before anything starts, each refusal naming the flag and what to give: the
+    publishers' keys (without one every bundle would be refused), the files it reads, a writable state dir."""
+    if not args.verification_keys:
+        raise UsageError(
+            "no --verification-key: every bundle would be refused; give the publisher's public key, "
+            "e.g. --verification-key ci-1=ci-1.pem"
+        )
+    files_needed = [
+        ("--ca-bundle", args.ca_bundle, "the roots that sign trustd's certificate"),
+        ("--svid", args.svid, _SVID_HINT),
+        ("--svid-key", args.svid_key, _SVID_HINT),
+        ("--kube-token-file", args.kube_token_file, _KUBE_HINT),
+        ("--kube-ca-file", args.kube_ca_file, _KUBE_HINT),
+        ("--revocation-key", args.revocation_key, "the hub's revocation-signing public key"),
+        ("--registry-ca", args.registry_ca, "the mirror's TLS roots"),
+        ("--registry-auth-file", args.registry_auth_file, "a Docker config.json"),
+    ]
+    for flag, path, hint in files_needed:
+        if path is None:
+            continue
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"{flag} {path}: {exc.strerror or exc} ({hint})") from exc
+    try:
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+        probe = args.state_dir / ".writable"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--state-dir {args.state_dir}: {exc.strerror or exc} (give a writable directory)") from exc
     keys = {key_id: path.read_bytes() for key_id, path in verification_key_files(args.verification_keys).items()}
+    try:
+        load_verification_keys(keys)
+    except BundleError as exc:
+        raise UsageError(f"--verification-key: {exc}") from exc
+    return keys
+
+
+async def _run(args: argparse.Namespace) -> int:
+    keys = _check_start(args)
     context = hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key)
     # the token file is followed as the kubelet rotates it (bound service-account tokens), not read once
     kube = KubeClient(KubeConfig(args.kube_url, token_file=args.kube_token_file, ca_file=args.kube_ca_file))
@@ -195,7 +242,7 @@ async def _run(args: argparse.Namespace) -> int:
         spiffe_id = _spiffe_id(args.svid)
         while True:
             outcome = await agent.run_once()
-            message = explain(outcome, source=source_name, spiffe_id=spiffe_id)
+            message = explain(outcome, source=source_name, spiffe_id=spiffe_id, retrying=not args.once)
             if outcome.result is not SyncResult.NOT_MODIFIED:
                 log.log(logging.INFO if outcome.result.ok else logging.WARNING, "sync: %s", message)
                 _remember(args.state_dir, outcome, message)

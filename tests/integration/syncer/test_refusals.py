@@ -27,11 +27,18 @@ SYNCER = str(Path(sys.executable).parent / "edgetrust-syncer")
 def _argv(hub: RunningHub, svid: tuple[Path, Path], cluster: str, work: Path, *extra: str) -> list[str]:
     token = work / "token"
     token.write_text("unused: a refused sync never reaches the API server")
+    publisher = work / "ci-1.pem"
+    publisher.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return [
         SYNCER, "run", "--hub", hub.url, "--ca-bundle", str(hub.ca_bundle), "--svid", str(svid[0]),
         "--svid-key", str(svid[1]), "--cluster", cluster, "--group", "all", "--site-class", "edge-store",
         "--state-dir", str(work / f"state-{cluster}"), "--kube-url", "https://127.0.0.1:9",
-        "--kube-token-file", str(token), "--kube-ca-file", str(hub.ca_bundle), "--wait", "1", *extra,
+        "--kube-token-file", str(token), "--kube-ca-file", str(hub.ca_bundle), "--wait", "1",
+        "--verification-key", str(publisher), *extra,
     ]  # fmt: skip
 
 
