@@ -9,13 +9,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from localpeers.hub import RunningHub, running_policy_hub
+from localpeers.hub import running_policy_hub
 from localpeers.svid import issue_svid_files
+from localpeers.tlsca import TestCA
+from tests.support.https_stub import QuietHandler, serving_https
 from tests.support.two_sites import FLEET, OPERATOR
 from trustd.cli.trustctl import main as trustctl
 
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.integration
 SYNCER = str(Path(sys.executable).parent / "edgetrust-syncer")
 
 
-def _argv(hub: RunningHub, svid: tuple[Path, Path], cluster: str, work: Path, *extra: str) -> list[str]:
+def _argv(hub: str, roots: Path, svid: tuple[Path, Path], cluster: str, work: Path, *extra: str) -> list[str]:
     token = work / "token"
     token.write_text("unused: a refused sync never reaches the API server")
     publisher = work / "ci-1.pem"
@@ -34,10 +37,10 @@ def _argv(hub: RunningHub, svid: tuple[Path, Path], cluster: str, work: Path, *e
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return [
-        SYNCER, "run", "--hub", hub.url, "--ca-bundle", str(hub.ca_bundle), "--svid", str(svid[0]),
+        SYNCER, "run", "--hub", hub, "--ca-bundle", str(roots), "--svid", str(svid[0]),
         "--svid-key", str(svid[1]), "--cluster", cluster, "--group", "all", "--site-class", "edge-store",
         "--state-dir", str(work / f"state-{cluster}"), "--kube-url", "https://127.0.0.1:9",
-        "--kube-token-file", str(token), "--kube-ca-file", str(hub.ca_bundle), "--wait", "1",
+        "--kube-token-file", str(token), "--kube-ca-file", str(roots), "--wait", "1",
         "--verification-key", str(publisher), *extra,
     ]  # fmt: skip
 
@@ -64,7 +67,7 @@ def test_a_cluster_the_hub_refuses_is_told_refused_with_the_hubs_reason(tmp_path
     with running_policy_hub(tmp_path / "hub", fleet=FLEET, publisher_keys={"ci-1": public}) as hub:
         stranger_id = "spiffe://edge.example/cluster/stranger"
         stranger = issue_svid_files(hub.hub.ca, stranger_id, tmp_path / "stranger")
-        code, line = _once(_argv(hub, stranger, "stranger", tmp_path))
+        code, line = _once(_argv(hub.url, hub.ca_bundle, stranger, "stranger", tmp_path))
         assert code == 1, line
         assert line.startswith("edgetrust-syncer: the hub refused this cluster: "), line
         assert "unreachable" not in line, line
@@ -76,7 +79,9 @@ def test_a_cluster_the_hub_refuses_is_told_refused_with_the_hubs_reason(tmp_path
         # without --once: refused, said, and still running (at the backoff's pace), not dead
         log = tmp_path / "stranger.log"
         with log.open("wb") as out:
-            running = subprocess.Popen(_argv(hub, stranger, "stranger", tmp_path), stdout=out, stderr=subprocess.STDOUT)
+            running = subprocess.Popen(
+                _argv(hub.url, hub.ca_bundle, stranger, "stranger", tmp_path), stdout=out, stderr=subprocess.STDOUT
+            )
         try:
             deadline = time.monotonic() + 30
             while log.read_text().count("the hub refused this cluster") < 2:
@@ -95,14 +100,51 @@ def test_a_cluster_the_hub_refuses_is_told_refused_with_the_hubs_reason(tmp_path
         tls = ["--hub", hub.url, "--ca-bundle", str(hub.ca_bundle), "--svid", str(operator[0])]
         revoke = ["fleet", "revoke", "spiffe://edge.example/cluster/site-b", "--reason", "stolen"]
         assert trustctl([*revoke, *tls, "--svid-key", str(operator[1])]) == 0
-        code, line = _once(_argv(hub, site_b, "site-b", tmp_path))
+        code, line = _once(_argv(hub.url, hub.ca_bundle, site_b, "site-b", tmp_path))
         assert code == 1, line
         assert "the hub refused this cluster: spiffe://edge.example/cluster/site-b is revoked" in line, line
 
     # the hub stopped: unreachable, exit 3, and not a refusal
-    code, line = _once(_argv(hub, site_b, "site-b", tmp_path))
+    code, line = _once(_argv(hub.url, hub.ca_bundle, site_b, "site-b", tmp_path))
     assert code == 3, line
     assert line.startswith("edgetrust-syncer: hub unreachable: "), line
     status_code, status = _status(tmp_path, "site-b")
     assert status_code == 3, status
     assert "unreachable" in status, status
+
+
+class _Answering(QuietHandler):
+    status = 503
+    body = b'{"error": "store_unavailable", "reason": "the store is being migrated"}'
+    headers_out: ClassVar[dict[str, str]] = {"Retry-After": "7"}
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send(self.status, self.body, self.headers_out)
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send(self.status, self.body, self.headers_out)
+
+
+class _NothingPublished(_Answering):
+    status = 404
+    body = b'{"error": "no_rollout", "reason": "nothing published to \'all\'"}'
+    headers_out: ClassVar[dict[str, str]] = {}
+
+
+def test_503_is_unreachable_with_the_hubs_retry_after_and_404_a_bad_request(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "ca")
+    cert = ca.issue("cluster", client=True, uris=("spiffe://edge.example/cluster/c1",))
+    for handler, code, said in (
+        (
+            _Answering,
+            3,
+            "hub unreachable: trustd is unavailable for the bundle poll (/v1/policy/bundle) (503): "
+            "the store is being migrated; retry after 7 s",
+        ),
+        (_NothingPublished, 1, "hub refused the request (hub_bad_request): trustd refused the bundle poll"),
+    ):
+        with serving_https(handler, ca.issue("hub")) as port:
+            got, line = _once(_argv(f"https://127.0.0.1:{port}", ca.ca_file, (cert.cert, cert.key), "c1", tmp_path))
+        assert got == code, line
+        assert said in line, line
