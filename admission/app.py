@@ -77,6 +77,11 @@ def create_app(controller: AdmissionController) -> ReviewEndpoints:
     async def readyz() -> Response:
         if not ready["loaded"]:
             return _json({"status": "loading policies"}, status=503)
+        # OPA is asked on every probe (one small GET on loopback): a webhook whose OPA is gone is not ready,
+        # and says why; one whose OPA restarted empty reloads it and is ready again
+        problem = await controller.opa_problem()
+        if problem is not None:
+            return _json({"status": "not ready", "reason": problem}, status=503)
         return _json({"status": "ready", "policies": controller.policies.revision})
 
     return ReviewEndpoints(app, controller, startup_failures)

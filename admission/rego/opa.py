@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 import httpx
-from opa_client.errors import ConnectionsError, QueryExecuteError, RegoParseError
+from opa_client.errors import ConnectionsError, PolicyNotFoundError, QueryExecuteError, RegoParseError
 from opa_client.opa_async import AsyncOpaClient
 
 from admission.errors import ConfigError, OpaUnavailableError, PolicyDecisionError, ReviewError
@@ -57,6 +57,10 @@ constraints[id] := [msg(v) | some v in found] if {
 	found := data.templates[c.kind].violation with input.parameters as c.parameters
 }
 """
+
+
+#: what /readyz says of an OPA that answers without the webhook's modules (its sidecar restarted, empty)
+LOST_POLICIES = "OPA answers but has lost the webhook's policies (restarted?); reloading them"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +137,17 @@ class OpaDecider:
             raise PolicyDecisionError(f"OPA refused a module: {exc}") from exc
         except (aiohttp.ClientError, ConnectionsError, TimeoutError) as exc:
             raise OpaUnavailableError(f"{opa_hint(self._settings.host, self._settings.port)}: {exc}") from exc
+
+    async def problem(self) -> str | None:
+        """None when OPA answers and holds the decision module; otherwise what is wrong, for /readyz: OPA not
+        answering (the command that starts it), or an OPA that lost what was loaded (a restarted sidecar)."""
+        try:
+            await asyncio.wait_for(self._client.get_policy("edgetrust-decision"), self._settings.timeout_s)
+        except PolicyNotFoundError:
+            return LOST_POLICIES
+        except (aiohttp.ClientError, ConnectionsError, TimeoutError, OSError, ValueError):
+            return opa_hint(self._settings.host, self._settings.port)
+        return None
 
     async def set_inventory(self, inventory: Mapping[str, Any]) -> None:
         """Replace `data.inventory` (Gatekeeper's view of other cluster objects)."""
