@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
@@ -30,10 +30,16 @@ log = logging.getLogger("edgetrust.admission")
 def create_app(controller: AdmissionController) -> ReviewEndpoints:
     metrics = controller.metrics
     ready = {"loaded": False}
+    startup_failures: list[AdmissionError] = []
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await controller.start()
+        try:
+            await controller.start()
+        except AdmissionError as exc:  # said on one line by ReviewEndpoints (the framework would send a traceback)
+            log.debug("start-up failed", exc_info=True)
+            startup_failures.append(exc)
+            raise
         # What start-up built lives as long as the process: keep it out of the collector's full passes, which
         # otherwise stall every request in flight (seen as p99 spikes under load).
         gc.collect()
@@ -71,9 +77,14 @@ def create_app(controller: AdmissionController) -> ReviewEndpoints:
     async def readyz() -> Response:
         if not ready["loaded"]:
             return _json({"status": "loading policies"}, status=503)
+        # OPA is asked on every probe (one small GET on loopback): a webhook whose OPA is gone is not ready,
+        # and says why; one whose OPA restarted empty reloads it and is ready again
+        problem = await controller.opa_problem()
+        if problem is not None:
+            return _json({"status": "not ready", "reason": problem}, status=503)
         return _json({"status": "ready", "policies": controller.policies.revision})
 
-    return ReviewEndpoints(app, controller)
+    return ReviewEndpoints(app, controller, startup_failures)
 
 
 class ReviewEndpoints:
@@ -86,12 +97,18 @@ class ReviewEndpoints:
 
     PATHS: ClassVar[dict[str, bool]] = {"/validate": False, "/mutate": True}
 
-    def __init__(self, app: FastAPI, controller: AdmissionController) -> None:
+    def __init__(
+        self, app: FastAPI, controller: AdmissionController, startup_failures: list[AdmissionError] | None = None
+    ) -> None:
         self.app = app
         self._controller = controller
         self._metrics = controller.metrics
+        self._startup_failures = startup_failures if startup_failures is not None else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._one_line_startup_failure(send))
+            return
         mutate = self.PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
         if mutate is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
@@ -103,6 +120,22 @@ class ReviewEndpoints:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self._metrics.latency.labels("mutate" if mutate else "validate").observe(time.perf_counter() - started)
+
+    @property
+    def startup_failure(self) -> AdmissionError | None:
+        """Why the lifespan's start-up failed, for the caller to say (the server only exits)."""
+        return self._startup_failures[-1] if self._startup_failures else None
+
+    def _one_line_startup_failure(self, send: Send) -> Send:
+        """A start-up that failed on one of our errors is not sent to the server as the framework's traceback:
+        the caller says it, on one line (`startup_failure`); the traceback goes to the debug log (-v)."""
+
+        async def relay(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.failed" and self._startup_failures:
+                message = {**message, "message": ""}
+            await send(message)
+
+        return relay
 
     async def _answer(self, scope: Scope, receive: Receive, *, mutate: bool) -> tuple[int, dict[str, object]]:
         try:

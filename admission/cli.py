@@ -1,25 +1,30 @@
 """`edgetrust-admission serve`: the webhook process (in the chart, beside its OPA sidecar).
 
 Exit codes: 0 stopped cleanly, 1 refused to start (a policy that does not load, a bundle that does not verify),
-2 usage (the command line, or settings that do not validate).
+2 usage (the command line, or settings that do not validate), 3 OPA not answering within --opa-wait seconds.
+
+Every refusal to start is one line on stderr saying what to do (with -v the traceback goes to the debug log).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from admission.errors import AdmissionError
+from admission.errors import AdmissionError, OpaUnavailableError
+from admission.rego.opa import wait_for_opa
 from admission.server import serve
 from admission.settings import AdmissionSettings
-from edgetrust._internal import logs
+from edgetrust._internal import logs, serving
 from edgetrust._internal.cli import (
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     Parser,
     UsageError,
@@ -29,6 +34,8 @@ from edgetrust._internal.cli import (
     listen_of,
     verification_key_files,
 )
+
+log = logging.getLogger("edgetrust.admission")
 
 
 def _parser() -> Parser:
@@ -49,7 +56,15 @@ def _parser() -> Parser:
     add_listen(run, default="127.0.0.1:8443", host_aliases=["--listen-host"], port_aliases=["--listen-port"])
     run.add_argument("--tls-cert", type=Path)
     run.add_argument("--tls-key", type=Path)
-    run.add_argument("--opa-port", type=int)
+    run.add_argument("--opa-port", type=int, help="the OPA sidecar's port on --opa-host's loopback (default 8181)")
+    run.add_argument(
+        "--opa-wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="wait this long for OPA to answer at start, saying so every 5 s (a sidecar starts with the webhook); "
+        "then exit 3 (default 30)",
+    )
     run.add_argument("--registry-ca-file", type=Path)
     run.add_argument("--registry-auth-file", type=Path, help="registry credentials (a Docker config.json)")
     run.add_argument("--exempt-namespace", action="append", dest="exempt_namespaces")
@@ -65,7 +80,7 @@ def _parser() -> Parser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The command line as settings (what it does not give comes from the environment, or the default)."""
     given = vars(args)
-    skip = {"command", "listen", "listen_host", "listen_port", "verification_keys", "log_format", "verbose"}
+    skip = {"command", "listen", "listen_host", "listen_port", "verification_keys", "log_format", "verbose", "opa_wait"}
     overrides: dict[str, Any] = {k: v for k, v in given.items() if k not in skip and v is not None}
     host, port = listen_of(args)
     if host is not None:
@@ -85,14 +100,48 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure_from(args)
     try:
         settings = AdmissionSettings(**_overrides(args))
-        serve(settings)
+        if args.opa_wait < 0:
+            raise UsageError("--opa-wait: give 0 or more seconds")
+        _check_readable(("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key))
+        serving.check_free(settings.listen_host, settings.listen_port)
+        serve(
+            settings,
+            before_serving=lambda: wait_for_opa(
+                settings.opa_host, settings.opa_port, wait_s=args.opa_wait, say=log.warning
+            ),
+        )
     except ValidationError as exc:
-        return fail("edgetrust-admission", f"bad settings: {exc}", EXIT_USAGE)
+        return fail("edgetrust-admission", f"bad settings: {_validation_text(exc)}", EXIT_USAGE)
     except UsageError as exc:
         return fail("edgetrust-admission", exc, EXIT_USAGE)
+    except OpaUnavailableError as exc:
+        log.debug("OPA not answering", exc_info=True)
+        return fail("edgetrust-admission", exc.diagnostics(), EXIT_UNREACHABLE)
     except AdmissionError as exc:
+        log.debug("refused to start", exc_info=True)
         return fail("edgetrust-admission", exc.diagnostics(), EXIT_REFUSED)
+    except OSError as exc:  # a file the settings name (certificate, key, policy dir) cannot be read
+        log.debug("refused to start", exc_info=True)
+        return fail("edgetrust-admission", f"{exc} (check the path and its permissions)", EXIT_USAGE)
+    except SystemExit as exc:  # uvicorn's own exit, its reason logged on one line (e.g. the port taken since)
+        return exc.code if isinstance(exc.code, int) else EXIT_REFUSED
     return EXIT_OK
+
+
+def _check_readable(*files: tuple[str, Path]) -> None:
+    """The serving certificate and key, said by flag and path before anything starts (the TLS library's own
+    error names neither)."""
+    for flag, path in files:
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"{flag} {path}: {exc.strerror or exc} (give the webhook's PEM {flag[6:]})") from exc
+
+
+def _validation_text(exc: ValidationError) -> str:
+    """pydantic's errors as `field: problem` pairs on one line (its own text is a multi-line report)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from admission.policy import FailureMode, ImagePolicy, Mode, PolicySet, RegoPoli
 from admission.rego.gatekeeper import Constraint
 from admission.rego.inventory import Inventory, InventorySync
 from admission.rego.match import expand_to_pod
-from admission.rego.opa import OpaDecider
+from admission.rego.opa import LOST_POLICIES, OpaDecider
 from admission.rego.workloads import ContainerImage, container_images, pod_spec
 from admission.review import AdmissionRequest, build_response
 
@@ -89,6 +89,21 @@ class AdmissionController:
         if self._inventory_sync is not None:
             await self._inventory_sync.sync_once()  # templates that need the inventory see it from the first review
             self._inventory_sync.start()
+
+    async def opa_problem(self) -> str | None:
+        """What keeps the webhook from deciding now (None: nothing). An OPA that restarted empty gets the
+        policies again here, so a sidecar restart costs a few seconds of not-ready, not a webhook restart."""
+        problem = await self._opa.problem()
+        if problem == LOST_POLICIES:
+            log.warning("%s", problem)
+            try:
+                await self._opa.load(self._policies.rego, self._policies.libraries, self._policies.gatekeeper)
+            except AdmissionError as exc:
+                return f"{problem}: {exc.diagnostics()}"
+            if self._inventory_sync is not None:
+                await self._inventory_sync.sync_once()
+            return None
+        return problem
 
     async def close(self) -> None:
         if self._inventory_sync is not None:

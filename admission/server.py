@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from admission.app import ReviewEndpoints, create_app
@@ -108,8 +109,12 @@ def build_app(settings: AdmissionSettings) -> ReviewEndpoints:
     return create_app(build_controller(settings))
 
 
-def serve(settings: AdmissionSettings) -> None:
+def serve(settings: AdmissionSettings, *, before_serving: Callable[[], None] | None = None) -> None:
+    """Build the webhook (policies loaded and checked), call `before_serving` (the CLI waits for OPA there, so
+    that a bad policy is said before an absent OPA), then serve until stopped."""
     app = build_app(settings)
+    if before_serving is not None:
+        before_serving()
     log.info("admission webhook on https://%s:%d", settings.listen_host, settings.listen_port)
     limits = serving.ServingLimits(
         handshake_timeout_s=settings.tls_handshake_timeout_s,
@@ -124,4 +129,9 @@ def serve(settings: AdmissionSettings) -> None:
         keyfile=str(settings.tls_key),
         limits=limits,
     )
-    serving.run(config, limits=limits)
+    try:
+        serving.run(config, limits=limits)
+    except SystemExit:  # uvicorn's exit when the lifespan failed: say why, as our own error
+        if app.startup_failure is not None:
+            raise app.startup_failure from None
+        raise

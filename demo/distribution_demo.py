@@ -3,33 +3,27 @@ long-polls over mTLS with its SVID, verifies, and applies the NetworkPolicies to
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgetrust._internal import hubclient
+from demo.shell import BIN, curl, note, run, say
+from edgetrust._internal.files import write_private
 from localpeers.hub import RunningHub, running_policy_hub
 from localpeers.kube import running_kube_apiserver
-from localpeers.svid import issue_svid_files
 from localpeers.tlsca import TestCA
 from localpeers.webhook import write_site_parameters
-from syncer.agent import SyncAgent
-from syncer.kube import KubeClient, KubeConfig
-from syncer.sources import HubSource, hub_reporter, hub_session
-from syncer.state import AgentState
-
-
-def _say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def _svid(hub: RunningHub, path: str, directory: Path) -> tuple[Path, Path]:
-    return issue_svid_files(hub.hub.ca, f"spiffe://edge.example{path}", directory)
+    """An operator's, publisher's or cluster's SVID, minted on the hub as its operator would."""
+    data_dir = hub.hub.settings.data_dir
+    mint = [BIN / "trustd", "svid", "mint", "--data-dir", data_dir, "--trust-domain", "edge.example"]
+    run([*mint, "--spiffe-id", f"spiffe://edge.example{path}", "--ttl", "2h", "--out", directory])
+    return directory / "svid.pem", directory / "svid.key"
 
 
 def main() -> int:
@@ -37,15 +31,20 @@ def main() -> int:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    venv_bin = Path(sys.executable).parent
     ok: dict[str, bool] = {}
 
-    _say("== 1. The policy repository (policies/) and the publisher's ES256 signing key")
+    say("== 1. The policy repository (policies/) and the publisher's ES256 signing key")
     repo = root / "repo"
+    note(f"copy policies/ to {repo}, the policy repository of this demo")
     shutil.copytree(Path("policies"), repo)
-    write_site_parameters(repo / "parameters.yaml")  # the site's registries (the library ships none)
+    note(f"write {repo}/parameters.yaml: the site's registries (allowed_repos.repos); the library ships none")
+    write_site_parameters(repo / "parameters.yaml")
     signing = ec.generate_private_key(ec.SECP256R1())
     key = root / "ci.key"
+    note(
+        f"an ES256 key pair {key} and ci-1.pem, as: openssl ecparam -name prime256v1 -genkey -noout | "
+        f"openssl pkcs8 -topk8 -nocrypt -out {key}"
+    )
     key.write_bytes(
         signing.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -55,6 +54,8 @@ def main() -> int:
     public = signing.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    public_file = root / "ci-1.pem"
+    public_file.write_bytes(public)
     fleet: dict[str, object] = {
         "groups": {
             "gateways": {
@@ -65,12 +66,21 @@ def main() -> int:
         "clusters": {"site-lyon": {"labels": {"site-class": "edge-gateway"}}},
     }
     ca = TestCA(root / "ca")
+    note(
+        f"trustd in this process, as: trustd serve --trust-domain edge.example --fleet {root}/fleet.yaml "
+        f"--verification-key {root}/publisher-keys ... (etcd and kube-apiserver started beside it)"
+    )
 
     with (
         running_policy_hub(root, fleet=fleet, publisher_keys={"ci-1": public}) as hub,
         running_kube_apiserver(root / "kube", ca) as kube,
     ):
-        _say(f"== 2. trustd at {hub.url} serves cluster group 'gateways'; site-lyon's API server at {kube.url}")
+        say(f"== 2. trustd at {hub.url} serves cluster group 'gateways'; site-lyon's API server at {kube.url}")
+        objects = root / "objects"
+        objects.mkdir()
+        (objects / "namespace-workloads.json").write_text('{"metadata": {"name": "workloads"}}')
+        curl("POST", f"{kube.url}/api/v1/namespaces", ca_file=kube.ca_file, body=objects / "namespace-workloads.json",
+             token=True)  # fmt: skip
         with kube.client() as client:
             client.post("/api/v1/namespaces", json={"metadata": {"name": "workloads"}}).raise_for_status()
         publisher_cert, publisher_key = _svid(hub, "/operator/ci", root / "publisher")
@@ -86,12 +96,9 @@ def main() -> int:
         ]
 
         def trustctl(*argv: str) -> str:
-            done = subprocess.run([str(venv_bin / "trustctl"), "policy", *argv], capture_output=True, text=True)
-            for line in (done.stdout + done.stderr).strip().splitlines():
-                _say(f"   {line}")
-            return done.stdout
+            return run([BIN / "trustctl", "policy", *argv]).stdout
 
-        _say("== 3. trustctl policy build + publish (revision 1)")
+        say("== 3. trustctl policy build + publish (revision 1)")
         bundle = root / "v1.tar.gz"
         trustctl(
             "build",
@@ -111,39 +118,37 @@ def main() -> int:
         )
         trustctl("publish", str(bundle), "--group", "gateways", *hub_args)
 
-        async def agent_round() -> str:
-            cert, private = _svid(hub, "/cluster/site-lyon", root / "site-lyon")
-            context = hubclient.tls_context(hub.ca_bundle, cert, private)
-            async with hub_session(hub.url, context) as http:
-                kube_client = KubeClient(KubeConfig(kube.url, kube.token, kube.ca_file))
-                agent = SyncAgent(
-                    cluster="site-lyon",
-                    group="gateways",
-                    site_class="edge-gateway",
-                    source=HubSource("/v1/policy/bundle", http, wait_s=2),
-                    keys=hub.hub.policy.publisher_keys if hub.hub.policy else {},
-                    kube=kube_client,
-                    state=AgentState(root / "site-lyon" / "state"),
-                    reporter=hub_reporter("/v1/policy/status", http),
-                )
-                outcome = await agent.run_once()
-                await agent.flush_reports()  # one round, then exit: send its report now (as --once does)
-                await kube_client.aclose()
-                detail = outcome.detail
-                return f"{outcome.result} {outcome.revision} (+{len(detail.applied)} -{len(detail.pruned)})"
+        say("== 4. site-lyon's syncer: long poll over mTLS, verify the signature, apply by server-side apply")
+        cluster_cert, cluster_key = _svid(hub, "/cluster/site-lyon", root / "site-lyon")
+        token = root / "site-lyon" / "kube-token"
+        write_private(token, kube.token.encode())
+        note(f"the API server's token for the syncer in {token} (0600; a pod's service account in a cluster)")
+        syncer: list[str | Path] = [
+            BIN / "edgetrust-syncer", "run", "--once", "--hub", hub.url, "--ca-bundle", hub.ca_bundle,
+            "--svid", cluster_cert, "--svid-key", cluster_key, "--cluster", "site-lyon", "--group", "gateways",
+            "--site-class", "edge-gateway", "--verification-key", public_file, "--wait", "2",
+            "--state-dir", root / "site-lyon" / "state", "--kube-url", kube.url, "--kube-token-file", token,
+            "--kube-ca-file", kube.ca_file,
+        ]  # fmt: skip
 
-        _say("== 4. site-lyon's syncer: long poll over mTLS, verify the signature, apply by server-side apply")
-        _say(f"   {asyncio.run(agent_round())}")
-        with kube.client() as client:
-            names = sorted(
-                i["metadata"]["name"]
-                for i in client.get("/apis/networking.k8s.io/v1/namespaces/workloads/networkpolicies").json()["items"]
-            )
-        _say(f"   NetworkPolicies in workloads: {', '.join(names)}")
-        ok["applied"] = names == ["allow-dns", "allow-hub", "default-deny"]
+        def agent_round() -> bool:
+            return run(syncer).returncode == 0
 
-        _say("== 5. allow-hub leaves the repository; revision 2 is published and the agent prunes it")
-        (repo / "networkpolicies" / "edge-gateway" / "allow-hub.yaml").unlink()
+        def listed() -> list[str]:
+            path = "/apis/networking.k8s.io/v1/namespaces/workloads/networkpolicies"
+            curl("GET", f"{kube.url}{path}", ca_file=kube.ca_file, token=True)
+            with kube.client() as client:
+                return sorted(i["metadata"]["name"] for i in client.get(path).json()["items"])
+
+        synced = agent_round()
+        names = listed()
+        say(f"   NetworkPolicies in workloads: {', '.join(names)}")
+        ok["applied"] = synced and names == ["allow-dns", "allow-hub", "default-deny"]
+
+        say("== 5. allow-hub leaves the repository; revision 2 is published and the agent prunes it")
+        allow_hub = repo / "networkpolicies" / "edge-gateway" / "allow-hub.yaml"
+        note(f"git rm {allow_hub}")
+        allow_hub.unlink()
         bundle2 = root / "v2.tar.gz"
         trustctl(
             "build",
@@ -162,24 +167,20 @@ def main() -> int:
             "gateways",
         )
         trustctl("publish", str(bundle2), "--group", "gateways", *hub_args)
-        _say(f"   {asyncio.run(agent_round())}")
-        with kube.client() as client:
-            names = sorted(
-                i["metadata"]["name"]
-                for i in client.get("/apis/networking.k8s.io/v1/namespaces/workloads/networkpolicies").json()["items"]
-            )
-        _say(f"   NetworkPolicies in workloads: {', '.join(names)}")
-        ok["pruned"] = names == ["allow-dns", "default-deny"]
+        synced = agent_round()
+        names = listed()
+        say(f"   NetworkPolicies in workloads: {', '.join(names)}")
+        ok["pruned"] = synced and names == ["allow-dns", "default-deny"]
 
-        _say("== 6. a replay of revision 1 is refused by the hub; the rollout as the hub sees it")
+        say("== 6. a replay of revision 1 is refused by the hub; the rollout as the hub sees it")
         trustctl("publish", str(bundle), "--group", "gateways", *hub_args)
         trustctl("rollout", "status", "gateways", *hub_args)
         rollout = hub.hub.policy.rollout("gateways") if hub.hub.policy else None
         ok["reported"] = rollout is not None and "site-lyon" in rollout.applied
 
-    _say("== Summary")
+    say("== Summary")
     for title, passed in ok.items():
-        _say(f"   {'ok  ' if passed else 'FAIL'} {title}")
+        say(f"   {'ok  ' if passed else 'FAIL'} {title}")
     return 0 if all(ok.values()) else 1
 
 

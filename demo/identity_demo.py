@@ -15,23 +15,18 @@ import ssl
 import subprocess
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
-import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.eventlog import parse_event_log
 from attestation.tpm2.constants import HashAlg
-from edgetrust._internal.files import write_private
 
 os.environ.setdefault("TSS2_LOG", "all+NONE")  # tpm2-tss logs probes of absent NV indexes as errors
 
 from attestation.device import TPMDevice
-from localpeers.simboot import boot_events, measure_boot, write_event_log
+from demo.shell import command, note, run, say, start
+from localpeers.simboot import boot_events, measure_boot
 from localpeers.swtpm import SoftwareTPM, SoftwareTPMFactory
 
 BANKS = (HashAlg.SHA256, HashAlg.SHA1)
@@ -41,31 +36,10 @@ WORKLOAD = "spiffe://edge.example/workload/demo"
 QUOTED_PCRS = (0, 4, 7)
 
 
-def _say(text: str = "") -> None:
-    print(text, flush=True)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def reference_values_from_golden_boot() -> dict[str, object]:
-    """What an operator would do: replay the golden image's event log and allow exactly its PCRs."""
-    golden = parse_event_log(write_event_log(boot_events(), BANKS)).replay()[HashAlg.SHA256]
-    return {
-        "device_classes": {
-            DEVICE_CLASS: {
-                "pcr_bank": "sha256",
-                "pcrs": {i: [golden[i].hex()] for i in QUOTED_PCRS},
-                "event_log": "required",
-                "events": {
-                    "require": [{"pcr": 7, "type": "EV_EFI_VARIABLE_DRIVER_CONFIG", "variable": "SecureBoot"}],
-                },
-            }
-        }
-    }
 
 
 def _boot(tpm: SoftwareTPM, workdir: Path, *, tampered: bool) -> Path:
@@ -86,7 +60,8 @@ def main() -> int:
     started: list[subprocess.Popen[bytes]] = []
     tpms: list[SoftwareTPM] = []
     try:
-        _say("== 1. Two edge devices with software TPMs (swtpm), EK certificates from a local manufacturer CA")
+        say("== 1. Two edge devices with software TPMs (swtpm), EK certificates from a local manufacturer CA")
+        note("swtpm_setup --tpm2 --create-ek-cert (a local manufacturer CA), then swtpm socket --tpm2, for each")
         factory = SoftwareTPMFactory(root / "tpms")
         good, bad = factory.start("gw-01"), factory.start("gw-02")
         tpms += [good, bad]
@@ -94,99 +69,63 @@ def main() -> int:
         ek_roots.mkdir()
         shutil.copy(factory.root_cert_path, ek_roots / "swtpm-localca-root.pem")
         shutil.copy(factory.issuer_cert_path, ek_roots / "swtpm-localca-intermediate.pem")
-        _say(f"   gw-01 TPM at {good.tcti}; gw-02 TPM at {bad.tcti}")
+        say(f"   gw-01 TPM at {good.tcti}; gw-02 TPM at {bad.tcti}")
 
-        _say("== 2. Measured boot: gw-01 boots the golden image, gw-02 a tampered bootloader")
+        say("== 2. Measured boot: gw-01 boots the golden image, gw-02 a tampered bootloader")
         logs = {}
+        note("a simulated firmware extends each boot event into the TPM's PCRs and writes the TCG event log")
         for name, tpm, tampered in (("gw-01", good, False), ("gw-02", bad, True)):
             (root / name).mkdir()
             logs[name] = _boot(tpm, root / name, tampered=tampered)
-            _say(f"   {name}: {len(parse_event_log(logs[name].read_bytes()).events)} events in its TCG event log")
+            say(f"   {name}: {len(parse_event_log(logs[name].read_bytes()).events)} events in its TCG event log")
 
-        _say("== 3. The operator's reference values, computed from the golden boot")
+        say("== 3. The operator's reference values, captured from the golden device (gw-01)")
         refvalues = root / "reference-values.yaml"
-        refvalues.write_text(yaml.safe_dump(reference_values_from_golden_boot(), sort_keys=False))
-        _say(f"   {refvalues}: class {DEVICE_CLASS}, PCRs {list(QUOTED_PCRS)} (sha256), Secure Boot required")
+        pcrs = ",".join(str(p) for p in QUOTED_PCRS)
+        run(
+            [venv_bin / "trustctl", "refvalues", "capture", "--device-class", DEVICE_CLASS, "--tpm", good.tcti,
+             "--event-log", logs["gw-01"], "--pcrs", pcrs, "--out", refvalues]
+        )  # fmt: skip
 
-        _say("== 4. trustd, the hub, on https://127.0.0.1 (SQLite store, SPIFFE CA under .demo/hub)")
+        say("== 4. trustd, the hub, on https://127.0.0.1 (SQLite store, SPIFFE CA under .demo/hub)")
         port = _free_port()
         hub_dir = root / "hub"
-        env = {**os.environ, "TRUSTD_TRUST_DOMAIN": "edge.example"}
         started.append(
-            subprocess.Popen(
-                [
-                    str(venv_bin / "trustd"),
-                    "serve",
-                    "--data-dir",
-                    str(hub_dir),
-                    "--ek-roots",
-                    str(ek_roots),
-                    "--reference-values",
-                    str(refvalues),
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--operator",
-                    OPERATOR,
-                ],
-                env=env,
+            start(
+                [venv_bin / "trustd", "serve", "--data-dir", hub_dir, "--trust-domain", "edge.example",
+                 "--ek-roots", ek_roots, "--reference-values", refvalues, "--listen", f"127.0.0.1:{port}",
+                 "--operator", OPERATOR],
+                log=root / "trustd.log",
             )
-        )
+        )  # fmt: skip
         bundle = root / "hub-roots.pem"
         _wait_for_hub(port, hub_dir / "ca" / "ca.crt", started[-1])
-        roots = subprocess.run(
-            [str(venv_bin / "trustd"), "bundle", "--pem", "--data-dir", str(hub_dir)],
-            capture_output=True,
-            check=True,
-            env=env,
-        )
+        roots_argv: list[str | Path] = [venv_bin / "trustd", "bundle", "--pem", "--data-dir", hub_dir]
+        command(roots_argv, suffix=f" > {bundle.relative_to(root.parent)}")
+        roots = subprocess.run([str(a) for a in roots_argv], capture_output=True, check=True)
         bundle.write_bytes(roots.stdout)
-        _say(f"   listening on 127.0.0.1:{port}; devices trust it through {bundle.name}")
+        say(f"   listening on 127.0.0.1:{port}; devices trust it through {bundle.name}")
 
         results = {}
         for name, tpm in (("gw-01", good), ("gw-02", bad)):
-            _say(f"== 5. trustctl enroll on {name}")
-            done = subprocess.run(
-                [
-                    str(venv_bin / "trustctl"),
-                    "enroll",
-                    "--hub",
-                    f"https://127.0.0.1:{port}",
-                    "--ca-bundle",
-                    str(bundle),
-                    "--tpm",
-                    tpm.tcti,
-                    "--device-class",
-                    DEVICE_CLASS,
-                    "--site",
-                    "lab",
-                    "--node",
-                    name,
-                    "--event-log",
-                    str(logs[name]),
-                    "--out",
-                    str(root / name / "svid"),
-                    "--jwt-audience",
-                    "spiffe://edge.example/hub",
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            say(f"== 5. trustctl enroll on {name}")
+            done = run(
+                [venv_bin / "trustctl", "enroll", "--hub", f"https://127.0.0.1:{port}", "--ca-bundle", bundle,
+                 "--tpm", tpm.tcti, "--device-class", DEVICE_CLASS, "--site", "lab", "--node", name,
+                 "--event-log", logs[name], "--out", root / name / "svid", "--jwt-audience", "spiffe://edge.example/hub"]
+            )  # fmt: skip
             results[name] = done.returncode
-            for line in (done.stdout + done.stderr).strip().splitlines():
-                _say(f"   {line}")
-            _say(f"   (exit code {done.returncode})")
 
         agent_ok = False
         if results["gw-01"] == 0:
             agent_ok = _node_agent(root, venv_bin, f"https://127.0.0.1:{port}", bundle, hub_dir, good, logs, started)
 
-        _say("== Summary")
+        say("== Summary")
         ok = results == {"gw-01": 0, "gw-02": 1} and agent_ok
-        _say(f"   gw-01 enrolled: {results['gw-01'] == 0}; gw-02 refused: {results['gw-02'] == 1}")
-        _say(f"   a workload got its SVID through gw-01's agent, which renewed, then was revoked: {agent_ok}")
+        say(f"   gw-01 enrolled: {results['gw-01'] == 0}; gw-02 refused: {results['gw-02'] == 1}")
+        say(f"   a workload got its SVID through gw-01's agent, which renewed, then was revoked: {agent_ok}")
         if ok:
-            _say("   The identity went only to the device whose TPM proved a golden boot, and was taken back.")
+            say("   The identity went only to the device whose TPM proved a golden boot, and was taken back.")
         return 0 if ok else 1
     finally:
         for proc in started:
@@ -212,47 +151,30 @@ def _node_agent(
     """gw-01's node agent: an entry, the Workload API for a workload (this process), a renewal, a revocation."""
     from spiffe import WorkloadApiClient
 
-    from edgetrust.spiffe.id import SpiffeId, TrustDomain
-    from trustd.server.ca import SpiffeCA
-
-    ca = SpiffeCA.load(hub_dir / "ca", trust_domain=TrustDomain.parse("edge.example"))
+    say(f"== 6. the operator registers a workload on gw-01 (unix uid {os.getuid()})")
     operator_dir = root / "operator"
-    operator_dir.mkdir()
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
-    svid = ca.issue_x509_svid(
-        csr.public_bytes(serialization.Encoding.PEM), SpiffeId.parse(OPERATOR), ttl=timedelta(hours=1)
-    )
-    (operator_dir / "svid.pem").write_bytes(svid.chain_pem())
-    write_private(
-        operator_dir / "svid.key",
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
+    mint = [venv_bin / "trustd", "svid", "mint", "--data-dir", hub_dir, "--trust-domain", "edge.example"]
+    run([*mint, "--spiffe-id", OPERATOR, "--ttl", "1h", "--out", operator_dir])
     operator = ["--hub", hub, "--ca-bundle", str(bundle), "--svid", str(operator_dir / "svid.pem")]
     operator += ["--svid-key", str(operator_dir / "svid.key")]
     node = "spiffe://edge.example/site/lab/node/gw-01"
 
     def trustctl(*argv: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([str(venv_bin / "trustctl"), *argv], capture_output=True, text=True, check=False)
-        for line in (done.stdout + done.stderr).strip().splitlines():
-            _say(f"   {line}")
-        return done
+        return run([venv_bin / "trustctl", *argv])
 
-    _say(f"== 6. the operator registers a workload on gw-01 (unix uid {os.getuid()})")
     trustctl("fleet", "entry", "create", "--spiffe-id", WORKLOAD, "--parent", node, "--selector",
              f"unix:uid:{os.getuid()}", *operator)  # fmt: skip
-    _say("== 7. trustctl agent run on gw-01: the SPIFFE Workload API on a unix socket")
+    say("== 7. trustctl agent run on gw-01: the SPIFFE Workload API on a unix socket")
     socket_path = root / "gw-01" / "agent.sock"
-    log = (root / "gw-01" / "agent.log").open("wb")
     started.append(
-        subprocess.Popen(
-            [str(venv_bin / "trustctl"), "agent", "run", "--hub", hub, "--svid-dir", str(root / "gw-01" / "svid"),
-             "--socket", str(socket_path), "--state-dir", str(root / "gw-01" / "agent"), "--tpm", tpm.tcti,
-             "--event-log", str(logs["gw-01"]), "--entry-poll", "1"],
-            stdout=log,
-            stderr=log,
+        start(
+            [venv_bin / "trustctl", "agent", "run", "--hub", hub, "--svid-dir", root / "gw-01" / "svid",
+             "--socket", socket_path, "--state-dir", root / "gw-01" / "agent", "--tpm", tpm.tcti,
+             "--event-log", logs["gw-01"], "--entry-poll", "1"],
+            log=root / "gw-01" / "agent.log",
         )
     )  # fmt: skip
+    note(f"a workload (this process) asks the Workload API at unix://{socket_path} with py-spiffe")
     fetched = None
     deadline = time.monotonic() + 20
     while fetched is None and time.monotonic() < deadline:
@@ -268,11 +190,11 @@ def _node_agent(
         else:
             time.sleep(0.2)
     if fetched is None:
-        _say("   the workload got no SVID; see .demo/gw-01/agent.log")
+        say("   the workload got no SVID; see .demo/gw-01/agent.log")
         return False
-    _say(f"   py-spiffe fetch_x509_svid: {fetched.spiffe_id}, expires {fetched.leaf.not_valid_after_utc:%H:%M} UTC")
-    _say(f"   py-spiffe fetch_jwt_svid: {token.spiffe_id} for {sorted(token.audience)}")
-    _say("== 8. gw-01 renews its node SVID with a fresh quote; then the operator revokes gw-01")
+    say(f"   py-spiffe fetch_x509_svid: {fetched.spiffe_id}, expires {fetched.leaf.not_valid_after_utc:%H:%M} UTC")
+    say(f"   py-spiffe fetch_jwt_svid: {token.spiffe_id} for {sorted(token.audience)}")
+    say("== 8. gw-01 renews its node SVID with a fresh quote; then the operator revokes gw-01")
     renewed = trustctl("agent", "renew", "--hub", hub, "--svid-dir", str(root / "gw-01" / "svid"), "--tpm",
                        tpm.tcti, "--event-log", str(logs["gw-01"]))  # fmt: skip
     revoked = trustctl("fleet", "revoke", "gw-01", "--reason", "demo: reported stolen", *operator)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgetrust.bundles.errors import BundleError, BundleGroupError
+from edgetrust.bundles.errors import BundleError, BundleGroupError, SourceRefusedError, SourceUnreachableError
 from edgetrust.bundles.format import Bundle, check_bundle, unpack
 from edgetrust.bundles.revocations import RevocationStore
 from edgetrust.bundles.signing import verify_bundle
@@ -41,6 +41,7 @@ class SyncResult(enum.StrEnum):
     REFUSED = "refused"  # the bundle failed verification, the group, the policies or the rollback guard
     FAILED = "failed"  # verified, but the apply failed (rolled back to the last known good)
     UNREACHABLE = "unreachable"  # the source gave no bundle: nothing applied, the last known good kept
+    SOURCE_REFUSED = "source-refused"  # the source answered no (the hub: not in the fleet, revoked; a 4xx)
     REVOCATIONS_REFUSED = "revocations-refused"  # the hub's revocation list did not verify
 
     @property
@@ -65,7 +66,8 @@ class BundleSource(Protocol):
 
     async def fetch(self, reports: Sequence[Mapping[str, Any]]) -> Fetched:
         """The newest bundle; `reports` to deliver on the way when the source carries them. Raises a
-        BundleError when it has no answer (the sync is then "unreachable")."""
+        BundleError when it has no answer (the sync is then "unreachable"), SourceRefusedError when it
+        answered no ("source-refused")."""
 
     async def fetch_revocations(self) -> tuple[bytes, str | None] | None:
         """A signed revocation list newer than the one held (and its ETag), or None."""
@@ -80,6 +82,8 @@ class SyncOutcome:
     revision: str = ""
     error: str = ""
     detail: ApplyResult = field(default_factory=ApplyResult)
+    #: an unreachable source's own "retry after" (a hub's 503 Retry-After), for the caller's backoff
+    retry_after_s: float | None = None
 
     def report(self, cluster: str) -> dict[str, Any]:
         return {
@@ -137,8 +141,14 @@ class SyncAgent:
         carries = self._source.carries_reports
         try:
             fetched = await self._source.fetch(list(self.state.queued_reports()) if carries else [])
+        except SourceRefusedError as exc:  # it answered: contact, but no; asking again unchanged will not help
+            self.last_contact = time.time()
+            return self._record(SyncOutcome(SyncResult.SOURCE_REFUSED, error=f"{exc.code}: {exc.diagnostics()}"))
         except BundleError as exc:
-            return self._record(SyncOutcome(SyncResult.UNREACHABLE, error=f"{exc.code}: {exc.diagnostics()}"))
+            retry_after = exc.retry_after if isinstance(exc, SourceUnreachableError) else None
+            outcome = SyncOutcome(SyncResult.UNREACHABLE, error=f"{exc.code}: {exc.diagnostics()}")
+            outcome.retry_after_s = retry_after
+            return self._record(outcome)
         self.last_contact = time.time()
         if fetched.delivered:
             self.state.clear_reports()

@@ -1,19 +1,28 @@
-"""`edgetrust-syncer run`: the per-cluster agent's process (a Deployment in each edge cluster).
+"""`edgetrust-syncer run`: the per-cluster agent's process (a Deployment in each edge cluster);
+`edgetrust-syncer status`: what its last sync did, read from its state directory.
 
 It re-applies the last accepted bundle from disk at start, then long-polls the hub forever; every outcome is
-logged and reported (queued while the hub is out of reach). With `--once`: one sync, exit 0 when it applied or
-had nothing to do, 1 when it refused or failed, 3 when the source was unreachable, 2 for a bad command line.
+logged and reported (queued while the hub is out of reach). A hub out of reach (no answer, 429, 5xx) and a
+hub that answered no (401/403: this cluster not in the fleet file, or revoked; another 4xx: a bad request) are
+told apart: both are retried with backoff (an operator may fix the fleet file), and logged with what to check.
+The last outcome is kept in `<state-dir>/last-sync.json` for `status`. With `--once`: one sync, exit 0 when it
+applied or had nothing to do, 1 when it (or the hub) refused or failed, 3 when the source was unreachable,
+2 for a bad command line; a non-zero exit says why on one stderr line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 
-from edgetrust._internal import hubclient, logs
+from cryptography import x509
+
+from edgetrust._internal import files, hubclient, logs
 from edgetrust._internal.cli import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -22,23 +31,25 @@ from edgetrust._internal.cli import (
     Parser,
     UsageError,
     add_hub,
+    add_json,
     add_verification_keys,
     fail,
     verification_key_files,
 )
 from edgetrust._internal.hubclient import HubCallError
 from edgetrust._internal.retry import Backoff
-from edgetrust.bundles.errors import BundleError
+from edgetrust.bundles.errors import BundleError, SourceUnreachableError
 from edgetrust.bundles.oci import BundleRegistry, OCIReference, registry_settings
 from edgetrust.bundles.revocations import KEY_ID, RevocationStore
 from edgetrust.bundles.signing import load_verification_keys
-from syncer.agent import BundleSource, SyncAgent, SyncResult
+from syncer.agent import BundleSource, SyncAgent, SyncOutcome, SyncResult
 from syncer.kube import KubeClient, KubeConfig
 from syncer.sources import HubSource, OCISource, hub_reporter, hub_session
 from syncer.state import AgentState
 
 log = logging.getLogger("edgetrust.syncer")
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+LAST_SYNC = "last-sync.json"
 
 
 def _parser() -> Parser:
@@ -76,11 +87,120 @@ def _parser() -> Parser:
     )
     run.add_argument("--wait", type=float, default=30.0, help="long-poll seconds")
     run.add_argument("--once", action="store_true", help="one sync, then exit (for jobs and tests)")
+    status = commands.add_parser(
+        "status", help="what the last sync did (and why a refusal): exit 0 ok, 1 refused or failed, 3 unreachable"
+    )
+    status.add_argument("--state-dir", type=Path, default=Path("/var/lib/edgetrust/syncer"))
+    add_json(status)
     return parser
 
 
-async def _run(args: argparse.Namespace) -> int:
+def _spiffe_id(svid: Path) -> str:
+    """This cluster's SPIFFE ID, from its SVID, for the hint when the hub refuses it."""
+    try:
+        cert = x509.load_pem_x509_certificate(svid.read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return f"the SPIFFE ID of {svid}"
+    return uris[0] if uris else f"the SPIFFE ID of {svid}"
+
+
+def explain(outcome: SyncOutcome, *, source: str, spiffe_id: str, retrying: bool = True) -> str:
+    """One line for a person: what happened, and for a refusal what to check."""
+    code, _, text = outcome.error.partition(": ")
+    if outcome.result is SyncResult.UNREACHABLE:
+        why = text if code == SourceUnreachableError.code else outcome.error  # other codes say which bound
+        then = "retrying with backoff" if retrying else "nothing applied"
+        return f"{source} unreachable: {why}; {then} (the last known good bundle stays enforced)"
+    if outcome.result is SyncResult.SOURCE_REFUSED:
+        if code == "hub_refused":
+            return f"{text}; is {spiffe_id} in the fleet file, or revoked? (trustctl fleet list)"
+        return f"{source} refused the request ({code}): {text}"
+    return " ".join(part for part in (str(outcome.result), outcome.revision, outcome.error) if part)
+
+
+def _exit_code(result: SyncResult) -> int:
+    if result.ok:
+        return EXIT_OK
+    return EXIT_UNREACHABLE if result is SyncResult.UNREACHABLE else EXIT_REFUSED
+
+
+def _remember(state_dir: Path, outcome: SyncOutcome, message: str) -> None:
+    """The last outcome, for `edgetrust-syncer status` (and a person reading the state directory)."""
+    record: dict[str, object] = {"result": str(outcome.result), "revision": outcome.revision, "error": outcome.error}
+    record |= {"message": message, "at": int(time.time())}
+    try:
+        files.write_atomic(state_dir / LAST_SYNC, json.dumps(record, indent=2).encode() + b"\n", mode=0o644)
+    except OSError as exc:
+        log.warning("cannot record the last sync in %s: %s", state_dir, exc)
+
+
+def _status(args: argparse.Namespace) -> int:
+    path = args.state_dir / LAST_SYNC
+    try:
+        record = json.loads(path.read_bytes())
+        result = SyncResult(record["result"])
+        message, at = str(record["message"]), int(record["at"])
+    except FileNotFoundError:
+        return fail("edgetrust-syncer", f"no sync recorded in {args.state_dir} (has edgetrust-syncer run run?)", 1)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return fail("edgetrust-syncer", f"{path}: not a last-sync record ({exc})", EXIT_USAGE)
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+        print(f"last sync {when}: {result}: {message}")
+    return _exit_code(result)
+
+
+_SVID_HINT = "this cluster's X.509-SVID and key, issued by the hub for spiffe://<trust domain>/cluster/<name>"
+_KUBE_HINT = "outside a pod give --kube-url, --kube-token-file and --kube-ca-file"
+
+
+def _check_start(args: argparse.Namespace) -> dict[str, bytes]:
+    """What `run` needs, checked before anything starts, each refusal naming the flag and what to give: the
+    publishers' keys (without one every bundle would be refused), the files it reads, a writable state dir."""
+    if not args.verification_keys:
+        raise UsageError(
+            "no --verification-key: every bundle would be refused; give the publisher's public key, "
+            "e.g. --verification-key ci-1=ci-1.pem"
+        )
+    files_needed = [
+        ("--ca-bundle", args.ca_bundle, "the roots that sign trustd's certificate"),
+        ("--svid", args.svid, _SVID_HINT),
+        ("--svid-key", args.svid_key, _SVID_HINT),
+        ("--kube-token-file", args.kube_token_file, _KUBE_HINT),
+        ("--kube-ca-file", args.kube_ca_file, _KUBE_HINT),
+        ("--revocation-key", args.revocation_key, "the hub's revocation-signing public key"),
+        ("--registry-ca", args.registry_ca, "the mirror's TLS roots"),
+        ("--registry-auth-file", args.registry_auth_file, "a Docker config.json"),
+    ]
+    for flag, path, hint in files_needed:
+        if path is None:
+            continue
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"{flag} {path}: {exc.strerror or exc} ({hint})") from exc
+    try:
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+        probe = args.state_dir / ".writable"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--state-dir {args.state_dir}: {exc.strerror or exc} (give a writable directory)") from exc
     keys = {key_id: path.read_bytes() for key_id, path in verification_key_files(args.verification_keys).items()}
+    try:
+        load_verification_keys(keys)
+    except BundleError as exc:
+        raise UsageError(f"--verification-key: {exc}") from exc
+    return keys
+
+
+async def _run(args: argparse.Namespace) -> int:
+    keys = _check_start(args)
     context = hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key)
     # the token file is followed as the kubelet rotates it (bound service-account tokens), not read once
     kube = KubeClient(KubeConfig(args.kube_url, token_file=args.kube_token_file, ca_file=args.kube_ca_file))
@@ -118,20 +238,24 @@ async def _run(args: argparse.Namespace) -> int:
         if restored is not None:
             log.info("re-applied %s from disk: %s", restored.revision, restored.result)
         backoff = Backoff(base_s=1.0, cap_s=60.0)
+        source_name = "the registry mirror" if args.bundle_oci else "hub"
+        spiffe_id = _spiffe_id(args.svid)
         while True:
             outcome = await agent.run_once()
+            message = explain(outcome, source=source_name, spiffe_id=spiffe_id, retrying=not args.once)
             if outcome.result is not SyncResult.NOT_MODIFIED:
-                log.info("sync: %s %s %s", outcome.result, outcome.revision, outcome.error)
+                log.log(logging.INFO if outcome.result.ok else logging.WARNING, "sync: %s", message)
+                _remember(args.state_dir, outcome, message)
             if args.once:
                 await agent.flush_reports()
                 await kube.aclose()
                 if registry is not None:
                     await registry.aclose()
-                if outcome.result.ok:
-                    return EXIT_OK
-                return EXIT_UNREACHABLE if outcome.result is SyncResult.UNREACHABLE else EXIT_REFUSED
-            if outcome.result is SyncResult.UNREACHABLE:
-                await backoff.wait()
+                code = _exit_code(outcome.result)
+                return code if code == EXIT_OK else fail("edgetrust-syncer", message, code)
+            if outcome.result in (SyncResult.UNREACHABLE, SyncResult.SOURCE_REFUSED):
+                # a refusal is retried too (the fleet file may be fixed), at the backoff's pace, never busily
+                await backoff.wait(outcome.retry_after_s)
                 continue
             backoff.reset()
             if registry is not None:  # a registry has no long poll: look again every `wait` seconds
@@ -140,6 +264,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "status":
+        return _status(args)
     logs.configure_from(args)
     try:
         return asyncio.run(_run(args))

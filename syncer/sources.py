@@ -3,8 +3,14 @@
 mirror near the site, a bundle file. Nothing a source returns is trusted: the agent verifies it all.
 
 The hub is spoken to through edgetrust/_internal/hubclient.py (aiohttp, bounded reads); its failures become
-this package's errors here: an answer over the bound `OversizedAnswerError`, anything else that gave no bundle
-`SourceUnreachableError` (nothing applied, the last known good kept).
+this package's errors here, by what they mean for the next try (nothing is applied in any case, the last
+known good kept):
+- no answer, a timeout, 429 or 5xx (with the hub's Retry-After): `SourceUnreachableError`, retried with backoff;
+- 401/403, the hub refusing this cluster (not in the fleet file, revoked): `SourceRefusedError` with the hub's
+  reason; a registry mirror refusing the credentials likewise;
+- any other 4xx, the request itself wrong (a group with nothing published, an artifact the mirror does not
+  hold): `SourceRequestError`, with the source's message;
+- an answer over the bound `OversizedAnswerError`.
 """
 
 from __future__ import annotations
@@ -18,9 +24,16 @@ from typing import TYPE_CHECKING, Any
 from edgetrust._internal import hubclient
 from edgetrust._internal.bounded import CHUNK_BYTES, BoundedReadError, read_bounded
 from edgetrust._internal.hubclient import HubCallError, HubFailure
-from edgetrust.bundles.errors import OversizedAnswerError, SourceUnreachableError
+from edgetrust.bundles.errors import (
+    BundleError,
+    OversizedAnswerError,
+    SourceRefusedError,
+    SourceRequestError,
+    SourceUnreachableError,
+)
 from edgetrust.bundles.format import MAX_BUNDLE_BYTES
-from edgetrust.bundles.oci import BundleRegistry, OCIReference
+from edgetrust.bundles.oci import BundleRegistry, OCIAuthError, OCIError, OCIReference
+from edgetrust.oci import errors as registry_errors
 from syncer.agent import Fetched
 
 if TYPE_CHECKING:
@@ -36,10 +49,15 @@ def hub_session(base_url: str, context: ssl.SSLContext) -> aiohttp.ClientSession
     return hubclient.session(base_url, context, limit=1)
 
 
-def _syncer_error(exc: HubCallError) -> SourceUnreachableError:
+def _syncer_error(exc: HubCallError) -> BundleError:
+    """A hub call's failure as this package's error (see the module doc for what each means)."""
     if exc.failure is HubFailure.BAD_ANSWER:
         return OversizedAnswerError(str(exc))
-    return SourceUnreachableError(str(exc))
+    if exc.failure is HubFailure.REFUSED and exc.status in (401, 403):
+        return SourceRefusedError(f"the hub refused this cluster: {exc.reason}", reason=exc.reason)
+    if exc.failure in (HubFailure.REFUSED, HubFailure.BAD_INPUT, HubFailure.CONFLICT):
+        return SourceRequestError(str(exc), reason=exc.reason)
+    return exc.convert(unreachable=SourceUnreachableError, otherwise=SourceUnreachableError)
 
 
 async def _call(
@@ -51,10 +69,9 @@ async def _call(
         raise _syncer_error(exc) from exc
 
 
-def _refused(answer: hubclient.Answer, url: str, action: str) -> SourceUnreachableError:
-    """An answer other than the ones the protocol expects: nothing applied, whatever the hub's reason."""
-    failure = hubclient.failure_of(answer.status, answer.headers, answer.body, action)
-    return SourceUnreachableError(f"{url}: {failure}")
+def _refused(answer: hubclient.Answer, url: str, action: str) -> BundleError:
+    """An answer other than the ones the protocol expects: nothing applied; the error says whether to retry."""
+    return _syncer_error(hubclient.failure_of(answer.status, answer.headers, answer.body, f"{action} ({url})"))
 
 
 def hub_reporter(url: str, session: aiohttp.ClientSession) -> Callable[[list[dict[str, Any]]], Awaitable[None]]:
@@ -185,8 +202,20 @@ class OCISource(_PulledSource):
         self._seen: str | None = None
 
     async def _pull(self) -> bytes | None:
-        # an OCIError goes up as it is: its own code (oci_error, mirror_answer_refused) goes into the report
-        blob, digest = await self._registry.pull(self._reference)
+        # an OCIError keeps its own code (oci_error, mirror_answer_refused...) in the report; a mirror that
+        # refused the credentials, or holds no such artifact, is said as a refusal, not as an outage
+        try:
+            blob, digest = await self._registry.pull(self._reference)
+        except OCIAuthError as exc:
+            raise SourceRefusedError(f"the registry mirror refused this syncer: {exc}", code=exc.code) from exc
+        except OCIError as exc:
+            if isinstance(exc.__cause__, registry_errors.ManifestNotFoundError):
+                raise SourceRequestError(
+                    f"the registry mirror has no {self._reference.registry}/{self._reference.repository}:"
+                    f"{self._reference.tag} (check --bundle-oci): {exc}",
+                    code="mirror_not_found",
+                ) from exc
+            raise
         if digest == self._seen:
             return None
         self._seen = digest

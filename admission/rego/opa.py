@@ -11,12 +11,14 @@ it as undecided, never as clean.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from opa_client.errors import ConnectionsError, QueryExecuteError, RegoParseError
+import httpx
+from opa_client.errors import ConnectionsError, PolicyNotFoundError, QueryExecuteError, RegoParseError
 from opa_client.opa_async import AsyncOpaClient
 
 from admission.errors import ConfigError, OpaUnavailableError, PolicyDecisionError, ReviewError
@@ -55,6 +57,10 @@ constraints[id] := [msg(v) | some v in found] if {
 	found := data.templates[c.kind].violation with input.parameters as c.parameters
 }
 """
+
+
+#: what /readyz says of an OPA that answers without the webhook's modules (its sidecar restarted, empty)
+LOST_POLICIES = "OPA answers but has lost the webhook's policies (restarted?); reloading them"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +136,18 @@ class OpaDecider:
         except RegoParseError as exc:
             raise PolicyDecisionError(f"OPA refused a module: {exc}") from exc
         except (aiohttp.ClientError, ConnectionsError, TimeoutError) as exc:
-            raise OpaUnavailableError(f"OPA at {self._settings.host}:{self._settings.port}: {exc}") from exc
+            raise OpaUnavailableError(f"{opa_hint(self._settings.host, self._settings.port)}: {exc}") from exc
+
+    async def problem(self) -> str | None:
+        """None when OPA answers and holds the decision module; otherwise what is wrong, for /readyz: OPA not
+        answering (the command that starts it), or an OPA that lost what was loaded (a restarted sidecar)."""
+        try:
+            await asyncio.wait_for(self._client.get_policy("edgetrust-decision"), self._settings.timeout_s)
+        except PolicyNotFoundError:
+            return LOST_POLICIES
+        except (aiohttp.ClientError, ConnectionsError, TimeoutError, OSError, ValueError):
+            return opa_hint(self._settings.host, self._settings.port)
+        return None
 
     async def set_inventory(self, inventory: Mapping[str, Any]) -> None:
         """Replace `data.inventory` (Gatekeeper's view of other cluster objects)."""
@@ -228,3 +245,37 @@ def _message(violation: Any) -> str:
     if isinstance(violation, str):
         return violation[:4096]
     return f"violation without a msg: {str(violation)[:200]}"
+
+
+def opa_hint(host: str, port: int) -> str:
+    """What to do when OPA does not answer: the command that starts it as the webhook expects it."""
+    return (
+        f"OPA is not answering at http://{host}:{port} (start it: opa run --server --addr {host}:{port} "
+        f"--v0-compatible; or give --opa-port)"
+    )
+
+
+def wait_for_opa(
+    host: str, port: int, *, wait_s: float, say: Callable[[str], None], every_s: float = 5.0, poll_s: float = 0.5
+) -> None:
+    """Block until OPA answers its /health, at most `wait_s` seconds, saying so every `every_s`.
+
+    In the chart OPA is a sidecar started at the same moment as the webhook: a webhook that died at once would
+    crash-loop until OPA happened to be first. A bounded wait with a periodic line says what is awaited; past
+    it, OpaUnavailableError with the command that starts OPA (the CLI exits 3: nothing was decided)."""
+    url = f"http://{host}:{port}/health"
+    started = time.monotonic()
+    said = started
+    while True:
+        try:
+            if httpx.get(url, timeout=min(2.0, max(wait_s, 0.1))).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        now = time.monotonic()
+        if now - started >= wait_s:
+            raise OpaUnavailableError(opa_hint(host, port))
+        if now - said >= every_s:
+            said = now
+            say(f"waiting for OPA at http://{host}:{port} ({now - started:.0f} of {wait_s:.0f} s)")
+        time.sleep(poll_s)

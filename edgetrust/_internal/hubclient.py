@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 #: a device on a slow link still answers within this; longer means the hub is gone
 DEFAULT_TIMEOUT_S = 30.0
 _BAD_INPUT = frozenset({400, 413, 414, 422, 431})
+#: the most of a hub's reason that is repeated to a person (ours are a sentence; a longer one is cut, and said)
+MAX_REASON_CHARS = 500
 _E = TypeVar("_E", bound=Exception)
 
 
@@ -125,9 +127,9 @@ def failure_of(status: int, headers: Mapping[str, str], body: bytes, action: str
     except ValueError:
         payload = None
     found = payload if isinstance(payload, dict) else {}
-    text = body[:500].decode(errors="replace")
-    reason = str(found.get("reason") or text or status)
-    error = str(found.get("error") or "")
+    text = body[:MAX_REASON_CHARS].decode(errors="replace")
+    reason = printable(str(found.get("reason") or text or status))
+    error = printable(str(found.get("error") or ""), limit=64)
     retry = headers.get("retry-after") or headers.get("Retry-After")
     if status >= 500 or status == 429:
         after = f"; retry after {retry} s" if retry else "; retry later"
@@ -145,6 +147,13 @@ def failure_of(status: int, headers: Mapping[str, str], body: bytes, action: str
     return HubCallError(
         failure, f"trustd refused the {action} ({status} {error}): {reason}", status=status, error=error, reason=reason
     )
+
+
+def printable(text: str, *, limit: int = MAX_REASON_CHARS) -> str:
+    """The hub's words as they may go into a log line or a terminal: one line, no control characters (an escape
+    sequence, a newline forging a log line), at most `limit` characters (the cut said, never silent)."""
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return cleaned if len(cleaned) <= limit else f"{cleaned[:limit]}... ({len(cleaned) - limit} more characters)"
 
 
 def json_object(body: bytes, action: str) -> dict[str, Any]:

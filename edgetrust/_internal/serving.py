@@ -31,6 +31,7 @@ import contextlib
 import logging
 import resource
 import signal
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -302,6 +303,20 @@ def server_config(
         timeout_keep_alive=int(limits.keep_alive_s),
         lifespan=lifespan,
     )
+
+
+def check_free(host: str, port: int, *, flag: str = "--listen") -> None:
+    """Refuse a listen address that is taken before anything starts, as a usage error naming `flag` (uvicorn's
+    own bind failure is a log line and exit code 3, which on our command lines means "unreachable")."""
+    from edgetrust._internal.cli import UsageError
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"{flag} {host}:{port}: {exc.strerror or exc} (another process listening there? give another {flag})"
+        ) from exc
 
 
 def run(config: uvicorn.Config, *, limits: ServingLimits, periodic: Sequence[Periodic] = ()) -> bool:

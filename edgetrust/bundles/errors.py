@@ -57,6 +57,29 @@ class SourceUnreachableError(BundleError):
     """The bundle source (the hub, a mirror, a file) gave no bundle: nothing applied, the last known good kept."""
 
     code = "hub_unreachable"
+    #: seconds the source asked to wait before the next try (a hub's 503 Retry-After), when it said
+    retry_after: float | None = None
+
+
+class SourceRefusedError(BundleError):
+    """The source answered and refused this cluster: the hub's 401/403 (a cluster not in the fleet file, a
+    revoked SVID), a mirror refusing the credentials. Nothing applied, the last known good kept. Unlike an
+    unreachable source, asking again unchanged does not help: reported as a refusal, with the source's reason."""
+
+    code = "hub_refused"
+
+    def __init__(self, message: str, *, reason: str = "", code: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        if code is not None:
+            self.code = code
+
+
+class SourceRequestError(SourceRefusedError):
+    """The source says the request itself is wrong (another 4xx: a group it has nothing published for, an
+    artifact the mirror does not hold): this syncer's configuration, or our bug. The source's message says which."""
+
+    code = "hub_bad_request"
 
 
 class OversizedAnswerError(SourceUnreachableError):

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from localpeers.hub import free_port, hub_process
 from localpeers.tlsca import TestCA
@@ -126,6 +128,12 @@ def test_syncer_run_logs_json_lines(tmp_path: Path) -> None:
     svid = ca.issue("cluster", client=True, uris=("spiffe://edge.example/cluster/c1",))
     token = tmp_path / "token"
     token.write_text("not-a-real-token")
+    publisher = tmp_path / "ci-1.pem"
+    publisher.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     done = subprocess.run(
         [
             str(BIN / "edgetrust-syncer"),
@@ -155,6 +163,8 @@ def test_syncer_run_logs_json_lines(tmp_path: Path) -> None:
             str(token),
             "--kube-ca-file",
             str(ca.ca_file),
+            "--verification-key",
+            str(publisher),
         ],
         capture_output=True,
         timeout=60,
@@ -162,7 +172,7 @@ def test_syncer_run_logs_json_lines(tmp_path: Path) -> None:
     )
     assert done.returncode == 3  # the hub is not there: unreachable (exit 3, as every CLI says it)
     lines = _json_lines(done.stderr.decode())
-    assert any(line["message"].startswith("sync: unreachable") for line in lines), lines
+    assert any(line["message"].startswith("sync: hub unreachable: ") for line in lines), lines
     assert "not-a-real-token" not in done.stderr.decode()
 
 

@@ -55,6 +55,7 @@ OTHERS = {
     "trustctl svid show",
     "trustctl refvalues capture",
     "trustctl refvalues check",
+    "edgetrust-syncer status",
 }
 #: other spellings of the hub, the verification keys and the listen address: accepted, never shown
 HIDDEN = {"--server", "--policy-keys", "--bundle-key", "--host", "--port", "--listen-host", "--listen-port"}
@@ -209,10 +210,16 @@ def test_an_unreachable_hub_is_exit_3_with_one_stderr_line(tmp_path: Path) -> No
 
     token = tmp_path / "token"
     token.write_text("t")
+    publisher = tmp_path / "ci-1.pem"
+    publisher.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     synced = _run(
         "edgetrust-syncer", "run", "--hub", hub, *tls, "--cluster", "c", "--group", "g", "--site-class", "s",
         "--state-dir", str(tmp_path / "state"), "--kube-token-file", str(token), "--kube-ca-file", str(cert),
-        "--kube-url", f"https://127.0.0.1:{_closed_port()}", "--once",
+        "--kube-url", f"https://127.0.0.1:{_closed_port()}", "--once", "--verification-key", str(publisher),
     )  # fmt: skip
     assert synced.returncode == 3, synced.stderr
     assert "unreachable" in synced.stderr

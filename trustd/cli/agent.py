@@ -55,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
     from edgetrust._internal import logs
     from edgetrust._internal.cli import EXIT_OK
 
+    if args.agent_command in ("run", "renew"):
+        missing = _missing_svid(args.svid_dir)
+        if missing is not None:
+            from edgetrust._internal.cli import EXIT_USAGE, fail
+
+            return fail(f"trustctl agent {args.agent_command}", missing, EXIT_USAGE)
     if args.agent_command == "run":
         from trustd.agent.k8s import KubeAttestor
         from trustd.agent.node import run_agent
@@ -102,6 +108,29 @@ def run(args: argparse.Namespace) -> int:
             print(f"renewed {renewed.spiffe_id}: valid until {until:%Y-%m-%d %H:%M} UTC")
         return EXIT_OK
     return _status(args)
+
+
+def _missing_svid(svid_dir: Path) -> str | None:
+    """What `trustctl enroll` writes and the agent needs, said as "enroll first" when absent (the TLS
+    library's own error names a file, not the step that makes it)."""
+    enroll = (
+        f"enroll first: trustctl enroll --hub URL --ca-bundle HUB-ROOTS.pem --tpm TCTI --device-class CLASS "
+        f"--out {svid_dir}"
+    )
+    absent = [name for name in ("svid.pem", "svid.key", "bundle.pem") if not (svid_dir / name).is_file()]
+    if absent:
+        return f"--svid-dir {svid_dir}: no {', '.join(absent)}; {enroll}"
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate((svid_dir / "svid.pem").read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = [u for u in names.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")]
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        uris = []
+    if not uris:
+        return f"--svid-dir {svid_dir}: svid.pem is not an X.509-SVID (no spiffe:// URI); {enroll}"
+    return None
 
 
 def _left(expires: float, now: float) -> str:

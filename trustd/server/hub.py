@@ -173,6 +173,7 @@ def serving_limits(settings: TrustdSettings) -> serving.ServingLimits:
 
 
 def serve(settings: TrustdSettings) -> None:
+    serving.check_free(settings.listen_host, settings.listen_port)  # before the CA and the store are touched
     hub = build_hub(settings)
     log.info(
         "trustd serving trust domain %s on https://%s:%d",
