@@ -21,7 +21,7 @@ from localpeers.webhook import write_site_parameters
 def _svid(hub: RunningHub, path: str, directory: Path) -> tuple[Path, Path]:
     """An operator's, publisher's or cluster's SVID, minted on the hub as its operator would."""
     data_dir = hub.hub.settings.data_dir
-    mint = [BIN / "trustd", "svid", "mint", "--data-dir", data_dir, "--trust-domain", "edge.example"]
+    mint: list[str | Path] = [BIN / "trustd", "svid", "mint", "--data-dir", data_dir, "--trust-domain", "edge.example"]
     run([*mint, "--spiffe-id", f"spiffe://edge.example{path}", "--ttl", "2h", "--out", directory])
     return directory / "svid.pem", directory / "svid.key"
 

@@ -153,7 +153,15 @@ def _node_agent(
 
     say(f"== 6. the operator registers a workload on gw-01 (unix uid {os.getuid()})")
     operator_dir = root / "operator"
-    mint = [venv_bin / "trustd", "svid", "mint", "--data-dir", hub_dir, "--trust-domain", "edge.example"]
+    mint: list[str | Path] = [
+        venv_bin / "trustd",
+        "svid",
+        "mint",
+        "--data-dir",
+        hub_dir,
+        "--trust-domain",
+        "edge.example",
+    ]
     run([*mint, "--spiffe-id", OPERATOR, "--ttl", "1h", "--out", operator_dir])
     operator = ["--hub", hub, "--ca-bundle", str(bundle), "--svid", str(operator_dir / "svid.pem")]
     operator += ["--svid-key", str(operator_dir / "svid.key")]

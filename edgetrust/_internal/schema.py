@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,30 @@ import jsonschema
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"  # package data: the wheel carries them
 
 
+def _ecma_pattern(
+    validator: jsonschema.protocols.Validator, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterable[jsonschema.ValidationError]:
+    r"""`pattern` as JSON Schema means it (ECMA-262): `$` is the end of the string. Python's `re.search`, which
+    the stock validator uses, lets `$` match before a final newline, so `"require_limits\n"` would pass a name
+    pattern; every unescaped `$` is read as `\Z` here, so editors, CI and this code agree on the published file."""
+    if isinstance(instance, str) and not re.search(_python_pattern(pattern), instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@functools.cache
+def _python_pattern(pattern: str) -> str:
+    return re.sub(r"(?<!\\)\$", r"\\Z", pattern)
+
+
 @functools.cache
 def validator(name: str) -> jsonschema.protocols.Validator:
     """The validator of edgetrust/schemas/<name>.schema.json (checked itself against its metaschema once)."""
     schema = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
+    base = jsonschema.validators.validator_for(schema)
+    base.check_schema(schema)
+    cls: type[jsonschema.protocols.Validator] = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+        base, {"pattern": _ecma_pattern}
+    )
     return cls(schema)
 
 
