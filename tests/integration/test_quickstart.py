@@ -73,7 +73,8 @@ def _logs(workdir: Path) -> str:
 def test_the_page_lists_its_steps_and_its_stop_block_last() -> None:
     blocks = sh_blocks(PAGE.read_text())
     assert len(blocks) >= 14, f"docs/quickstart.md has only {len(blocks)} sh blocks"
-    assert "localpeers.cluster down" in blocks[-1] and "hub.pid" in blocks[-1]
+    assert "localpeers.cluster down" in blocks[-1]
+    assert "hub.pid" in blocks[-1]
 
 
 def test_quickstart_runs_as_written(tmp_path: Path) -> None:
@@ -118,7 +119,8 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
     assert not survivors, f"still running after the page's stop block: {survivors}"
     assert "spiffe://retail.example/site/store-1/node/gw-01" in text, text
     assert re.search(r"denied the request: .*\[require_team_label\] pod web has no team label", text), text
-    assert "refused (exit 1)" in text and "pod/web created" in text, text
+    assert "refused (exit 1)" in text, text
+    assert "pod/web created" in text, text
     assert re.search(r"^allow-web\s+app=web", text, re.MULTILINE), text
     assert re.search(r"^default-deny\s", text, re.MULTILINE), text
     assert re.search(r"^web\s+0/1\s+Pending", text, re.MULTILINE), text
