@@ -22,6 +22,8 @@ import pytest
 from localpeers.peers import REPO, peer, peers_cache
 from localpeers.swtpm import INSTALL_HINT
 
+pytestmark = pytest.mark.integration
+
 PAGE = REPO / "docs" / "quickstart.md"
 _BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 #: the whole page on a loaded two-core machine takes about a minute; a hung step must not hang CI
