@@ -119,7 +119,9 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
     text = output.read_text(errors="replace")
     assert done.returncode == 0, f"the page failed (exit {done.returncode}):\n{text[-6000:]}{_logs(tmp_path)}"
     assert not survivors, f"still running after the page's stop block: {survivors}"
-    assert "spiffe://retail.example/site/store-1/node/gw-01" in text, text
+    assert "enrolled as spiffe://retail.example/site/store-1/node/gw-01" in text, text
+    assert re.search(r"PCR 4 \(sha256\): got [0-9a-f]+.*refused \(exit 1\)", text, re.DOTALL), text
+    assert "spiffe://retail.example/site/store-1/node/gw-02" not in text, text
     assert re.search(r"denied the request: .*\[require_team_label\] pod web has no team label", text), text
     assert "refused (exit 1)" in text, text
     assert "pod/web created" in text, text
