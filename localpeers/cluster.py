@@ -45,11 +45,15 @@ def _alive(pid: int) -> bool:
 
 
 def _running_pid(directory: Path) -> int | None:
+    """The supervisor's pid, if it still runs: a stale pid file (or one naming another process since reused)
+    is ignored, so `down` never signals a process group that is not the cluster's."""
     try:
         pid = int(_pid_file(directory).read_text().strip())
-    except (FileNotFoundError, ValueError):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    ours = b"localpeers.cluster" in cmdline and b"_supervise" in cmdline
+    return pid if ours and _alive(pid) else None
 
 
 def _missing_peers() -> list[str]:

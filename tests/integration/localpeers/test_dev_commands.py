@@ -115,3 +115,18 @@ def test_simboot_says_in_one_line_when_the_tpm_is_not_there(tmp_path: Path) -> N
     assert done.stderr.count("\n") == 1, done.stderr
     assert "swtpm:host=127.0.0.1,port=1" in done.stderr
     assert not (tmp_path / "boot.log").exists()
+
+
+def test_cluster_down_never_signals_a_process_a_stale_pid_file_names(tmp_path: Path) -> None:
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        directory = tmp_path / "qs" / "cluster"
+        directory.mkdir(parents=True)
+        (directory / "cluster.pid").write_text(f"{bystander.pid}\n")
+        down = _run("localpeers.cluster", "down", "--dir", "qs/cluster", cwd=tmp_path)
+        assert down.returncode == 0, down.stderr
+        assert down.stdout == f"no cluster running from {directory}\n"
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
