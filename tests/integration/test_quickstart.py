@@ -128,3 +128,4 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
     assert re.search(r"^allow-web\s+app=web", text, re.MULTILINE), text
     assert re.search(r"^default-deny\s", text, re.MULTILINE), text
     assert re.search(r"^web\s+0/1\s+Pending", text, re.MULTILINE), text
+    assert "revision 000000000001-quickstart-1: complete" in text, text
