@@ -115,3 +115,10 @@ class PrivateFileError(TrustdError):
     """A directory meant for secrets (keys, SVIDs) is not one this process can trust: refused, nothing written."""
 
     code = "private_file"
+
+
+class MintRefusedError(TrustdError):
+    """`trustd svid mint` will not mint this ID (another trust domain, the hub's, a node's, a workload's, a
+    revoked one) or not for this long: nothing is issued, recorded or written."""
+
+    code = "mint_refused"

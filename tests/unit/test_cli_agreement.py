@@ -45,6 +45,7 @@ OTHERS = {
     "trustd ca prepare",
     "trustd ca activate",
     "trustd ca status",
+    "trustd svid mint",
     "trustctl policy test",
     "trustctl policy build",
     "trustctl policy sign",

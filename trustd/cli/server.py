@@ -1,4 +1,4 @@
-"""`trustd`: run the hub, or print what a device needs to trust it.
+"""`trustd`: run the hub, print what a device needs to trust it, rotate the CA, mint SVIDs for people and pipelines.
 
 Exit codes: 0 ok, 1 refused (the hub would not start as configured), 2 usage (the command line, or settings
 that do not validate).
@@ -9,23 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-from typing import Any
+
+from pydantic import ValidationError
 
 from attestation.errors import AttestationError
 from edgetrust._internal import logs
-from edgetrust._internal.cli import (
-    EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_USAGE,
-    Parser,
-    UsageError,
-    add_json,
-    add_listen,
-    add_verification_keys,
-    fail,
-    listen_of,
-)
+from edgetrust._internal.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Parser, UsageError, add_json, fail
+from trustd.cli import mint
+from trustd.cli.serve_flags import add_settings_flags, invalid_settings, settings_from
 from trustd.errors import TrustdError
 from trustd.server.settings import TrustdSettings
 
@@ -35,28 +26,20 @@ def _parser() -> Parser:
     logs.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the hub (HTTPS)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the hub (HTTPS)",
+        description="Run the hub. Every setting is a flag here or a TRUSTD_* environment variable (named in each "
+        "flag's help); a flag wins over the variable.",
+    )
     logs.add_arguments(serve)
-    serve.add_argument("--data-dir", type=Path, help="CA keys, TLS and the embedded store (TRUSTD_DATA_DIR)")
-    serve.add_argument("--trust-domain", help="SPIFFE trust domain (TRUSTD_TRUST_DOMAIN)")
-    serve.add_argument("--ek-roots", type=Path, help="directory of TPM vendors' EK root certificates")
-    serve.add_argument("--reference-values", type=Path, help="reference values per device class (YAML/JSON)")
-    serve.add_argument("--store", help="store URL, e.g. sqlite:///var/lib/edgetrust/trustd.db")
-    add_listen(serve, default="127.0.0.1:8443", host_aliases=["--host"], port_aliases=["--port"])
-    serve.add_argument("--fleet", type=Path, help="policy distribution: cluster groups, clusters, publishers (YAML)")
-    add_verification_keys(
-        serve, aliases=["--policy-keys"], help="publishers' bundle-signing public keys (trustd serve: one DIR)"
-    )
-    serve.add_argument("--federation", type=Path, help="trust domains to federate with (YAML)")
-    serve.add_argument(
-        "--operator", action="append", help="SPIFFE ID allowed to list and revoke (trustctl fleet); repeatable"
-    )
+    add_settings_flags(serve)
 
     bundle = sub.add_parser("bundle", help="print the trust bundle (SPIFFE JWKS, or PEM roots with --pem)")
-    bundle.add_argument("--data-dir", type=Path)
-    bundle.add_argument("--trust-domain")
+    add_settings_flags(bundle, ("data_dir", "trust_domain"))
     bundle.add_argument("--pem", action="store_true", help="the X.509 roots a device passes to trustctl --ca-bundle")
     add_json(bundle)
+    mint.add_parser(sub)
     rotation = sub.add_parser("ca", help="rotate the CA without downtime: prepare, wait, activate")
     steps = rotation.add_subparsers(dest="ca_command", required=True)
     for step, text in (
@@ -65,8 +48,7 @@ def _parser() -> Parser:
         ("status", "the signing CA, the prepared one, the retired ones"),
     ):
         command = steps.add_parser(step, help=text)
-        command.add_argument("--data-dir", type=Path)
-        command.add_argument("--trust-domain")
+        add_settings_flags(command, ("data_dir", "trust_domain"))
         add_json(command)
         if step == "activate":
             command.add_argument("--keep-for", type=float, default=24 * 3600, help="seconds: the longest SVID TTL")
@@ -116,39 +98,11 @@ def _rotate(args: argparse.Namespace, settings: TrustdSettings) -> int:
     return EXIT_OK
 
 
-def _keys_dir(args: argparse.Namespace) -> Path | None:
-    """The hub reads its publishers' keys from one directory (settings.policy_keys_dir)."""
-    specs: list[str] | None = getattr(args, "verification_keys", None)
-    if not specs:
-        return None
-    if len(specs) != 1 or not Path(specs[0]).is_dir():
-        raise UsageError("trustd serve --verification-key takes one directory of publishers' keys (ID.pem)")
-    return Path(specs[0])
-
-
-def _settings(args: argparse.Namespace) -> TrustdSettings:
-    host, port = listen_of(args)
-    overrides: dict[str, Any] = {
-        "data_dir": getattr(args, "data_dir", None),
-        "trust_domain": getattr(args, "trust_domain", None),
-        "ek_roots_dir": getattr(args, "ek_roots", None),
-        "reference_values": getattr(args, "reference_values", None),
-        "store_url": getattr(args, "store", None),
-        "listen_host": host,
-        "listen_port": port,
-        "fleet_file": getattr(args, "fleet", None),
-        "policy_keys_dir": _keys_dir(args),
-        "federation_file": getattr(args, "federation", None),
-        "operators": tuple(args.operator) if getattr(args, "operator", None) else None,
-    }
-    return TrustdSettings(**{k: v for k, v in overrides.items() if v is not None})
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.configure_from(args)
     try:
-        settings = _settings(args)
+        settings = settings_from(args)
         if args.command == "serve":
             from trustd.server.hub import serve
 
@@ -156,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "ca":
             return _rotate(args, settings)
+        if args.command == "svid":
+            return mint.run(args, settings)
         from edgetrust.spiffe.id import TrustDomain
         from trustd.server.ca import SpiffeCA
 
@@ -171,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail("trustd", exc.diagnostics(), EXIT_REFUSED)
     except UsageError as exc:
         return fail("trustd", exc, EXIT_USAGE)
-    except ValueError as exc:  # pydantic settings validation
+    except ValidationError as exc:
+        return fail("trustd", invalid_settings(exc), EXIT_USAGE)
+    except ValueError as exc:
         return fail("trustd", f"invalid configuration: {exc}", EXIT_USAGE)
 
 
