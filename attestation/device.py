@@ -11,6 +11,8 @@ refuses new ones, so a session starts by flushing stale transient handles (opt-o
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -23,7 +25,7 @@ try:  # tpm2-pytss is a device-only dependency (the `device` extra); the hub nev
     from tpm2_pytss import ESAPI, TPM2B_PUBLIC, TPMT_SYM_DEF, TSS2_Exception
     from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HT, TPM2_SE, TPMA_OBJECT
     from tpm2_pytss.types import TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TPM2B_PRIVATE
-    from tpm2_pytss.utils import NVReadEK, create_ek_template
+    from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 except ImportError as exc:  # pragma: no cover - exercised only on machines without the extra
     raise TPMDeviceError(
         "tpm2-pytss is not installed; install the device extra: pip install 'edgetrust[device]' "
@@ -56,6 +58,11 @@ _AK_ATTRIBUTES = (
 )
 #: TPM2_PCR_Read answers at most 8 digests per call (TPML_DIGEST limit)
 _PCR_READ_BATCH = 8
+#: the NV index range (TPM_HT_NV_INDEX) and how many handles one GetCapability answer may list
+_NV_INDEX_FIRST = 0x01000000
+_NV_HANDLES_PER_CALL = 64
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +100,52 @@ def _tss(action: str, exc: Exception) -> TPMDeviceError:
     return TPMDeviceError(f"TPM {action} failed: {exc}")
 
 
+def _quiet_tss2() -> None:
+    """tss2 logs to stderr by itself (WARNING and up, from every module: the TCTI, ESYS), with the level read
+    from TSS2_LOG once, at its first line. On a command line that is noise around the one line saying what
+    failed, and every failure reaches the caller anyway, as TPMDeviceError carrying tss2's error code. So it is
+    silenced, unless the user set TSS2_LOG or this process logs DEBUG (`-v`): then tss2 says everything again.
+    Called before the first ESYS context exists, so tss2 has not read the variable yet."""
+    if "TSS2_LOG" not in os.environ and not log.isEnabledFor(logging.DEBUG):
+        os.environ["TSS2_LOG"] = "all+none"
+
+
+class _DefinedIndexReader(NVReadEK):  # type: ignore[misc]
+    """NVReadEK that reads only NV indices the TPM lists as defined.
+
+    The TCG EK templates are found by probing NV indices (certificate, template, nonce; low and high range), and
+    most are absent on any one TPM. tpm2-pytss probes with Esys_TR_FromTPMPublic, and tss2-esys logs every
+    absent index as an ERROR on stderr (six lines per enrollment that succeeded). One TPM2_GetCapability lists
+    the defined indices instead; an absent one is NoSuchIndex without asking the TPM, and the probing is logged
+    at DEBUG (`trustctl enroll -v`). An index deleted in between still fails as before (NVReadEK's own path).
+    """
+
+    def __init__(self, ectx: ESAPI) -> None:
+        super().__init__(ectx)
+        self._defined: set[int] = set()
+        more, start = True, _NV_INDEX_FIRST
+        while more:
+            more, data = ectx.get_capability(TPM2_CAP.HANDLES, start, _NV_HANDLES_PER_CALL)
+            handles = [int(h) for h in data.data.handles]
+            self._defined.update(handles)
+            if not handles:
+                break
+            start = max(handles) + 1
+
+    def __call__(self, index: int) -> bytes:
+        if int(index) not in self._defined:
+            log.debug("EK probe: NV index 0x%08x is not defined", int(index))
+            raise NoSuchIndex(index)
+        data = bytes(super().__call__(index))
+        log.debug("EK probe: NV index 0x%08x holds %d bytes", int(index), len(data))
+        return data
+
+
 class TPMDevice:
     """One open connection to a TPM (a TCTI string such as 'swtpm:host=127.0.0.1,port=2321' or 'device:/dev/tpmrm0')."""
 
     def __init__(self, tcti: str, *, flush_stale: bool = True) -> None:
+        _quiet_tss2()
         try:
             self._ectx = ESAPI(tcti)
         except (TSS2_Exception, ValueError, OSError) as exc:
@@ -144,7 +193,7 @@ class TPMDevice:
                 self._ectx.flush_context(self._ek)
             self._ek = None
         try:
-            reader = NVReadEK(self._ectx)
+            reader = _DefinedIndexReader(self._ectx)
             names = (template_name,) if template_name else _EK_TEMPLATES[kind]
             used = names[0]
             cert, template = create_ek_template(used, reader)

@@ -11,6 +11,7 @@ import struct
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,9 @@ EVENT_TYPES: dict[int, str] = {
 }
 EVENT_TYPE_IDS = {name: value for value, name in EVENT_TYPES.items()}
 _VARIABLE_EVENTS = {0x80000001, 0x80000002, 0x8000000C, 0x800000E0}
+#: EV_EFI_BOOT_SERVICES_APPLICATION, _DRIVER, EV_EFI_RUNTIME_SERVICES_DRIVER: UEFI_IMAGE_LOAD_EVENT data
+_IMAGE_EVENTS = {0x80000003, 0x80000004, 0x80000005}
+DESCRIPTION_CHARS = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +99,74 @@ class Event:
             return None
 
     @property
+    def efi_variable_value(self) -> bytes | None:
+        """The value of the UEFI variable an EV_EFI_VARIABLE_* event measured, if it parses."""
+        name = self.efi_variable_name
+        if name is None:
+            return None
+        name_len, data_len = struct.unpack_from("<QQ", self.data, 16)
+        start = 32 + 2 * name_len
+        return self.data[start : start + data_len]
+
+    @property
+    def description(self) -> str:
+        """What was measured, for people: a UEFI variable and its value, an image's file path, the text of a
+        version or action event, else the first bytes in hex. The log is the device's word and may carry
+        terminal escapes, so only printable ASCII is kept, and at most DESCRIPTION_CHARS characters."""
+        return _printable(_describe(self))
+
+    @property
     def efi_variable_guid(self) -> uuid.UUID | None:
         if self.efi_variable_name is None:
             return None
         return uuid.UUID(bytes_le=self.data[:16])
+
+
+def _describe(event: Event) -> str:
+    value = event.efi_variable_value
+    if value is not None:
+        shown = value[:16].hex() + (f"… ({len(value)} bytes)" if len(value) > 16 else "")
+        return f"{event.efi_variable_name} = {shown or '(empty)'}"
+    if event.event_type == 0x04:  # EV_SEPARATOR
+        return "separator (firmware error)" if event.data == b"\xff\xff\xff\xff" else "separator"
+    if event.event_type in _IMAGE_EVENTS:
+        path = _image_path(event.data)
+        if path:
+            return path
+    return _text(event.data)
+
+
+def _image_path(data: bytes) -> str | None:
+    """The file path nodes of a UEFI_IMAGE_LOAD_EVENT's device path (UEFI spec §10.3.5.4), joined."""
+    if len(data) < 32:
+        return None
+    (path_len,) = struct.unpack_from("<Q", data, 24)
+    path = data[32 : 32 + path_len] if path_len <= len(data) - 32 else b""
+    parts, offset = [], 0
+    while offset + 4 <= len(path):
+        node_type, subtype, length = path[offset], path[offset + 1], struct.unpack_from("<H", path, offset + 2)[0]
+        if length < 4 or node_type == 0x7F:  # malformed, or the end of the device path
+            break
+        if node_type == 0x04 and subtype == 0x04:  # media device path: file path (UTF-16, NUL-terminated)
+            parts.append(path[offset + 4 : offset + length].decode("utf-16-le", "replace").rstrip("\x00"))
+        offset += length
+    return "".join(parts) or None
+
+
+def _text(data: bytes) -> str:
+    stripped = data.rstrip(b"\x00")
+    if stripped and all(32 <= b < 127 for b in stripped):
+        return stripped.decode("ascii")
+    if len(data) >= 2 and len(data) % 2 == 0:  # UCS-2, as UEFI writes strings (before stripping: NULs are half)
+        wide = data.decode("utf-16-le", "replace").rstrip("\x00")
+        if wide and all(32 <= ord(c) < 127 for c in wide):
+            return wide
+    return (data[:16].hex() + (f"… ({len(data)} bytes)" if len(data) > 16 else "")) or "(no data)"
+
+
+def _printable(text: str) -> str:
+    clean = "".join(c if 32 <= ord(c) < 127 or c == "…" else "?" for c in text)
+    return clean if len(clean) <= DESCRIPTION_CHARS else clean[: DESCRIPTION_CHARS - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,24 +300,66 @@ def _spec_id(data: bytes) -> dict[int, int]:
 
 def verify_replay(log: EventLog, quote: VerifiedQuote) -> None:
     """Every quoted PCR the log measures must replay to the quoted value; else the log is lying."""
+    check_replay(log, quote.pcrs, what="quoted")
+
+
+def check_replay(log: EventLog, pcrs: Mapping[HashAlg, Mapping[int, bytes]], *, what: str = "quoted") -> None:
+    """`verify_replay` against PCR values from anywhere (a quote, or a TPM read by `trustctl refvalues`):
+    `what` says where they came from in the error ("quoted", "TPM's")."""
     replayed = log.replay()
     compared = 0
-    for bank, quoted in quote.pcrs.items():
-        for index, value in sorted(quoted.items()):
+    for bank, values in pcrs.items():
+        for index, value in sorted(values.items()):
             expected = replayed.get(bank, {}).get(index)
             if expected is None:
                 continue
             compared += 1
             if expected != value:
-                raise EventLogError(
-                    f"the event log does not replay to the quoted PCR {index} ({bank.label}): quoted {value.hex()}, "
-                    f"replayed {expected.hex()} from {len(log.events_for(index))} events"
+                raise ReplayMismatchError(
+                    f"the event log does not replay to the {what} PCR {index} ({bank.label}): {what} {value.hex()}, "
+                    f"replayed {expected.hex()} from {len(log.events_for(index))} events",
+                    pcr=index,
+                    bank=bank,
                 )
     if compared == 0:
         raise EventLogError(
-            f"the event log ({', '.join(b.label for b in log.banks)}) measures none of the quoted PCRs, "
+            f"the event log ({', '.join(b.label for b in log.banks)}) measures none of the {what} PCRs, "
             "so it proves nothing about this boot"
         )
 
 
-__all__ = ["EVENT_TYPES", "Event", "EventLog", "parse_event_log", "verify_replay"]
+class ReplayMismatchError(EventLogError):
+    """The log replays to another value than the TPM holds for `pcr`: the log, not the boot, is suspect."""
+
+    def __init__(self, message: str, *, pcr: int, bank: HashAlg) -> None:
+        super().__init__(message)
+        self.pcr = pcr
+        self.bank = bank
+
+
+def read_event_log(path: Path) -> EventLog:
+    """Parse the log in `path`, reading at most MAX_LOG_BYTES + 1 bytes: a bigger file is refused without
+    being read into memory (it may be a device, a pipe or an attacker's endless file)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_LOG_BYTES + 1)
+    except OSError as exc:
+        raise EventLogError(f"cannot read the event log {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_LOG_BYTES:
+        raise EventLogError(f"{path}: the event log is larger than {MAX_LOG_BYTES} bytes; refused")
+    try:
+        return parse_event_log(data)
+    except EventLogError as exc:
+        raise EventLogError(f"{path}: {exc}") from exc
+
+
+__all__ = [
+    "EVENT_TYPES",
+    "Event",
+    "EventLog",
+    "ReplayMismatchError",
+    "check_replay",
+    "parse_event_log",
+    "read_event_log",
+    "verify_replay",
+]

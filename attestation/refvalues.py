@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 
 from attestation.errors import PolicyConfigError, ReferenceValueError
-from attestation.eventlog import EVENT_TYPE_IDS, Event, EventLog, verify_replay
-from attestation.quote import VerifiedQuote
+from attestation.eventlog import EVENT_TYPE_IDS, Event, EventLog, check_replay
+from attestation.quote import PcrValues, VerifiedQuote
 from attestation.tpm2.constants import HashAlg
 
 _EVENT_LOG_MODES = ("required", "optional", "ignored")
@@ -70,24 +70,34 @@ class DeviceClassPolicy:
         return {self.bank: tuple(sorted(self.pcrs))}
 
     def check(self, quote: VerifiedQuote, event_log: EventLog | None) -> None:
-        quoted = quote.pcrs.get(self.bank, {})
+        """The hub's judgement of a verified quote (and the event log sent with it)."""
+        self.check_pcrs(quote.pcrs, event_log)
+
+    def check_pcrs(self, pcrs: PcrValues, event_log: EventLog | None, *, what: str = "quoted") -> None:
+        """`check` on PCR values from anywhere: the hub passes a verified quote's, `trustctl refvalues check` a
+        TPM's, a file's or the log's own replay (one checker for both, so the tool cannot disagree with the hub).
+        `what` names their source in the errors."""
+        quoted = pcrs.get(self.bank, {})
         violations: list[str] = []
+        mismatches: list[PcrMismatch] = []
         for index, allowed in sorted(self.pcrs.items()):
             value = quoted.get(index)
             if value is None:
-                violations.append(f"PCR {index} ({self.bank.label}) was not quoted")
+                violations.append(f"PCR {index} ({self.bank.label}) was not {what}")
+                mismatches.append(PcrMismatch(index, self.bank, None, allowed or frozenset()))
             elif allowed is not None and value not in allowed:
                 shown = ", ".join(sorted(v.hex()[:16] + "…" for v in allowed))
                 violations.append(f"PCR {index} ({self.bank.label}): got {value.hex()[:16]}…, allowed one of [{shown}]")
+                mismatches.append(PcrMismatch(index, self.bank, value, allowed))
         if violations:
-            raise _violation(self.name, violations)
+            raise _violation(self.name, violations, mismatches)
         if self.event_log == "ignored":
             return
         if event_log is None:
             if self.event_log == "required" or self.require:
                 raise _violation(self.name, ["a boot event log is required for this class and none was sent"])
             return
-        verify_replay(event_log, quote)
+        check_replay(event_log, pcrs, what=what)
         bank = self.bank if self.bank in event_log.banks else event_log.banks[0]
         for rule in self.require:
             if not any(rule.matches(e, bank) for e in event_log.events):
@@ -102,15 +112,31 @@ class DeviceClassPolicy:
             raise _violation(self.name, violations)
 
 
+@dataclass(frozen=True, slots=True)
+class PcrMismatch:
+    """One PCR outside its allowed values: what a person needs to find the boot component that changed."""
+
+    pcr: int
+    bank: HashAlg
+    #: None: the PCR was not among the values judged (not quoted, not measured by the log)
+    value: bytes | None
+    allowed: frozenset[bytes]
+
+
 class ReferenceValueViolationError(ReferenceValueError):
-    def __init__(self, message: str, violations: tuple[str, ...]) -> None:
+    def __init__(self, message: str, violations: tuple[str, ...], mismatches: tuple[PcrMismatch, ...] = ()) -> None:
         super().__init__(message)
         self.violations = violations
+        self.mismatches = mismatches
 
 
-def _violation(name: str, violations: list[str]) -> ReferenceValueViolationError:
+def _violation(
+    name: str, violations: list[str], mismatches: list[PcrMismatch] | None = None
+) -> ReferenceValueViolationError:
     return ReferenceValueViolationError(
-        f"boot state not allowed for device class {name!r}: " + "; ".join(violations), tuple(violations)
+        f"boot state not allowed for device class {name!r}: " + "; ".join(violations),
+        tuple(violations),
+        tuple(mismatches or ()),
     )
 
 

@@ -79,11 +79,19 @@ class RunningHub:
 
 @contextmanager
 def running_hub(
-    workdir: Path, *, ek_roots: Path, reference_values: dict[str, object] | None = None, **settings: object
+    workdir: Path,
+    *,
+    ek_roots: Path,
+    reference_values: dict[str, object] | None = None,
+    reference_values_file: Path | None = None,
+    **settings: object,
 ) -> Iterator[RunningHub]:
+    """`reference_values_file` is used as it is (a file `trustctl refvalues capture` wrote); else the
+    `reference_values` mapping (default: the golden boot's) is written for the hub."""
     workdir.mkdir(parents=True, exist_ok=True)
-    refvalues = workdir / "reference-values.yaml"
-    refvalues.write_text(yaml.safe_dump(reference_values or golden_reference_values()))
+    refvalues = reference_values_file or workdir / "reference-values.yaml"
+    if reference_values_file is None:
+        refvalues.write_text(yaml.safe_dump(reference_values or golden_reference_values()))
     port = free_port()
     hub = build_hub(
         TrustdSettings(

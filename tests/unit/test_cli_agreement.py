@@ -52,6 +52,8 @@ OTHERS = {
     "trustctl policy push",
     "trustctl agent status",
     "trustctl svid show",
+    "trustctl refvalues capture",
+    "trustctl refvalues check",
 }
 #: other spellings of the hub, the verification keys and the listen address: accepted, never shown
 HIDDEN = {"--server", "--policy-keys", "--bundle-key", "--host", "--port", "--listen-host", "--listen-port"}

@@ -33,6 +33,7 @@ COMMANDS = {
     "fleet": "the fleet as the hub sees it: nodes, clusters, revocations",
     "agent": "the node agent: the SPIFFE Workload API for this node's workloads",
     "svid": "inspect X.509-SVIDs",
+    "refvalues": "reference values: capture them from a golden device, check a boot against them",
 }
 
 
@@ -51,6 +52,10 @@ def _module(command: str) -> ModuleType:
         from trustd.cli import agent as agent_cli
 
         return agent_cli
+    if command == "refvalues":
+        from trustd.cli import refvalues as refvalues_cli
+
+        return refvalues_cli
     from trustd.cli import svid as svid_cli
 
     return svid_cli
@@ -91,6 +96,9 @@ def _parser(command: str | None = None) -> Parser:
         help="TCG boot event log to send (default: the kernel's, if readable)",
     )
     enroll.add_argument("--jwt-audience", action="append", default=[], help="also issue a JWT-SVID for this audience")
+    enroll.add_argument(
+        "-v", "--verbose", action="store_true", help="say each step, the TPM's EK-certificate probes included"
+    )
     add_json(enroll)
     for name, text in COMMANDS.items():
         if command is None or command == name:
@@ -104,7 +112,11 @@ _KERNEL_EVENT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
 
 
 def _enroll(args: argparse.Namespace) -> int:
+    from edgetrust._internal import logs
     from trustd.agent.enroll_client import enroll
+
+    if args.verbose:
+        logs.configure(verbose=True)
 
     if not args.hub.startswith("https://"):
         raise UsageError(f"--hub {args.hub}: trustd is only reached over https://")
