@@ -5,17 +5,25 @@ replays the log and checks it against the quoted PCRs. swtpm starts with all PCR
 demos and tests use this stand-in: it measures a few named boot stages into a real TPM (TPM2_PCR_Extend on
 every bank) and writes the matching crypto-agile event log, byte for byte in the format UEFI firmware
 writes (TCG PC Client Platform Firmware Profile, §10). It is not used on real devices.
+
+As a command (docs/quickstart.md), one boot of a running swtpm, since it has no firmware of its own:
+    python -m localpeers.simboot --tpm swtpm:host=127.0.0.1,port=12321 --out boot.log [--tamper bootloader]
+Run it once per start of the TPM: PCRs only grow, so a second run leaves them matching no log.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from attestation.tpm2.constants import HashAlg
+from edgetrust._internal.cli import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, Parser, fail
+from edgetrust._internal.files import write_public
 
 if TYPE_CHECKING:
     from attestation.device import TPMDevice
@@ -92,3 +100,46 @@ def measure_boot(tpm: TPMDevice, events: Sequence[BootEvent], banks: Sequence[Ha
     for event in events:
         tpm.extend_pcr_digests(event.pcr, {bank: event.digest(bank) for bank in banks})
     return write_event_log(events, banks)
+
+
+#: the banks swtpm_setup --pcr-banks sha256,sha1 activates (localpeers/swtpm.py, docs/quickstart.md)
+CLI_BANKS = (HashAlg.SHA256, HashAlg.SHA1)
+
+#: what --tamper changes: the image of one stage, or Secure Boot turned off
+TAMPERED: dict[str, Callable[[], list[BootEvent]]] = {
+    "firmware": lambda: boot_events(firmware=b"edgetrust simulated firmware 1.0 (patched by an attacker)"),
+    "bootloader": lambda: boot_events(bootloader=b"shim+grub 15.8 (patched by an attacker)"),
+    "kernel": lambda: boot_events(kernel=b"linux 6.12 (patched by an attacker)"),
+    "secure-boot-off": lambda: boot_events(secure_boot=False),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure one (golden, or tampered) boot into the TPM and write its TCG event log."""
+    prog = "localpeers.simboot"
+    parser = Parser(prog=f"python -m {prog}", description="a simulated measured boot of a software TPM (dev only)")
+    parser.add_argument("--tpm", required=True, help="the TPM's TCTI, e.g. swtpm:host=127.0.0.1,port=12321")
+    parser.add_argument("--out", required=True, help="where to write the TCG event log (binary, crypto-agile)")
+    parser.add_argument("--tamper", choices=sorted(TAMPERED), help="boot a changed stage instead of the golden one")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TSS2_LOG", "all+NONE")  # tpm2-tss logs probes of absent NV indexes as errors
+    from attestation.device import TPMDevice
+    from attestation.errors import TPMDeviceError
+
+    events = TAMPERED[args.tamper]() if args.tamper else boot_events()
+    try:
+        with TPMDevice(args.tpm) as device:
+            log = measure_boot(device, events, CLI_BANKS)
+    except TPMDeviceError as exc:
+        return fail(prog, f"{args.tpm}: {exc}", EXIT_UNREACHABLE)
+    try:
+        write_public(Path(args.out), log)
+    except OSError as exc:
+        return fail(prog, f"cannot write {args.out}: {exc.strerror}", EXIT_REFUSED)
+    which = f"tampered {args.tamper}" if args.tamper else "golden"
+    print(f"measured a {which} boot: {len(events)} events into {args.tpm}, event log {args.out}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
