@@ -43,7 +43,12 @@ def _parser() -> Parser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve AdmissionReviews over HTTPS")
     logs.add_arguments(run)
-    run.add_argument("--policy-dir", type=Path)
+    run.add_argument(
+        "--policy-dir",
+        type=Path,
+        metavar="DIR",
+        help="admission policies, one folder each (policy.yaml, Rego) (env ADMISSION_POLICY_DIR)",
+    )
     run.add_argument(
         "--parameters",
         type=Path,
@@ -54,8 +59,10 @@ def _parser() -> Parser:
     run.add_argument("--bundle", type=Path, help="a signed policy bundle to take policies from (e.g. the syncer's)")
     add_verification_keys(run, aliases=["--bundle-key"], help="the bundle's signer key (with --bundle)")
     add_listen(run, default="127.0.0.1:8443", host_aliases=["--listen-host"], port_aliases=["--listen-port"])
-    run.add_argument("--tls-cert", type=Path)
-    run.add_argument("--tls-key", type=Path)
+    run.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="the serving certificate the API server trusts (caBundle)"
+    )
+    run.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key (0600)")
     run.add_argument("--opa-port", type=int, help="the OPA sidecar's port on --opa-host's loopback (default 8181)")
     run.add_argument(
         "--opa-wait",
@@ -65,9 +72,15 @@ def _parser() -> Parser:
         help="wait this long for OPA to answer at start, saying so every 5 s (a sidecar starts with the webhook); "
         "then exit 3 (default 30)",
     )
-    run.add_argument("--registry-ca-file", type=Path)
+    run.add_argument("--registry-ca-file", type=Path, metavar="PEM", help="roots of the registries' TLS certificates")
     run.add_argument("--registry-auth-file", type=Path, help="registry credentials (a Docker config.json)")
-    run.add_argument("--exempt-namespace", action="append", dest="exempt_namespaces")
+    run.add_argument(
+        "--exempt-namespace",
+        action="append",
+        dest="exempt_namespaces",
+        metavar="NS",
+        help="never checked, so a broken policy cannot lock it out; repeatable (default: kube-system)",
+    )
     run.add_argument(
         "--unsafe-allow-empty-policy-set",
         action="store_true",
