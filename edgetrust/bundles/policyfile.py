@@ -210,9 +210,14 @@ def dump(meta: Mapping[str, Any]) -> bytes:
     return yaml.safe_dump(dict(meta), sort_keys=False).encode()
 
 
+#: libyaml's safe loader when PyYAML was built with it (the same safe subset, about ten times faster: the hub and
+#: every syncer parse each policy file of each bundle they are handed)
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _yaml(content: bytes, where: str) -> Any:
     try:
-        return yaml.safe_load(content.decode())
+        return yaml.load(content.decode(), Loader=_LOADER)  # noqa: S506 (a safe loader)
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise PolicyFileError(f"{where}: not YAML: {exc}") from exc
 
