@@ -50,10 +50,12 @@ def test_trustd_serve_bad_settings(tmp_path: Path, taken_port: int) -> None:
         return [*argv, "--reference-values", str(refvalues), "--trust-domain", "retail.example", *extra]
 
     port = ["--listen", f"127.0.0.1:{free_port()}"]
-    _one_line(serve(*port, roots=tmp_path / "nowhere"), 1, "EK roots directory", "nowhere", "does not exist")
-    _one_line(serve(*port), 1, "no EK manufacturer roots configured")
+    _one_line(
+        serve(*port, roots=tmp_path / "nowhere"), 1, "EK roots directory", "nowhere", "does not exist", "--ek-roots"
+    )
+    _one_line(serve(*port), 1, "no EK manufacturer roots configured", "(--ek-roots DIR")
     (ek / "vendor.pem").write_bytes(TestCA(tmp_path / "vendor").ca_file.read_bytes())
-    _one_line(serve(*port), 1, "cannot read reference values", str(refvalues))
+    _one_line(serve(*port), 1, "cannot read reference values", str(refvalues), "trustctl refvalues capture")
     refvalues.write_text("pcrs: [")
     _one_line(serve(*port), 1, str(refvalues), "not valid YAML")
     refvalues.write_text(yaml.safe_dump({"classes": 5}))

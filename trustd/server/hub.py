@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from attestation.ek import EKVerifier
+from attestation.errors import PolicyConfigError
 from attestation.refvalues import ReferencePolicy
 from edgetrust._internal import serving
 from edgetrust._internal.files import write_private
@@ -58,14 +59,33 @@ class Hub:
         self.store.close()
 
 
+def _attestation_config(settings: TrustdSettings) -> tuple[EKVerifier, ReferencePolicy]:
+    """The EK roots and the reference values, a mistake in either named with the flag that gives it."""
+    try:
+        ek_verifier = EKVerifier.from_directory(settings.ek_roots_dir)
+    except PolicyConfigError as exc:
+        raise PolicyConfigError(
+            f"{exc} (--ek-roots DIR: the TPM vendors' EK root and intermediate certificates, one .pem/.crt/.cer/.der "
+            "file each; for a swtpm test device, its local CA's: docs/quickstart.md, step 2)"
+        ) from exc
+    try:
+        reference_policy = ReferencePolicy.load(settings.reference_values)
+    except PolicyConfigError as exc:
+        raise PolicyConfigError(
+            f"{exc} (--reference-values FILE; capture one from a golden device: trustctl refvalues capture)"
+        ) from exc
+    return ek_verifier, reference_policy
+
+
 def build_hub(settings: TrustdSettings) -> Hub:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     trust_domain = TrustDomain.parse(settings.trust_domain)
     ca = SpiffeCA.load_or_create_root(settings.ca_dir, trust_domain=trust_domain)
+    ek_verifier, reference_policy = _attestation_config(settings)  # before the store opens: nothing to close
     store = open_store(settings.effective_store_url)
     service = EnrollmentService(
-        ek_verifier=EKVerifier.from_directory(settings.ek_roots_dir),
-        reference_policy=ReferencePolicy.load(settings.reference_values),
+        ek_verifier=ek_verifier,
+        reference_policy=reference_policy,
         ca=ca,
         store=store,
         policy=EnrollmentPolicy(
