@@ -420,6 +420,21 @@ def test_signed_bundle_restricting_kube_system_is_refused_by_build_sign_hub_and_
     policies = json.loads(files[data])
     policies["edge-gateway"].append(copy.deepcopy(LOCKOUT))
     files[data] = json.dumps(policies).encode()
+    assert json.loads(files[MANIFEST])["metadata"]["group"] == "gateways"  # for the right group, from the right key
+    _refused_by_sign_hub_and_syncer(fleet, mirror, tmp_path, files, "kube-system/deny-all would restrict kube-system")
+    assert live(site.kube, "kube-system") == {}, "a NetworkPolicy reached kube-system"
+    assert versions(site.kube) == before
+    assert site.last_known_good() == good
+
+
+def _refused_by_sign_hub_and_syncer(
+    fleet: tuple[RunningHub, Publishers, SiteB], mirror: Registry, tmp_path: Path, files: dict[str, bytes], named: str
+) -> None:
+    """Bundle files built by hand past `policy build` and signed by a key every cluster trusts: `trustctl policy
+    sign` refuses them, the hub refuses the publish (its counter stays at 1), and a syncer handed them by a mirror
+    refuses them before its rollback guard moves; each names `named`."""
+    hub, publishers, site = fleet
+    trustctl = str(Path(sys.executable).parent / "trustctl")
     unsigned = tmp_path / "unsigned.tar.gz"
     unsigned.write_bytes(pack(files))
     key = tmp_path / "ci-gateways.key"
@@ -435,24 +450,20 @@ def test_signed_bundle_restricting_kube_system_is_refused_by_build_sign_hub_and_
         timeout=60,
     )
     assert signing.returncode == 1, signing.stdout + signing.stderr
-    assert "kube-system/deny-all would restrict kube-system" in signing.stderr
-    evil = publishers.sign(files, "ci-gateways")
-    assert json.loads(files[MANIFEST])["metadata"]["group"] == "gateways"  # for the right group, from the right key
+    assert named in signing.stderr
+    signed = publishers.sign(files, "ci-gateways")
 
-    at_hub = publish(hub, GATEWAYS_CI, "gateways", evil, tmp_path)
+    at_hub = publish(hub, GATEWAYS_CI, "gateways", signed, tmp_path)
     assert at_hub.status_code == 403
     assert "bundle_policy_refused" in at_hub.json()["reason"]
-    assert "kube-system/deny-all would restrict kube-system" in at_hub.json()["reason"]
+    assert named in at_hub.json()["reason"]
     assert counter_of(hub, "gateways") == 1
 
-    handed = site.sync("--bundle-oci", serve_from_mirror(mirror, evil), "--registry-ca", str(mirror.ca_file))
+    handed = site.sync("--bundle-oci", serve_from_mirror(mirror, signed), "--registry-ca", str(mirror.ca_file))
     assert handed.returncode == 1, handed.output
     assert "bundle_policy_refused" in handed.output
-    assert "kube-system/deny-all would restrict kube-system" in handed.output
-    assert live(site.kube, "kube-system") == {}, "a NetworkPolicy reached kube-system"
-    assert versions(site.kube) == before
-    assert site.guard() == 1
-    assert site.last_known_good() == good
+    assert named in handed.output
+    assert site.guard() == 1, "the refused bundle moved the rollback guard"
 
 
 @pytest.mark.parametrize(
@@ -472,7 +483,6 @@ def test_signed_bundle_with_a_policy_file_the_webhook_would_refuse_is_refused_by
     named: str,
 ) -> None:
     hub, publishers, site = fleet
-    trustctl = str(Path(sys.executable).parent / "trustctl")
     repo = genuine_first_revision(hub, publishers, site, tmp_path)
     before = versions(site.kube)
     good = site.last_known_good()
@@ -483,36 +493,8 @@ def test_signed_bundle_with_a_policy_file_the_webhook_would_refuse_is_refused_by
     meta = yaml.safe_load(files[name])
     change(meta)
     files[name] = yaml.safe_dump(meta).encode()
-    unsigned = tmp_path / "unsigned.tar.gz"
-    unsigned.write_bytes(pack(files))
-    key = tmp_path / "ci-gateways.key"
-    key.write_bytes(
-        publishers.keys["ci-gateways"].private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    signing = subprocess.run(
-        [trustctl, "policy", "sign", str(unsigned), "--key", str(key), "--key-id", "ci-gateways"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert signing.returncode == 1, signing.stdout + signing.stderr
-    assert f"{name}: {named}" in signing.stderr
-    bad = publishers.sign(files, "ci-gateways")
-
-    at_hub = publish(hub, GATEWAYS_CI, "gateways", bad, tmp_path)
-    assert at_hub.status_code == 403
-    assert "bundle_policy_refused" in at_hub.json()["reason"]
-    assert f"{name}: {named}" in at_hub.json()["reason"]
-    assert counter_of(hub, "gateways") == 1
-
-    handed = site.sync("--bundle-oci", serve_from_mirror(mirror, bad), "--registry-ca", str(mirror.ca_file))
-    assert handed.returncode == 1, handed.output
-    assert "bundle_policy_refused" in handed.output
-    assert named in handed.output
+    _refused_by_sign_hub_and_syncer(fleet, mirror, tmp_path, files, f"{name}: {named}")
     assert versions(site.kube) == before
-    assert site.guard() == 1, "the refused bundle moved the rollback guard"
     assert site.last_known_good() == good
 
 
