@@ -163,10 +163,9 @@ def differences(before: MachineState, after: MachineState) -> list[str]:
     return found
 
 
-def _restore_iptables(tool: str, saved: str) -> list[str]:
-    """Put the saved rules back: every table that exists now is rewritten (a table absent before is emptied;
-    iptables-restore then deletes the user chains kube-proxy, kubelet and kube-router made)."""
-    present = set(re.findall(r"^\*(\w+)$", _run(f"{tool}-save"), re.M))
+def iptables_restore_input(saved: str, present: set[str]) -> str:
+    """The iptables-restore input that puts `saved` back: every table in it as saved, and every table present
+    now but absent then emptied (iptables-restore deletes the user chains of each table it is given)."""
     blocks = dict(re.findall(r"^\*(\w+)\n(.*?^COMMIT)$", saved, re.M | re.S))
     text = ""
     for table in sorted(present | set(blocks)):
@@ -174,6 +173,11 @@ def _restore_iptables(tool: str, saved: str) -> list[str]:
             text += f"*{table}\n{blocks[table]}\n"
         elif table in _TABLE_CHAINS:
             text += f"*{table}\n" + "".join(f":{chain} ACCEPT [0:0]\n" for chain in _TABLE_CHAINS[table]) + "COMMIT\n"
+    return text
+
+
+def _restore_iptables(tool: str, saved: str) -> list[str]:
+    text = iptables_restore_input(saved, set(re.findall(r"^\*(\w+)$", _run(f"{tool}-save"), re.M)))
     if not text:
         return []
     done = subprocess.run([f"{tool}-restore"], input=text, capture_output=True, text=True, check=False)

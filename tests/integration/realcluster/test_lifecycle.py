@@ -1,0 +1,67 @@
+"""`python -m localpeers.realcluster up|down`: the command starts a whole node, and after `down` (SIGTERM to the
+supervisor, the same path a killed test session takes) the machine is as it was before `up`.
+
+This module runs before the other modules of this folder (file order), because one real cluster at a time can
+run on a machine: the session's shared cluster starts with the first test that asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from localpeers import hoststate
+from localpeers.nodeconfig import DUMMY
+from localpeers.realcluster import STATE_FILE, peer_path, pids_mentioning
+
+_OWNED = ("/run/netns", "/var/lib/kubelet", "/run/containerd", "/var/lib/containerd")
+
+
+def _cli(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    return subprocess.run(
+        [sys.executable, "-m", "localpeers.realcluster", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=env,
+        check=False,
+    )
+
+
+def _ours(differences: list[str], folder: Path) -> list[str]:
+    """Other sessions on this machine mount and unmount their own folders meanwhile: compare only what a
+    cluster could have changed (every other category is compared whole)."""
+    kept = []
+    for line in differences:
+        if line.startswith("mounts: ") and not line.split(" ", 2)[2].startswith((*_OWNED, str(folder))):
+            continue
+        kept.append(line)
+    return kept
+
+
+def test_up_then_down_leaves_the_machine_as_it_was(tmp_path: Path) -> None:
+    assert subprocess.run(["ip", "link", "show", DUMMY], capture_output=True).returncode != 0, "a cluster runs already"
+    folder = tmp_path / "cluster"
+    before = hoststate.snapshot()
+    started = time.monotonic()
+    up = _cli("up", "--dir", str(folder), timeout_s=660)
+    try:
+        assert up.returncode == 0, up.stderr
+        print(f"\nup: {time.monotonic() - started:.1f}s; {up.stdout.strip()}")
+        nodes = subprocess.run(
+            [str(peer_path("kubectl")), f"--kubeconfig={folder / 'kubeconfig'}", "get", "nodes", "-o", "name"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert nodes.stdout.strip() == "node/edgetrust-node", nodes.stderr
+        during = hoststate.snapshot()
+        assert hoststate.differences(before, during), "the cluster changed nothing: the comparison below is blind"
+    finally:
+        down = _cli("down", "--dir", str(folder), timeout_s=200)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not (folder / STATE_FILE).exists()
+    assert not pids_mentioning(str(folder)), "a process of the cluster still runs"
+    assert _ours(hoststate.differences(before, hoststate.snapshot()), folder) == []
