@@ -26,6 +26,7 @@ from pathlib import Path
 
 #: files and folders the node's programs create outside the cluster folder when they do not exist yet
 WATCHED_PATHS = (
+    "/run/edgetrust-node",
     "/run/containerd",
     "/run/netns",
     "/run/runc",
@@ -43,7 +44,14 @@ WATCHED_PATHS = (
     "/opt/containerd",
 )
 #: new mounts under these are the cluster's (netns bind mounts, kubelet's pod volumes, overlay rootfs)
-_OWNED_MOUNT_PREFIXES = ("/run/netns", "/var/run/netns", "/var/lib/kubelet", "/run/containerd", "/var/lib/containerd")
+_OWNED_MOUNT_PREFIXES = (
+    "/run/edgetrust-node",
+    "/run/netns",
+    "/var/run/netns",
+    "/var/lib/kubelet",
+    "/run/containerd",
+    "/var/lib/containerd",
+)
 #: per-interface sysctls come and go with the interfaces; counters and one-shot triggers are not settings
 _SYSCTL_SKIP = re.compile(
     r"^(net/ipv[46]/(conf|neigh)/(?!all/|default/)|kernel/random/|kernel/ns_last_pid|fs/binfmt_misc/"
@@ -70,6 +78,7 @@ class MachineState:
     mounts: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     routes: list[str] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)  # `ip rule` (policy routing)
     netns: list[str] = field(default_factory=list)
     cgroups: list[str] = field(default_factory=list)  # "<controller>/<top folder>"
     paths: dict[str, bool] = field(default_factory=dict)
@@ -116,6 +125,10 @@ def _mounts() -> list[str]:
     return points
 
 
+def _rules() -> list[str]:
+    return sorted(line.replace(" [detached]", "") for line in _run("ip", "-4", "rule", "show").splitlines())
+
+
 def _cgroups() -> list[str]:
     found = []
     for controller in sorted(os.listdir(_CGROUP_ROOT)):
@@ -135,6 +148,7 @@ def snapshot() -> MachineState:
         mounts=_mounts(),
         links=sorted(line.split(":")[1].strip().split("@")[0] for line in _run("ip", "-o", "link").splitlines()),
         routes=sorted(_run("ip", "route", "show", "table", "all").splitlines()),
+        rules=_rules(),
         netns=sorted(os.listdir(netns)) if netns.is_dir() else [],
         cgroups=_cgroups(),
         paths={path: os.path.lexists(path) for path in WATCHED_PATHS},
@@ -151,7 +165,7 @@ def differences(before: MachineState, after: MachineState) -> list[str]:
     for tool in before.iptables:
         if before.iptables[tool] != after.iptables.get(tool):
             found.append(f"{tool}-save differs:\n{after.iptables.get(tool)}")
-    for name in ("nft_tables", "ipsets", "mounts", "links", "routes", "netns", "cgroups"):
+    for name in ("nft_tables", "ipsets", "mounts", "links", "routes", "rules", "netns", "cgroups"):
         old, new = set(getattr(before, name)), set(getattr(after, name))
         found += [f"{name}: new {item}" for item in sorted(new - old)]
         found += [f"{name}: gone {item}" for item in sorted(old - new)]
@@ -233,6 +247,9 @@ def restore(before: MachineState, *, owned_links: tuple[str, ...], owned_folder:
             subprocess.run(["ip", "link", "delete", link], capture_output=True, check=False)
         else:
             problems.append(f"new link {link} is not the cluster's: left alone")
+    for rule in sorted(set(_rules()) - set(before.rules)):
+        pref, spec = rule.split(":", 1)
+        subprocess.run(["ip", "-4", "rule", "del", "pref", pref, *spec.split()], capture_output=True, check=False)
     for tool, saved in before.iptables.items():
         problems += _restore_iptables(tool, saved)
     for table in sorted(set(_run("nft", "list", "tables").splitlines()) - set(before.nft_tables)):

@@ -21,6 +21,10 @@ SERVICE_CIDR = "198.18.128.0/24"
 KUBERNETES_SERVICE_IP = "198.18.128.1"
 BRIDGE = "etbr0"
 DUMMY = "etnode0"
+#: kubelet's root folder and containerd's sockets: a unix socket path has at most 107 bytes, which a test's
+#: temporary folder can exceed (kubelet then fails with "bind: invalid argument"); one cluster per machine, so a
+#: fixed folder, removed at teardown (localpeers/hoststate.py lists it)
+RUNTIME = Path("/run/edgetrust-node")
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ def write_kubeconfig(path: Path, server: str, ca_file: Path, user: Credentials) 
     return path
 
 
-def containerd_config(folder: Path, sandbox_image: str, cni_conf_dir: Path) -> str:
+def containerd_config(folder: Path, sandbox_image: str, cni_conf_dir: Path, socket: Path) -> str:
     """containerd 1.6 (Debian) kept inside `folder`: root, state, socket, runc's root and the opt plugin's
     folder (else /var/lib/containerd, /run/containerd, /run/containerd/runc and /opt/containerd)."""
     return f"""version = 2
@@ -55,10 +59,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
 
 [grpc]
-  address = "{folder / "containerd.sock"}"
+  address = "{socket}"
 
 [ttrpc]
-  address = "{folder / "containerd.ttrpc.sock"}"
+  address = "{socket}.ttrpc"
 
 [debug]
   address = ""

@@ -42,7 +42,7 @@ from localpeers import hoststate, nodeconfig
 from localpeers.hub import free_port
 from localpeers.images import Image, pause_image, tools_image
 from localpeers.kube import KubeAPI, running_kube_apiserver
-from localpeers.nodeconfig import BRIDGE, DUMMY, NODE_IP, NODE_NAME, POD_CIDR, SERVICE_CIDR, Credentials
+from localpeers.nodeconfig import BRIDGE, DUMMY, NODE_IP, NODE_NAME, POD_CIDR, RUNTIME, SERVICE_CIDR, Credentials
 from localpeers.peers import peers_cache, pinned
 from localpeers.processes import running
 from localpeers.tlsca import TestCA
@@ -106,7 +106,7 @@ class RealCluster:
         """Resident memory per program (every process whose command line names the cluster's folder: the node's
         programs, etcd, the API server, containerd's shims summed), and of all containers together."""
         found: dict[str, float] = {}
-        for pid in pids_mentioning(str(self.workdir)):
+        for pid in {*pids_mentioning(str(self.workdir)), *pids_mentioning(str(RUNTIME))}:
             try:
                 program = Path(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()).name
             except OSError:
@@ -196,6 +196,11 @@ def _node_network() -> None:
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
     Path("/proc/sys/net/bridge/bridge-nf-call-iptables").write_text("1")  # kube-router sees bridged pod traffic
     out = _default_interface()
+    # a pod's packet to a ClusterIP no Service holds (kube-proxy rewrote every held one in PREROUTING, before
+    # routing): refused at once with "unreachable" (iif: only forwarded packets; the node's own are not routed
+    # here, so node-to-ClusterIP still works). The FORWARD guard below is not enough: kube-router's FORWARD chain,
+    # which it keeps first, accepts pod traffic before it.
+    _sh("ip", "-4", "rule", "add", "pref", "100", "iif", BRIDGE, "to", SERVICE_CIDR, "unreachable")
     _sh("iptables", "-A", "FORWARD", "-i", BRIDGE, "!", "-o", BRIDGE, "-j", "REJECT")
     _sh("iptables", "-A", "OUTPUT", "-d", SERVICE_CIDR, "-j", "REJECT")
     # in mangle POSTROUTING, after kube-proxy's rewrite: `-o eth0` in filter OUTPUT would break node-to-ClusterIP
@@ -263,7 +268,7 @@ def restore_machine(workdir: Path) -> list[str]:
     state_file = workdir / STATE_FILE
     if not state_file.exists():
         return []
-    _stop_shims(workdir / "containerd" / "containerd.sock")
+    _stop_shims(RUNTIME / "containerd.sock")
     problems = hoststate.restore(
         hoststate.MachineState.load(state_file), owned_links=(BRIDGE, DUMMY), owned_folder=workdir
     )
@@ -299,8 +304,11 @@ def running_real_cluster(workdir: Path) -> Iterator[RealCluster]:
         raise RealClusterError("a real node needs root (mounts, cgroups, iptables)")
     if missing := missing_requirements():
         raise RealClusterError("; ".join(missing))
-    if _node_dummy_exists():
-        raise RealClusterError(f"another real cluster runs on this machine (its interface {DUMMY} exists)")
+    if _node_dummy_exists() or RUNTIME.exists():
+        raise RealClusterError(
+            f"another real cluster runs on this machine, or one was not cleaned up ({DUMMY} or {RUNTIME} exists):"
+            f" stop it with python -m {_PROG} down --dir <its folder>"
+        )
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -360,8 +368,9 @@ def _start(workdir: Path, stack: ExitStack, started: float) -> RealCluster:
     (cni_conf / "10-edgetrust.conflist").write_text(nodeconfig.cni_conflist(workdir / "cni" / "ipam"))
     folder.mkdir()
     config = folder / "config.toml"
-    config.write_text(nodeconfig.containerd_config(folder, images["pause"].name, cni_conf))
-    socket = folder / "containerd.sock"
+    config.write_text(nodeconfig.containerd_config(folder, images["pause"].name, cni_conf, RUNTIME / "containerd.sock"))
+    RUNTIME.mkdir(mode=0o700)
+    socket = RUNTIME / "containerd.sock"
     ctr = ["ctr", f"--address={socket}", "-n", "k8s.io"]
     processes["containerd"] = stack.enter_context(
         running(
@@ -399,7 +408,7 @@ def _start(workdir: Path, stack: ExitStack, started: float) -> RealCluster:
                 str(peer_path("kubelet")),
                 f"--config={kubelet_dir / 'config.json'}",
                 f"--kubeconfig={node_kubeconfig}",
-                f"--root-dir={kubelet_dir / 'root'}",
+                f"--root-dir={RUNTIME / 'kubelet'}",
                 f"--cert-dir={kubelet_dir / 'pki'}",
                 f"--hostname-override={NODE_NAME}",
                 f"--node-ip={NODE_IP}",

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from localpeers import hoststate
-from localpeers.nodeconfig import DUMMY
+from localpeers.nodeconfig import DUMMY, RUNTIME
 from localpeers.realcluster import STATE_FILE, peer_path, pids_mentioning
 
-_OWNED = ("/run/netns", "/var/lib/kubelet", "/run/containerd", "/var/lib/containerd")
+_OWNED = ("/run/edgetrust-node", "/run/netns", "/var/lib/kubelet", "/run/containerd", "/var/lib/containerd")
 
 
 def _cli(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
@@ -64,4 +64,5 @@ def test_up_then_down_leaves_the_machine_as_it_was(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stdout + down.stderr
     assert not (folder / STATE_FILE).exists()
     assert not pids_mentioning(str(folder)), "a process of the cluster still runs"
+    assert not pids_mentioning(str(RUNTIME)), "a containerd shim of the cluster still runs"
     assert _ours(hoststate.differences(before, hoststate.snapshot()), folder) == []
