@@ -595,6 +595,39 @@ def _supervise(directory: Path) -> int:
         (directory / "cluster.pid").unlink(missing_ok=True)
 
 
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie (PID 1 here may not reap the children it inherits)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _ancestors() -> set[int]:
+    found, pid = set(), os.getpid()
+    while pid > 1:
+        found.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return found
+
+
+def _stop_leftovers(directory: Path) -> None:
+    """After a supervisor was killed (SIGKILL, OOM), its programs still run: every process whose command line
+    names the cluster's folder or its runtime folder is one of them (this command and its callers excepted)."""
+    mine = _ancestors()
+    leftovers = [pid for pid in {*pids_mentioning(str(directory)), *pids_mentioning(str(RUNTIME))} if pid not in mine]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in leftovers:
+            with suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in leftovers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
 def down(directory: Path) -> int:
     """Stop the supervisor (it deletes the pods, stops every program and restores the machine); if it is
     gone or does not finish, restore the machine from machine-before.json here."""
@@ -602,10 +635,11 @@ def down(directory: Path) -> int:
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + _STOP_TIMEOUT_S
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if Path(f"/proc/{pid}").exists():
+        if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
+    _stop_leftovers(directory)
     problems = restore_machine(directory)
     for problem in problems:
         print(f"{_PROG}: not restored: {problem}", file=sys.stderr)

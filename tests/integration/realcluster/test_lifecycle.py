@@ -8,6 +8,7 @@ run on a machine: the session's shared cluster starts with the first test that a
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,4 +66,25 @@ def test_up_then_down_leaves_the_machine_as_it_was(tmp_path: Path) -> None:
     assert not (folder / STATE_FILE).exists()
     assert not pids_mentioning(str(folder)), "a process of the cluster still runs"
     assert not pids_mentioning(str(RUNTIME)), "a containerd shim of the cluster still runs"
+    assert _ours(hoststate.differences(before, hoststate.snapshot()), folder) == []
+
+
+def test_down_restores_the_machine_after_the_supervisor_was_killed(tmp_path: Path) -> None:
+    """SIGKILL leaves no teardown: `down` stops the programs left behind and restores from machine-before.json."""
+    folder = tmp_path / "cluster"
+    before = hoststate.snapshot()
+    up = _cli("up", "--dir", str(folder), timeout_s=660)
+    try:
+        assert up.returncode == 0, up.stderr
+        supervisor = int((folder / "cluster.pid").read_text())
+        os.kill(supervisor, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{supervisor}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pids_mentioning(str(folder)), "the node's programs outlive their supervisor: the case tested here"
+    finally:
+        down = _cli("down", "--dir", str(folder), timeout_s=200)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not pids_mentioning(str(folder))
+    assert not pids_mentioning(str(RUNTIME))
     assert _ours(hoststate.differences(before, hoststate.snapshot()), folder) == []
