@@ -240,8 +240,12 @@ def _node_ready(api: KubeAPI) -> bool:
 def _delete_pods(cluster: RealCluster, before: hoststate.MachineState) -> None:
     """Delete every pod while kubelet still runs, so that it stops the sandboxes and CNI removes their
     veths and IP leases; give it 60 s (a teardown after a failure still goes on)."""
+    if any(process.poll() is not None for process in cluster.processes.values()):
+        return  # a signal to the whole process group (Ctrl-C, timeout) stopped them: the restore cleans up
     try:
-        cluster.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force", "--wait=false")
+        cluster.kubectl(
+            "delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force", "--wait=false", timeout_s=20
+        )
     except (RuntimeError, subprocess.TimeoutExpired):
         return
     deadline = time.monotonic() + 60
