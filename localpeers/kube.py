@@ -191,12 +191,14 @@ def running_kube_apiserver(
     service_range: str = "10.96.0.0/24",
     serving_hosts: Sequence[str] = (),
     with_nodes: bool = False,
+    port: int | None = None,
 ) -> Iterator[KubeAPI]:
     """The API server on `address`; `with_nodes` turns on what a cluster with a real kubelet needs (the note
     /work/shared/notes/real-cluster.md): the Node authorizer and NodeRestriction, the ServiceAccount admission
     plugin (a controller manager makes the default accounts), a client certificate for calls to kubelets
     (logs, exec), checked kubelet serving certificates, and the lease reconciler that writes the `kubernetes`
-    Service's endpoints for `address`."""
+    Service's endpoints for `address`. `port` (default: a free one on loopback) is for an address that
+    loopback's free ports say nothing about."""
     workdir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     tokens = workdir / "tokens.csv"
@@ -231,7 +233,7 @@ def running_kube_apiserver(
             "--disable-admission-plugins=ServiceAccount",
             "--endpoint-reconciler-type=none",  # it refuses a loopback advertise address otherwise
         ]
-    port = free_port()
+    port = port or free_port()
     with running_etcd(workdir) as etcd_url:
         argv = [
             str(peer("kube-apiserver")),

@@ -19,6 +19,11 @@ POD_CIDR = "198.18.0.0/24"
 POD_GATEWAY = "198.18.0.1"
 SERVICE_CIDR = "198.18.128.0/24"
 KUBERNETES_SERVICE_IP = "198.18.128.1"
+#: the node address's two servers: fixed ports below the ephemeral range (32768-60999), because a free port
+#: on loopback may be the source port of a client's connection from the node's address (kubelet then failed
+#: with "bind: address already in use"); one cluster per machine, so fixed ports cannot collide with another
+API_SERVER_PORT = 6443
+KUBELET_PORT = 10250
 BRIDGE = "etbr0"
 DUMMY = "etnode0"
 #: kubelet's root folder and containerd's sockets: a unix socket path has at most 107 bytes, which a test's

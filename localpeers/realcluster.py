@@ -214,6 +214,8 @@ def _wait(what: str, check: Callable[[], bool], timeout_s: float, *, log: Path |
         try:
             if check():
                 return
+        except RealClusterError:
+            raise
         except Exception:  # noqa: BLE001, S110 - a probe that fails means "not yet"
             pass
         if time.monotonic() > deadline:
@@ -227,6 +229,15 @@ def _healthz(url: str) -> Callable[[], bool]:
         return httpx.get(url, verify=False, timeout=2).status_code == 200  # noqa: S501 - self-signed, loopback
 
     return check
+
+
+def _all_alive(processes: dict[str, subprocess.Popen[bytes]], workdir: Path) -> bool:
+    """A program can fail after its health check answered (kubelet's server port taken): say which, and why."""
+    for name, process in processes.items():
+        if process.poll() is not None:
+            tail = (workdir / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise RealClusterError(f"{name} exited with {process.returncode} during start-up:\n{tail}")
+    return True
 
 
 def _node_ready(api: KubeAPI) -> bool:
@@ -353,6 +364,7 @@ def _start(workdir: Path, stack: ExitStack, started: float) -> RealCluster:
             service_range=SERVICE_CIDR,
             serving_hosts=(nodeconfig.KUBERNETES_SERVICE_IP, "kubernetes", "kubernetes.default"),
             with_nodes=True,
+            port=nodeconfig.API_SERVER_PORT,
         )
     )
     mark("kube-apiserver")
@@ -401,7 +413,7 @@ def _start(workdir: Path, stack: ExitStack, started: float) -> RealCluster:
             runtime_socket=socket,
             ca_file=ca.ca_file,
             serving=Credentials(serving.cert, serving.key),
-            port=free_port(),
+            port=nodeconfig.KUBELET_PORT,
             healthz_port=healthz,
         )
     )
@@ -516,7 +528,7 @@ def _start(workdir: Path, stack: ExitStack, started: float) -> RealCluster:
         )
     )
     mark("kube-proxy+kube-router")
-    _wait("the node Ready and untainted", lambda: _node_ready(api), 120, log=workdir / "kubelet.log")
+    _wait("the node Ready and untainted", lambda: _all_alive(processes, workdir) and _node_ready(api), 120)
     mark("node Ready")
     return RealCluster(
         workdir=workdir,

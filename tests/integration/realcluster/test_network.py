@@ -136,3 +136,13 @@ def test_network_policies_let_only_the_named_peer_through(real_cluster: RealClus
     print(f"\nNetworkPolicy: first refused packet {refused_after:.1f}s after apply", flush=True)
     print(f"NetworkPolicy: traffic flowing {flowing_after:.1f}s after delete", flush=True)
     real_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(
+    real_cluster: RealCluster, pods: dict[str, RunningPod]
+) -> None:
+    """In-cluster clients (the chart's) find the API server at the `kubernetes` Service, whose endpoint the lease
+    reconciler writes for the node's address. A plain HTTP request to its TLS port gets Go's answer to that."""
+    request = 'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w2 198.18.128.1 443'
+    out = real_cluster.kubectl("exec", "client", "-n", pods["client"].namespace, "--", "sh", "-c", request, check=False)
+    assert "Client sent an HTTP request to an HTTPS server" in out.stdout, out.stdout + out.stderr
