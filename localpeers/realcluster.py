@@ -62,6 +62,12 @@ DEBIAN = {
     "/bin/busybox": "busybox-static",
 }
 STATE_FILE = "machine-before.json"
+_READ = ["get", "list", "watch"]
+_KUBE_ROUTER_RULES: list[dict[str, object]] = [
+    {"apiGroups": [""], "resources": ["namespaces", "pods", "services", "nodes", "endpoints"], "verbs": _READ},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": _READ},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": _READ},
+]
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PROG = "localpeers.realcluster"
 
@@ -101,6 +107,10 @@ class RealCluster:
         if check and done.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
         return done
+
+    def import_image(self, archive: Path) -> None:
+        """Make a docker-archive or OCI tarball's image available to pods (`imagePullPolicy: Never`)."""
+        _sh("ctr", f"--address={self.containerd_socket}", "-n", "k8s.io", "images", "import", str(archive))
 
     def rss_mib(self) -> dict[str, float]:
         """Resident memory per program (every process whose command line names the cluster's folder: the node's
@@ -504,8 +514,9 @@ def _start(workdir: Path, stack: ExitStack, started: float) -> RealCluster:
             env=env,
         )
     )
-    # kube-router reads NetworkPolicies, pods, namespaces and nodes cluster-wide: admin for brevity
-    router = identity("kube-router", "edgetrust:kube-router", "system:masters")
+    # kube-router's firewall reads pods, namespaces, nodes and NetworkPolicies cluster-wide; nothing more
+    api.grant({"kind": "User", "name": "edgetrust:kube-router"}, "edgetrust:kube-router", _KUBE_ROUTER_RULES)
+    router = identity("kube-router", "edgetrust:kube-router")
     processes["kube-router"] = stack.enter_context(
         running(
             [
