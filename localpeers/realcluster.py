@@ -659,6 +659,9 @@ def down(directory: Path) -> int:
     """Stop the supervisor (it deletes the pods, stops every program and restores the machine); if it is
     gone or does not finish, restore the machine from machine-before.json here."""
     pid = _supervisor_pid(directory)
+    if pid is None and not (directory / STATE_FILE).exists():
+        print(f"no cluster running from {directory}")
+        return 0
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + _STOP_TIMEOUT_S
