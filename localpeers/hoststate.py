@@ -227,6 +227,28 @@ def _remove_cgroup(folder: Path) -> list[str]:
         time.sleep(0.2)
 
 
+def _user_of(path: str) -> int | None:
+    """A process that has a file or a bound unix socket under `path` open (another session's containerd may
+    have made /run/containerd meanwhile: removing it would break that session), or None."""
+    prefix = path.rstrip("/") + "/"
+    sockets = {
+        line.split()[6]
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]
+        if len(line.split()) > 7 and line.split()[7].startswith(prefix)
+    }
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                target = os.readlink(f"/proc/{entry}/fd/{fd}")
+                if target.startswith(prefix) or (target.startswith("socket:[") and target[8:-1] in sockets):
+                    return int(entry)
+        except OSError:
+            continue
+    return None
+
+
 def restore(before: MachineState, *, owned_links: tuple[str, ...], owned_folder: Path) -> list[str]:
     """Undo what the cluster changed; return what could not be undone (empty: all of it was)."""
     problems: list[str] = []
@@ -238,8 +260,7 @@ def restore(before: MachineState, *, owned_links: tuple[str, ...], owned_folder:
     owned = (*_OWNED_MOUNT_PREFIXES, str(owned_folder))
     for point in sorted(set(_mounts()) - set(before.mounts), key=len, reverse=True):
         if not point.startswith(owned):
-            problems.append(f"new mount {point} is not the cluster's: left alone")
-            continue
+            continue  # another session's (this machine is shared): not ours to undo, and not our failure
         if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
     for link in sorted(set(now.links) - set(before.links)):
@@ -268,7 +289,9 @@ def restore(before: MachineState, *, owned_links: tuple[str, ...], owned_folder:
         except OSError as error:
             problems.append(f"sysctl {key}: could not write back {value!r}: {error}")
     for path, existed in before.paths.items():
-        if not existed and os.path.lexists(path):
+        if not existed and os.path.lexists(path) and (user := _user_of(path)) is not None:
+            problems.append(f"{path} is new but in use by pid {user} (another containerd?): left alone")
+        elif not existed and os.path.lexists(path):
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:

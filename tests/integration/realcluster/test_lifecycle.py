@@ -40,6 +40,8 @@ def _ours(differences: list[str], folder: Path) -> list[str]:
     for line in differences:
         if line.startswith("mounts: ") and not line.split(" ", 2)[2].startswith((*_OWNED, str(folder))):
             continue
+        if line.startswith("path ") and hoststate._user_of(line.split()[1].rstrip(":")) is not None:
+            continue  # made meanwhile and used by another session's program (its containerd: /run/containerd)
         kept.append(line)
     return kept
 
