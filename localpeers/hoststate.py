@@ -65,6 +65,9 @@ _TABLE_CHAINS = {
     "security": ("INPUT", "FORWARD", "OUTPUT"),
 }
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: the cgroups kubelet makes with the cgroupfs driver (QoS classes and pods below); another session's new
+#: cgroups (its own containerd's) are never killed or removed
+_OWNED_CGROUPS = ("kubepods",)
 
 
 @dataclass
@@ -253,7 +256,8 @@ def restore(before: MachineState, *, owned_links: tuple[str, ...], owned_folder:
     """Undo what the cluster changed; return what could not be undone (empty: all of it was)."""
     problems: list[str] = []
     now = snapshot()
-    for cgroup in sorted(set(now.cgroups) - set(before.cgroups)):
+    new_cgroups = [c for c in sorted(set(now.cgroups) - set(before.cgroups)) if c.split("/")[1] in _OWNED_CGROUPS]
+    for cgroup in new_cgroups:
         _kill_cgroup_tasks(_CGROUP_ROOT / cgroup)
     for name in sorted(set(now.netns) - set(before.netns)):
         subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
@@ -264,10 +268,9 @@ def restore(before: MachineState, *, owned_links: tuple[str, ...], owned_folder:
         if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
     for link in sorted(set(now.links) - set(before.links)):
-        if link in owned_links or link.startswith("veth"):
+        # a pod's host-side veth goes with its network namespace; any other new link is another session's
+        if link in owned_links:
             subprocess.run(["ip", "link", "delete", link], capture_output=True, check=False)
-        else:
-            problems.append(f"new link {link} is not the cluster's: left alone")
     for rule in sorted(set(_rules()) - set(before.rules)):
         pref, spec = rule.split(":", 1)
         subprocess.run(["ip", "-4", "rule", "del", "pref", pref, *spec.split()], capture_output=True, check=False)
@@ -279,7 +282,7 @@ def restore(before: MachineState, *, owned_links: tuple[str, ...], owned_folder:
         subprocess.run(["ipset", "destroy", ipset], capture_output=True, check=False)
     for flow in ("-s", "-d"):
         subprocess.run(["conntrack", "-D", flow, "198.18.0.0/15"], capture_output=True, check=False)
-    for cgroup in sorted(set(now.cgroups) - set(before.cgroups)):
+    for cgroup in new_cgroups:
         problems += _remove_cgroup(_CGROUP_ROOT / cgroup)
     for key, value in before.sysctls.items():
         setting = Path("/proc/sys") / key
