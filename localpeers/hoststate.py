@@ -46,8 +46,8 @@ WATCHED_PATHS = (
 #: new mounts under these are the cluster's (netns bind mounts, kubelet's pod volumes, overlay rootfs)
 _OWNED_MOUNT_PREFIXES = (
     "/run/edgetrust-node",
-    "/run/netns",
-    "/var/run/netns",
+    "/run/netns/cni-",  # containerd's CRI names its pod namespaces cni-<uuid>; other tests here make their own
+    "/var/run/netns/cni-",
     "/var/lib/kubelet",
     "/run/containerd",
     "/var/lib/containerd",
@@ -259,7 +259,7 @@ def restore(before: MachineState, *, owned_links: tuple[str, ...], owned_folder:
     new_cgroups = [c for c in sorted(set(now.cgroups) - set(before.cgroups)) if c.split("/")[1] in _OWNED_CGROUPS]
     for cgroup in new_cgroups:
         _kill_cgroup_tasks(_CGROUP_ROOT / cgroup)
-    for name in sorted(set(now.netns) - set(before.netns)):
+    for name in sorted(n for n in set(now.netns) - set(before.netns) if n.startswith("cni-")):
         subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
     owned = (*_OWNED_MOUNT_PREFIXES, str(owned_folder))
     for point in sorted(set(_mounts()) - set(before.mounts), key=len, reverse=True):

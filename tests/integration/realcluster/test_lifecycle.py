@@ -18,7 +18,9 @@ from localpeers import hoststate
 from localpeers.nodeconfig import DUMMY, RUNTIME
 from localpeers.realcluster import STATE_FILE, peer_path, pids_mentioning
 
-_OWNED = ("/run/edgetrust-node", "/run/netns", "/var/lib/kubelet", "/run/containerd", "/var/lib/containerd")
+_OWNED_MOUNTS = ("/run/edgetrust-node", "/run/netns/cni-", "/var/lib/kubelet", "/run/containerd", "/var/lib/containerd")
+#: what the cluster names in links, routes and rules: anything else changed meanwhile is another session's
+_MARKS = ("etbr0", "etnode0", "veth", "198.18.")
 
 
 def _cli(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
@@ -34,13 +36,20 @@ def _cli(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
 
 
 def _ours(differences: list[str], folder: Path) -> list[str]:
-    """Other sessions on this machine mount and unmount their own folders meanwhile: compare only what a
-    cluster could have changed (every other category is compared whole)."""
+    """Other sessions on this machine (the lead's tests make network namespaces, veths and mounts; another
+    helper mounts root filesystems) change things meanwhile: keep the differences a cluster could have made.
+    Sysctls, iptables, nft tables, ipsets and cgroups are compared whole."""
     kept = []
     for line in differences:
-        if line.startswith("mounts: ") and not line.split(" ", 2)[2].startswith((*_OWNED, str(folder))):
+        kind, _, item = line.partition(": ")
+        item = item.split(" ", 1)[1] if item.startswith(("new ", "gone ")) else item
+        if kind == "mounts" and not item.startswith((*_OWNED_MOUNTS, str(folder))):
             continue
-        if line.startswith("path ") and hoststate._user_of(line.split()[1].rstrip(":")) is not None:
+        if kind == "netns" and not item.startswith("cni-"):
+            continue
+        if kind in ("links", "routes", "rules") and not any(mark in item for mark in _MARKS):
+            continue
+        if kind.startswith("path ") and hoststate._user_of(kind.split()[1]) is not None:
             continue  # made meanwhile and used by another session's program (its containerd: /run/containerd)
         kept.append(line)
     return kept
