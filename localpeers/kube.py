@@ -182,7 +182,23 @@ def running_etcd(workdir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def running_kube_apiserver(workdir: Path, ca: TestCA, *, extra_args: Sequence[str] = ()) -> Iterator[KubeAPI]:
+def running_kube_apiserver(
+    workdir: Path,
+    ca: TestCA,
+    *,
+    extra_args: Sequence[str] = (),
+    address: str = "127.0.0.1",
+    service_range: str = "10.96.0.0/24",
+    serving_hosts: Sequence[str] = (),
+    with_nodes: bool = False,
+    port: int | None = None,
+) -> Iterator[KubeAPI]:
+    """The API server on `address`; `with_nodes` turns on what a cluster with a real kubelet needs (the note
+    /work/shared/notes/real-cluster.md): the Node authorizer and NodeRestriction, the ServiceAccount admission
+    plugin (a controller manager makes the default accounts), a client certificate for calls to kubelets
+    (logs, exec), checked kubelet serving certificates, and the lease reconciler that writes the `kubernetes`
+    Service's endpoints for `address`. `port` (default: a free one on loopback) is for an address that
+    loopback's free ports say nothing about."""
     workdir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     tokens = workdir / "tokens.csv"
@@ -198,32 +214,48 @@ def running_kube_apiserver(workdir: Path, ca: TestCA, *, extra_args: Sequence[st
     (workdir / "sa.pub").write_bytes(
         sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    serving = ca.issue("kube-apiserver", hosts=("127.0.0.1", "localhost", "kubernetes.default.svc"))
-    port = free_port()
+    hosts = ("127.0.0.1", "localhost", "kubernetes.default.svc", *serving_hosts)
+    serving = ca.issue("kube-apiserver", hosts=tuple(dict.fromkeys((address, *hosts))))
+    if with_nodes:
+        kubelet_client = ca.issue("kube-apiserver-kubelet-client", client=True, organizations=("system:masters",))
+        node_args = [
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={kubelet_client.cert}",
+            f"--kubelet-client-key={kubelet_client.key}",
+            f"--kubelet-certificate-authority={ca.ca_file}",
+            "--kubelet-preferred-address-types=InternalIP",  # else logs and exec look the node name up in DNS
+            "--endpoint-reconciler-type=lease",
+        ]
+    else:
+        node_args = [
+            "--authorization-mode=RBAC",
+            "--disable-admission-plugins=ServiceAccount",
+            "--endpoint-reconciler-type=none",  # it refuses a loopback advertise address otherwise
+        ]
+    port = port or free_port()
     with running_etcd(workdir) as etcd_url:
         argv = [
             str(peer("kube-apiserver")),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={address}",
+            f"--advertise-address={address}",
             f"--secure-port={port}",
             f"--tls-cert-file={serving.cert}",
             f"--tls-private-key-file={serving.key}",
             f"--token-auth-file={tokens}",
             f"--client-ca-file={ca.ca_file}",
-            "--authorization-mode=RBAC",
             f"--service-account-key-file={workdir / 'sa.pub'}",
             f"--service-account-signing-key-file={workdir / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc",
-            "--service-cluster-ip-range=10.96.0.0/24",
-            "--disable-admission-plugins=ServiceAccount",
+            f"--service-cluster-ip-range={service_range}",
             "--allow-privileged=true",  # so that privileged pods reach the webhook, which decides
-            "--endpoint-reconciler-type=none",  # it refuses a loopback advertise address otherwise
+            *node_args,
             f"--cert-dir={workdir / 'certs'}",
             "--v=0",
             *extra_args,
         ]
-        api = KubeAPI(url=f"https://127.0.0.1:{port}", token=token, ca_file=ca.ca_file)
+        api = KubeAPI(url=f"https://{address}:{port}", token=token, ca_file=ca.ca_file)
 
         def ready() -> bool:
             with api.client() as client:

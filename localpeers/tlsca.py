@@ -64,7 +64,11 @@ class TestCA:
         hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
         client: bool = False,
         uris: tuple[str, ...] = (),
+        common_name: str | None = None,
+        organizations: tuple[str, ...] = (),
     ) -> ServerCert:
+        """A key and certificate in `name`.pem/.key; `common_name` (default `name`) and `organizations` are the
+        user and groups a Kubernetes API server reads from a client certificate."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = []
@@ -77,7 +81,12 @@ class TestCA:
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .subject_name(
+                x509.Name(
+                    [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in organizations]
+                    + [x509.NameAttribute(NameOID.COMMON_NAME, common_name or name)]
+                )
+            )
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
