@@ -90,6 +90,7 @@ ENTRYPOINTS = ("trustd", "trustctl", "edgetrust-admission", "edgetrust-syncer")
 NONROOT = 65532
 PAUSE_UID = 65535
 SITE = "usr/local/lib/python3.11/dist-packages"
+GENERATED = ("kubernetes/client/api", "kubernetes/client/models", "kubernetes/aio/client/api", "kubernetes/aio/client/models")
 PYTHON_ENV = (
     "PATH=/usr/local/bin:/usr/bin:/bin",
     "PYTHONDONTWRITEBYTECODE=1",  # the root is read-only: byte code ships compiled, nothing is written
@@ -217,8 +218,9 @@ def wheels(cache: Path, source_tree: Path, source: Source, log: Path) -> Path:
 
 
 def _chroot(root: Path, *argv: str, what: str) -> str:
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root", "PYTHONHASHSEED": "0"}
-    return _run(["chroot", str(root), *argv], what=what, env=env)
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+    chroot = _need("chroot", "apt-get install -y coreutils")
+    return _run([chroot, str(root), *argv], what=what, env=env)
 
 
 def edgetrust_root(base: Path, wheel_dir: Path, work: Path) -> Path:
@@ -250,6 +252,31 @@ def edgetrust_root(base: Path, wheel_dir: Path, work: Path) -> Path:
     shutil.rmtree(staged)
     for leftover in (root / "usr/local/bin").glob("pip*"):
         leftover.unlink()
+    # C sources and stubs of compiled extensions: nothing imports them
+    for pattern in ("*.c", "*.h", "*.pyx", "*.pxd", "*.pyi"):
+        for junk in (root / SITE).rglob(pattern):
+            junk.unlink()
+    # The kubernetes client's generated API and model modules are 123 MiB as source plus byte code, mostly
+    # docstrings; shipped as sourceless byte code without docstrings (-OO) they are 38 MiB. A sourceless legacy .pyc
+    # loads at any optimization level. Tracebacks through them show no source line, which generated code can spare.
+    generated = [f"/{SITE}/{package}" for package in GENERATED]
+    _chroot(
+        root,
+        "/usr/bin/python3.11",
+        "-m",
+        "compileall",
+        "-q",
+        "-b",
+        "-o",
+        "2",
+        "--invalidation-mode",
+        "unchecked-hash",
+        *generated,
+        what="compileall (sourceless) the generated kubernetes client",
+    )
+    for package in GENERATED:
+        for source_file in (root / SITE / package).glob("*.py"):
+            source_file.unlink()
     # PEP 552 unchecked-hash: no source mtime inside, never rewritten; one interpreter, one optimization level
     _chroot(
         root,
