@@ -190,7 +190,8 @@ def wheels(cache: Path, source_tree: Path, source: Source, log: Path) -> Path:
     python = sys.executable
     freeze = _run([python, "-m", "pip", "freeze", "--exclude-editable", "--all"], what="pip freeze")
     constraints = "".join(f"{line}\n" for line in freeze.splitlines() if not line.startswith(("edgetrust", "-e")))
-    key = _key(constraints, (source_tree / "pyproject.toml").read_text(), source.commit)
+    # keyed by the pins and pyproject.toml, not the commit: a new commit rebuilds only its own (pure) wheel
+    key = _key(constraints, (source_tree / "pyproject.toml").read_text())
     done = cache / f"wheels-{key}"
     if (done / "constraints.txt").exists():
         return done
@@ -212,9 +213,23 @@ def wheels(cache: Path, source_tree: Path, source: Source, log: Path) -> Path:
         env=env,
     )
     log.write_text(out)
+    for project_wheel in part.glob("edgetrust-*.whl"):
+        project_wheel.unlink()
     (part / "constraints.txt.in").rename(part / "constraints.txt")
     part.rename(done)
     return done
+
+
+def project_wheel(source_tree: Path, source: Source, work: Path) -> Path:
+    """The wheel of the committed tree alone (no dependencies: those are cached above)."""
+    out = work / "project-wheel"
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(source.epoch))
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out), str(source_tree)],
+        what="pip wheel (edgetrust)",
+        env=env,
+    )
+    return next(out.glob("edgetrust-*.whl"))
 
 
 def _chroot(root: Path, *argv: str, what: str) -> str:
@@ -223,7 +238,7 @@ def _chroot(root: Path, *argv: str, what: str) -> str:
     return _run([chroot, str(root), *argv], what=what, env=env)
 
 
-def edgetrust_root(base: Path, wheel_dir: Path, work: Path) -> Path:
+def edgetrust_root(base: Path, wheel_dir: Path, project: Path, work: Path) -> Path:
     """The base plus the Python packages, compiled, with the non-root user and without caches."""
     root = work / "edgetrust-rootfs"
     shutil.rmtree(root, ignore_errors=True)
@@ -231,9 +246,8 @@ def edgetrust_root(base: Path, wheel_dir: Path, work: Path) -> Path:
     _chroot(root, "dpkg", "--purge", "--force-depends", *PURGE, what="dpkg --purge (perl, udev)")
     staged = root / "tmp" / "wheels"
     shutil.copytree(wheel_dir, staged)
+    shutil.copy2(project, staged / project.name)
     pip_wheel = next((staged / "tools").glob("pip-*.whl"))
-    wheel_files = sorted(p.name for p in staged.glob("*.whl"))
-    project = next(name for name in wheel_files if name.startswith("edgetrust-"))
     _chroot(
         root,
         "/usr/bin/python3.11",
@@ -246,7 +260,7 @@ def edgetrust_root(base: Path, wheel_dir: Path, work: Path) -> Path:
         "--root-user-action=ignore",
         "--find-links=/tmp/wheels",
         "--constraint=/tmp/wheels/constraints.txt",
-        f"/tmp/wheels/{project}[{EXTRAS}]",
+        f"/tmp/wheels/{project.name}[{EXTRAS}]",
         what="pip install in the image",
     )
     shutil.rmtree(staged)
@@ -428,7 +442,7 @@ def build(*, rebuild: bool = False, rebuild_base: bool = False, out: Path | None
         "org.opencontainers.image.version": source.version,
         "org.opencontainers.image.source": "edgetrust",
     }
-    root = edgetrust_root(base, wheel_dir, work)
+    root = edgetrust_root(base, wheel_dir, project_wheel(source_tree, source, work), work)
     mark("edgetrust_root")
     edgetrust = build_image(
         f"edgetrust.local/edgetrust:{source.version}",
