@@ -50,13 +50,14 @@ MIRRORS = (
     "deb http://deb.debian.org/debian bookworm-updates main",
     "deb http://deb.debian.org/debian-security bookworm-security main",
 )
-# on top of variant essential: the interpreter, CA certificates, and what tpm2-pytss dlopens (ESAPI and the TCTIs
+# on top of variant essential: the interpreter, CA certificates, and what tpm2-pytss dlopens (ESAPI, FAPI and the TCTIs
 # a node can name: the kernel's resource manager, swtpm, mssim)
 DEBIAN_PACKAGES = (
     "python3.11-minimal",
     "libpython3.11-stdlib",
     "ca-certificates",
     "libtss2-esys-3.0.2-0",
+    "libtss2-fapi1",  # tpm2-pytss links it (NEEDED), even when only ESAPI is used
     "libtss2-mu0",
     "libtss2-rc0",
     "libtss2-tctildr0",
