@@ -42,6 +42,7 @@ from localpeers.oci_image import (
     write_oci_archive,
     write_oci_layout,
 )
+from localpeers.peers import peers_cache, pinned
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "bookworm"
@@ -91,7 +92,12 @@ ENTRYPOINTS = ("trustd", "trustctl", "edgetrust-admission", "edgetrust-syncer")
 NONROOT = 65532
 PAUSE_UID = 65535
 SITE = "usr/local/lib/python3.11/dist-packages"
-GENERATED = ("kubernetes/client/api", "kubernetes/client/models", "kubernetes/aio/client/api", "kubernetes/aio/client/models")
+GENERATED = (
+    "kubernetes/client/api",
+    "kubernetes/client/models",
+    "kubernetes/aio/client/api",
+    "kubernetes/aio/client/models",
+)
 PYTHON_ENV = (
     "PATH=/usr/local/bin:/usr/bin:/bin",
     "PYTHONDONTWRITEBYTECODE=1",  # the root is read-only: byte code ships compiled, nothing is written
@@ -203,8 +209,17 @@ def wheels(cache: Path, source_tree: Path, source: Source, log: Path) -> Path:
     pip_version = next(line.split("==")[1] for line in freeze.splitlines() if line.startswith("pip=="))
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(source.epoch), PIP_NO_CACHE_DIR="0")
     out = _run(
-        [python, "-m", "pip", "wheel", "--wheel-dir", str(part), "-c", str(part / "constraints.txt.in"),
-         f"{source_tree}[{EXTRAS}]"],
+        [
+            python,
+            "-m",
+            "pip",
+            "wheel",
+            "--wheel-dir",
+            str(part),
+            "-c",
+            str(part / "constraints.txt.in"),
+            f"{source_tree}[{EXTRAS}]",
+        ],
         what="pip wheel (the image's Python packages)",
         env=env,
     )
@@ -324,7 +339,7 @@ def _add_user(root: Path, name: str, uid: int) -> None:
     home = root / "home" / name
     home.mkdir(parents=True, exist_ok=True)
     os.chown(home, uid, uid)
-    os.chmod(home, 0o750)
+    os.chmod(home, 0o750)  # noqa: S103 (the user's own home; group may read)
     with (root / "etc" / "passwd").open("a") as passwd:
         passwd.write(f"{name}:x:{uid}:{uid}:{name}:/home/{name}:/usr/sbin/nologin\n")
     with (root / "etc" / "group").open("a") as group:
@@ -342,22 +357,19 @@ def _minimal_root(work: Path, name: str, uid: int) -> Path:
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "passwd").write_text(f"root:x:0:0:root:/:/nonexistent\n{name}:x:{uid}:{uid}::/:/nonexistent\n")
     (root / "etc" / "group").write_text(f"root:x:0:\n{name}:x:{uid}:\n")
-    (root / "tmp").mkdir(mode=0o1777)
-    os.chmod(root / "tmp", 0o1777)
+    (root / "tmp").mkdir()
+    os.chmod(root / "tmp", 0o1777)  # noqa: S103 (/tmp is world-writable and sticky in every image)
     return root
 
 
 def opa_root(work: Path) -> tuple[Path, str]:
-    sys.path.insert(0, str(REPO))
-    from localpeers.peers import pinned, peers_cache
-
     _, version, binary = pinned()["opa"]
     path = peers_cache() / f"opa-{version}" / binary
     if not os.access(path, os.X_OK):
         raise BuildError(f"peer opa {version} is not built: run hack/install-peers opa")
     root = _minimal_root(work, "opa", NONROOT)
     shutil.copy2(path, root / "opa")
-    os.chmod(root / "opa", 0o755)
+    os.chmod(root / "opa", 0o755)  # noqa: S103 (a program everyone may run)
     return root, version.removeprefix("v")
 
 
@@ -366,8 +378,16 @@ def pause_root(work: Path) -> Path:
     root = _minimal_root(work, "pause", PAUSE_UID)
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="", GO111MODULE="off", GOTOOLCHAIN="local")
     _run(
-        [go, "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w -buildid=", "-o", str(root / "pause"),
-         str(REPO / "hack" / "images" / "pause.go")],
+        [
+            go,
+            "build",
+            "-trimpath",
+            "-buildvcs=false",
+            "-ldflags=-s -w -buildid=",
+            "-o",
+            str(root / "pause"),
+            str(REPO / "hack" / "images" / "pause.go"),
+        ],
         what="go build the pause binary",
         env=env,
     )
@@ -507,8 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     report = json.loads(manifest.read_text())
     for short, image in report["images"].items():
-        print(f"{short:10} {image['digest']}  {image['compressed_bytes'] / 2**20:6.1f} MiB compressed, "
-              f"{image['unpacked_bytes'] / 2**20:6.1f} MiB unpacked  {image['docker_archive']}")
+        print(
+            f"{short:10} {image['digest']}  {image['compressed_bytes'] / 2**20:6.1f} MiB compressed, "
+            f"{image['unpacked_bytes'] / 2**20:6.1f} MiB unpacked  {image['docker_archive']}"
+        )
     print(f"build-images: {manifest} (steps: {report['timings_s']})")
     return 0
 
