@@ -88,6 +88,9 @@ DPKG_EXCLUDES = (
     "path-exclude=/usr/share/lintian/*",
 )
 EXTRAS = "hub,webhook,syncer,device"
+# for the wheels compiled here (tpm2-pytss): no debug info, which held pip's random build folder and made two builds
+# of one source differ
+NATIVE_CFLAGS = "-g0"
 ENTRYPOINTS = ("trustd", "trustctl", "edgetrust-admission", "edgetrust-syncer")
 NONROOT = 65532
 PAUSE_UID = 65535
@@ -198,7 +201,7 @@ def wheels(cache: Path, source_tree: Path, source: Source, log: Path) -> Path:
     freeze = _run([python, "-m", "pip", "freeze", "--exclude-editable", "--all"], what="pip freeze")
     constraints = "".join(f"{line}\n" for line in freeze.splitlines() if not line.startswith(("edgetrust", "-e")))
     # keyed by the pins and pyproject.toml, not the commit: a new commit rebuilds only its own (pure) wheel
-    key = _key(constraints, (source_tree / "pyproject.toml").read_text())
+    key = _key(constraints, (source_tree / "pyproject.toml").read_text(), NATIVE_CFLAGS)
     done = cache / f"wheels-{key}"
     if (done / "constraints.txt").exists():
         return done
@@ -207,7 +210,7 @@ def wheels(cache: Path, source_tree: Path, source: Source, log: Path) -> Path:
     part.mkdir(parents=True)
     (part / "constraints.txt.in").write_text(constraints)
     pip_version = next(line.split("==")[1] for line in freeze.splitlines() if line.startswith("pip=="))
-    env = dict(os.environ, SOURCE_DATE_EPOCH=str(source.epoch), PIP_NO_CACHE_DIR="0")
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(source.epoch), CFLAGS=NATIVE_CFLAGS)
     out = _run(
         [
             python,
@@ -320,6 +323,22 @@ def edgetrust_root(base: Path, wheel_dir: Path, project: Path, work: Path) -> Pa
         "unchecked-hash",
         f"/{SITE}",
         what="compileall in the image",
+    )
+    # Debian's postinst compiled the stdlib with timestamps; every mtime in the layer becomes SOURCE_DATE_EPOCH,
+    # which would make those stale (recompiled in memory at each start, never written on a read-only root)
+    _chroot(
+        root,
+        "/usr/bin/python3.11",
+        "-m",
+        "compileall",
+        "-q",
+        "-f",
+        "-j",
+        "1",
+        "--invalidation-mode",
+        "unchecked-hash",
+        "/usr/lib/python3.11",
+        what="compileall the stdlib (hash-based)",
     )
     for relative in REMOVE_AFTER:
         target = root / relative

@@ -3,8 +3,9 @@
 No registry is reachable from this machine, so every image the real cluster runs is written here from a folder
 (`hack/build-images` makes the folders). What makes two builds of one input give one digest:
 
-- tar entries sorted by path, numeric owners kept, no user or group names, mtimes clamped to SOURCE_DATE_EPOCH
-  (files older than it keep theirs: Debian's stdlib .pyc files record their source's mtime and stay valid);
+- tar entries sorted by path, numeric owners kept, no user or group names, every mtime SOURCE_DATE_EPOCH (clamping
+  is not enough: a root cached before the commit holds older build-time mtimes than one made after it; byte code
+  that would compare mtimes must therefore be hash-based, which hack/build-images makes it);
 - gzip with a zero header mtime and no file name, at one fixed level;
 - JSON written with sorted keys and no whitespace, `created` taken from SOURCE_DATE_EPOCH.
 
@@ -70,7 +71,7 @@ def _sorted_paths(root: Path) -> list[Path]:
 
 
 def layer_tar(root: Path, epoch: int) -> bytes:
-    """The uncompressed layer of `root`: sorted, numeric owners, mtimes clamped to `epoch`, hard links kept."""
+    """The uncompressed layer of `root`: sorted, numeric owners, every mtime `epoch`, hard links kept."""
     buffer = io.BytesIO()
     seen: dict[tuple[int, int], str] = {}  # (device, inode) -> first name, for hard links
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -81,7 +82,7 @@ def layer_tar(root: Path, epoch: int) -> bytes:
             info.uid, info.gid = st.st_uid, st.st_gid
             info.uname = info.gname = ""
             info.mode = stat.S_IMODE(st.st_mode)
-            info.mtime = min(int(st.st_mtime), epoch)
+            info.mtime = epoch
             if stat.S_ISDIR(st.st_mode):
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
