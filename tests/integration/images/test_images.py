@@ -23,16 +23,17 @@ import pytest
 from localpeers.images import ENTRYPOINTS, NONROOT, PAUSE_UID, BuildError, build
 from localpeers.oci_image import read_oci_layout, unpack_layers
 from localpeers.peers import peer
+from localpeers.processes import running
 from localpeers.registry import Registry, running_registry
 from localpeers.tlsca import TestCA
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 MIB = 2**20
-# The issue's goal is 200 MB; the image is 87 MiB compressed and 287 MiB unpacked today (the kubernetes client is
+# The issue's goal is 200 MB; the image is 93 MiB compressed and 302 MiB unpacked today (the kubernetes client is
 # most of it, see localpeers/images.py). These bounds catch a regression; the unpacked one is above the goal.
 COMPRESSED_LIMIT_MIB = 120
-UNPACKED_LIMIT_MIB = 300
+UNPACKED_LIMIT_MIB = 310
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,9 @@ def test_entrypoints_start_as_nonroot_on_a_read_only_root(
     assert "usage" in result.stdout.lower(), result.stdout[-2000:]
     result = run_read_only(edgetrust_root, config, "/usr/bin/id", "-u")
     assert result.stdout.strip() == str(NONROOT)
+    # the node agent's init container runs `sh -c` (charts/edgetrust/templates/node-agent.yaml)
+    result = run_read_only(edgetrust_root, config, "/bin/sh", "-c", "command -v trustctl")
+    assert result.stdout.strip() == "/usr/local/bin/trustctl", result.stderr
 
 
 def test_the_root_is_really_read_only_and_tpm2_pytss_loads(images: dict[str, Any], edgetrust_root: Path) -> None:
@@ -164,3 +168,62 @@ def test_pushed_digest_is_the_built_one_and_the_signature_verifies(
         registry.cosign_sign(f"{registry.host}/edgetrust/{short}@{pushed}", key)
         verified = registry.cosign_verify(f"{registry.host}/edgetrust/{short}@{pushed}", public)
         assert verified.returncode == 0, verified.stderr[-2000:]
+
+
+def _containerd_config(directory: Path) -> Path:
+    """A private containerd: its own root, state and sockets under `directory`, no CRI plugin, no TCP listener."""
+    config = directory / "config.toml"
+    config.write_text(
+        "version = 2\n"
+        f'root = "{directory}/root"\n'
+        f'state = "{directory}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{directory}/containerd.sock"\n'
+        f'[ttrpc]\n  address = "{directory}/containerd.sock.ttrpc"\n'
+        '[debug]\n  address = ""\n'
+        '[metrics]\n  address = ""\n'
+    )
+    return config
+
+
+def test_containerd_import_of_the_oci_archive_keeps_the_signed_digest(images: dict[str, Any], tmp_path: Path) -> None:
+    """What the real cluster does without a registry: `ctr -n k8s.io images import`. The OCI archive keeps the
+    manifest digest that cosign signed; a docker-archive would be converted to a Docker manifest (another digest)."""
+    containerd, ctr = shutil.which("containerd"), shutil.which("ctr")
+    if containerd is None or ctr is None:
+        pytest.fail("containerd is not installed: apt-get install -y containerd (hack/install-deps)", pytrace=False)
+    socket = tmp_path / "containerd.sock"
+    config = _containerd_config(tmp_path)
+    try:
+        with running([containerd, "--config", str(config)], ready=socket.exists, log=tmp_path / "containerd.log"):
+            for short in ("edgetrust", "opa", "pause"):
+                built = images["images"][short]
+                imported = subprocess.run(
+                    [ctr, "-a", str(socket), "-n", "k8s.io", "images", "import", built["oci_archive"]],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    check=False,
+                )
+                assert imported.returncode == 0, imported.stderr[-2000:]
+                listed = subprocess.run(
+                    [ctr, "-a", str(socket), "-n", "k8s.io", "images", "ls", "-q", f"name=={built['name']}"],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                )
+                assert listed.stdout.split() == [built["name"]]
+                checked = subprocess.run(
+                    [ctr, "-a", str(socket), "-n", "k8s.io", "images", "ls"],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                )
+                line = next(row for row in checked.stdout.splitlines() if row.startswith(built["name"] + " "))
+                assert built["digest"] in line.split(), line
+    finally:
+        # the unpack mounts overlay snapshots only for a moment; none may outlive containerd
+        leftover = [row for row in Path("/proc/mounts").read_text().splitlines() if str(tmp_path) in row]
+        assert leftover == []
