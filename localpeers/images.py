@@ -13,7 +13,8 @@
 Each is written as an OCI layout, an OCI archive and a docker-archive (what `ctr -n k8s.io images import` takes)
 under the build folder (EDGETRUST_IMAGES, default ~/.cache/edgetrust/images), outside the repository, with an
 `images.json` that lists digests, sizes and files. The Debian root and the wheels are cached by their inputs; a
-build of one commit is reused unless `--rebuild`. Needs root (mmdebstrap --mode=root, chroot).
+build of one commit is reused while its inputs (package list, the venv's pins) are the same, unless `--rebuild`.
+Needs root (mmdebstrap --mode=root, chroot).
 """
 
 from __future__ import annotations
@@ -195,11 +196,24 @@ def debian_root(cache: Path, epoch: int, log: Path) -> Path:
     return done / "rootfs"
 
 
+def _freeze() -> str:
+    return _run([sys.executable, "-m", "pip", "freeze", "--exclude-editable", "--all"], what="pip freeze")
+
+
+def _constraints(freeze: str) -> str:
+    return "".join(f"{line}\n" for line in freeze.splitlines() if not line.startswith(("edgetrust", "-e")))
+
+
+def inputs_key(pyproject: str) -> str:
+    """What a build of one commit depends on besides the commit: the Debian package list and the venv's pins."""
+    return _key(SUITE, *MIRRORS, *DEBIAN_PACKAGES, *DPKG_EXCLUDES, *PURGE, _constraints(_freeze()), pyproject)
+
+
 def wheels(cache: Path, source_tree: Path, source: Source, log: Path) -> Path:
     """Every wheel the image installs, pinned to the venv the tests pass in (`pip freeze`), plus pip itself."""
     python = sys.executable
-    freeze = _run([python, "-m", "pip", "freeze", "--exclude-editable", "--all"], what="pip freeze")
-    constraints = "".join(f"{line}\n" for line in freeze.splitlines() if not line.startswith(("edgetrust", "-e")))
+    freeze = _freeze()
+    constraints = _constraints(freeze)
     # keyed by the pins and pyproject.toml, not the commit: a new commit rebuilds only its own (pure) wheel
     key = _key(constraints, (source_tree / "pyproject.toml").read_text(), NATIVE_CFLAGS)
     done = cache / f"wheels-{key}"
@@ -451,7 +465,9 @@ def build(*, rebuild: bool = False, rebuild_base: bool = False, out: Path | None
     source = Source.of_checkout()
     out = out or cache / "out" / source.commit
     manifest = out / "images.json"
-    if manifest.exists() and not rebuild:
+    pyproject = _run(["git", "show", "HEAD:pyproject.toml"], what="git show", cwd=REPO)
+    inputs = inputs_key(pyproject)
+    if manifest.exists() and not rebuild and json.loads(manifest.read_text()).get("inputs") == inputs:
         return manifest
     if source.dirty:
         print(f"build-images: the tree has uncommitted changes; building the commit {source.commit[:12]}")
@@ -523,6 +539,7 @@ def build(*, rebuild: bool = False, rebuild_base: bool = False, out: Path | None
     report = {
         "commit": source.commit,
         "dirty": source.dirty,
+        "inputs": inputs,
         "source_date_epoch": source.epoch,
         "wheels": str(wheel_dir),
         "debian_root": str(base),
