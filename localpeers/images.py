@@ -10,7 +10,7 @@
 - opa: the pinned OPA binary (hack/peers.lock), byte for byte, as /opa, uid 65532.
 - pause: hack/images/pause.go, static, as /pause (containerd's sandbox_image), uid 65535.
 
-Each is written as an OCI layout, an OCI archive and a docker-archive (what `ctr -n k8s.io images import` takes)
+Each is written as an OCI layout, an OCI archive (`ctr -n k8s.io images import` keeps its digest) and a docker-archive
 under the build folder (EDGETRUST_IMAGES, default ~/.cache/edgetrust/images), outside the repository, with an
 `images.json` that lists digests, sizes and files. The Debian root and the wheels are cached by their inputs; a
 build of one commit is reused while its inputs (package list, the venv's pins) are the same, unless `--rebuild`.
