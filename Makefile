@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 PACKAGES := attestation edgetrust trustd admission syncer
 
-.PHONY: deps demo test lint unit integration bench clean
+.PHONY: deps demo test lint unit integration bench clean images
 
 deps:
 	@hack/install-deps
@@ -23,6 +23,10 @@ unit: deps
 
 integration: deps
 	$(PY) -m pytest -q tests/integration
+
+# the edgetrust, OPA and pause images (OCI layouts and docker-archives under ~/.cache/edgetrust/images)
+images: deps
+	@hack/build-images
 
 bench: deps
 	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done

@@ -40,7 +40,7 @@ import httpx
 
 from localpeers import hoststate, nodeconfig
 from localpeers.hub import free_port
-from localpeers.images import Image, pause_image, tools_image
+from localpeers.nodeimages import Image, pause_image, tools_image
 from localpeers.kube import KubeAPI, running_kube_apiserver
 from localpeers.nodeconfig import BRIDGE, DUMMY, NODE_IP, NODE_NAME, POD_CIDR, RUNTIME, SERVICE_CIDR, Credentials
 from localpeers.peers import peers_cache, pinned

@@ -11,7 +11,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from localpeers.images import TOOLS_IMAGE
+from localpeers.nodeimages import TOOLS_IMAGE
 from localpeers.realcluster import RealCluster
 
 PORT = 8080

@@ -1,6 +1,6 @@
-// The pod sandbox's pause process for the real cluster of localpeers/realcluster.py: no image registry is
-// reachable here, so the sandbox image is this binary alone. It holds the pod's namespaces, reaps children
-// (it is PID 1 of the pod when the PID namespace is shared) and exits on SIGINT or SIGTERM.
+// pause: the sandbox process of every pod (containerd's sandbox_image). It holds the pod's namespaces open, reaps
+// the zombies a shared PID namespace leaves it as PID 1, and exits 0 on SIGINT or SIGTERM. Static (CGO_ENABLED=0),
+// built by hack/build-images with -trimpath and no build ID so that one source gives one binary.
 package main
 
 import (
@@ -10,7 +10,7 @@ import (
 )
 
 func main() {
-	signals := make(chan os.Signal, 16)
+	signals := make(chan os.Signal, 8)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
 	for s := range signals {
 		if s != syscall.SIGCHLD {
