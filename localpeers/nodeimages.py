@@ -2,9 +2,9 @@
 
 No image registry on the internet is reachable from this machine, so the cluster's two images are built here
 from local files and imported with `ctr -n k8s.io images import`; pods use `imagePullPolicy: Never`. The pause
-image is a few lines of Go (hack/images/pause.go, the same source as the image `make images` builds) built static; the test image is Debian's busybox-static
-(`nc` serves and probes; its `wget` segfaults on this machine). A tarball is rebuilt only when its inputs change
-(the name carries their hash), so a warm start reuses it.
+image is a few lines of Go (hack/images/pause.go, the source `make images` builds too) built static; the test
+image is Debian's busybox-static (`nc` serves and probes; its `wget` segfaults on this machine). A tarball is
+rebuilt only when its inputs change (the name carries their hash), so a warm start reuses it.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def docker_archive(name: str, layer: bytes, entrypoint: list[str], out: Path) ->
             "os": "linux",
             "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"], "WorkingDir": "/"},
             "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]},
-            "history": [{"created_by": "localpeers/images.py"}],
+            "history": [{"created_by": "localpeers/nodeimages.py"}],
         },
         sort_keys=True,
     ).encode()

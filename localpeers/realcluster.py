@@ -40,9 +40,9 @@ import httpx
 
 from localpeers import hoststate, nodeconfig
 from localpeers.hub import free_port
-from localpeers.nodeimages import Image, pause_image, tools_image
 from localpeers.kube import KubeAPI, running_kube_apiserver
 from localpeers.nodeconfig import BRIDGE, DUMMY, NODE_IP, NODE_NAME, POD_CIDR, RUNTIME, SERVICE_CIDR, Credentials
+from localpeers.nodeimages import Image, pause_image, tools_image
 from localpeers.peers import peers_cache, pinned
 from localpeers.processes import running
 from localpeers.tlsca import TestCA

@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 from localpeers import hoststate, nodeconfig
-from localpeers.images import _layer, docker_archive
+from localpeers.nodeimages import _layer, docker_archive
 
 SAVED = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n"
 
