@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgetrust.bundles.format import build_files, pack, read_repository
 from edgetrust.bundles.signing import SigningKey, sign_files
+from localpeers.chartrelease import HELM_HOME, helm
 from localpeers.peers import peer
 from localpeers.webhook import LOOPBACK_SITE
 
@@ -23,17 +24,7 @@ REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "edgetrust"
 README = CHART / "README.md"
 NAMESPACE = "edgetrust-system"
-HELM_HOME = {"HELM_CACHE_HOME": "/tmp/edgetrust-helm/cache", "HELM_CONFIG_HOME": "/tmp/edgetrust-helm"}
-
-
-def helm(*argv: str, kubeconfig: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **HELM_HOME}
-    if kubeconfig is not None:
-        env["KUBECONFIG"] = str(kubeconfig)
-    done = subprocess.run([str(peer("helm")), *argv], capture_output=True, text=True, env=env, check=False)
-    if check and done.returncode != 0:
-        raise AssertionError(f"helm {' '.join(argv[:2])} failed:\n{done.stdout}\n{done.stderr}")
-    return done
+__all__ = ["HELM_HOME", "helm"]  # the one helm of localpeers.chartrelease, for the chart tests
 
 
 @dataclass(frozen=True)
