@@ -20,6 +20,7 @@ Needs root (mmdebstrap --mode=root, chroot).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import io
 import json
@@ -457,11 +458,19 @@ def write_all(image: BuiltImage, out: Path, short: str) -> Written:
 
 
 def build(*, rebuild: bool = False, rebuild_base: bool = False, out: Path | None = None) -> Path:
-    """Build the three images of the checked-out commit; returns the path of their images.json."""
+    """Build the three images of the checked-out commit; returns the path of their images.json. One build at a
+    time per build folder (a lock file in it): two checkouts building at once would share the Debian root and
+    wheel caches."""
     if os.geteuid() != 0:
         raise BuildError("hack/build-images needs root (mmdebstrap --mode=root, chroot, file owners in layers)")
     cache = build_root()
     cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(cache, rebuild=rebuild, rebuild_base=rebuild_base, out=out)
+
+
+def _build(cache: Path, *, rebuild: bool, rebuild_base: bool, out: Path | None) -> Path:
     source = Source.of_checkout()
     out = out or cache / "out" / source.commit
     manifest = out / "images.json"
