@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from localpeers import imagetrim
+from localpeers.imagetrim import SITE
 from localpeers.oci_image import (
     BuiltImage,
     ImageSpec,
@@ -67,18 +69,7 @@ DEBIAN_PACKAGES = (
     "libtss2-tcti-device0",
     "libtss2-tcti-swtpm0",
     "libtss2-tcti-mssim0",
-)
-# pulled in by usrmerge (perl) and tpm-udev (udev rules, for hosts, not containers): purged after mmdebstrap
-PURGE = (
-    "usrmerge",
-    "libfile-find-rule-perl",
-    "libnumber-compare-perl",
-    "libtext-glob-perl",
-    "perl",
-    "libperl5.36",
-    "perl-modules-5.36",
-    "tpm-udev",
-    "udev",
+    "libpq5",  # for psycopg-c (localpeers/imagetrim.py: instead of psycopg-binary's bundled copy)
 )
 # dpkg never unpacks these (docs, man pages, translations); copyright files stay
 DPKG_EXCLUDES = (
@@ -96,13 +87,6 @@ NATIVE_CFLAGS = "-g0"
 ENTRYPOINTS = ("trustd", "trustctl", "edgetrust-admission", "edgetrust-syncer")
 NONROOT = 65532
 PAUSE_UID = 65535
-SITE = "usr/local/lib/python3.11/dist-packages"
-GENERATED = (
-    "kubernetes/client/api",
-    "kubernetes/client/models",
-    "kubernetes/aio/client/api",
-    "kubernetes/aio/client/models",
-)
 PYTHON_ENV = (
     "PATH=/usr/local/bin:/usr/bin:/bin",
     "PYTHONDONTWRITEBYTECODE=1",  # the root is read-only: byte code ships compiled, nothing is written
@@ -110,18 +94,6 @@ PYTHON_ENV = (
     "HOME=/home/nonroot",
     "LANG=C.UTF-8",
     "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
-)
-# left by dpkg, debconf and mmdebstrap; nothing at run time reads them
-REMOVE_AFTER = (
-    "var/cache/debconf",
-    "var/cache/ldconfig/aux-cache",
-    "var/lib/apt",
-    "var/cache/apt",
-    "var/log",
-    "usr/share/doc-base",
-    "usr/share/bug",
-    "etc/machine-id",
-    "var/lib/dbus/machine-id",
 )
 
 
@@ -205,9 +177,16 @@ def _constraints(freeze: str) -> str:
     return "".join(f"{line}\n" for line in freeze.splitlines() if not line.startswith(("edgetrust", "-e")))
 
 
+def _strip_version(strip: str) -> str:
+    return _run([strip, "--version"], what="strip --version").splitlines()[0]
+
+
 def inputs_key(pyproject: str) -> str:
-    """What a build of one commit depends on besides the commit: the Debian package list and the venv's pins."""
-    return _key(SUITE, *MIRRORS, *DEBIAN_PACKAGES, *DPKG_EXCLUDES, *PURGE, _constraints(_freeze()), pyproject)
+    """What a build of one commit depends on besides the commit: the Debian package list, the venv's pins, the
+    builder itself (this module and what it leaves out) and the strip that strips the native code."""
+    builder = (Path(__file__).read_text(), Path(imagetrim.__file__).read_text())
+    strip = _strip_version(_need("strip", "apt-get install -y binutils"))
+    return _key(SUITE, *MIRRORS, *DEBIAN_PACKAGES, *DPKG_EXCLUDES, _constraints(_freeze()), pyproject, *builder, strip)
 
 
 def wheels(cache: Path, source_tree: Path, source: Source, log: Path) -> Path:
@@ -216,7 +195,7 @@ def wheels(cache: Path, source_tree: Path, source: Source, log: Path) -> Path:
     freeze = _freeze()
     constraints = _constraints(freeze)
     # keyed by the pins and pyproject.toml, not the commit: a new commit rebuilds only its own (pure) wheel
-    key = _key(constraints, (source_tree / "pyproject.toml").read_text(), NATIVE_CFLAGS)
+    key = _key(constraints, (source_tree / "pyproject.toml").read_text(), NATIVE_CFLAGS, "psycopg-c")
     done = cache / f"wheels-{key}"
     if (done / "constraints.txt").exists():
         return done
@@ -224,7 +203,8 @@ def wheels(cache: Path, source_tree: Path, source: Source, log: Path) -> Path:
     shutil.rmtree(part, ignore_errors=True)
     part.mkdir(parents=True)
     (part / "constraints.txt.in").write_text(constraints)
-    pip_version = next(line.split("==")[1] for line in freeze.splitlines() if line.startswith("pip=="))
+    pins = dict(line.split("==", 1) for line in freeze.splitlines() if "==" in line)
+    _need("pg_config", "apt-get install -y libpq-dev (psycopg-c compiles against Debian's libpq)")
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(source.epoch), CFLAGS=NATIVE_CFLAGS)
     out = _run(
         [
@@ -242,8 +222,24 @@ def wheels(cache: Path, source_tree: Path, source: Source, log: Path) -> Path:
         env=env,
     )
     out += _run(
-        [python, "-m", "pip", "download", "--no-deps", "--dest", str(part / "tools"), f"pip=={pip_version}"],
+        [python, "-m", "pip", "download", "--no-deps", "--dest", str(part / "tools"), f"pip=={pins['pip']}"],
         what="pip download pip",
+        env=env,
+    )
+    # psycopg's C implementation, of the venv's psycopg version, against the libpq5 the image installs
+    out += _run(
+        [
+            python,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-binary=psycopg-c",
+            "--wheel-dir",
+            str(part / "tools"),
+            f"psycopg-c=={pins['psycopg']}",
+        ],
+        what="pip wheel psycopg-c",
         env=env,
     )
     log.write_text(out)
@@ -273,61 +269,57 @@ def _chroot(root: Path, *argv: str, what: str) -> str:
 
 
 def edgetrust_root(base: Path, wheel_dir: Path, project: Path, work: Path) -> Path:
-    """The base plus the Python packages, compiled, with the non-root user and without caches."""
+    """The base plus the Python packages, compiled, with the non-root user, without caches and without what
+    localpeers/imagetrim.py leaves out."""
     root = work / "edgetrust-rootfs"
     shutil.rmtree(root, ignore_errors=True)
     _run(["cp", "-a", str(base), str(root)], what="copy the Debian root")
-    _chroot(root, "dpkg", "--purge", "--force-depends", *PURGE, what="dpkg --purge (perl, udev)")
+
+    def chroot(*argv: str, what: str) -> str:
+        return _chroot(root, *argv, what=what)
+
+    imagetrim.purge_debian(chroot)
     staged = root / "tmp" / "wheels"
     shutil.copytree(wheel_dir, staged)
     shutil.copy2(project, staged / project.name)
-    pip_wheel = next((staged / "tools").glob("pip-*.whl"))
-    _chroot(
-        root,
-        "/usr/bin/python3.11",
-        f"/tmp/wheels/tools/{pip_wheel.name}/pip",
+    pip = ["/usr/bin/python3.11", f"/tmp/wheels/tools/{next((staged / 'tools').glob('pip-*.whl')).name}/pip"]
+    quiet = ["--no-cache-dir", "--root-user-action=ignore", "--break-system-packages"]  # this root is ours alone
+    chroot(
+        *pip,
         "install",
         "--no-index",
-        "--no-cache-dir",
         "--no-compile",
-        "--break-system-packages",  # Debian marks its interpreter externally managed; this root is ours alone
-        "--root-user-action=ignore",
+        *quiet,
         "--find-links=/tmp/wheels",
         "--constraint=/tmp/wheels/constraints.txt",
         f"/tmp/wheels/{project.name}[{EXTRAS}]",
         what="pip install in the image",
     )
+    chroot(*pip, "uninstall", "--yes", *quiet, *imagetrim.LEFT_OUT_DISTRIBUTIONS, what="pip uninstall (left out)")
+    psycopg_c = next((staged / "tools").glob("psycopg_c-*.whl")).name
+    chroot(
+        *pip,
+        "install",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        *quiet,
+        f"/tmp/wheels/tools/{psycopg_c}",
+        what="pip install psycopg-c",
+    )
     shutil.rmtree(staged)
     for leftover in (root / "usr/local/bin").glob("pip*"):
         leftover.unlink()
+    for script in imagetrim.LEFT_OUT_SCRIPTS:
+        (root / "usr/local/bin" / script).unlink(missing_ok=True)
     # C sources and stubs of compiled extensions: nothing imports them
     for pattern in ("*.c", "*.h", "*.pyx", "*.pxd", "*.pyi"):
         for junk in (root / SITE).rglob(pattern):
             junk.unlink()
-    # The kubernetes client's generated API and model modules are 123 MiB as source plus byte code, mostly
-    # docstrings; shipped as sourceless byte code without docstrings (-OO) they are 38 MiB. A sourceless legacy .pyc
-    # loads at any optimization level. Tracebacks through them show no source line, which generated code can spare.
-    generated = [f"/{SITE}/{package}" for package in GENERATED]
-    _chroot(
-        root,
-        "/usr/bin/python3.11",
-        "-m",
-        "compileall",
-        "-q",
-        "-b",
-        "-o",
-        "2",
-        "--invalidation-mode",
-        "unchecked-hash",
-        *generated,
-        what="compileall (sourceless) the generated kubernetes client",
-    )
-    for package in GENERATED:
-        for source_file in (root / SITE / package).glob("*.py"):
-            source_file.unlink()
+    imagetrim.leave_out_generated(root)
+    imagetrim.strip_native(root, _need("strip", "apt-get install -y binutils"))
     # PEP 552 unchecked-hash: no source mtime inside, never rewritten; one interpreter, one optimization level
-    _chroot(
-        root,
+    chroot(
         "/usr/bin/python3.11",
         "-m",
         "compileall",
@@ -339,10 +331,10 @@ def edgetrust_root(base: Path, wheel_dir: Path, project: Path, work: Path) -> Pa
         f"/{SITE}",
         what="compileall in the image",
     )
+    imagetrim.remove_after(root)
     # Debian's postinst compiled the stdlib with timestamps; every mtime in the layer becomes SOURCE_DATE_EPOCH,
     # which would make those stale (recompiled in memory at each start, never written on a read-only root)
-    _chroot(
-        root,
+    chroot(
         "/usr/bin/python3.11",
         "-m",
         "compileall",
@@ -355,12 +347,6 @@ def edgetrust_root(base: Path, wheel_dir: Path, project: Path, work: Path) -> Pa
         "/usr/lib/python3.11",
         what="compileall the stdlib (hash-based)",
     )
-    for relative in REMOVE_AFTER:
-        target = root / relative
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
     (root / "var" / "log").mkdir()
     (root / "etc" / "machine-id").write_text("")  # systemd's convention: empty means "none", not a shared id
     _add_user(root, "nonroot", NONROOT)
