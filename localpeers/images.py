@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localpeers import imagetrim
+from localpeers import imagepush, imagetrim
 from localpeers.imagetrim import SITE
 from localpeers.oci_image import (
     BuiltImage,
@@ -550,10 +550,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rebuild", action="store_true", help="build again even if this commit was built")
     parser.add_argument("--rebuild-base", action="store_true", help="take the Debian root from the mirror again")
     parser.add_argument("--out", type=Path, help="output folder (default: <build folder>/out/<commit>)")
+    parser.add_argument("--push", metavar="REGISTRY", help="then push to REGISTRY (host[:port]) with the pinned oras")
+    parser.add_argument("--prefix", default="edgetrust", help="repository prefix under REGISTRY (default edgetrust)")
+    parser.add_argument("--ca-file", type=Path, help="CA certificate of REGISTRY's TLS certificate")
+    parser.add_argument(
+        "--sign-key", type=Path, help="then sign each pushed digest with this cosign key (0600; COSIGN_PASSWORD)"
+    )
     args = parser.parse_args(argv)
+    if args.sign_key is not None and args.push is None:
+        parser.error("--sign-key signs what --push pushed: give --push REGISTRY too")
     try:
         manifest = build(rebuild=args.rebuild, rebuild_base=args.rebuild_base, out=args.out)
-    except BuildError as error:
+        if args.push is not None:
+            target = imagepush.Target(args.push, prefix=args.prefix, ca_file=args.ca_file, sign_key=args.sign_key)
+            imagepush.push(manifest, target)
+    except (BuildError, imagepush.PushError) as error:
         print(f"build-images: {error}", file=sys.stderr)
         return 1
     report = json.loads(manifest.read_text())
@@ -563,6 +574,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{image['unpacked_bytes'] / 2**20:6.1f} MiB unpacked  {image['docker_archive']}"
         )
     print(f"build-images: {manifest} (steps: {report['timings_s']})")
+    if args.push is not None:
+        for short, pushed in report["pushed"][args.push]["images"].items():
+            signature = f"  signature {pushed['signature_digest']}" if "signature_digest" in pushed else ""
+            print(f"pushed     {short:10} {pushed['pinned']}{signature}")
     return 0
 
 

@@ -1,24 +1,26 @@
-"""Container images for the real cluster without a registry: a root filesystem packed as a docker-archive tarball.
+"""Container images for the real cluster without a registry: a few files packed as an OCI archive.
 
 No image registry on the internet is reachable from this machine, so the cluster's two images are built here
 from local files and imported with `ctr -n k8s.io images import`; pods use `imagePullPolicy: Never`. The pause
 image is a few lines of Go (hack/images/pause.go, the source `make images` builds too) built static; the test
-image is Debian's busybox-static (`nc` serves and probes; its `wget` segfaults on this machine). A tarball is
+image is Debian's busybox-static (`nc` serves and probes; its `wget` segfaults on this machine). Both are written
+by localpeers/oci_image.py, as `make images` writes its own: an OCI archive keeps its manifest digest through
+`ctr images import` (a docker-archive would be converted to a Docker manifest with another digest). An archive is
 rebuilt only when its inputs change (the name carries their hash), so a warm start reuses it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
 import shutil
 import subprocess
-import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from localpeers.oci_image import ImageSpec, Layer, build_image, files_tar, write_oci_archive, write_oci_layout
 from localpeers.peers import peers_cache
 
 PAUSE_IMAGE = "edgetrust.local/pause:1"
@@ -27,6 +29,8 @@ _PAUSE_SOURCE = Path(__file__).resolve().parents[1] / "hack" / "images" / "pause
 _BUSYBOX = Path("/bin/busybox")
 #: the applets the tests use, as links to /bin/busybox in the image
 _APPLETS = ("sh", "nc", "sleep", "echo", "cat", "hostname", "ip", "ls", "true", "false", "timeout", "ps", "date")
+#: part of every cache key: a new layout of the archive must not reuse an old file
+_FORMAT = "oci-1"
 
 
 @dataclass(frozen=True)
@@ -43,49 +47,22 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _layer(files: dict[str, tuple[bytes, int]], links: dict[str, str]) -> bytes:
-    """One layer tar: `files` path -> (content, mode), `links` path -> symlink target; fixed owners and times so
-    the same inputs give the same digest."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as layer:
-        folders = sorted({str(Path(p).parent) for p in (*files, *links)} - {"."})
-        for folder in folders:
-            info = tarfile.TarInfo(folder)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            layer.addfile(info)
-        for path, (content, mode) in sorted(files.items()):
-            info = tarfile.TarInfo(path)
-            info.size, info.mode = len(content), mode
-            layer.addfile(info, io.BytesIO(content))
-        for path, target in sorted(links.items()):
-            info = tarfile.TarInfo(path)
-            info.type, info.linkname, info.mode = tarfile.SYMTYPE, target, 0o777
-            layer.addfile(info)
-    return buffer.getvalue()
-
-
-def docker_archive(name: str, layer: bytes, entrypoint: list[str], out: Path) -> Path:
-    """A docker-archive (manifest.json, config JSON, one layer) that `ctr images import` accepts."""
-    layer_id = _digest(layer)
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Entrypoint": entrypoint, "Env": ["PATH=/bin"], "WorkingDir": "/"},
-            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]},
-            "history": [{"created_by": "localpeers/nodeimages.py"}],
-        },
-        sort_keys=True,
-    ).encode()
-    config_name = f"{_digest(config)}.json"
-    manifest = json.dumps([{"Config": config_name, "RepoTags": [name], "Layers": [f"{layer_id}/layer.tar"]}]).encode()
-    partial = out.with_suffix(".partial")
-    with tarfile.open(partial, "w") as archive:
-        for path, content in ((config_name, config), (f"{layer_id}/layer.tar", layer), ("manifest.json", manifest)):
-            info = tarfile.TarInfo(path)
-            info.size, info.mode = len(content), 0o644
-            archive.addfile(info, io.BytesIO(content))
-    os.replace(partial, out)
+def oci_archive(
+    name: str,
+    files: Mapping[str, tuple[bytes, int]],
+    links: Mapping[str, str],
+    entrypoint: Sequence[str],
+    out: Path,
+) -> Path:
+    """An OCI archive of one layer (`files` path -> (content, mode), `links` path -> symlink target, owned by
+    root, mtimes 0) that `ctr images import` names `name`; written whole or not at all."""
+    layer = Layer.from_tar(files_tar(files, links))
+    image = build_image(name, [layer], ImageSpec(user="", env=["PATH=/bin"], entrypoint=entrypoint), 0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+        partial = Path(scratch) / out.name
+        write_oci_archive(write_oci_layout(image, Path(scratch) / "layout"), partial)
+        os.replace(partial, out)
     return out
 
 
@@ -98,7 +75,7 @@ def _cache() -> Path:
 def pause_image() -> Image:
     """The sandbox image: hack/images/pause.go, built static with the Go toolchain (cached by source hash)."""
     source = _PAUSE_SOURCE.read_bytes()
-    out = _cache() / f"pause-{_digest(source)[:16]}.tar"
+    out = _cache() / f"pause-{_digest(source + _FORMAT.encode())[:16]}.oci.tar"
     if not out.exists():
         go = shutil.which("go")
         if go is None:
@@ -114,9 +91,9 @@ def pause_image() -> Image:
         )
         if built.returncode != 0:
             raise ImageBuildError(f"go build of the pause image failed: {built.stderr.strip()}")
-        layer = _layer({"pause": (binary.read_bytes(), 0o755)}, {})
+        pause = binary.read_bytes()
         binary.unlink()
-        docker_archive(PAUSE_IMAGE, layer, ["/pause"], out)
+        oci_archive(PAUSE_IMAGE, {"pause": (pause, 0o755)}, {}, ["/pause"], out)
     return Image(PAUSE_IMAGE, out)
 
 
@@ -125,9 +102,9 @@ def tools_image() -> Image:
     if not _BUSYBOX.exists():
         raise ImageBuildError(f"{_BUSYBOX} is missing: run apt-get install -y busybox-static (hack/install-deps)")
     busybox = _BUSYBOX.read_bytes()
-    out = _cache() / f"tools-{_digest(busybox + ','.join(_APPLETS).encode())[:16]}.tar"
+    out = _cache() / f"tools-{_digest(busybox + ','.join((_FORMAT, *_APPLETS)).encode())[:16]}.oci.tar"
     if not out.exists():
         links = {f"bin/{applet}": "busybox" for applet in _APPLETS}
-        layer = _layer({"bin/busybox": (busybox, 0o755), "etc/passwd": (b"root:x:0:0:root:/:/bin/sh\n", 0o644)}, links)
-        docker_archive(TOOLS_IMAGE, layer, ["/bin/sh"], out)
+        files = {"bin/busybox": (busybox, 0o755), "etc/passwd": (b"root:x:0:0:root:/:/bin/sh\n", 0o644)}
+        oci_archive(TOOLS_IMAGE, files, links, ["/bin/sh"], out)
     return Image(TOOLS_IMAGE, out)

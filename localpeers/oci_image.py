@@ -106,6 +106,27 @@ def layer_tar(root: Path, epoch: int) -> bytes:
     return buffer.getvalue()
 
 
+def files_tar(files: Mapping[str, tuple[bytes, int]], links: Mapping[str, str], epoch: int = 0) -> bytes:
+    """The uncompressed layer of a few files given in memory (path -> (content, mode)) and symlinks (path ->
+    target), owned by root, with their parent folders: for images too small to stage in a folder."""
+    buffer = io.BytesIO()
+    folders = sorted({parent.as_posix() for path in (*files, *links) for parent in Path(path).parents} - {"."})
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for folder in folders:
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, epoch
+            tar.addfile(info)
+        for path, (content, mode) in sorted(files.items()):
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(content), mode, epoch
+            tar.addfile(info, io.BytesIO(content))
+        for path, target in sorted(links.items()):
+            info = tarfile.TarInfo(path)
+            info.type, info.linkname, info.mode, info.mtime = tarfile.SYMTYPE, target, 0o777, epoch
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
 def gzip_layer(tar: bytes) -> bytes:
     """gzip with no name and a zero mtime in its header: the same tar always compresses to the same bytes."""
     out = io.BytesIO()
@@ -129,7 +150,10 @@ class Layer:
 
     @classmethod
     def from_root(cls, root: Path, epoch: int) -> Layer:
-        tar = layer_tar(root, epoch)
+        return cls.from_tar(layer_tar(root, epoch))
+
+    @classmethod
+    def from_tar(cls, tar: bytes) -> Layer:
         return cls(tar=tar, blob=gzip_layer(tar))
 
 

@@ -23,9 +23,9 @@ import pytest
 from localpeers.images import ENTRYPOINTS, NONROOT, PAUSE_UID, BuildError, build
 from localpeers.oci_image import read_oci_layout, unpack_layers
 from localpeers.peers import peer
-from localpeers.processes import running
 from localpeers.registry import Registry, running_registry
 from localpeers.tlsca import TestCA
+from tests.integration.images.containerd import listed_digest, private_containerd
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -170,60 +170,12 @@ def test_pushed_digest_is_the_built_one_and_the_signature_verifies(
         assert verified.returncode == 0, verified.stderr[-2000:]
 
 
-def _containerd_config(directory: Path) -> Path:
-    """A private containerd: its own root, state and sockets under `directory`, no CRI plugin, no TCP listener."""
-    config = directory / "config.toml"
-    config.write_text(
-        "version = 2\n"
-        f'root = "{directory}/root"\n'
-        f'state = "{directory}/state"\n'
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-        f'[grpc]\n  address = "{directory}/containerd.sock"\n'
-        f'[ttrpc]\n  address = "{directory}/containerd.sock.ttrpc"\n'
-        '[debug]\n  address = ""\n'
-        '[metrics]\n  address = ""\n'
-    )
-    return config
-
-
 def test_containerd_import_of_the_oci_archive_keeps_the_signed_digest(images: dict[str, Any], tmp_path: Path) -> None:
     """What the real cluster does without a registry: `ctr -n k8s.io images import`. The OCI archive keeps the
     manifest digest that cosign signed; a docker-archive would be converted to a Docker manifest (another digest)."""
-    containerd, ctr = shutil.which("containerd"), shutil.which("ctr")
-    if containerd is None or ctr is None:
-        pytest.fail("containerd is not installed: apt-get install -y containerd (hack/install-deps)", pytrace=False)
-    socket = tmp_path / "containerd.sock"
-    config = _containerd_config(tmp_path)
-    try:
-        with running([containerd, "--config", str(config)], ready=socket.exists, log=tmp_path / "containerd.log"):
-            for short in ("edgetrust", "opa", "pause"):
-                built = images["images"][short]
-                imported = subprocess.run(
-                    [ctr, "-a", str(socket), "-n", "k8s.io", "images", "import", built["oci_archive"]],
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                    check=False,
-                )
-                assert imported.returncode == 0, imported.stderr[-2000:]
-                listed = subprocess.run(
-                    [ctr, "-a", str(socket), "-n", "k8s.io", "images", "ls", "-q", f"name=={built['name']}"],
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                    check=True,
-                )
-                assert listed.stdout.split() == [built["name"]]
-                checked = subprocess.run(
-                    [ctr, "-a", str(socket), "-n", "k8s.io", "images", "ls"],
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                    check=True,
-                )
-                line = next(row for row in checked.stdout.splitlines() if row.startswith(built["name"] + " "))
-                assert built["digest"] in line.split(), line
-    finally:
-        # the unpack mounts overlay snapshots only for a moment; none may outlive containerd
-        leftover = [row for row in Path("/proc/mounts").read_text().splitlines() if str(tmp_path) in row]
-        assert leftover == []
+    with private_containerd(tmp_path) as ctr:
+        for short in ("edgetrust", "opa", "pause"):
+            built = images["images"][short]
+            imported = ctr("images", "import", built["oci_archive"])
+            assert imported.returncode == 0, imported.stderr[-2000:]
+            assert listed_digest(ctr, built["name"]) == built["digest"]

@@ -1,5 +1,5 @@
 """The real cluster's pure parts: the iptables restore input, the state comparison, the image archive, and the
-configuration that keeps traffic on the machine (localpeers/hoststate.py, images.py, nodeconfig.py)."""
+configuration that keeps traffic on the machine (localpeers/hoststate.py, nodeimages.py, nodeconfig.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import tarfile
 from pathlib import Path
 
 from localpeers import hoststate, nodeconfig
-from localpeers.nodeimages import _layer, docker_archive
+from localpeers.nodeimages import oci_archive
+from localpeers.oci_image import read_oci_layout
 
 SAVED = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n"
 
@@ -45,16 +46,23 @@ def test_a_state_survives_its_file(tmp_path: Path) -> None:
     assert hoststate.MachineState.load(tmp_path / "state.json") == state
 
 
-def test_the_docker_archive_names_its_layer_by_digest(tmp_path: Path) -> None:
-    layer = _layer({"bin/tool": (b"#!", 0o755)}, {"bin/sh": "tool"})
-    archive = docker_archive("edgetrust.local/x:1", layer, ["/bin/tool"], tmp_path / "x.tar")
+def test_the_node_image_archive_is_an_oci_layout_named_for_containerd(tmp_path: Path) -> None:
+    files = {"bin/tool": (b"#!", 0o755)}
+    archive = oci_archive("edgetrust.local/x:1", files, {"bin/sh": "tool"}, ["/bin/tool"], tmp_path / "x.oci.tar")
+    layout = tmp_path / "layout"
     with tarfile.open(archive) as tar:
-        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
-        config = json.loads(tar.extractfile(manifest[0]["Config"]).read())  # type: ignore[union-attr]
-        assert manifest[0]["RepoTags"] == ["edgetrust.local/x:1"]
-        digest = manifest[0]["Layers"][0].split("/")[0]
-        assert config["rootfs"]["diff_ids"] == [f"sha256:{digest}"]
-    assert _layer({"bin/tool": (b"#!", 0o755)}, {"bin/sh": "tool"}) == layer  # same inputs, same digest
+        tar.extractall(layout, filter="data")
+    index = json.loads((layout / "index.json").read_text())
+    assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == "edgetrust.local/x:1"
+    digest, config = read_oci_layout(layout)
+    assert config["config"]["Entrypoint"] == ["/bin/tool"]
+    manifest = json.loads((layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_text())
+    layer = manifest["layers"][0]["digest"].removeprefix("sha256:")
+    with tarfile.open(layout / "blobs" / "sha256" / layer) as members:
+        assert sorted(members.getnames()) == ["bin", "bin/sh", "bin/tool"]
+        assert members.getmember("bin/sh").linkname == "tool"
+    again = oci_archive("edgetrust.local/x:1", files, {"bin/sh": "tool"}, ["/bin/tool"], tmp_path / "y.oci.tar")
+    assert again.read_bytes() == archive.read_bytes()  # same inputs, same bytes (and digest)
 
 
 def test_pods_get_no_default_route_and_no_masquerade(tmp_path: Path) -> None:
