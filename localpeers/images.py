@@ -69,6 +69,7 @@ DEBIAN_PACKAGES = (
     "libtss2-tcti-device0",
     "libtss2-tcti-swtpm0",
     "libtss2-tcti-mssim0",
+    "libstdc++6",  # grpc's cygrpc, protobuf's upb and frozenlist link it (NEEDED); the wheels do not bundle it
     "libpq5",  # for psycopg-c (localpeers/imagetrim.py: instead of psycopg-binary's bundled copy)
 )
 # dpkg never unpacks these (docs, man pages, translations); copyright files stay

@@ -194,6 +194,25 @@ def test_what_imagetrim_leaves_out_is_out(edgetrust_root: Path) -> None:
     assert "not stripped" not in unstripped.stdout
 
 
+def test_every_native_module_finds_its_libraries(edgetrust_root: Path) -> None:
+    """A library a wheel links but does not bundle must come from Debian (grpc needed libstdc++, which the
+    essential variant lacks); some importers fall back to pure Python on a failed load, so an import test alone
+    does not see it."""
+    root = edgetrust_root
+    native = sorted(p for p in (root / SITE).rglob("*.so*") if p.is_file() and p.read_bytes()[:4] == b"\x7fELF")
+    native += sorted((root / "usr/lib/python3.11/lib-dynload").glob("*.so"))
+    assert len(native) > 50
+    missing = {}
+    for path in native:
+        inside = "/" + path.relative_to(root).as_posix()
+        linked = subprocess.run(
+            ["chroot", str(root), "/usr/bin/ldd", inside], capture_output=True, text=True, timeout=60, check=False
+        )
+        if "not found" in linked.stdout:
+            missing[inside] = [line.strip() for line in linked.stdout.splitlines() if "not found" in line]
+    assert missing == {}
+
+
 def test_the_root_is_really_read_only_and_tpm2_pytss_loads(images: dict[str, Any], edgetrust_root: Path) -> None:
     _, config = read_oci_layout(Path(images["images"]["edgetrust"]["oci_layout"]))
     wrote = run_read_only(edgetrust_root, config, "/usr/bin/touch", "/home/nonroot/x")
