@@ -49,10 +49,24 @@ PURGE_ESSENTIAL = (
     "findutils",
     "ncurses-bin",
 )
-# Last, in one dpkg run: dpkg looks for `diff` on PATH before it does anything, and debconf needs perl.
+# Last, in one dpkg run: dpkg looks for `diff` on PATH before it does anything, and debconf needs perl. With
+# them, bsdutils (logger, script, wall) and the libraries only it and the purged tools linked (systemd's, gcrypt,
+# util-linux's): tests/integration/images runs ldd on every ELF file left, so a library still needed fails there.
 # Kept: dash and bash (the node agent's init container runs `sh -c`), coreutils, sed, grep, tar, gzip, dpkg and
-# its database (what image scanners read), libc-bin.
-PURGE_LAST = ("perl-base", "diffutils")
+# its database (what image scanners read), libc-bin, openssl (its /etc/ssl/openssl.cnf is Debian's TLS policy).
+PURGE_LAST = (
+    "perl-base",
+    "diffutils",
+    "bsdutils",
+    "libsystemd0",
+    "libgcrypt20",
+    "libgpg-error0",
+    "libmount1",
+    "libblkid1",
+    "libsmartcols1",
+    "libudev1",
+    "libkmod2",
+)
 
 # Python distributions the extras pull in that no deployable imports, uninstalled after pip installed them:
 # - rich, Pygments, markdown-it-py, mdurl: sigstore's CLI (`sigstore ...`) and httpx's CLI only; httpx imports its
@@ -99,7 +113,7 @@ def purge_debian(chroot: Chroot) -> None:
     chroot("dpkg", "--purge", "--force-depends", *PURGE, what="dpkg --purge (perl, udev)")
     force = ("--force-remove-essential", "--force-depends")
     chroot("dpkg", "--purge", *force, *PURGE_ESSENTIAL, what="dpkg --purge (login, passwd, util-linux, pam)")
-    chroot("dpkg", "--purge", *force, *PURGE_LAST, what="dpkg --purge (perl-base, diffutils)")
+    chroot("dpkg", "--purge", *force, *PURGE_LAST, what="dpkg --purge (perl-base, diffutils, orphaned libraries)")
 
 
 def leave_out_generated(root: Path) -> None:
