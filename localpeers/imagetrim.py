@@ -40,6 +40,7 @@ PURGE_ESSENTIAL = (
     "passwd",
     "adduser",
     "util-linux",
+    "util-linux-extra",
     "libpam-modules",
     "libpam-modules-bin",
     "libpam-runtime",
