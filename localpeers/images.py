@@ -322,12 +322,15 @@ def edgetrust_root(base: Path, wheel_dir: Path, project: Path, work: Path) -> Pa
             junk.unlink()
     imagetrim.leave_out_generated(root)
     imagetrim.strip_native(root, _need("strip", "apt-get install -y binutils"))
-    # PEP 552 unchecked-hash: no source mtime inside, never rewritten; one interpreter, one optimization level
+    # PEP 552 unchecked-hash: no source mtime inside, never rewritten; one interpreter, one optimization level.
+    # Forced: something run in the chroot after pip had imported attrs, leaving timestamp-based byte code that
+    # compileall would keep (it held the build's time, so two builds of one commit differed).
     chroot(
         "/usr/bin/python3.11",
         "-m",
         "compileall",
         "-q",
+        "-f",
         "-j",
         "1",
         "--invalidation-mode",
