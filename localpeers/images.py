@@ -265,8 +265,8 @@ def project_wheel(source_tree: Path, source: Source, work: Path) -> Path:
 
 def _chroot(root: Path, *argv: str, what: str) -> str:
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
-    # a fixed hash seed: byte code marshals set and frozenset constants in hash order (attrs' differed between
-    # two builds of one commit without it)
+    # a fixed hash seed: byte code marshals set and frozenset constants in the strings' hash order, which is
+    # seeded per process (a safeguard: the difference seen between two builds was timestamp byte code, below)
     env["PYTHONHASHSEED"] = "0"
     chroot = _need("chroot", "apt-get install -y coreutils")
     return _run([chroot, str(root), *argv], what=what, env=env)
