@@ -6,15 +6,17 @@
   against libtss2-dev here; the image gets the libraries only), pinned to the versions of the venv the tests run
   in, and installed by pip running on the image's own interpreter in a chroot (so its scheme and shebangs are
   Debian's). Byte code is compiled once, hash-based (PEP 552: no mtimes, nothing to rewrite on a read-only root).
-  Runs as uid 65532.
+  Runs as uid 65532. What is then left out (Debian tools, unused packages, the generated kubernetes client,
+  symbols of native code), and why, is localpeers/imagetrim.py: it keeps the image under 200 MB.
 - opa: the pinned OPA binary (hack/peers.lock), byte for byte, as /opa, uid 65532.
 - pause: hack/images/pause.go, static, as /pause (containerd's sandbox_image), uid 65535.
 
 Each is written as an OCI layout, an OCI archive (`ctr -n k8s.io images import` keeps its digest) and a docker-archive
 under the build folder (EDGETRUST_IMAGES, default ~/.cache/edgetrust/images), outside the repository, with an
 `images.json` that lists digests, sizes and files. The Debian root and the wheels are cached by their inputs; a
-build of one commit is reused while its inputs (package list, the venv's pins) are the same, unless `--rebuild`.
-Needs root (mmdebstrap --mode=root, chroot).
+build of one commit is reused while its inputs (package list, the venv's pins, this builder) are the same, unless
+`--rebuild`. `--push`/`--sign-key` then push and sign them (localpeers/imagepush.py). Needs root (mmdebstrap
+--mode=root, chroot).
 """
 
 from __future__ import annotations
