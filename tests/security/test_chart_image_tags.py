@@ -75,7 +75,7 @@ def test_a_tag_moved_onto_an_unsigned_digest_is_refused(
     assert refused.returncode != 0
     assert f"[{SIGNED_POLICY}]" in refused.stderr, refused.stderr
     assert signed.unsigned in refused.stderr  # judged by the digest the tag names now, not by the tag's history
-    assert "no valid signature" in refused.stderr
+    assert "has no cosign signature" in refused.stderr
 
 
 def test_the_unsigned_digest_under_the_signed_repository_is_refused(

@@ -87,7 +87,7 @@ def test_a_pod_of_the_unsigned_image_is_refused_with_the_policy_s_reason(
     refused = submit(release.cluster, workload_pod("unsigned", namespace, image, pull="IfNotPresent"))
     assert refused.returncode != 0
     assert f"edgetrust denied Pod {namespace}/unsigned: [{SIGNED_POLICY}]" in refused.stderr, refused.stderr
-    assert "no valid signature" in refused.stderr, refused.stderr
+    assert "has no cosign signature" in refused.stderr, refused.stderr
     gone = release.cluster.kubectl("get", "pod", "unsigned", "-n", namespace, check=False)
     assert "NotFound" in gone.stderr
 

@@ -10,6 +10,8 @@ import pytest
 from admission.errors import ConfigError
 from admission.library import default_library, packaged_library
 from admission.policy import Mode, PolicySet
+from admission.server import build_controller
+from admission.settings import AdmissionSettings
 from localpeers.webhook import REPO_POLICIES
 
 
@@ -63,3 +65,16 @@ def test_a_parameters_file_that_does_not_parse_is_a_config_error(tmp_path: Path)
     site.write_text("- not a mapping\n")
     with pytest.raises(ConfigError, match="must map policy names"):
         default_library(site, work=tmp_path)
+
+
+def test_the_default_library_and_a_bundle_are_two_policy_sources(tmp_path: Path) -> None:
+    settings = AdmissionSettings(default_library=True, bundle=tmp_path / "bundle.tar.gz", bundle_keys=("k=k.pem",))
+    with pytest.raises(ConfigError, match="--default-library and --bundle both given"):
+        build_controller(settings)
+
+
+def test_the_webhook_built_on_the_default_library_enforces_it() -> None:
+    controller = build_controller(AdmissionSettings(default_library=True))
+    names = {p.name for p in controller.policies.rego}
+    assert {"no_privileged", "no_host_path", "disallow_latest_tag"} <= names
+    assert "allowed_repos" not in names
