@@ -89,8 +89,8 @@ def run(node: RealNode) -> int:
         seconds = demo.helm("install", images.helm_values(), "images-values.json")
         say(f"   install_to_ready_s: {seconds:.1f} (helm install --wait: 2 webhook replicas + OPA sidecars Ready)")
         demo.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide")
-        fresh_namespace(cluster, SHOP)
         command(["kubectl", "create", "namespace", SHOP])
+        fresh_namespace(cluster, SHOP)
 
         say("== 2. A compliant pod (a tagged image, no privilege): admitted, with the warn-mode policies' warnings")
         code, _ = demo.kubectl("create", manifest=workload_pod("app", SHOP, TOOLS_IMAGE, command=["sleep", "3600"]))

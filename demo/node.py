@@ -34,7 +34,9 @@ def real_node(workdir: Path) -> Iterator[RealNode]:
     with running_real_cluster(workdir.resolve()) as cluster:
         say(f"   node {cluster.node_name} Ready on 198.18.255.1 in {cluster.startup_s} s")
         command(["make", "images"], suffix="   # this commit's edgetrust, opa and pause images (cached per commit)")
+        loading = time.monotonic()
         images = load_images(cluster)
+        say(f"   images built (or found) and imported in {time.monotonic() - loading:.0f} s")
         for short, reference in sorted(images.references.items()):
             say(f"   {reference} = {images.digests[short][:19]}... imported (ctr -n k8s.io images import)")
         say(f"   ready for the planes in {time.monotonic() - started:.0f} s")
