@@ -7,6 +7,7 @@ the images `make images` built for this commit imported into its containerd.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from demo.shell import command, say
 from localpeers.chartrelease import ClusterImages, load_images
+from localpeers.nodeconfig import RUNTIME
 from localpeers.realcluster import RealCluster, running_real_cluster
 
 
@@ -30,6 +32,8 @@ def real_node(workdir: Path) -> Iterator[RealNode]:
         "== The node: etcd, kube-apiserver, controller-manager, scheduler, containerd, kubelet, kube-proxy, kube-router"
     )
     command(["python", "-m", "localpeers.realcluster", "up", "--dir", workdir])
+    if workdir.exists() and not RUNTIME.exists():  # etcd's data from an earlier run would hold its objects
+        shutil.rmtree(workdir)
     started = time.monotonic()
     with running_real_cluster(workdir.resolve()) as cluster:
         say(f"   node {cluster.node_name} Ready on 198.18.255.1 in {cluster.startup_s} s")

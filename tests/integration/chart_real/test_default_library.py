@@ -24,7 +24,7 @@ from localpeers.admissionrelease import (
     wait_running,
     workload_pod,
 )
-from localpeers.chartrelease import ClusterImages
+from localpeers.chartrelease import ClusterImages, helm
 from localpeers.nodeimages import TOOLS_IMAGE
 from localpeers.realcluster import RealCluster
 from tests.integration.chart.support import readme_blocks
@@ -154,9 +154,12 @@ def test_a_compliant_pod_reaches_running_with_the_library_s_warnings(release: Re
     assert running["spec"]["nodeName"] == release.cluster.node_name
 
 
-def test_the_webhook_says_which_library_policy_it_left_out(release: Release) -> None:
+def test_the_webhook_and_the_notes_say_which_library_policy_is_left_out(release: Release) -> None:
     logs = release.logs()
     assert "allowed_repos is not enforced" in logs, logs[-3000:]
+    notes = helm("get", "notes", RELEASE, "--namespace", NAMESPACE, kubeconfig=release.cluster.kubeconfig).stdout
+    assert "Policies: the default library in the image (policies/admission)." in notes, notes
+    assert "allowed_repos is not enforced until" in notes, notes
 
 
 def test_exempt_namespaces_are_never_sent(release: Release) -> None:
