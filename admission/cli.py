@@ -56,6 +56,13 @@ def _parser() -> Parser:
         help="the site's parameters file ({policy: {parameter: value}}, e.g. allowed_repos: {repos: [...]})",
     )
     run.add_argument("--gatekeeper-dir", type=Path, help="Gatekeeper ConstraintTemplates and Constraints (YAML)")
+    run.add_argument(
+        "--default-library",
+        action="store_true",
+        default=None,
+        help="enforce the policy library shipped with edgetrust (policies/admission) instead of --policy-dir; "
+        "policies that need a site's value (allowed_repos) are left out, with a warning, until --parameters sets it",
+    )
     run.add_argument("--bundle", type=Path, help="a signed policy bundle to take policies from (e.g. the syncer's)")
     add_verification_keys(run, aliases=["--bundle-key"], help="the bundle's signer key (with --bundle)")
     add_listen(run, default="127.0.0.1:8443", host_aliases=["--listen-host"], port_aliases=["--listen-port"])

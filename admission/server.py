@@ -11,6 +11,7 @@ from admission.app import ReviewEndpoints, create_app
 from admission.controller import AdmissionController
 from admission.errors import ConfigError
 from admission.images.verifier import CacheSettings, ImageVerifier
+from admission.library import default_library
 from admission.metrics import AdmissionMetrics
 from admission.policy import PolicySet
 from admission.registry import RegistryClient, RegistrySettings
@@ -30,7 +31,11 @@ log = logging.getLogger("edgetrust.admission")
 
 def build_controller(settings: AdmissionSettings) -> AdmissionController:
     policy_dir, gatekeeper_dir = settings.policy_dir, settings.gatekeeper_dir
-    if settings.bundle is not None:
+    if settings.default_library and settings.bundle is not None:
+        raise ConfigError("--default-library and --bundle both given: give one policy source")
+    if settings.default_library:
+        policy_dir = default_library(settings.parameters).directory
+    elif settings.bundle is not None:
         policy_dir, gatekeeper_dir = policies_from_bundle(settings.bundle, settings.bundle_keys)
     policies = PolicySet.load(
         policy_dir,

@@ -15,6 +15,9 @@ class AdmissionSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ADMISSION_", extra="forbid", frozen=True)
 
     policy_dir: Path = Path("/etc/edgetrust/policies/admission")
+    #: enforce the policy library shipped in the package (admission/library.py) instead of policy_dir; what the
+    #: chart runs when the user gives no bundle. Not with `bundle`: one policy source.
+    default_library: bool = False
     #: the site's parameters file ({policy: {parameter: value}}, e.g. allowed_repos: {repos: [...]}), merged
     #: into the policies' parameters and checked against them (edgetrust/bundles/policyfile.py)
     parameters: Path | None = None

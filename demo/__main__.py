@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from demo import admission_demo, distribution_demo, identity_demo
+from demo.node import real_node
 
 
 def main() -> int:
     print("######## Plane 1: attestation -> identity ########", flush=True)
     identity = identity_demo.main()
-    print("\n######## Plane 2: admission ########", flush=True)
-    admission = admission_demo.main()
-    print("\n######## Plane 3: policy distribution ########", flush=True)
-    distribution = distribution_demo.main()
+    with real_node(Path(".demo/node")) as node:  # one real node for the planes that need one
+        print("\n######## Plane 2: admission ########", flush=True)
+        admission = admission_demo.main(node)
+        print("\n######## Plane 3: policy distribution ########", flush=True)
+        distribution = distribution_demo.main()
     print("\n######## Done ########")
     for plane, code in (("identity", identity), ("admission", admission), ("distribution", distribution)):
         print(f"   {plane} plane: {'ok' if code == 0 else 'FAILED'}")

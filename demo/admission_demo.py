@@ -1,195 +1,174 @@
-"""The admission plane: a real kube-apiserver calls our webhook, which asks a real OPA and checks signatures
-that the real cosign wrote into a real registry. Everything lives in `.demo/admission`; all processes stop.
+"""The admission plane on a real node: `helm install` of the chart with no values (the webhook alone, enforcing the
+default policy library in its image), then pods through the API server: one that runs, ones that are refused.
+Then a policy bundle of the site's with an image-signature policy: an image pushed with oras and signed with
+cosign runs (and a Deployment of it rolls out), an unsigned one is refused.
+
+The node is localpeers.realcluster's (kubelet, containerd, kube-proxy, kube-router on this machine), started here
+unless `make demo` hands over the one it shares between the planes; images are the ones `make images` built,
+imported into the node's containerd (no registry on the internet is reachable). Files under `.demo/admission`.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
-import ssl
 import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
+from demo.node import RealNode, real_node
+from demo.shell import command, note, say
+from localpeers import chartrelease
+from localpeers.admissionrelease import (
+    SIGNED_POLICY,
+    deployment,
+    fresh_namespace,
+    signed_bundle_values,
+    signed_images,
+    wait_running,
+    workload_pod,
+)
+from localpeers.nodeimages import TOOLS_IMAGE
+from localpeers.peers import peer
 
-from demo.shell import BIN, command, curl, note, say
-from localpeers.hub import free_port
-from localpeers.kube import KubeAPI, running_kube_apiserver, validating_webhook
-from localpeers.opa_server import opa_server
-from localpeers.processes import running
-from localpeers.registry import running_registry
-from localpeers.tlsca import TestCA
-from localpeers.webhook import pod, policy_dir, workload
-
-
-def _post(client: httpx.Client, kube: KubeAPI, path: str, obj: dict[str, Any], file: Path) -> httpx.Response:
-    """Create `obj` through the API server, shown as the curl line a person would type (`kubectl create -f`
-    where kubectl is installed); the object is written to `file` for it."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(obj, indent=2))
-    curl("POST", f"{kube.url}{path}", ca_file=kube.ca_file, body=file, token=True)
-    return client.post(path, json=obj)
+RELEASE, NAMESPACE, SHOP = "edgetrust", "edgetrust-system", "shop"
 
 
-def main() -> int:
+class _Demo:
+    def __init__(self, node: RealNode, root: Path) -> None:
+        self.node, self.root = node, root
+        self.outcomes: dict[str, bool] = {}
+
+    def kubectl(self, *args: str, manifest: dict[str, Any] | None = None, show: int = 12) -> tuple[int, str]:
+        """Show the kubectl line, run it, show its first lines of output."""
+        stdin = None
+        shown: list[str | Path] = ["kubectl", *args]
+        if manifest is not None:
+            file = self.root / "objects" / f"{manifest['kind'].lower()}-{manifest['metadata']['name']}.json"
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(json.dumps(manifest, indent=2))
+            shown += ["-f", file]
+            stdin = json.dumps(manifest)
+            args = (*args, "-f", "-")
+        command(shown)
+        done = self.node.cluster.kubectl(*args, stdin=stdin, check=False, timeout_s=180)
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        for line in lines[:show]:
+            say(f"     {line[:300]}")
+        return done.returncode, done.stdout + done.stderr
+
+    def expect(self, title: str, ok: bool) -> None:
+        self.outcomes[title] = ok
+        say(f"   -> {'as expected' if ok else 'NOT AS EXPECTED'}: {title}")
+
+    def helm(self, verb: str, values: dict[str, Any], file: str) -> float:
+        values_file = self.root / file
+        values_file.write_text(json.dumps(values, indent=2))
+        command(
+            ["helm", verb, *(["--install"] if verb == "upgrade" else []), RELEASE, chartrelease.CHART,
+             "--namespace", NAMESPACE, "--create-namespace", "-f", values_file, "--wait"]
+        )  # fmt: skip
+        return chartrelease.install(
+            self.node.cluster, RELEASE, NAMESPACE, values, work=self.root / "helm", timeout_s=240
+        )
+
+
+def run(node: RealNode) -> int:
     root = Path(".demo/admission").resolve()
     if root.exists():
-        shutil.rmtree(root)  # etcd's data from an earlier run would hold the demo's objects already
+        shutil.rmtree(root)
     root.mkdir(parents=True)
-    outcomes: dict[str, bool] = {}
-    with ExitStack() as stack:
-        ca = TestCA(root / "ca")
-        say("== 1. A TLS OCI registry (CNCF distribution) and OPA, on loopback")
-        note("a CNCF distribution registry (registry serve) with a TLS certificate of the demo's CA")
-        registry = stack.enter_context(running_registry(root / "registry", ca))
-        opa = stack.enter_context(opa_server(root / "opa"))
-        command(["opa", "run", "--server", "--v0-compatible", "--addr", f"127.0.0.1:{opa.port}"], suffix=" &")
-        say(f"   registry https://{registry.host}; OPA {opa.url}")
+    demo = _Demo(node, root)
+    cluster, images = node.cluster, node.images
+    note(f"kubectl is {peer('kubectl')} with --kubeconfig {cluster.kubeconfig} (the cluster admin)")
+    try:
+        say("== 1. helm install with no values: the webhook alone, on the default policy library in its image")
+        note("the images' values only (make images built them; imported into the node, pullPolicy Never)")
+        seconds = demo.helm("install", images.helm_values(), "images-values.json")
+        say(f"   install_to_ready_s: {seconds:.1f} (helm install --wait: 2 webhook replicas + OPA sidecars Ready)")
+        demo.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide")
+        command(["kubectl", "create", "namespace", SHOP])
+        fresh_namespace(cluster, SHOP)
 
-        say("== 2. Two images pushed with oras; only edge/app is signed, with cosign and the release key")
-        oras_config = "config.json:application/vnd.oci.image.config.v1+json"
-        oras_layer = "layer.tar.gz:application/vnd.oci.image.layer.v1.tar+gzip"
-        for image in ("edge/app", "edge/tool"):
-            command(
-                [
-                    "oras",
-                    "push",
-                    "--ca-file",
-                    ca.ca_file,
-                    "--config",
-                    oras_config,
-                    f"{registry.host}/{image}:1.0",
-                    oras_layer,
-                ]
+        say("== 2. A compliant pod (a tagged image, no privilege): admitted, with the warn-mode policies' warnings")
+        code, _ = demo.kubectl("create", manifest=workload_pod("app", SHOP, TOOLS_IMAGE, command=["sleep", "3600"]))
+        running = code == 0 and wait_running(cluster, SHOP, "app")["status"]["phase"] == "Running"
+        demo.kubectl("get", "pod", "app", "-n", SHOP, "-o", "wide")
+        demo.expect("compliant pod Running", running)
+
+        say("== 3. Pods the library refuses (the API server asks the webhook through its Service)")
+        privileged = workload_pod("privileged", SHOP, TOOLS_IMAGE, securityContext={"privileged": True})
+        untagged = workload_pod("untagged", SHOP, TOOLS_IMAGE.rpartition(":")[0])
+        for manifest, reason in ((privileged, "[no_privileged]"), (untagged, "[disallow_latest_tag]")):
+            code, text = demo.kubectl("create", manifest=manifest)
+            demo.expect(f"{manifest['metadata']['name']} pod refused by {reason}", code != 0 and reason in text)
+        host = workload_pod("hostnet", SHOP, TOOLS_IMAGE)
+        host["spec"]["hostNetwork"] = True
+        code, text = demo.kubectl("create", manifest=host)
+        demo.expect("hostNetwork pod refused by [no_host_namespaces]", code != 0 and "[no_host_namespaces]" in text)
+
+        with ExitStack() as stack:
+            say("== 4. Signed images: a TLS registry on the node's address; oras push; cosign sign (no Rekor)")
+            signed = stack.enter_context(signed_images(cluster, images, root / "signing"))
+            host_name = signed.registry.host
+            command(["registry", "serve", root / "signing" / "registry" / "config.yml"], suffix=" &")
+            command(["oras", "cp", "--from-oci-layout", "pause.oci:1.0", f"{signed.repository}:1.0"])
+            command(["cosign", "sign", "--yes", "--key", signed.cosign_key, "--tlog-upload=false", signed.pinned()])
+            command(["oras", "push", f"{signed.unsigned_repository}:1.0", "layer.tar.gz"], suffix="   # never signed")
+            note(
+                f"ctr -n k8s.io images tag {images.references['pause']} {signed.pinned()}  (the kubelet needs no pull)"
             )
-        app_digest = registry.push_image("edge/app", "1.0", content=b"the app")
-        registry.push_image("edge/tool", "1.0", content=b"someone's tool")
-        key, public = registry.cosign_keypair("release")
-        command(["cosign", "generate-key-pair"], suffix=f"  # in {key.parent.relative_to(Path.cwd().resolve())}")
-        signed = f"{registry.host}/edge/app@{app_digest}"
-        command(["cosign", "sign", "--yes", "--key", key, "--tlog-upload=false", signed])
-        registry.cosign_sign(signed, key)
-        say(f"   {registry.host}/edge/app:1.0 = {app_digest[:19]}..., signed (.sig stored beside it)")
+            say(f"   signed   {signed.pinned()}")
+            say(f"   unsigned {signed.unsigned_repository}@{signed.unsigned}")
 
-        say("== 3. The webhook (edgetrust-admission) with the policy library and a signature policy")
-        signature_policy = {
-            "type": "image-signature",
-            "images": [f"{registry.host}/edge/*"],
-            "keys": ["release.pub"],
-            "files": {"release.pub": public.read_bytes()},
-        }
-        policies = policy_dir(root / "policies", extra={"signed_images": signature_policy})
-        note(f"the repository's policies/admission, plus {policies}/signed_images/policy.yaml and release.pub")
-        say(f"   policies: {', '.join(sorted(p.name for p in policies.iterdir()))}")
-        cert, port = ca.issue("webhook"), free_port()
-        url = f"https://127.0.0.1:{port}"
-        webhook_argv: list[str | Path] = [
-            BIN / "edgetrust-admission", "serve", "--policy-dir", policies, "--opa-port", str(opa.port),
-            "--registry-ca-file", ca.ca_file, "--listen", f"127.0.0.1:{port}", "--tls-cert", cert.cert,
-            "--tls-key", cert.key,
-        ]  # fmt: skip
-        log = root / "webhook.log"
-        command(webhook_argv, suffix=f" > {log.relative_to(Path.cwd().resolve())} 2>&1 &")
-        context = ssl.create_default_context(cafile=str(ca.ca_file))
-        stack.enter_context(
-            running(
-                [str(a) for a in webhook_argv],
-                ready=lambda: httpx.get(f"{url}/readyz", verify=context, timeout=1).status_code == 200,
-                log=log,
+            say("== 5. helm upgrade: the site's bundle (library + an image-signature policy), its key, the registry CA")
+            values = signed_bundle_values(signed, root / "bundle")
+            note(
+                f"trustctl policy build: policies/admission + {SIGNED_POLICY}/policy.yaml (cosign.pub for "
+                f"{host_name}/edgetrust/*), allowed_repos {host_name}/, signed with a fresh publisher key ci-1"
             )
-        )
-        say(f"   serving {url}/validate and /mutate")
+            seconds = demo.helm(
+                "upgrade", chartrelease.merge_values(images.helm_values(), values), "signed-values.json"
+            )
+            say(f"   upgraded in {seconds:.1f} s (the webhook verified the bundle at start)")
 
-        say("== 4. A real kube-apiserver (and etcd) calling the webhook through a ValidatingWebhookConfiguration")
-        note("etcd and kube-apiserver on loopback; the API server's admin token is $TOKEN below (not printed)")
-        kube = stack.enter_context(running_kube_apiserver(root / "kube", ca))
-        client = stack.enter_context(kube.client())
-        objects = root / "objects"
-        shop = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}
-        _post(client, kube, "/api/v1/namespaces", shop, objects / "namespace-shop.json").raise_for_status()
-        _post(
-            client,
-            kube,
-            "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
-            validating_webhook(url, ca.ca_file),
-            objects / "validating-webhook.json",
-        ).raise_for_status()
-        note("wait until the API server calls the webhook (a dry-run Pod of the unsigned image, until refused)")
-        probe = pod(f"{registry.host}/edge/tool:1.0", name="probe")
-        deadline = time.monotonic() + 20
-        while client.post("/api/v1/namespaces/shop/pods", json=probe, params={"dryRun": "All"}).status_code == 201:
-            if time.monotonic() > deadline:
-                raise SystemExit("the API server never called the webhook")
-            time.sleep(0.2)
-        say(f"   kube-apiserver {kube.url} (v{_version(client)}) now sends pods and workloads to us")
-
-        cases = [
-            ("signed image", "shop", pod(f"{registry.host}/edge/app:1.0", name="app"), True),
-            ("unsigned image", "shop", pod(f"{registry.host}/edge/tool:1.0", name="tool"), False),
-            (
-                "Deployment of the unsigned image",
-                "shop",
-                workload("Deployment", pod(f"{registry.host}/edge/tool:1.0", name="tools")),
-                False,
-            ),
-            (
-                "privileged, signed",
-                "shop",
-                pod(f"{registry.host}/edge/app:1.0", name="root", security={"privileged": True}),
-                False,
-            ),
-            (
-                "unsigned in kube-system (exempt)",
-                "kube-system",
-                pod(f"{registry.host}/edge/tool:1.0", name="sys"),
-                True,
-            ),
-        ]
-        for title, namespace, obj, expected in cases:
-            group = "api/v1" if obj["kind"] == "Pod" else "apis/apps/v1"
-            say(f"== 5. {title}: {obj['kind']} {namespace}/{obj['metadata']['name']}")
-            name = f"{obj['kind'].lower()}-{namespace}-{obj['metadata']['name']}.json"
-            answer = _post(client, kube, f"/{group}/namespaces/{namespace}/{obj['kind'].lower()}s", obj, objects / name)
-            admitted = answer.status_code == 201
-            outcomes[title] = admitted == expected
-            say(f"   -> {'ADMITTED' if admitted else 'REJECTED'}")
-            if not admitted:
-                say(f"   {answer.json().get('message', answer.text)[:400]}")
-
-        say("== 6. The mutating endpoint pins the verified tag to its digest")
-        review = {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "demo-1",
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "operation": "CREATE",
-                "namespace": "shop",
-                "name": "pinned",
-                "object": pod(f"{registry.host}/edge/app:1.0", name="pinned"),
-            },
-        }
-        review_file = objects / "review-pinned.json"
-        review_file.write_text(json.dumps(review, indent=2))
-        curl("POST", f"{url}/mutate", ca_file=ca.ca_file, body=review_file)
-        answer = httpx.post(f"{url}/mutate", json=review, verify=context).json()["response"]
-        patch = json.loads(base64.b64decode(answer.get("patch", "") or "W10="))
-        outcomes["pinned to digest"] = bool(patch) and patch[0]["value"].endswith(app_digest)
-        for op in patch:
-            say(f"   {op['op']} {op['path']} -> {op['value']}")
+            say("== 6. The signed image runs; the unsigned one is refused; a Deployment of the signed one rolls out")
+            code, _ = demo.kubectl(
+                "create", manifest=workload_pod("signed", SHOP, signed.pinned(), pull="IfNotPresent")
+            )
+            running = code == 0 and wait_running(cluster, SHOP, "signed")["status"]["phase"] == "Running"
+            demo.expect("signed image Running", running)
+            unsigned = f"{signed.unsigned_repository}@{signed.unsigned}"
+            code, text = demo.kubectl("create", manifest=workload_pod("unsigned", SHOP, unsigned, pull="IfNotPresent"))
+            demo.expect(f"unsigned image refused by [{SIGNED_POLICY}]", code != 0 and f"[{SIGNED_POLICY}]" in text)
+            demo.kubectl("create", manifest=deployment("signed-app", SHOP, signed.pinned()))
+            code, _ = demo.kubectl("rollout", "status", "deployment/signed-app", "-n", SHOP, "--timeout=120s")
+            demo.expect("Deployment of the signed image rolled out", code == 0)
+            demo.kubectl("get", "pods", "-n", SHOP, "-o", "wide")
+    finally:
+        say("== 7. Clean up: helm uninstall, the demo's namespace")
+        command(["helm", "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait"])
+        chartrelease.uninstall(cluster, RELEASE, NAMESPACE)
+        command(["kubectl", "delete", "namespace", SHOP])
+        cluster.kubectl("delete", "namespace", SHOP, "--ignore-not-found", "--wait=true", check=False, timeout_s=120)
 
     say("== Summary")
-    for title, ok in outcomes.items():
+    for title, ok in demo.outcomes.items():
         say(f"   {'ok  ' if ok else 'FAIL'} {title}")
-    return 0 if all(outcomes.values()) else 1
+    return 0 if demo.outcomes and all(demo.outcomes.values()) else 1
 
 
-def _version(client: httpx.Client) -> str:
-    return str(client.get("/version").json().get("gitVersion", "?")).lstrip("v")
+def main(node: RealNode | None = None) -> int:
+    """The demo on `node`, or on a node started (and stopped) here."""
+    if node is not None:
+        return run(node)
+    started = time.monotonic()
+    with real_node(Path(".demo/node")) as own:
+        code = run(own)
+    say(f"   (admission plane with its own node: {time.monotonic() - started:.0f} s)")
+    return code
 
 
 if __name__ == "__main__":

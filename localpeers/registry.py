@@ -312,23 +312,30 @@ class Registry:
 
 @contextmanager
 def running_registry(
-    workdir: Path, ca: TestCA, *, port: int | None = None, auth: Literal["htpasswd", "token"] | None = None
+    workdir: Path,
+    ca: TestCA,
+    *,
+    port: int | None = None,
+    auth: Literal["htpasswd", "token"] | None = None,
+    address: str = "127.0.0.1",
 ) -> Iterator[Registry]:
+    """`address`: where it listens, also in its certificate (the real cluster's pods reach the node's 198.18.255.1,
+    never loopback; give a fixed `port` there: a free port on loopback may be a client's source port on it)."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "home").mkdir(exist_ok=True)
-    cert = ca.issue("registry")
+    cert = ca.issue("registry", hosts=tuple(dict.fromkeys((address, "127.0.0.1", "localhost"))))
     config: dict[str, Any] = {
         "version": 0.1,
         "log": {"level": "error"},
         "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}, "delete": {"enabled": True}},
         "http": {
-            "addr": f"127.0.0.1:{port}",
+            "addr": f"{address}:{port}",
             "tls": {"certificate": str(cert.cert), "key": str(cert.key)},
             "debug": {"addr": ""},
         },
     }
-    host = f"127.0.0.1:{port}"
+    host = f"{address}:{port}"
     with ExitStack() as stack:
         login = REGISTRY_LOGIN if auth else None
         token_service = None

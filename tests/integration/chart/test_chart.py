@@ -190,17 +190,60 @@ def test_two_hub_replicas_need_a_shared_store() -> None:
     assert "hub.replicas > 1 needs hub.storeSecret" in done.stderr
 
 
-def test_an_install_without_the_users_keys_policy_and_site_says_how_to_give_each() -> None:
-    """The chart's defaults: nothing of ours to trust, so nothing renders, and every missing value is named."""
-    done = helm("template", "edgetrust", str(CHART), check=False)
+def test_the_defaults_install_the_webhook_alone_enforcing_the_library_in_its_image() -> None:
+    """No values at all: lint --strict passes and the webhook runs the default library (no bundle, no key to
+    trust); the syncer and the node agent are off until given theirs."""
+    assert "0 chart(s) failed" in helm("lint", "--strict", str(CHART)).stdout
+    done = helm("template", "edgetrust", str(CHART), "--namespace", NAMESPACE)
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(deployments) == {"edgetrust-webhook"}
+    assert not [d for d in docs if d["kind"] in ("DaemonSet", "StatefulSet")]
+    spec = deployments["edgetrust-webhook"]["spec"]["template"]["spec"]
+    args = spec["containers"][0]["args"]
+    assert "--default-library" in args
+    assert not [a for a in args if a.startswith(("--bundle", "--parameters", "--registry-ca-file"))], args
+    assert {v["name"] for v in spec["volumes"]} == {"tls", "tmp"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, VERSIONS[-1], strict=True)
+
+
+def test_the_sites_parameters_and_registry_ca_reach_the_webhook() -> None:
+    ca = "-----BEGIN CERTIFICATE-----\nnot a real one\n-----END CERTIFICATE-----\n"
+    done = helm(
+        "template", "edgetrust", str(CHART), "--namespace", NAMESPACE,
+        "--set", "webhook.parameters.allowed_repos.repos={registry.retail.example/}",
+        "--set", f"webhook.registryCA={ca}",
+    )  # fmt: skip
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    webhook = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    args = webhook["containers"][0]["args"]
+    assert {"--default-library", "--parameters=/etc/edgetrust/parameters/parameters.yaml"} <= set(args)
+    assert "--registry-ca-file=/etc/edgetrust/registry-ca/ca.pem" in args
+    policy = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "edgetrust-webhook-policy")
+    assert yaml.safe_load(policy["data"]["parameters.yaml"]) == {
+        "allowed_repos": {"repos": ["registry.retail.example/"]}
+    }
+    assert policy["data"]["registry-ca.pem"] == ca.replace("\\n", "\n")
+    mounts = {m["name"]: m["mountPath"] for m in webhook["containers"][0]["volumeMounts"]}
+    assert mounts["parameters"] == "/etc/edgetrust/parameters"
+    assert mounts["registry-ca"] == "/etc/edgetrust/registry-ca"
+
+
+def test_a_bundle_without_its_keys_and_a_syncer_without_its_values_say_how_to_give_each() -> None:
+    """Fail closed where there is something to verify: a bundle the webhook could not verify (it would not start,
+    and failurePolicy Fail would refuse every pod), a syncer with nothing to trust; every missing value named."""
+    done = helm(
+        "template", "edgetrust", str(CHART),
+        "--set", "webhook.policyBundleBase64=AAAA", "--set", "syncer.enabled=true",
+        check=False,
+    )  # fmt: skip
     assert done.returncode != 0
     for line in (
-        "- webhook.bundleKeys: ",
+        "- webhook.bundleKeys: a policy bundle is given",
         "--set-file webhook.bundleKeys.ci-1=ci-1.pub",
         "- syncer.verificationKeys: ",
         "--set-file syncer.verificationKeys.ci-1=ci-1.pub",
-        "- webhook.policyBundleBase64 or webhook.policyBundleConfigMap: ",
-        "--set-file webhook.policyBundleBase64=bundle.b64",
         "- syncer.hub: ",
         "- syncer.cluster: ",
         "- syncer.group: ",
@@ -208,13 +251,15 @@ def test_an_install_without_the_users_keys_policy_and_site_says_how_to_give_each
     ):
         assert line in done.stderr, done.stderr
     assert "kubeVersion" not in done.stderr  # no --kube-version needed
+    configmap = helm(
+        "template", "edgetrust", str(CHART), "--set", "webhook.policyBundleConfigMap=site-policy", check=False
+    )
+    assert "- webhook.bundleKeys: a policy bundle is given" in configmap.stderr
 
 
 @pytest.mark.parametrize(
     ("values", "message", "absent"),
     [
-        # the keys given, not the policy: a webhook that could not start while failurePolicy Fail refuses pods
-        ([], "- webhook.policyBundleBase64 or webhook.policyBundleConfigMap: ", "bundleKeys"),
         (["--set", "webhook.policyBundleBase64=AAAA", "--set", "webhook.policyBundleConfigMap=p"], "give one", "keys"),
         (["--set", "webhook.enabled=false", "--set", "syncer.enabled=false", "--set", "hub.enabled=true"],
          "- hub.trustDomain: your SPIFFE trust domain", "webhook"),
@@ -361,18 +406,16 @@ def test_helm_install_then_pods_are_judged_through_the_installed_webhook(
     user_dir = tmp_path / "user"
     user_dir.mkdir()
     blocks = readme_blocks()
-    install_block = next(b for b in blocks if b.startswith("helm install"))
+    install_block = next(b for b in blocks if b.startswith("helm install") and "site.yaml" in b)
     for block in blocks[: blocks.index(install_block)]:
-        if not block.startswith("helm template"):
+        if not block.startswith(("helm template", "helm install")):  # the webhook-alone install: chart_real/
             run_readme_block(block, user_dir)
-    # the same line without a policy: refused before anything is made (no webhook that could not start while
-    # failurePolicy Fail refuses every pod)
-    without_policy = install_block.replace("--set-file webhook.policyBundleBase64=bundle.b64 \\\n", "")
-    assert without_policy != install_block
-    with pytest.raises(
-        AssertionError, match=re.escape("- webhook.policyBundleBase64 or webhook.policyBundleConfigMap: ")
-    ):
-        run_readme_block(without_policy, user_dir, kubeconfig=kubeconfig)
+    # the same line with the bundle but not its key: refused before anything is made (no webhook that could not
+    # verify its bundle, and so could not start, while failurePolicy Fail refuses every pod)
+    without_key = install_block.replace("--set-file webhook.bundleKeys.ci-1=ci-1.pub \\\n", "")
+    assert without_key != install_block
+    with pytest.raises(AssertionError, match=re.escape("- webhook.bundleKeys: a policy bundle is given")):
+        run_readme_block(without_key, user_dir, kubeconfig=kubeconfig)
     with api.client() as client:
         hooks = client.get("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations").json()
         assert hooks["items"] == []
