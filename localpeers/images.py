@@ -67,6 +67,7 @@ DEBIAN_PACKAGES = (
     "libtss2-tcti-device0",
     "libtss2-tcti-swtpm0",
     "libtss2-tcti-mssim0",
+    "libstdc++6",  # grpcio's extension links it (NEEDED): the node agent's Workload API server
 )
 # pulled in by usrmerge (perl) and tpm-udev (udev rules, for hosts, not containers): purged after mmdebstrap
 PURGE = (

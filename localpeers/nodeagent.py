@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -118,6 +119,31 @@ def node_agent_pod(cluster: RealCluster, namespace: str, release: str) -> dict[s
     if len(pods) != 1:
         raise ChartReleaseError(f"expected one node agent pod of {release} in {namespace}, found {len(pods)}")
     return pods[0]
+
+
+def wait_node_agent_ready(cluster: RealCluster, namespace: str, release: str, timeout_s: float = 240) -> dict[str, Any]:
+    """The node agent pod, once Ready. `helm --wait` is not enough for a DaemonSet: helm may look before the
+    controller has counted the node (desired 0, so "ready") and return with no pod yet."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            pod = node_agent_pod(cluster, namespace, release)
+        except ChartReleaseError:
+            pod = None  # not made yet
+        if pod is not None and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])
+        ):
+            return pod
+        if time.monotonic() > deadline:
+            name = pod["metadata"]["name"] if pod else ""
+            logs = cluster.kubectl("-n", namespace, "logs", name, "--all-containers", "--tail=30", check=False)
+            events = cluster.kubectl("-n", namespace, "get", "events", "--sort-by=.lastTimestamp", check=False)
+            status = json.dumps(pod.get("status") if pod else None, indent=1)
+            raise ChartReleaseError(
+                f"node agent of {release} not Ready after {timeout_s}s:\n{status}\nlogs:\n{logs.stdout}{logs.stderr}"
+                f"\nevents:\n{events.stdout[-3000:]}"
+            )
+        time.sleep(0.5)
 
 
 def container_rss_mib(pod: dict[str, Any], container: str) -> float:

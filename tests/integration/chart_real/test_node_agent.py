@@ -35,6 +35,7 @@ from localpeers.nodeagent import (
     node_agent_pod,
     node_agent_values,
     trust_bundle_secret,
+    wait_node_agent_ready,
 )
 from localpeers.nodeconfig import NODE_IP, NODE_NAME
 from localpeers.realcluster import RealCluster
@@ -154,10 +155,10 @@ def test_the_node_agent_enrolls_the_node_and_serves_its_pods(
         trust_bundle_secret(cluster, namespace(cluster, ns), node_hub.ca_bundle)
         with node_agent_host(tpm_factory, tmp_path, name="golden") as host:
             values = merge_values(cluster_images.helm_values(), node_agent_values(node_hub.url, host))
-            seconds = install(cluster, release, ns, values, work=tmp_path)
-            print(f"\nnode agent Ready {seconds:.1f} s after helm install")
-
-            agent = node_agent_pod(cluster, ns, release)
+            started = time.monotonic()
+            install(cluster, release, ns, values, work=tmp_path)
+            agent = wait_node_agent_ready(cluster, ns, release)
+            print(f"\nnode agent Ready {time.monotonic() - started:.1f} s after helm install")
             assert _condition(agent, "Ready") == "True"
             # the chart's securityContext as shipped, for a TPM that is no device: not root, nothing to escalate
             spec = agent["spec"]
