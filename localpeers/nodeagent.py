@@ -135,15 +135,26 @@ def wait_node_agent_ready(cluster: RealCluster, namespace: str, release: str, ti
         ):
             return pod
         if time.monotonic() > deadline:
-            name = pod["metadata"]["name"] if pod else ""
-            logs = cluster.kubectl("-n", namespace, "logs", name, "--all-containers", "--tail=30", check=False)
-            events = cluster.kubectl("-n", namespace, "get", "events", "--sort-by=.lastTimestamp", check=False)
-            status = json.dumps(pod.get("status") if pod else None, indent=1)
             raise ChartReleaseError(
-                f"node agent of {release} not Ready after {timeout_s}s:\n{status}\nlogs:\n{logs.stdout}{logs.stderr}"
-                f"\nevents:\n{events.stdout[-3000:]}"
+                f"node agent of {release} not Ready after {timeout_s}s:\n{diagnosis(cluster, namespace, release)}"
             )
         time.sleep(0.5)
+
+
+def diagnosis(cluster: RealCluster, namespace: str, release: str) -> str:
+    """The node agent pod's status, its containers' last log lines (the previous run's too) and the events."""
+    try:
+        pod = node_agent_pod(cluster, namespace, release)
+    except ChartReleaseError as error:
+        return str(error)
+    name = pod["metadata"]["name"]
+    found = [json.dumps(pod.get("status"), indent=1)]
+    for container in ("enroll", "agent"):
+        for previous in ((), ("--previous",)):
+            done = cluster.kubectl("-n", namespace, "logs", name, "-c", container, "--tail=30", *previous, check=False)
+            found.append(f"{container} {' '.join(previous)}:\n{done.stdout}{done.stderr}")
+    events = cluster.kubectl("-n", namespace, "get", "events", "--sort-by=.lastTimestamp", check=False)
+    return "\n".join([*found, events.stdout[-3000:]])
 
 
 def container_rss_mib(pod: dict[str, Any], container: str) -> float:

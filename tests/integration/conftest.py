@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from attestation.device import TPMDevice
-from localpeers.chartrelease import ChartReleaseError, ClusterImages, load_images
 from localpeers.hub import GOLDEN_BANKS, RunningHub, running_hub
-from localpeers.realcluster import RealCluster, RealClusterError, running_real_cluster
 from localpeers.simboot import boot_events, measure_boot
 from localpeers.swtpm import INSTALL_HINT, SoftwareTPM, SoftwareTPMFactory
 
@@ -76,37 +74,3 @@ def tampered_device(tpm_factory: SoftwareTPMFactory) -> Iterator[BootedDevice]:
 def hub(tmp_path: Path, ek_roots: Path) -> Iterator[RunningHub]:
     with running_hub(tmp_path, ek_roots=ek_roots) as running:
         yield running
-
-
-# One real single-node cluster per test session (localpeers/realcluster.py), shared by every test that names
-# `real_cluster` (tests/integration/realcluster, tests/integration/chart_real, ...): each works in its own namespace
-# and leaves the others' alone. A missing peer or Debian package fails the test with the command that installs it.
-# Only one cluster can run on a machine, so the tests that start and stop their own (test_lifecycle.py) run first,
-# before the session's cluster exists.
-_OWN_CLUSTER_MODULES = ("tests/integration/realcluster/test_lifecycle.py",)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    first = [item for item in items if item.nodeid.startswith(_OWN_CLUSTER_MODULES)]
-    if first:
-        rest = [item for item in items if item not in first]
-        items[:] = first + rest
-
-
-@pytest.fixture(scope="session")
-def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
-    try:
-        with running_real_cluster(tmp_path_factory.mktemp("realcluster")) as cluster:
-            print(f"\nreal cluster started: {cluster.startup_s} s", flush=True)
-            yield cluster
-    except RealClusterError as error:
-        pytest.fail(str(error), pytrace=False)
-
-
-@pytest.fixture(scope="session")
-def cluster_images(real_cluster: RealCluster) -> ClusterImages:
-    """The images `make images` built for this commit (built now if missing), imported into the node."""
-    try:
-        return load_images(real_cluster)
-    except ChartReleaseError as error:
-        pytest.fail(str(error), pytrace=False)

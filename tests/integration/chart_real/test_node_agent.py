@@ -31,6 +31,7 @@ from localpeers.nodeagent import (
     AGENT_UID,
     NodeAgentHost,
     container_rss_mib,
+    diagnosis,
     node_agent_host,
     node_agent_pod,
     node_agent_values,
@@ -156,8 +157,11 @@ def test_the_node_agent_enrolls_the_node_and_serves_its_pods(
         with node_agent_host(tpm_factory, tmp_path, name="golden") as host:
             values = merge_values(cluster_images.helm_values(), node_agent_values(node_hub.url, host))
             started = time.monotonic()
-            install(cluster, release, ns, values, work=tmp_path)
-            agent = wait_node_agent_ready(cluster, ns, release)
+            try:
+                install(cluster, release, ns, values, work=tmp_path, timeout_s=90)
+            except ChartReleaseError as error:
+                raise AssertionError(f"{error}\n{diagnosis(cluster, ns, release)}") from error
+            agent = wait_node_agent_ready(cluster, ns, release, timeout_s=60)
             print(f"\nnode agent Ready {time.monotonic() - started:.1f} s after helm install")
             assert _condition(agent, "Ready") == "True"
             # the chart's securityContext as shipped, for a TPM that is no device: not root, nothing to escalate
