@@ -130,8 +130,13 @@ def _running(cluster: RealCluster, name: str, ns: str) -> bool:
 
 
 def _fetch(cluster: RealCluster, name: str, ns: str) -> str:
-    done = cluster.kubectl("-n", ns, "exec", name, "--", "python3", "-c", FETCH, check=False, timeout_s=60)
-    return (done.stdout + done.stderr).strip()
+    # python3.11: the image has Debian's python3.11-minimal, without the python3 name
+    done = cluster.kubectl("-n", ns, "exec", name, "--", "python3.11", "-c", FETCH, check=False, timeout_s=60)
+    _last_fetch[:] = [(done.stdout + done.stderr).strip()]
+    return _last_fetch[0]
+
+
+_last_fetch: list[str] = []
 
 
 def _condition(pod: dict[str, Any], kind: str) -> str:
@@ -194,7 +199,8 @@ def test_the_node_agent_enrolls_the_node_and_serves_its_pods(
                 _wait(f"pod {name}/web Running", lambda n=name: _running(cluster, "web", n), 90, lambda: "")
 
             def agent_log() -> str:
-                return cluster.kubectl("-n", ns, "logs", pod, "-c", "agent", "--tail=40", check=False).stdout
+                log = cluster.kubectl("-n", ns, "logs", pod, "-c", "agent", "--tail=40", check=False).stdout
+                return f"last fetch: {_last_fetch}\nagent:\n{log}"
 
             # the agent polls its entries (every 30 s by default): the first fetches may come before it holds one
             fetched = _wait(
