@@ -15,7 +15,8 @@ lint: deps
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
-test: deps lint
+# images first: a cold build (~4 min) inside the first chart test would count against its 300 s timeout
+test: deps lint images
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: deps

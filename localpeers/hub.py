@@ -30,9 +30,9 @@ from trustd.server.settings import TrustdSettings
 GOLDEN_BANKS = (HashAlg.SHA256, HashAlg.SHA1)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -59,9 +59,17 @@ def golden_reference_values() -> dict[str, object]:
 
 
 class RunningHub:
-    def __init__(self, hub: Hub, server: uvicorn.Server, thread: threading.Thread, port: int, roots: Path) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        server: uvicorn.Server,
+        thread: threading.Thread,
+        port: int,
+        roots: Path,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.hub = hub
-        self.url = f"https://127.0.0.1:{port}"
+        self.url = f"https://{host}:{port}"
         self.ca_bundle = roots
         self._server = server
         self._thread = thread
@@ -87,12 +95,14 @@ def running_hub(
     **settings: object,
 ) -> Iterator[RunningHub]:
     """`reference_values_file` is used as it is (a file `trustctl refvalues capture` wrote); else the
-    `reference_values` mapping (default: the golden boot's) is written for the hub."""
+    `reference_values` mapping (default: the golden boot's) is written for the hub. `listen_host` (a settings
+    field) moves it off loopback, e.g. to the real cluster's node address (give `server_ip_addresses` with it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     refvalues = reference_values_file or workdir / "reference-values.yaml"
     if reference_values_file is None:
         refvalues.write_text(yaml.safe_dump(reference_values or golden_reference_values()))
-    port = free_port()
+    host = str(settings.get("listen_host", "127.0.0.1"))
+    port = free_port(host)
     hub = build_hub(
         TrustdSettings(
             data_dir=workdir / "hub",
@@ -108,7 +118,7 @@ def running_hub(
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    running = RunningHub(hub, server, thread, port, roots)
+    running = RunningHub(hub, server, thread, port, roots, host)
     deadline = time.monotonic() + 15
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():

@@ -31,22 +31,23 @@ def _require(tool: str) -> str:
     return path
 
 
-def _free_port_pair() -> tuple[int, int]:
-    """A free loopback port whose successor is free too: the swtpm TCTI expects the control port at port+1."""
+def _free_port_pair(host: str) -> tuple[int, int]:
+    """A free port on `host` whose successor is free too: the swtpm TCTI expects the control port at port+1.
+    Probed on `host` itself: a port free on loopback may be taken on another local address."""
     for _ in range(50):
         with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
+            probe.bind((host, 0))
             port = int(probe.getsockname()[1])
         if port >= 65535:
             continue
         try:
             with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
+                a.bind((host, port))
+                b.bind((host, port + 1))
         except OSError:
             continue
         return port, port + 1
-    raise TPMDeviceError("no two adjacent free loopback ports for swtpm")
+    raise TPMDeviceError(f"no two adjacent free ports on {host} for swtpm")
 
 
 @dataclass
@@ -117,39 +118,42 @@ class SoftwareTPMFactory:
             raise TPMDeviceError(f"swtpm_setup failed for {state}: {done.stderr.strip() or done.stdout.strip()}")
         return state
 
-    def start(self, name: str | None = None, *, ek_cert: bool = True) -> SoftwareTPM:
-        tpm = SoftwareTPM(self.provision(name, ek_cert=ek_cert))
+    def start(self, name: str | None = None, *, ek_cert: bool = True, host: str = "127.0.0.1") -> SoftwareTPM:
+        """`host`: a local address to listen on (loopback by default; the real cluster's node address for pods)."""
+        tpm = SoftwareTPM(self.provision(name, ek_cert=ek_cert), host=host)
         tpm.start()
         return tpm
 
 
 @dataclass
 class SoftwareTPM:
-    """One running swtpm, reachable through the `swtpm:` TCTI on 127.0.0.1 (unix sockets fail in tss 3.2)."""
+    """One running swtpm, reachable through the `swtpm:` TCTI on `host`, 127.0.0.1 unless told (unix sockets fail
+    in tss 3.2). Never a wildcard or an outward address: the TPM's commands carry no authentication."""
 
     state_dir: Path
+    host: str = "127.0.0.1"
     port: int = 0
     ctrl_port: int = 0
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def tcti(self) -> str:
-        return f"swtpm:host=127.0.0.1,port={self.port}"
+        return f"swtpm:host={self.host},port={self.port}"
 
     def start(self) -> None:
         swtpm = _require("swtpm")
         last_error = ""
         for _attempt in range(5):  # a port picked as free can be taken by the time swtpm binds it
-            self.port, self.ctrl_port = _free_port_pair()
+            self.port, self.ctrl_port = _free_port_pair(self.host)
             self._proc = subprocess.Popen(
                 [
                     swtpm,
                     "socket",
                     "--tpm2",
                     "--server",
-                    f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+                    f"type=tcp,port={self.port},bindaddr={self.host}",
                     "--ctrl",
-                    f"type=tcp,port={self.ctrl_port},bindaddr=127.0.0.1",
+                    f"type=tcp,port={self.ctrl_port},bindaddr={self.host}",
                     "--tpmstate",
                     f"dir={self.state_dir}",
                     "--flags",
@@ -165,12 +169,12 @@ class SoftwareTPM:
                     last_error = (self._proc.stderr.read() if self._proc.stderr else b"").decode(errors="replace")
                     break
                 try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    with socket.create_connection((self.host, self.port), timeout=0.2):
                         return
                 except OSError:
                     time.sleep(0.02)
             else:
-                last_error = f"swtpm did not listen on 127.0.0.1:{self.port} within {_START_TIMEOUT_S}s"
+                last_error = f"swtpm did not listen on {self.host}:{self.port} within {_START_TIMEOUT_S}s"
             self.stop()
         raise TPMDeviceError(f"could not start swtpm for {self.state_dir}: {last_error}")
 

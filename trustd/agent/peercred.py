@@ -25,6 +25,7 @@ import stat
 import struct
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,14 +90,24 @@ class PeerCredFront:
     def open(self) -> None:
         """Make the private directory: in `private_parent` (the agent's state directory), or in the system's
         temporary directory when that is too deep for a socket path (sun_path holds 107 bytes)."""
-        candidates = [p for p in (self._private_parent, Path(tempfile.gettempdir())) if p is not None]
-        for parent in candidates:
+        for parent in self._private_parents():
             if len(os.fsencode(f"{parent}/edgetrust-agent-xxxxxxxx/r{2**63}")) <= _MAX_SOCKET_PATH:
                 _refuse_shared_parent(parent)
                 _remove_dead(parent)
                 self._private = Path(tempfile.mkdtemp(prefix="edgetrust-agent-", dir=parent))  # 0700, unguessable
                 return
-        raise AgentSocketError(f"{candidates[0]} is too deep for a unix socket path: choose a shorter directory")
+        first = self._private_parent or "the temporary directory"
+        raise AgentSocketError(f"{first} is too deep for a unix socket path: choose a shorter directory")
+
+    def _private_parents(self) -> Iterator[Path]:
+        """The state directory, then the system's temporary directory, looked for only when needed: in a
+        container with a read-only root filesystem there is none, and the state directory is enough."""
+        if self._private_parent is not None:
+            yield self._private_parent
+        try:
+            yield Path(tempfile.gettempdir())
+        except FileNotFoundError as exc:  # no writable temporary directory at all
+            raise AgentSocketError(f"no writable temporary directory for the agent's private socket: {exc}") from exc
 
     async def start(self) -> None:
         """Listen on the public socket (the gRPC server must be serving `backend_address` already)."""

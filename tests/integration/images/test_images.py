@@ -231,8 +231,9 @@ def test_the_root_is_really_read_only_and_tpm2_pytss_loads(images: dict[str, Any
     wrote = run_read_only(edgetrust_root, config, "/usr/bin/touch", "/home/nonroot/x")
     assert wrote.returncode != 0
     assert "Read-only file system" in wrote.stderr
-    # the device extra's native module finds Debian's libtss2 (runtime libraries only, no -dev package)
-    loaded = run_read_only(edgetrust_root, config, "/usr/bin/python3.11", "-c", "import tpm2_pytss; print('ok')")
+    # the native modules find their libraries: tpm2-pytss Debian's libtss2 (runtime only, no -dev package), grpc
+    # (the node agent's Workload API) libstdc++
+    loaded = run_read_only(edgetrust_root, config, "/usr/bin/python3.11", "-c", "import tpm2_pytss, grpc; print('ok')")
     assert loaded.stdout.strip() == "ok", loaded.stderr[-2000:]
     assert not (edgetrust_root / "usr/include/tss2").exists()
 
