@@ -30,9 +30,10 @@ from trustd.server.settings import TrustdSettings
 GOLDEN_BANKS = (HashAlg.SHA256, HashAlg.SHA1)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now (free on loopback says nothing about the node's address: see realcluster)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -61,7 +62,8 @@ def golden_reference_values() -> dict[str, object]:
 class RunningHub:
     def __init__(self, hub: Hub, server: uvicorn.Server, thread: threading.Thread, port: int, roots: Path) -> None:
         self.hub = hub
-        self.url = f"https://127.0.0.1:{port}"
+        self.port = port
+        self.url = f"https://{hub.settings.listen_host}:{port}"
         self.ca_bundle = roots
         self._server = server
         self._thread = thread
@@ -87,12 +89,14 @@ def running_hub(
     **settings: object,
 ) -> Iterator[RunningHub]:
     """`reference_values_file` is used as it is (a file `trustctl refvalues capture` wrote); else the
-    `reference_values` mapping (default: the golden boot's) is written for the hub."""
+    `reference_values` mapping (default: the golden boot's) is written for the hub. `listen_host` (and
+    `server_ip_addresses`) put it where pods reach it, e.g. the real node's address; `listen_port` (default: a
+    free one) lets a restarted hub keep its URL."""
     workdir.mkdir(parents=True, exist_ok=True)
     refvalues = reference_values_file or workdir / "reference-values.yaml"
     if reference_values_file is None:
         refvalues.write_text(yaml.safe_dump(reference_values or golden_reference_values()))
-    port = free_port()
+    port = int(str(settings.pop("listen_port", 0))) or free_port(str(settings.get("listen_host", "127.0.0.1")))
     hub = build_hub(
         TrustdSettings(
             data_dir=workdir / "hub",
@@ -123,10 +127,16 @@ def running_hub(
 
 @contextmanager
 def running_policy_hub(
-    workdir: Path, *, fleet: dict[str, object], publisher_keys: dict[str, bytes]
+    workdir: Path,
+    *,
+    fleet: dict[str, object],
+    publisher_keys: dict[str, bytes],
+    listen_host: str = "127.0.0.1",
+    listen_port: int = 0,
 ) -> Iterator[RunningHub]:
     """A hub serving policy bundles: the fleet file, the publishers' keys (id -> PEM), and no devices to enroll
-    (its EK roots are a throwaway certificate)."""
+    (its EK roots are a throwaway certificate); `listen_host` (also its certificate's IP SAN) and `listen_port` as
+    for running_hub."""
     workdir.mkdir(parents=True, exist_ok=True)
     keys = workdir / "publisher-keys"
     keys.mkdir(exist_ok=True)
@@ -138,7 +148,14 @@ def running_policy_hub(
     ek_roots.mkdir(exist_ok=True)
     (ek_roots / "unused.pem").write_bytes(TestCA(workdir / "unused-ek-ca").ca_file.read_bytes())
     with running_hub(
-        workdir / "hub", ek_roots=ek_roots, fleet_file=fleet_file, policy_keys_dir=keys, trust_domain="edge.example"
+        workdir / "hub",
+        ek_roots=ek_roots,
+        fleet_file=fleet_file,
+        policy_keys_dir=keys,
+        trust_domain="edge.example",
+        listen_host=listen_host,
+        server_ip_addresses=(listen_host,),
+        listen_port=listen_port,
     ) as hub:
         yield hub
 
