@@ -24,6 +24,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from cryptography.hazmat.primitives import serialization
@@ -134,7 +135,7 @@ class DistributionSite:
                 listen_port=self.hub_port,
             )
         )
-        self.hub_port = self.hub.port  # a restart keeps the URL the syncer was installed with
+        self.hub_port = urlsplit(self.hub.url).port or 0  # a restart keeps the URL the syncer was installed with
         return self.hub
 
     def stop_hub(self) -> None:

@@ -31,7 +31,6 @@ GOLDEN_BANKS = (HashAlg.SHA256, HashAlg.SHA1)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on `host` now (free on loopback says nothing about the node's address: see realcluster)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -60,10 +59,17 @@ def golden_reference_values() -> dict[str, object]:
 
 
 class RunningHub:
-    def __init__(self, hub: Hub, server: uvicorn.Server, thread: threading.Thread, port: int, roots: Path) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        server: uvicorn.Server,
+        thread: threading.Thread,
+        port: int,
+        roots: Path,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.hub = hub
-        self.port = port
-        self.url = f"https://{hub.settings.listen_host}:{port}"
+        self.url = f"https://{host}:{port}"
         self.ca_bundle = roots
         self._server = server
         self._thread = thread
@@ -89,14 +95,14 @@ def running_hub(
     **settings: object,
 ) -> Iterator[RunningHub]:
     """`reference_values_file` is used as it is (a file `trustctl refvalues capture` wrote); else the
-    `reference_values` mapping (default: the golden boot's) is written for the hub. `listen_host` (and
-    `server_ip_addresses`) put it where pods reach it, e.g. the real node's address; `listen_port` (default: a
-    free one) lets a restarted hub keep its URL."""
+    `reference_values` mapping (default: the golden boot's) is written for the hub. `listen_host` (a settings
+    field) moves it off loopback, e.g. to the real cluster's node address (give `server_ip_addresses` with it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     refvalues = reference_values_file or workdir / "reference-values.yaml"
     if reference_values_file is None:
         refvalues.write_text(yaml.safe_dump(reference_values or golden_reference_values()))
-    port = int(str(settings.pop("listen_port", 0))) or free_port(str(settings.get("listen_host", "127.0.0.1")))
+    host = str(settings.get("listen_host", "127.0.0.1"))
+    port = int(str(settings.pop("listen_port", 0))) or free_port(host)  # a fixed port: a restart keeps the URL
     hub = build_hub(
         TrustdSettings(
             data_dir=workdir / "hub",
@@ -112,7 +118,7 @@ def running_hub(
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    running = RunningHub(hub, server, thread, port, roots)
+    running = RunningHub(hub, server, thread, port, roots, host)
     deadline = time.monotonic() + 15
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
