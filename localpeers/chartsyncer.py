@@ -58,6 +58,12 @@ class Publisher:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
 
+    def private_pem(self) -> bytes:
+        """The signing key as PKCS#8 PEM, for `trustctl policy build --key` (write it 0600)."""
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
     def repository(self, name: str, policies: list[dict[str, Any]]) -> Path:
         """A policy repository holding only these NetworkPolicies (networkpolicies/<site class>/)."""
         repo = self.work / "repos" / name
