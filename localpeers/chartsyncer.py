@@ -219,7 +219,7 @@ class DistributionSite:
     def state_volume(self) -> None:
         """A hostPath PersistentVolume for the chart's claim (this node has no provisioner: see the module)."""
         folder = self.work / "syncer-state"
-        folder.mkdir(mode=0o700)
+        folder.mkdir(mode=0o700, exist_ok=True)
         shutil.chown(folder, POD_UID, POD_UID)
         volume = {
             "apiVersion": "v1",
