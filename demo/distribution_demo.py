@@ -1,187 +1,187 @@
-"""The policy distribution plane: trustd serves signed bundles to a cluster group; a cluster's syncer agent
-long-polls over mTLS with its SVID, verifies, and applies the NetworkPolicies to a real kube-apiserver."""
+"""The policy distribution plane on the real node: trustd serves signed bundles to a cluster group on the node's
+address; the chart's syncer, a pod on the node, long-polls it over mTLS with the cluster's SVID, verifies each
+bundle and applies its NetworkPolicies; kube-router refuses the packets they forbid.
+
+`main(cluster, images)` takes the node `make demo` started once for every plane (demo/__main__.py); without one it
+starts its own (one per machine) and stops it at the end.
+"""
 
 from __future__ import annotations
 
 import shutil
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from demo.shell import BIN, curl, note, run, say
+from demo.shell import BIN, command, note, run, say
 from edgetrust._internal.files import write_private
-from localpeers.hub import RunningHub, running_policy_hub
-from localpeers.kube import running_kube_apiserver
-from localpeers.tlsca import TestCA
-from localpeers.webhook import write_site_parameters
+from localpeers.chartrelease import ClusterImages, fullname, load_images
+from localpeers.chartsyncer import CLUSTER, GROUP, PUBLISHER_ID, DistributionSite, deny_all_but, distribution_site
+from localpeers.realcluster import RealCluster, peer_path, running_real_cluster
+from tests.integration.realcluster.workloads import RunningPod, client, namespace, server
+
+NAMESPACE = "edgetrust-system"
+WORKLOADS = "workloads"
 
 
-def _svid(hub: RunningHub, path: str, directory: Path) -> tuple[Path, Path]:
-    """An operator's, publisher's or cluster's SVID, minted on the hub as its operator would."""
-    data_dir = hub.hub.settings.data_dir
-    mint: list[str | Path] = [BIN / "trustd", "svid", "mint", "--data-dir", data_dir, "--trust-domain", "edge.example"]
-    run([*mint, "--spiffe-id", f"spiffe://edge.example{path}", "--ttl", "2h", "--out", directory])
-    return directory / "svid.pem", directory / "svid.key"
+@contextmanager
+def _node(
+    cluster: RealCluster | None, images: ClusterImages | None, root: Path
+) -> Iterator[tuple[RealCluster, ClusterImages]]:
+    if cluster is not None and images is not None:
+        yield cluster, images
+        return
+    command(["python", "-m", "localpeers.realcluster", "up", "--dir", root / "node"])
+    with running_real_cluster(root / "node") as started:
+        yield started, load_images(started)
 
 
-def main() -> int:
+def main(cluster: RealCluster | None = None, images: ClusterImages | None = None) -> int:
     root = Path(".demo/distribution").resolve()
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
     ok: dict[str, bool] = {}
+    with ExitStack() as stack:
+        node, node_images = stack.enter_context(_node(cluster, images, root))
+        kubectl_bin = peer_path("kubectl")
 
-    say("== 1. The policy repository (policies/) and the publisher's ES256 signing key")
-    repo = root / "repo"
-    note(f"copy policies/ to {repo}, the policy repository of this demo")
-    shutil.copytree(Path("policies"), repo)
-    note(f"write {repo}/parameters.yaml: the site's registries (allowed_repos.repos); the library ships none")
-    write_site_parameters(repo / "parameters.yaml")
-    signing = ec.generate_private_key(ec.SECP256R1())
-    key = root / "ci.key"
-    note(
-        f"an ES256 key pair {key} and ci-1.pem, as: openssl ecparam -name prime256v1 -genkey -noout | "
-        f"openssl pkcs8 -topk8 -nocrypt -out {key}"
-    )
-    key.write_bytes(
-        signing.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        def kubectl(*argv: str) -> str:
+            return run([kubectl_bin, f"--kubeconfig={node.kubeconfig}", *argv]).stdout
+
+        say("== 1. trustd on the node's address 198.18.255.1 (the only address of this machine a pod reaches)")
+        site = stack.enter_context(
+            distribution_site(node, node_images, root / "site", namespace=NAMESPACE, install=False)
         )
-    )
-    key.chmod(0o600)
-    public = signing.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    public_file = root / "ci-1.pem"
-    public_file.write_bytes(public)
-    fleet: dict[str, object] = {
-        "groups": {
-            "gateways": {
-                "matchLabels": {"site-class": "edge-gateway"},
-                "publishers": ["spiffe://edge.example/operator/ci"],
-            }
-        },
-        "clusters": {"site-lyon": {"labels": {"site-class": "edge-gateway"}}},
-    }
-    ca = TestCA(root / "ca")
-    note(
-        f"trustd in this process, as: trustd serve --trust-domain edge.example --fleet {root}/fleet.yaml "
-        f"--verification-key {root}/publisher-keys ... (etcd and kube-apiserver started beside it)"
-    )
+        hub = site.running_hub()
+        note(
+            f"trustd in this process, as: trustd serve --trust-domain edge.example --ip 198.18.255.1 "
+            f"--fleet fleet.yaml --verification-key publisher-keys/ (cluster {CLUSTER} in group {GROUP}): {hub.url}"
+        )
+        say("== 2. the cluster's identity and the hub's roots as Secrets, then the chart with the syncer on")
+        command(["trustd", "svid", "mint", "--spiffe-id", f"spiffe://edge.example/cluster/{CLUSTER}", "--out", "svid"])
+        secret: list[str | Path] = [kubectl_bin, "-n", NAMESPACE, "create", "secret"]
+        command([*secret, "tls", "edgetrust-cluster-svid", "--cert=svid/svid.pem", "--key=svid/svid.key"])
+        command([*secret, "generic", "edgetrust-trust-bundle", f"--from-file=bundle.pem={hub.ca_bundle}"])
+        note("a hostPath PersistentVolume for the syncer's state (this node has no storage provisioner)")
+        command(
+            ["helm", "upgrade", "--install", site.release, "charts/edgetrust", "-n", NAMESPACE, "-f", "values.json",
+             "--wait"],
+            suffix="   # syncer.hub, cluster, group, siteClass, verificationKeys.ci-1; webhook.enabled=false",
+        )  # fmt: skip
+        ready_s = site.install()
+        say(f"   the syncer is Ready in {ready_s:.1f} s")
+        kubectl("-n", NAMESPACE, "get", "pods", "-o", "wide")
 
-    with (
-        running_policy_hub(root, fleet=fleet, publisher_keys={"ci-1": public}) as hub,
-        running_kube_apiserver(root / "kube", ca) as kube,
-    ):
-        say(f"== 2. trustd at {hub.url} serves cluster group 'gateways'; site-lyon's API server at {kube.url}")
-        objects = root / "objects"
-        objects.mkdir()
-        (objects / "namespace-workloads.json").write_text('{"metadata": {"name": "workloads"}}')
-        curl("POST", f"{kube.url}/api/v1/namespaces", ca_file=kube.ca_file, body=objects / "namespace-workloads.json",
-             token=True)  # fmt: skip
-        with kube.client() as client:
-            client.post("/api/v1/namespaces", json={"metadata": {"name": "workloads"}}).raise_for_status()
-        publisher_cert, publisher_key = _svid(hub, "/operator/ci", root / "publisher")
-        hub_args = [
-            "--hub",
-            hub.url,
-            "--ca-bundle",
-            str(hub.ca_bundle),
-            "--svid",
-            str(publisher_cert),
-            "--svid-key",
-            str(publisher_key),
+        say("== 3. three pods: server (answers with its name), peer and stranger; both reach the server")
+        ns = namespace(node, WORKLOADS)
+        pods = {
+            "server": server(node, "server", ns),
+            "peer": client(node, "peer", ns, {"role": "peer"}),
+            "stranger": client(node, "stranger", ns),
+        }
+
+        def probe(name: str) -> bool:
+            source: RunningPod = pods[name]
+            argv: list[str | Path] = [
+                kubectl_bin,
+                f"--kubeconfig={node.kubeconfig}",
+                "exec",
+                "-n",
+                ns,
+                source.name,
+                "--",
+            ]
+            done = run([*argv, "nc", "-w1", pods["server"].ip, "8080"])
+            return done.returncode == 0 and done.stdout.strip() == "server"
+
+        def traffic(expected: dict[str, bool], timeout_s: float = 30) -> bool:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                seen = {name: probe(name) for name in expected}
+                if seen == expected or time.monotonic() > deadline:
+                    return seen == expected
+                note("kube-router has not caught up yet; again in a second")
+                time.sleep(1)
+
+        ok["before: both reach the server"] = traffic({"peer": True, "stranger": True})
+
+        say("== 4. the publisher builds revision 1 (default-deny + allow from role=peer), signs it and publishes it")
+        key = root / "ci-1.key"
+        write_private(key, site.trusted.private_pem())
+        note(f"the publisher's ES256 key in {key} (0600), its public half given to the chart as verificationKeys.ci-1")
+        publisher = root / "publisher"
+        data_dir = hub.hub.settings.data_dir
+        mint: list[str | Path] = [
+            BIN / "trustd",
+            "svid",
+            "mint",
+            "--data-dir",
+            data_dir,
+            "--trust-domain",
+            "edge.example",
         ]
+        run([*mint, "--spiffe-id", PUBLISHER_ID, "--ttl", "1h", "--out", publisher])
+        hub_args = ["--hub", hub.url, "--ca-bundle", str(hub.ca_bundle)]
+        hub_args += ["--svid", str(publisher / "svid.pem"), "--svid-key", str(publisher / "svid.key")]
 
-        def trustctl(*argv: str) -> str:
-            return run([BIN / "trustctl", "policy", *argv]).stdout
+        def build_and_publish(counter: int, policies: list[dict[str, Any]]) -> bool:
+            repo = site.trusted.repository(f"demo-{counter}", policies)
+            bundle = root / f"v{counter}.tar.gz"
+            build = ["build", str(repo), "--out", str(bundle), "--counter", str(counter), "--commit", f"demo{counter}"]
+            run([BIN / "trustctl", "policy", *build, "--key", str(key), "--key-id", "ci-1", "--group", GROUP])
+            return (
+                run([BIN / "trustctl", "policy", "publish", str(bundle), "--group", GROUP, *hub_args]).returncode == 0
+            )
 
-        say("== 3. trustctl policy build + publish (revision 1)")
-        bundle = root / "v1.tar.gz"
-        trustctl(
-            "build",
-            str(repo),
-            "--out",
-            str(bundle),
-            "--counter",
-            "1",
-            "--commit",
-            "demo1",
-            "--key",
-            str(key),
-            "--key-id",
-            "ci-1",
-            "--group",
-            "gateways",
-        )
-        trustctl("publish", str(bundle), "--group", "gateways", *hub_args)
+        published = build_and_publish(1, deny_all_but(WORKLOADS, server={"app": "server"}, peer={"role": "peer"}))
+        applied = _reported(site, 1)
+        kubectl("-n", WORKLOADS, "get", "networkpolicies")
+        syncer = f"deploy/{fullname(site.release)}-syncer"
+        kubectl("-n", NAMESPACE, "exec", syncer, "--", "edgetrust-syncer", "status")
+        ok["revision 1 applied by the syncer pod"] = published and applied
+        ok["after: only the peer gets through"] = traffic({"peer": True, "stranger": False})
 
-        say("== 4. site-lyon's syncer: long poll over mTLS, verify the signature, apply by server-side apply")
-        cluster_cert, cluster_key = _svid(hub, "/cluster/site-lyon", root / "site-lyon")
-        token = root / "site-lyon" / "kube-token"
-        write_private(token, kube.token.encode())
-        note(f"the API server's token for the syncer in {token} (0600; a pod's service account in a cluster)")
-        syncer: list[str | Path] = [
-            BIN / "edgetrust-syncer", "run", "--once", "--hub", hub.url, "--ca-bundle", hub.ca_bundle,
-            "--svid", cluster_cert, "--svid-key", cluster_key, "--cluster", "site-lyon", "--group", "gateways",
-            "--site-class", "edge-gateway", "--verification-key", public_file, "--wait", "2",
-            "--state-dir", root / "site-lyon" / "state", "--kube-url", kube.url, "--kube-token-file", token,
-            "--kube-ca-file", kube.ca_file,
-        ]  # fmt: skip
-
-        def agent_round() -> bool:
-            return run(syncer).returncode == 0
-
-        def listed() -> list[str]:
-            path = "/apis/networking.k8s.io/v1/namespaces/workloads/networkpolicies"
-            curl("GET", f"{kube.url}{path}", ca_file=kube.ca_file, token=True)
-            with kube.client() as client:
-                return sorted(i["metadata"]["name"] for i in client.get(path).json()["items"])
-
-        synced = agent_round()
-        names = listed()
-        say(f"   NetworkPolicies in workloads: {', '.join(names)}")
-        ok["applied"] = synced and names == ["allow-dns", "allow-hub", "default-deny"]
-
-        say("== 5. allow-hub leaves the repository; revision 2 is published and the agent prunes it")
-        allow_hub = repo / "networkpolicies" / "edge-gateway" / "allow-hub.yaml"
-        note(f"git rm {allow_hub}")
-        allow_hub.unlink()
-        bundle2 = root / "v2.tar.gz"
-        trustctl(
-            "build",
-            str(repo),
-            "--out",
-            str(bundle2),
-            "--counter",
-            "2",
-            "--commit",
-            "demo2",
-            "--key",
-            str(key),
-            "--key-id",
-            "ci-1",
-            "--group",
-            "gateways",
-        )
-        trustctl("publish", str(bundle2), "--group", "gateways", *hub_args)
-        synced = agent_round()
-        names = listed()
-        say(f"   NetworkPolicies in workloads: {', '.join(names)}")
-        ok["pruned"] = synced and names == ["allow-dns", "default-deny"]
+        say("== 5. revision 2 drops the two rules; the syncer prunes them and traffic flows again")
+        lifted: list[dict[str, Any]] = [
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": "nothing-selected", "namespace": WORKLOADS},
+                "spec": {"podSelector": {"matchLabels": {"app": "none"}}, "policyTypes": ["Ingress"]},
+            }
+        ]
+        ok["revision 2 applied"] = build_and_publish(2, lifted) and _reported(site, 2)
+        kubectl("-n", WORKLOADS, "get", "networkpolicies")
+        ok["traffic flows again"] = traffic({"peer": True, "stranger": True})
 
         say("== 6. a replay of revision 1 is refused by the hub; the rollout as the hub sees it")
-        trustctl("publish", str(bundle), "--group", "gateways", *hub_args)
-        trustctl("rollout", "status", "gateways", *hub_args)
-        rollout = hub.hub.policy.rollout("gateways") if hub.hub.policy else None
-        ok["reported"] = rollout is not None and "site-lyon" in rollout.applied
-
+        replay = run([BIN / "trustctl", "policy", "publish", str(root / "v1.tar.gz"), "--group", GROUP, *hub_args])
+        ok["replay refused"] = replay.returncode != 0
+        run([BIN / "trustctl", "policy", "rollout", "status", GROUP, *hub_args])
     say("== Summary")
     for title, passed in ok.items():
         say(f"   {'ok  ' if passed else 'FAIL'} {title}")
     return 0 if all(ok.values()) else 1
+
+
+def _reported(site: DistributionSite, counter: int) -> bool:
+    """Wait for the syncer's report at the hub that revision `counter` is in force; say what it reported."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        report = site.hub_report()
+        if report.get("revision", "").startswith(f"{counter:012d}") and report.get("result") in (
+            "applied",
+            "unchanged",
+        ):
+            say(f"   the syncer reported to the hub: {report['result']} {report['revision']}")
+            return True
+        time.sleep(0.2)
+    say(f"   the syncer did not report revision {counter}: {site.hub_report()}")
+    return False
 
 
 if __name__ == "__main__":

@@ -136,6 +136,12 @@ def install(
     return time.monotonic() - started
 
 
+def fullname(release: str) -> str:
+    """The chart's `edgetrust.fullname` for a release: the prefix of every object it makes."""
+    name = release if "edgetrust" in release else f"{release}-edgetrust"
+    return name[:50].rstrip("-")
+
+
 def uninstall(cluster: RealCluster, release: str, namespace: str) -> None:
     """Remove the release and its namespace, waiting until both are gone."""
     helm("uninstall", release, "--namespace", namespace, "--wait", kubeconfig=cluster.kubeconfig, check=False)

@@ -102,7 +102,7 @@ def running_hub(
     if reference_values_file is None:
         refvalues.write_text(yaml.safe_dump(reference_values or golden_reference_values()))
     host = str(settings.get("listen_host", "127.0.0.1"))
-    port = free_port(host)
+    port = int(str(settings.pop("listen_port", 0))) or free_port(host)  # a fixed port: a restart keeps the URL
     hub = build_hub(
         TrustdSettings(
             data_dir=workdir / "hub",
@@ -133,10 +133,16 @@ def running_hub(
 
 @contextmanager
 def running_policy_hub(
-    workdir: Path, *, fleet: dict[str, object], publisher_keys: dict[str, bytes]
+    workdir: Path,
+    *,
+    fleet: dict[str, object],
+    publisher_keys: dict[str, bytes],
+    listen_host: str = "127.0.0.1",
+    listen_port: int = 0,
 ) -> Iterator[RunningHub]:
     """A hub serving policy bundles: the fleet file, the publishers' keys (id -> PEM), and no devices to enroll
-    (its EK roots are a throwaway certificate)."""
+    (its EK roots are a throwaway certificate); `listen_host` (also its certificate's IP SAN) and `listen_port` as
+    for running_hub."""
     workdir.mkdir(parents=True, exist_ok=True)
     keys = workdir / "publisher-keys"
     keys.mkdir(exist_ok=True)
@@ -148,7 +154,14 @@ def running_policy_hub(
     ek_roots.mkdir(exist_ok=True)
     (ek_roots / "unused.pem").write_bytes(TestCA(workdir / "unused-ek-ca").ca_file.read_bytes())
     with running_hub(
-        workdir / "hub", ek_roots=ek_roots, fleet_file=fleet_file, policy_keys_dir=keys, trust_domain="edge.example"
+        workdir / "hub",
+        ek_roots=ek_roots,
+        fleet_file=fleet_file,
+        policy_keys_dir=keys,
+        trust_domain="edge.example",
+        listen_host=listen_host,
+        server_ip_addresses=(listen_host,),
+        listen_port=listen_port,
     ) as hub:
         yield hub
 

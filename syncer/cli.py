@@ -23,6 +23,7 @@ from pathlib import Path
 from cryptography import x509
 
 from edgetrust._internal import files, hubclient, logs
+from edgetrust._internal import kube as kubeapi
 from edgetrust._internal.cli import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -72,7 +73,10 @@ def _parser() -> Parser:
     )
     run.add_argument("--revocations-out", type=Path, help="where to write the verified revocation list (JSON)")
     run.add_argument("--state-dir", type=Path, default=Path("/var/lib/edgetrust/syncer"))
-    run.add_argument("--kube-url", default="https://kubernetes.default.svc")
+    run.add_argument(
+        "--kube-url",
+        help="the API server (default: from KUBERNETES_SERVICE_HOST/PORT in a pod, else https://kubernetes.default.svc)",
+    )
     run.add_argument("--kube-token-file", type=Path, default=SERVICE_ACCOUNT / "token")
     run.add_argument("--kube-ca-file", type=Path, default=SERVICE_ACCOUNT / "ca.crt")
     run.add_argument(
@@ -203,7 +207,8 @@ async def _run(args: argparse.Namespace) -> int:
     keys = _check_start(args)
     context = hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key)
     # the token file is followed as the kubelet rotates it (bound service-account tokens), not read once
-    kube = KubeClient(KubeConfig(args.kube_url, token_file=args.kube_token_file, ca_file=args.kube_ca_file))
+    kube_url = args.kube_url or kubeapi.in_cluster_url()
+    kube = KubeClient(KubeConfig(kube_url, token_file=args.kube_token_file, ca_file=args.kube_ca_file))
     registry = None
     async with hub_session(args.hub, context) as http:
         source: BundleSource

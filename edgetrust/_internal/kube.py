@@ -181,6 +181,17 @@ class InCluster:
         return f"the service account in {self.account_dir}"
 
 
+def in_cluster_url(environ: Mapping[str, str] | None = None) -> str:
+    """The API server's URL from inside a pod: KUBERNETES_SERVICE_HOST/PORT, which the kubelet sets in every
+    container (as client-go's InClusterConfig reads them), else https://kubernetes.default.svc. The variables
+    come first because the name needs cluster DNS, which an edge cluster may run without."""
+    env = os.environ if environ is None else environ
+    host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        return "https://kubernetes.default.svc"
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Direct:
     """An API server and credentials given directly (command-line flags, tests): a fixed token, a token file

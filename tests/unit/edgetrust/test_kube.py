@@ -213,3 +213,15 @@ def test_neither_the_package_nor_aiohttp_is_imported_before_the_first_request() 
     )
     answer = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert answer.stdout.strip() == "[]"
+
+
+def test_in_cluster_url_reads_the_service_variables_and_falls_back_to_the_dns_name() -> None:
+    """A cluster without DNS (the edge, the real-node tests) still reaches its API server from a pod."""
+    assert kubeapi.in_cluster_url({"KUBERNETES_SERVICE_HOST": "198.18.128.1", "KUBERNETES_SERVICE_PORT": "443"}) == (
+        "https://198.18.128.1:443"
+    )
+    assert kubeapi.in_cluster_url({"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"}) == (
+        "https://[fd00::1]:443"
+    )
+    assert kubeapi.in_cluster_url({"KUBERNETES_SERVICE_HOST": "198.18.128.1"}) == "https://kubernetes.default.svc"
+    assert kubeapi.in_cluster_url({}) == "https://kubernetes.default.svc"
