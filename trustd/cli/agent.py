@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,17 +17,6 @@ if TYPE_CHECKING:
 DEFAULT_SOCKET = Path("/run/edgetrust/agent/api.sock")
 DEFAULT_STATE = Path("/var/lib/edgetrust/agent")
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-#: the API server's name in a cluster with DNS; a pod is told its address as well (in_cluster_url)
-KUBERNETES_SVC_URL = "https://kubernetes.default.svc"
-
-
-def in_cluster_url(environ: Mapping[str, str]) -> str:
-    """The API server as client-go's in-cluster config finds it: KUBERNETES_SERVICE_HOST and _PORT, which the
-    kubelet gives every pod, so the agent needs no cluster DNS (edge clusters may run none); else the DNS name."""
-    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
-    if not host or not port:
-        return KUBERNETES_SVC_URL
-    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 def add_parser(sub: argparse._SubParsersAction[Parser], help: str) -> None:
@@ -50,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction[Parser], help: str) -> None:
     run.add_argument("--kube-node", help="on a Kubernetes node (DaemonSet): its name, enabling k8s:* selectors")
     run.add_argument(
         "--kube-url",
-        help=f"the API server (default: KUBERNETES_SERVICE_HOST:_PORT in a pod, else {KUBERNETES_SVC_URL})",
+        help="the API server (default: KUBERNETES_SERVICE_HOST:_PORT in a pod, else https://kubernetes.default.svc)",
     )
     run.add_argument("--kube-token-file", type=Path, default=SERVICE_ACCOUNT / "token")
     run.add_argument("--kube-ca-file", type=Path, default=SERVICE_ACCOUNT / "ca.crt")
@@ -78,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
             return fail(f"trustctl agent {args.agent_command}", missing, EXIT_USAGE)
     if args.agent_command == "run":
+        from edgetrust._internal.kube import in_cluster_url
         from trustd.agent.k8s import KubeAttestor
         from trustd.agent.node import run_agent
 
@@ -94,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                     event_log=args.event_log,
                     kube=KubeAttestor(
                         node=args.kube_node,
-                        url=args.kube_url or in_cluster_url(os.environ),
+                        url=args.kube_url or in_cluster_url(),
                         token_file=args.kube_token_file,
                         ca_file=args.kube_ca_file,
                         proc_root=args.proc_root,
