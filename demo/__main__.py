@@ -16,7 +16,7 @@ def main() -> int:
         print("\n######## Plane 2: admission ########", flush=True)
         admission = admission_demo.main(node)
         print("\n######## Plane 3: policy distribution ########", flush=True)
-        distribution = distribution_demo.main()
+        distribution = distribution_demo.main(node.cluster, node.images)
     print("\n######## Done ########")
     for plane, code in (("identity", identity), ("admission", admission), ("distribution", distribution)):
         print(f"   {plane} plane: {'ok' if code == 0 else 'FAILED'}")
