@@ -3,17 +3,19 @@ sidecars, the syncer; the node agent once its values exist), how long from a pub
 a NetworkPolicy refuses, and how much memory each container holds after a warm-up of admission reviews.
 
 - install_to_ready_s: `helm upgrade --install --wait` of the chart (webhook 2 replicas + OPA, syncer), to every pod
-  Ready. The node agent is not in it yet: NODE_AGENT_VALUES below is the hook (h15-nodeagent's values, once merged).
+  Ready. The node agent is installed apart (its own release and hub: its TPM's manufacturer is another trust root
+  than the distribution site's hub has), after the rest: node_agent_install_to_ready_s, enrollment included.
 - publish_to_enforced_s: p50 over 5 publishes of a default-deny + allow-peer revision, each after a revision that
   lifted the rules: from the publish call to the first refused packet. A loop in the `stranger` pod connects to the
   server every 0.1 s (nc -w1) and prints one line per attempt; enforced = the first of STEADY refused attempts in
   a row, which started when the line before it arrived: that arrival is the time of the first refused packet
   (within the loop's 0.1 s step).
 - webhook_rss_mib (per webhook container, the max of the 2 replicas; OPA separate as opa_rss_mib),
-  syncer_rss_mib, node_agent_rss_mib: `rss` of memory.stat in the container's own cgroup (cgroup v1 memory
-  controller, kubepods/<qos>/pod<uid>/<container id>/): anonymous resident memory, without the page cache, after
-  WARMUP_S seconds of 50 AdmissionReviews/s (server-side dry-run pod creations through the API server, so every
-  one is a real review through the webhook's Service).
+  syncer_rss_mib: `total_rss` of memory.stat in the container's own cgroup (cgroup v1 memory controller,
+  kubepods/<qos>/pod<uid>/<container id>/): anonymous resident memory, without the page cache, after WARMUP_S
+  seconds of 50 AdmissionReviews/s (server-side dry-run pod creations through the API server, so every one is a
+  real review through the webhook's Service). node_agent_rss_mib: the same counter, the node agent (a host swtpm
+  on the node's address stands in for /dev/tpmrm0) enrolled and serving, SETTLE_S after it is Ready.
 
 Needs root and the real node (one per machine: run under `flock /tmp/edgetrust-realcluster.lock`).
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,9 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgetrust.bundles.format import build_files, pack, read_repository
 from edgetrust.bundles.signing import SigningKey, sign_files
-from localpeers import chartrelease
+from localpeers import chartrelease, nodeagent
 from localpeers.chartsyncer import DistributionSite, deny_all_but, distribution_site
+from localpeers.hub import running_hub
+from localpeers.nodeconfig import NODE_IP
 from localpeers.realcluster import RealCluster, peer_path, running_real_cluster
+from localpeers.swtpm import SoftwareTPMFactory
 from localpeers.webhook import LOOPBACK_SITE
 from tests.integration.realcluster.workloads import PORT, RunningPod, client, namespace, pod, server
 
@@ -49,9 +55,8 @@ REVIEWS_PER_S = 50
 NAMESPACE = "bench-edgetrust"
 WORKLOADS = "bench-workloads"  # exempt from the webhook: the tools image is no signed image
 REVIEWED = "bench-reviewed"
-#: the node agent's values (nodeAgent.enabled, tpm, hub...), when the chart's node agent runs on this node:
-#: fill in from localpeers/nodeagent.py once h15-nodeagent is merged; None leaves it out of the install
-NODE_AGENT_VALUES: dict[str, Any] | None = None
+NODE_AGENT_NAMESPACE = "bench-node-agent"
+SETTLE_S = 10
 GOALS = {"publish_to_enforced_s": 5.0, "webhook_rss_mib": 128.0, "syncer_rss_mib": 64.0, "node_agent_rss_mib": 64.0}
 
 
@@ -171,17 +176,42 @@ def warm_up(cluster: RealCluster) -> tuple[int, dict[int, int]]:
 
 
 def container_rss_mib(cluster: RealCluster, ns: str, selector: str) -> dict[str, float]:
-    """container name -> max over the pods of `rss` in memory.stat of the container's cgroup (v1)."""
+    """container name -> max over the pods of the selector of the container's cgroup `total_rss`."""
     pods = json.loads(cluster.kubectl("-n", ns, "get", "pods", "-l", selector, "-o", "json").stdout)["items"]
     found: dict[str, float] = {}
     for item in pods:
         for status in item["status"]["containerStatuses"]:
-            container_id = status["containerID"].split("://", 1)[1]
-            (cgroup,) = Path("/sys/fs/cgroup/memory/kubepods").rglob(container_id)
-            stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
-            mib = int(stat["rss"]) / 2**20
+            mib = nodeagent.container_rss_mib(item, status["name"])
             found[status["name"]] = max(found.get(status["name"], 0.0), mib)
     return found
+
+
+def node_agent_figures(cluster: RealCluster, images: chartrelease.ClusterImages, work: Path) -> tuple[float, float]:
+    """(install to Ready in s, the agent container's RSS in MiB) of the node agent alone, with its own hub that
+    trusts the swtpm's manufacturer; the release removed after."""
+    factory = SoftwareTPMFactory(work / "manufacturer")
+    factory.provision("first")  # makes the manufacturer's root
+    roots = work / "ek-roots"
+    roots.mkdir()
+    shutil.copy(factory.root_cert_path, roots / "manufacturer-root.pem")
+    shutil.copy(factory.issuer_cert_path, roots / "manufacturer-intermediate.pem")
+    with (
+        running_hub(work / "hub", ek_roots=roots, listen_host=NODE_IP, server_ip_addresses=(NODE_IP,)) as hub,
+        nodeagent.node_agent_host(factory, work / "host", name="bench-node") as host,
+    ):
+        ns = namespace(cluster, NODE_AGENT_NAMESPACE)
+        nodeagent.trust_bundle_secret(cluster, ns, hub.ca_bundle)
+        values = chartrelease.merge_values(images.helm_values(), nodeagent.node_agent_values(hub.url, host))
+        started = time.monotonic()
+        try:
+            chartrelease.install(cluster, "na", ns, values, work=work)
+            nodeagent.wait_node_agent_ready(cluster, ns, "na")
+            ready_s = time.monotonic() - started
+            time.sleep(SETTLE_S)
+            rss = nodeagent.container_rss_mib(nodeagent.node_agent_pod(cluster, ns, "na"), "agent")
+        finally:
+            chartrelease.uninstall(cluster, "na", ns)
+    return ready_s, rss
 
 
 def main() -> int:
@@ -190,7 +220,7 @@ def main() -> int:
         with running_real_cluster(work / "cluster") as cluster:
             images = chartrelease.load_images(cluster)
             with distribution_site(cluster, images, work / "site", namespace=NAMESPACE, install=False) as site:
-                values = chartrelease.merge_values(webhook_values(site, work), NODE_AGENT_VALUES or {})
+                values = webhook_values(site, work)
                 try:
                     install_s: float | None = site.install(values)
                 except chartrelease.ChartReleaseError as error:  # say why, then measure what runs without it
@@ -209,10 +239,13 @@ def main() -> int:
                 sent, statuses = warm_up(cluster) if install_s is not None else (0, {})
                 webhook = container_rss_mib(cluster, NAMESPACE, "app.kubernetes.io/component=webhook")
                 syncer = container_rss_mib(cluster, NAMESPACE, "app.kubernetes.io/component=syncer")
+            agent_ready_s, agent_rss = node_agent_figures(cluster, images, work / "node-agent")
     p50 = statistics.median(enforced)
     results: dict[str, tuple[float, str]] = {
         "publish_to_enforced_s": (p50, "s"),
         "syncer_rss_mib": (syncer["syncer"], "MiB"),
+        "node_agent_rss_mib": (agent_rss, "MiB"),
+        "node_agent_install_to_ready_s": (agent_ready_s, "s"),
     }
     if install_s is not None:
         results["install_to_ready_s"] = (install_s, "s")
@@ -220,7 +253,6 @@ def main() -> int:
         results["opa_rss_mib"] = (webhook["opa"], "MiB")
     print(f"publish -> first refused packet, {PUBLISHES} publishes: {', '.join(f'{s:.2f}' for s in enforced)} s")
     print(f"warm-up: {sent} AdmissionReviews in {WARMUP_S} s through the API server, answers {statuses}")
-    print("node agent: not installed (NODE_AGENT_VALUES is None): node_agent_rss_mib not measured")
     print(f"{'metric':<24} {'value':>8} {'unit':<4} {'goal':>6}")
     for metric, (value, unit) in results.items():
         goal = GOALS.get(metric)
