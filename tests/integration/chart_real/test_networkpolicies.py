@@ -18,13 +18,13 @@ import pytest
 from localpeers.chartrelease import ClusterImages
 from localpeers.chartsyncer import DistributionSite, deny_all_but, distribution_site
 from localpeers.realcluster import RealCluster
-from tests.integration.realcluster.workloads import RunningPod, client, namespace, probe, server
+from tests.integration.realcluster.workloads import PEER_LABELS, RunningPod, reaches, server_peer_stranger
 
 pytestmark = pytest.mark.integration
 
 WORKLOADS = "np-workloads"
 SERVER = {"app": "server"}
-PEER = {"role": "peer"}
+PEER = PEER_LABELS
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +39,8 @@ def site(
 
 @pytest.fixture(scope="module")
 def pods(real_cluster: RealCluster) -> Iterator[dict[str, RunningPod]]:
-    ns = namespace(real_cluster, WORKLOADS)
-    try:
-        yield {
-            "server": server(real_cluster, "server", ns),
-            "peer": client(real_cluster, "peer", ns, PEER),
-            "stranger": client(real_cluster, "stranger", ns),
-        }
-    finally:
-        real_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-
-
-def reaches(cluster: RealCluster, source: RunningPod, target: RunningPod) -> bool:
-    answer = probe(cluster, source, target.ip, wait_s=1)
-    return answer.returncode == 0 and answer.stdout.strip() == target.name
+    with server_peer_stranger(real_cluster, WORKLOADS) as found:
+        yield found
 
 
 def wait_traffic(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from localpeers.nodeimages import TOOLS_IMAGE
@@ -86,3 +88,27 @@ def probe(
         "exec", source.name, "-n", source.namespace, "--", "nc", f"-w{wait_s}", address, str(port),
         check=False, timeout_s=30,
     )  # fmt: skip
+
+
+PEER_LABELS = {"role": "peer"}
+
+
+@contextmanager
+def server_peer_stranger(cluster: RealCluster, name: str) -> Iterator[dict[str, RunningPod]]:
+    """A fresh namespace with three pods: `server` (answers with its name), `peer` (labelled role=peer, the one an
+    allow rule names) and `stranger`; the namespace is deleted on exit."""
+    ns = namespace(cluster, name)
+    try:
+        yield {
+            "server": server(cluster, "server", ns),
+            "peer": client(cluster, "peer", ns, PEER_LABELS),
+            "stranger": client(cluster, "stranger", ns),
+        }
+    finally:
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def reaches(cluster: RealCluster, source: RunningPod, target: RunningPod) -> bool:
+    """Whether the source pod's connection got the target pod's own answer (its name)."""
+    answer = probe(cluster, source, target.ip, wait_s=1)
+    return answer.returncode == 0 and answer.stdout.strip() == target.name
