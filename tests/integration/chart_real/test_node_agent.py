@@ -269,9 +269,17 @@ def test_a_tampered_boot_is_refused_and_the_agent_never_starts(
                 lambda: cluster.kubectl("-n", ns, "get", "events", check=False).stdout,
             )
             name = pod["metadata"]["name"]
-            enroll = pod["status"]["initContainerStatuses"][0]
-            previous = [] if enroll.get("state", {}).get("terminated") else ["--previous"]
-            log = cluster.kubectl("-n", ns, "logs", name, "-c", "enroll", *previous).stdout
+
+            def refused_log() -> str | None:
+                """The failed attempt's log: the kubelet may already be restarting the init container, so the
+                failed run is the current one or the previous one, depending on when we look."""
+                for previous in ((), ("--previous",)):
+                    done = cluster.kubectl("-n", ns, "logs", name, "-c", "enroll", *previous, check=False)
+                    if "refused" in done.stdout or "PCR" in done.stdout:
+                        return done.stdout
+                return None
+
+            log = _wait("the failed enrollment's log", refused_log, 60, lambda: diagnosis(cluster, ns, release))
             assert "PCR 4 (sha256)" in log, log  # the hub's reason: the bootloader's measurement
             assert "enrolled as" not in log
 
