@@ -25,8 +25,20 @@ from localpeers.images import BuildError, build, build_root
 MIB = 2**20
 
 
+FIGURES: list[tuple[str, float, str]] = []
+
+
 def result(metric: str, value: float, unit: str) -> None:
-    print("RESULT " + json.dumps({"bench": "images", "metric": metric, "value": value, "unit": unit}))
+    FIGURES.append((metric, value, unit))
+
+
+def report() -> None:
+    """The table for people, then one RESULT line per figure, last."""
+    print(f"{'metric':<26} {'value':>9} unit")
+    for metric, value, unit in FIGURES:
+        print(f"{metric:<26} {value:>9g} {unit}")
+    for metric, value, unit in FIGURES:
+        print("RESULT " + json.dumps({"bench": "images", "metric": metric, "value": value, "unit": unit}))
 
 
 def main() -> int:
@@ -58,6 +70,7 @@ def main() -> int:
     for short in differing:
         print(f"bench_images: {short}: {images[short]['digest']} then {again['images'][short]['digest']}")
     result("reproducible", 0 if differing else 1, "bool")
+    report()
     return 0
 
 
