@@ -186,6 +186,11 @@ def container_rss_mib(cluster: RealCluster, ns: str, selector: str) -> dict[str,
     return found
 
 
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def node_agent_figures(cluster: RealCluster, images: chartrelease.ClusterImages, work: Path) -> tuple[float, float]:
     """(install to Ready in s, the agent container's RSS in MiB) of the node agent alone, with its own hub that
     trusts the swtpm's manufacturer; the release removed after."""
@@ -197,7 +202,7 @@ def node_agent_figures(cluster: RealCluster, images: chartrelease.ClusterImages,
     shutil.copy(factory.issuer_cert_path, roots / "manufacturer-intermediate.pem")
     with (
         running_hub(work / "hub", ek_roots=roots, listen_host=NODE_IP, server_ip_addresses=(NODE_IP,)) as hub,
-        nodeagent.node_agent_host(factory, work / "host", name="bench-node") as host,
+        nodeagent.node_agent_host(factory, _folder(work / "host"), name="bench-node") as host,
     ):
         ns = namespace(cluster, NODE_AGENT_NAMESPACE)
         nodeagent.trust_bundle_secret(cluster, ns, hub.ca_bundle)
