@@ -274,6 +274,13 @@ def _chroot(root: Path, *argv: str, what: str) -> str:
     return _run([chroot, str(root), *argv], what=what, env=env)
 
 
+#: byte code as the image's interpreter compiles it: every file again (-f), hash-based (PEP 552 unchecked-hash: no
+#: mtime inside, never rewritten on a read-only root), one worker so the order is fixed
+_HASH_COMPILE = (
+    "/usr/bin/python3.11", "-m", "compileall", "-q", "-f", "-j", "1", "--invalidation-mode", "unchecked-hash",
+)  # fmt: skip
+
+
 def edgetrust_root(base: Path, wheel_dir: Path, project: Path, work: Path) -> Path:
     """The base plus the Python packages, compiled, with the non-root user, without caches and without what
     localpeers/imagetrim.py leaves out."""
@@ -327,35 +334,11 @@ def edgetrust_root(base: Path, wheel_dir: Path, project: Path, work: Path) -> Pa
     # PEP 552 unchecked-hash: no source mtime inside, never rewritten; one interpreter, one optimization level.
     # Forced: something run in the chroot after pip had imported attrs, leaving timestamp-based byte code that
     # compileall would keep (it held the build's time, so two builds of one commit differed).
-    chroot(
-        "/usr/bin/python3.11",
-        "-m",
-        "compileall",
-        "-q",
-        "-f",
-        "-j",
-        "1",
-        "--invalidation-mode",
-        "unchecked-hash",
-        f"/{SITE}",
-        what="compileall in the image",
-    )
+    chroot(*_HASH_COMPILE, f"/{SITE}", what="compileall in the image")
     imagetrim.remove_after(root)
     # Debian's postinst compiled the stdlib with timestamps; every mtime in the layer becomes SOURCE_DATE_EPOCH,
     # which would make those stale (recompiled in memory at each start, never written on a read-only root)
-    chroot(
-        "/usr/bin/python3.11",
-        "-m",
-        "compileall",
-        "-q",
-        "-f",
-        "-j",
-        "1",
-        "--invalidation-mode",
-        "unchecked-hash",
-        "/usr/lib/python3.11",
-        what="compileall the stdlib (hash-based)",
-    )
+    chroot(*_HASH_COMPILE, "/usr/lib/python3.11", what="compileall the stdlib (hash-based)")
     (root / "var" / "log").mkdir()
     (root / "etc" / "machine-id").write_text("")  # systemd's convention: empty means "none", not a shared id
     _add_user(root, "nonroot", NONROOT)
