@@ -82,7 +82,18 @@ def create_app(controller: AdmissionController) -> ReviewEndpoints:
         problem = await controller.opa_problem()
         if problem is not None:
             return _json({"status": "not ready", "reason": problem}, status=503)
-        return _json({"status": "ready", "policies": controller.policies.revision})
+        # what this replica enforces, for the syncer to report per replica (a refused set is named, not hidden)
+        status = controller.status
+        return _json(
+            {
+                "status": "ready",
+                "policies": status.revision,
+                "counter": status.counter,
+                "swaps": status.swaps,
+                "last_failure": status.last_failure,
+                "last_failed_revision": status.last_failed_revision,
+            }
+        )
 
     return ReviewEndpoints(app, controller, startup_failures)
 

@@ -13,19 +13,20 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
-from admission.errors import AdmissionError, ImageReferenceError, ReviewError, WorkloadShapeError
+from admission.errors import AdmissionError, ImageReferenceError, PolicySwapError, ReviewError, WorkloadShapeError
 from admission.imageref import parse_image_reference
 from admission.images.verifier import ImageVerifier, VerifiedImage
 from admission.metrics import AdmissionMetrics
 from admission.policy import FailureMode, ImagePolicy, Mode, PolicySet, RegoPolicy
-from admission.rego.gatekeeper import Constraint
+from admission.rego.gatekeeper import Constraint, GatekeeperSet
 from admission.rego.inventory import Inventory, InventorySync
 from admission.rego.match import expand_to_pod
 from admission.rego.opa import LOST_POLICIES, OpaDecider
 from admission.rego.workloads import ContainerImage, container_images, pod_spec
 from admission.review import AdmissionRequest, build_response
+from admission.swap import Enforced, SwapReport
 
 log = logging.getLogger("edgetrust.admission")
 # A set can only be empty when started with unsafe_allow_empty_policy_set (PolicySet.load refuses otherwise).
@@ -51,6 +52,8 @@ class Verdict:
     warnings: list[str] = field(default_factory=list)
     audit_annotations: dict[str, str] = field(default_factory=dict)
     patch: list[dict[str, Any]] = field(default_factory=list)
+    revision: str = ""  # of the policy set that decided it
+    empty_set: bool = False
 
 
 class AdmissionController:
@@ -65,7 +68,11 @@ class AdmissionController:
         inventory_sync: InventorySync | None = None,
         expand_workloads: bool = True,
     ) -> None:
-        self._policies = policies
+        self._active = Enforced(policies)
+        self._swap_lock = asyncio.Lock()
+        self._generation = 0
+        self._swaps = 0
+        self._last_failure = ("", "")  # (revision, why) of the last set refused
         self._opa = opa
         self._images = images
         self._metrics = metrics
@@ -75,7 +82,50 @@ class AdmissionController:
 
     @property
     def policies(self) -> PolicySet:
-        return self._policies
+        """The set in force now (a review in flight may still be decided by the one before: see swap.py)."""
+        return self._active.policies
+
+    @property
+    def status(self) -> SwapReport:
+        failed_revision, failure = self._last_failure
+        active = self._active
+        return SwapReport(active.policies.revision, active.counter, self._swaps, failure, failed_revision)
+
+    async def swap(self, policies: PolicySet, *, counter: int = -1) -> None:
+        """Put `policies` in force without a restart: load it beside the old set, switch, drain, remove the old.
+
+        `counter` is the bundle's revision counter: a set whose counter is not above the one in force is
+        refused (a replayed or older bundle never replaces a newer one). A set OPA refuses leaves the old set
+        in force; both refusals raise (PolicySwapError) after being counted and kept for `status`."""
+        async with self._swap_lock:
+            old = self._active
+            if counter >= 0 and counter <= old.counter:
+                self._refused(policies.revision, f"revision counter {counter} is not above {old.counter} in force")
+            self._generation += 1
+            fresh = Enforced(policies, f"swap{self._generation}", counter)
+            try:
+                await self._opa.load(policies.rego, policies.libraries, policies.gatekeeper, namespace=fresh.namespace)
+            except AdmissionError as exc:
+                await self._unload(fresh)
+                self._refused(policies.revision, exc.diagnostics())
+            self._active = fresh  # the switch: every review from here on is decided by the new set
+            self._swaps += 1
+            self._metrics.swaps.labels("applied").inc()
+            log.info("admission policies swapped to %s (was %s)", policies.revision, old.policies.revision)
+            await old.drained()
+            await self._unload(old)
+
+    def _refused(self, revision: str, why: str) -> NoReturn:
+        self._last_failure = (revision, why)
+        self._metrics.swaps.labels("failed").inc()
+        log.warning("admission policy set %s refused, the one in force stays: %s", revision, why)
+        raise PolicySwapError(f"policy set {revision} refused: {why}")
+
+    async def _unload(self, enforced: Enforced) -> None:
+        try:
+            await self._opa.unload(enforced.module_ids(), enforced.namespace)
+        except AdmissionError as exc:  # left behind, unreachable: no decision path names it
+            log.warning("could not remove policy set %s from OPA: %s", enforced.policies.revision, exc.diagnostics())
 
     @property
     def metrics(self) -> AdmissionMetrics:
@@ -83,9 +133,10 @@ class AdmissionController:
 
     async def start(self) -> None:
         """Load the Rego policies into OPA; the webhook reports ready only after this."""
-        if self._policies.empty:
+        active = self._active
+        if active.policies.empty:
             log.warning(EMPTY_POLICY_SET_WARNING)
-        await self._opa.load(self._policies.rego, self._policies.libraries, self._policies.gatekeeper)
+        await self._load(active)
         if self._inventory_sync is not None:
             await self._inventory_sync.sync_once()  # templates that need the inventory see it from the first review
             self._inventory_sync.start()
@@ -93,17 +144,22 @@ class AdmissionController:
     async def opa_problem(self) -> str | None:
         """What keeps the webhook from deciding now (None: nothing). An OPA that restarted empty gets the
         policies again here, so a sidecar restart costs a few seconds of not-ready, not a webhook restart."""
-        problem = await self._opa.problem()
+        active = self._active
+        problem = await self._opa.problem(active.namespace)
         if problem == LOST_POLICIES:
             log.warning("%s", problem)
             try:
-                await self._opa.load(self._policies.rego, self._policies.libraries, self._policies.gatekeeper)
+                await self._load(active)
             except AdmissionError as exc:
                 return f"{problem}: {exc.diagnostics()}"
             if self._inventory_sync is not None:
                 await self._inventory_sync.sync_once()
             return None
         return problem
+
+    async def _load(self, active: Enforced) -> None:
+        policies = active.policies
+        await self._opa.load(policies.rego, policies.libraries, policies.gatekeeper, namespace=active.namespace)
 
     async def close(self) -> None:
         if self._inventory_sync is not None:
@@ -113,7 +169,7 @@ class AdmissionController:
 
     async def answer(self, request: AdmissionRequest, *, mutate: bool = False) -> dict[str, Any]:
         verdict = await self.decide(request, mutate=mutate)
-        if verdict.allowed and self._policies.empty:
+        if verdict.allowed and verdict.empty_set:
             verdict.warnings.append(EMPTY_POLICY_SET_WARNING)
         subject = f"{request.kind} {request.namespace + '/' if request.namespace else ''}{request.name}"
         message = ""
@@ -140,9 +196,18 @@ class AdmissionController:
         )
 
     async def decide(self, request: AdmissionRequest, *, mutate: bool = False) -> Verdict:
+        """The verdict of the set in force when the review came in, whatever is swapped in meanwhile."""
+        active = self._active
+        with active.enter() as policies:
+            verdict = await self._decide(request, policies, active.namespace, mutate=mutate)
+        verdict.revision = policies.revision
+        verdict.empty_set = policies.empty
+        return verdict
+
+    async def _decide(self, request: AdmissionRequest, policies: PolicySet, namespace: str, *, mutate: bool) -> Verdict:
         if request.operation not in ("CREATE", "UPDATE"):
             return Verdict(allowed=True)
-        if request.namespace and self._policies.exempt(request.namespace):
+        if request.namespace and policies.exempt(request.namespace):
             self._metrics.decisions.labels("exempt-namespace", "allowed").inc()
             return Verdict(allowed=True)
         try:
@@ -150,12 +215,12 @@ class AdmissionController:
         except WorkloadShapeError as exc:
             self._metrics.decisions.labels("workload-shape", "denied").inc()
             return Verdict(allowed=False, denials=[str(exc)])
-        rego = [p for p in self._policies.rego if p.match.applies(request.kind, request.namespace)]
-        image_policies = [p for p in self._policies.images if p.match.applies(request.kind, request.namespace)]
+        rego = [p for p in policies.rego if p.match.applies(request.kind, request.namespace)]
+        image_policies = [p for p in policies.images if p.match.applies(request.kind, request.namespace)]
         # OPA and the registry are asked at the same time; a warm image check never waits on I/O at all.
         rego_task = (
-            asyncio.ensure_future(self._decide_rego(request, rego, containers))
-            if rego or self._policies.gatekeeper.constraints
+            asyncio.ensure_future(self._decide_rego(request, rego, containers, policies.gatekeeper, namespace))
+            if rego or policies.gatekeeper.constraints
             else None
         )
         image_outcomes, verified = await self._decide_images(containers, image_policies)
@@ -166,9 +231,13 @@ class AdmissionController:
         return verdict
 
     async def _decide_rego(
-        self, request: AdmissionRequest, policies: Sequence[RegoPolicy], containers: Sequence[ContainerImage]
+        self,
+        request: AdmissionRequest,
+        policies: Sequence[RegoPolicy],
+        containers: Sequence[ContainerImage],
+        gatekeeper: GatekeeperSet,
+        namespace: str,
     ) -> list[PolicyOutcome]:
-        gatekeeper = self._policies.gatekeeper
         labels = self._inventory.namespace_labels
         constraints = [c for c in gatekeeper.constraints if c.match.matches(request.raw, labels)]
         implied: list[Constraint] = []
@@ -185,7 +254,13 @@ class AdmissionController:
             return []
         try:
             decided = await self._opa.decide(
-                request.raw, policies, constraints, implied, implied_review, images=canonical_images(containers)
+                request.raw,
+                policies,
+                constraints,
+                implied,
+                implied_review,
+                images=canonical_images(containers),
+                namespace=namespace,
             )
         except ReviewError:
             raise  # the review itself cannot be judged: refused whole, whatever the policies' failure modes

@@ -76,3 +76,9 @@ class PolicyDecisionError(AdmissionError):
 
 class OpaUnavailableError(PolicyDecisionError):
     code = "opa_unavailable"
+
+
+class PolicySwapError(AdmissionError):
+    """A new policy set was not put in force (OPA refused it, or it is not newer); the old set still is."""
+
+    code = "policy_swap_refused"

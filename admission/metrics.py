@@ -48,5 +48,12 @@ class AdmissionMetrics:
             "edgetrust_admission_opa_errors", "OPA decisions that could not be made.", ["code"], registry=self.registry
         )
 
+        self.swaps = Counter(
+            "edgetrust_admission_policy_swaps",
+            "Policy sets swapped in without a restart (applied) or refused, the old set staying (failed).",
+            ["result"],
+            registry=self.registry,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,6 +11,7 @@ it as undecided, never as clean.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,12 +19,20 @@ from typing import Any
 
 import aiohttp
 import httpx
-from opa_client.errors import ConnectionsError, PolicyNotFoundError, QueryExecuteError, RegoParseError
+from opa_client.errors import (
+    ConnectionsError,
+    DeleteDataError,
+    DeletePolicyError,
+    PolicyNotFoundError,
+    QueryExecuteError,
+    RegoParseError,
+)
 from opa_client.opa_async import AsyncOpaClient
 
 from admission.errors import ConfigError, OpaUnavailableError, PolicyDecisionError, ReviewError
 from admission.policy import RegoLibrary, RegoPolicy
 from admission.rego.gatekeeper import Constraint, GatekeeperSet
+from admission.rego.namespaces import data_path, namespaced
 
 DECISION_PACKAGE = "edgetrust/decision"
 DECISION_MODULE = """package edgetrust.decision
@@ -107,8 +116,14 @@ class OpaDecider:
         policies: Sequence[RegoPolicy],
         libraries: Sequence[RegoLibrary] = (),
         gatekeeper: GatekeeperSet | None = None,
+        *,
+        namespace: str = "",
     ) -> None:
-        """Push every module, the parameters and the decision module; a module OPA refuses stops the start."""
+        """Push every module, the parameters and the decision module; a module OPA refuses stops the start.
+
+        With `namespace` every package and `data.` reference of ours is moved under `data.<namespace>`
+        (admission/rego/namespaces.py), so a second set loads beside the one in force and neither sees the other;
+        `decide(..., namespace=)` then asks that set. A set that fails half way is left for `unload`."""
         await self.start()
         gatekeeper = gatekeeper if gatekeeper is not None else GatekeeperSet()
         try:
@@ -122,7 +137,9 @@ class OpaDecider:
                 modules += [(m, f"ConstraintTemplate {template.name}") for m in ordered]
             for (module_id, source), owner in modules:
                 try:
-                    await self._client.update_policy_from_string(source, _policy_id(module_id), rego_compat=False)
+                    await self._client.update_policy_from_string(
+                        namespaced(source, namespace), policy_id(module_id, namespace), rego_compat=False
+                    )
                 except RegoParseError as exc:
                     raise ConfigError(f"{owner}: OPA refused it: {_compile_errors(exc)}") from exc
             config = {
@@ -131,18 +148,36 @@ class OpaDecider:
                     c.id: {"kind": c.kind, "parameters": dict(c.parameters)} for c in gatekeeper.constraints
                 },
             }
-            await self._client.update_or_create_data(config, "edgetrust/config")
-            await self._client.update_policy_from_string(DECISION_MODULE, "edgetrust-decision", rego_compat=False)
+            await self._client.update_or_create_data(config, data_path("edgetrust/config", namespace))
+            await self._client.update_policy_from_string(
+                namespaced(DECISION_MODULE, namespace), decision_id(namespace), rego_compat=False
+            )
         except RegoParseError as exc:
             raise PolicyDecisionError(f"OPA refused a module: {exc}") from exc
         except (aiohttp.ClientError, ConnectionsError, TimeoutError) as exc:
             raise OpaUnavailableError(f"{opa_hint(self._settings.host, self._settings.port)}: {exc}") from exc
 
-    async def problem(self) -> str | None:
+    async def unload(self, module_ids: Sequence[str], namespace: str) -> None:
+        """Remove a set (its modules, then its data) once no review uses it: the start-up set (namespace "") or
+        a swapped-in one. `data.inventory` is shared and stays. A module already gone is skipped."""
+        await self.start()
+        ids = [decision_id(namespace), *(policy_id(m, namespace) for m in module_ids)]
+        try:
+            for module in ids:
+                try:
+                    await self._client.delete_policy(module)
+                except DeletePolicyError:  # not there (a set that failed half way): nothing to remove
+                    continue
+            with contextlib.suppress(DeleteDataError):  # a set refused before its data was written
+                await self._client.delete_data(namespace or "edgetrust/config")
+        except (aiohttp.ClientError, ConnectionsError, TimeoutError) as exc:
+            raise OpaUnavailableError(f"{opa_hint(self._settings.host, self._settings.port)}: {exc}") from exc
+
+    async def problem(self, namespace: str = "") -> str | None:
         """None when OPA answers and holds the decision module; otherwise what is wrong, for /readyz: OPA not
         answering (the command that starts it), or an OPA that lost what was loaded (a restarted sidecar)."""
         try:
-            await asyncio.wait_for(self._client.get_policy("edgetrust-decision"), self._settings.timeout_s)
+            await asyncio.wait_for(self._client.get_policy(decision_id(namespace)), self._settings.timeout_s)
         except PolicyNotFoundError:
             return LOST_POLICIES
         except (aiohttp.ClientError, ConnectionsError, TimeoutError, OSError, ValueError):
@@ -166,6 +201,7 @@ class OpaDecider:
         implied_review: Mapping[str, Any] | None = None,
         *,
         images: Mapping[str, str] | None = None,
+        namespace: str = "",
     ) -> Decision:
         """Violation messages per policy and constraint; raises when OPA cannot answer.
 
@@ -188,21 +224,20 @@ class OpaDecider:
         implied_ids = [c.id for c in implied] if implied_review is not None else []
         for chunk in _chunks(implied_ids, self._settings.constraints_per_query):
             shards.append({"review": implied_review, "policies": [], "constraints": chunk, "implied": True})
+        path = data_path(DECISION_PACKAGE, namespace)
         if len(shards) == 1:  # the common case: no task to schedule
-            results = [await self._query(shards[0])]
+            results = [await self._query(shards[0], path)]
         else:
-            results = list(await asyncio.gather(*(self._query(shard) for shard in shards)))
+            results = list(await asyncio.gather(*(self._query(shard, path) for shard in shards)))
         decision = Decision(policies=_messages(results[0].get("violations"), [p.name for p in policies]))
         for shard, result in zip(shards, results, strict=True):
             target = decision.implied if shard.get("implied") else decision.constraints
             target.update(_messages(result.get("constraints"), shard["constraints"]))
         return decision
 
-    async def _query(self, request: Mapping[str, Any]) -> dict[str, Any]:
+    async def _query(self, request: Mapping[str, Any], path: str) -> dict[str, Any]:
         try:
-            answer = await self._client.query_rule(
-                {k: v for k, v in request.items() if k != "implied"}, DECISION_PACKAGE
-            )
+            answer = await self._client.query_rule({k: v for k, v in request.items() if k != "implied"}, path)
         except RecursionError as exc:
             # orjson reads reviews nested up to 1024 levels; the JSON encoder towards OPA gives up earlier. That
             # is the review's fault, not OPA's: refused as a bad review, never "undecided" (failure: open admits).
@@ -237,8 +272,14 @@ def _compile_errors(exc: RegoParseError) -> str:
     return "; ".join(parts) or str(getattr(exc, "message", exc))
 
 
-def _policy_id(module_id: str) -> str:
-    return "edgetrust-admission-" + module_id.replace("/", "-").removesuffix(".rego")
+def policy_id(module_id: str, namespace: str = "") -> str:
+    """OPA's id of one of our modules; a namespaced set's ids start with its namespace, so sets never clash."""
+    base = "edgetrust-admission-" + module_id.replace("/", "-").removesuffix(".rego")
+    return f"{namespace}-{base}" if namespace else base
+
+
+def decision_id(namespace: str = "") -> str:
+    return f"{namespace}-edgetrust-decision" if namespace else "edgetrust-decision"
 
 
 def _message(violation: Any) -> str:

@@ -1,0 +1,82 @@
+"""Policy sets that differ only in which generation they admit, so a verdict names the set that decided it.
+
+Set k admits a pod whose label `gen` is "k" and denies any other. The value k lives in a shared Rego library
+(`data.edgetrust.lib.gen.expected`) and the label's name in the policy's parameters (`data.edgetrust.config`),
+so a review decided by a policy of one set and a library or parameters of another would come out wrong, not
+merely slow: that is what a non-atomic swap would look like.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from admission.policy import PolicySet
+from admission.review import AdmissionRequest, parse_review
+
+POLICY_REGO = """package edgetrust.admission.generation
+
+import rego.v1
+
+import data.edgetrust.lib.gen
+
+violation contains {"msg": msg} if {
+	input.review.object.metadata.labels[input.parameters.label] != gen.expected
+	msg := sprintf("generation %s only", [gen.expected])
+}
+"""
+
+#: compiles nowhere: OPA refuses the module (an undefined function), PolicySet.load does not look at Rego
+BROKEN_REGO = """package edgetrust.admission.generation
+
+import rego.v1
+
+violation contains {"msg": "never"} if {
+	no_such_function(input.review)
+}
+"""
+
+
+def generation_dir(root: Path, k: int, *, broken: bool = False) -> Path:
+    """The policy folder of generation k (a broken one holds Rego OPA refuses)."""
+    folder = root / (f"gen{k}-broken" if broken else f"gen{k}")
+    (folder / "lib").mkdir(parents=True, exist_ok=True)
+    (folder / "lib" / "policy.yaml").write_text(yaml.safe_dump({"name": "lib", "type": "library"}))
+    (folder / "lib" / "gen.rego").write_text(f'package edgetrust.lib.gen\n\nexpected := "{k}"\n')
+    policy = folder / "generation"
+    policy.mkdir(exist_ok=True)
+    meta = {"name": "generation", "mode": "enforce", "failure": "closed", "parameters": {"label": "gen"}}
+    (policy / "policy.yaml").write_text(yaml.safe_dump(meta))
+    (policy / "generation.rego").write_text(BROKEN_REGO if broken else POLICY_REGO)
+    return folder
+
+
+def generation_set(root: Path, k: int, *, broken: bool = False) -> PolicySet:
+    return PolicySet.load(generation_dir(root, k, broken=broken), exempt_namespaces=())
+
+
+def pod_review(uid: str, generation: int, *, namespace: str = "apps") -> AdmissionRequest:
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"p-{uid}", "namespace": namespace, "labels": {"gen": str(generation)}},
+        "spec": {"containers": [{"name": "c", "image": "registry.edge.test/app@sha256:" + "a" * 64}]},
+    }
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "name": f"p-{uid}",
+            "operation": "CREATE",
+            "userInfo": {"username": "test"},
+            "object": pod,
+        },
+    }
+    return parse_review(orjson.dumps(review))
