@@ -115,10 +115,15 @@ class AdmissionController:
             await old.drained()
             await self._unload(old)
 
-    def _refused(self, revision: str, why: str) -> NoReturn:
+    def record_refusal(self, revision: str, why: str) -> None:
+        """A set that will not be put in force (here, or a bundle refused before it became a set): counted and
+        kept for /readyz, the set in force staying."""
         self._last_failure = (revision, why)
         self._metrics.swaps.labels("failed").inc()
         log.warning("admission policy set %s refused, the one in force stays: %s", revision, why)
+
+    def _refused(self, revision: str, why: str) -> NoReturn:
+        self.record_refusal(revision, why)
         raise PolicySwapError(f"policy set {revision} refused: {why}")
 
     async def _unload(self, enforced: Enforced) -> None:

@@ -8,14 +8,19 @@ merely slow: that is what a non-atomic swap would look like.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import orjson
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from admission.policy import PolicySet
 from admission.review import AdmissionRequest, parse_review
+from edgetrust.bundles.format import build_files, pack, read_repository
+from edgetrust.bundles.signing import SigningKey, sign_files
 
 POLICY_REGO = """package edgetrust.admission.generation
 
@@ -80,3 +85,16 @@ def pod_review(uid: str, generation: int, *, namespace: str = "apps") -> Admissi
         },
     }
     return parse_review(orjson.dumps(review))
+
+
+def generation_bundle(
+    root: Path, k: int, key: ec.EllipticCurvePrivateKey, *, key_id: str = "ci-1", group: str = "gateways"
+) -> bytes:
+    """Generation k as a signed bundle for `group` with revision counter k, as the hub publishes it."""
+    repository = root / f"repo{k}"
+    if repository.exists():
+        shutil.rmtree(repository)
+    shutil.copytree(generation_dir(root, k), repository / "admission")
+    files = build_files(read_repository(repository), counter=k, commit=f"{k:040x}", group=group)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return pack(sign_files(files, SigningKey.from_pem(key_id, pem)))

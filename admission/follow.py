@@ -1,0 +1,152 @@
+"""The webhook follows the bundles the syncer accepts: it reads the handoff ConfigMap through the API server,
+verifies what it finds itself, and swaps the policy set in (admission/swap.py) when it is newer.
+
+The ConfigMap is not trusted (edgetrust/bundles/handoff.py): each replica checks the signature against its own
+bundle keys, the cluster group, and that the revision counter is above the one it enforces; anything else is
+refused, counted and shown in /readyz, and the set in force stays. A replica that cannot reach the API server
+(a partition) keeps its last verified set: nothing here ever empties it.
+
+Reading, not watching: one GET of one small object per interval per replica. A watch would bring a bundle a
+few seconds sooner; a GET needs no watch bookkeeping (resourceVersion expiry, bookmarks, a stream bounded by
+line) and a lost change is impossible, since each read sees the newest object. The resourceVersion is kept, so
+an unchanged ConfigMap costs no verification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from admission.controller import AdmissionController
+from admission.errors import AdmissionError, ConfigError, PolicySwapError
+from admission.policy import DEFAULT_EXEMPT_NAMESPACES, PolicySet
+from edgetrust._internal import kube as kubeapi
+from edgetrust.bundles import handoff
+from edgetrust.bundles.errors import BundleError
+from edgetrust.bundles.format import unpack
+from edgetrust.bundles.signing import verify_bundle
+
+log = logging.getLogger("edgetrust.admission")
+
+
+class HandoffError(AdmissionError):
+    """The handoff ConfigMap could not be read, or what it holds is refused; the set in force stays."""
+
+    code = "handoff_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedPolicies:
+    """A policy set from a bundle whose signature, group and files were checked: the only thing swapped in."""
+
+    policies: PolicySet
+    revision: str
+    counter: int
+
+
+class BundleFollower:
+    def __init__(
+        self,
+        controller: AdmissionController,
+        kube: kubeapi.KubeConnection,
+        *,
+        namespace: str,
+        keys: Mapping[str, ec.EllipticCurvePublicKey],
+        group: str,
+        interval_s: float = 5.0,
+        exempt_namespaces: Sequence[str] = DEFAULT_EXEMPT_NAMESPACES,
+        parameters: Path | None = None,
+    ) -> None:
+        if not keys:
+            raise ConfigError("following the syncer's bundles needs the bundle keys (bundle_keys)")
+        if not group:
+            raise ConfigError("following the syncer's bundles needs the cluster group (bundle_group)")
+        self._controller = controller
+        self._kube = kube
+        self._path = f"/api/v1/namespaces/{namespace}/configmaps/{handoff.CONFIGMAP}"
+        self._keys = dict(keys)
+        self._group = group
+        self._interval_s = interval_s
+        self._exempt = tuple(exempt_namespaces)
+        self._parameters = parameters
+        self._seen = ""  # resourceVersion last handled (swapped in, or refused: the same object is not retried)
+        self._task: asyncio.Task[None] | None = None
+
+    async def check_once(self) -> str:
+        """Read the ConfigMap once and act: "absent", "unchanged", "swapped", or raise HandoffError (refused or
+        unreadable; the set in force stays and the refusal is recorded for /readyz)."""
+        try:
+            obj = await self._kube.request("GET", self._path, what=f"ConfigMap {handoff.CONFIGMAP}")
+        except kubeapi.KubeStatusError as exc:
+            if exc.status == 404:
+                return "absent"
+            raise HandoffError(str(exc)) from exc
+        except kubeapi.KubeAccessError as exc:
+            raise HandoffError(f"{exc} (the set in force stays)") from exc
+        metadata = obj.get("metadata")
+        version = str(metadata.get("resourceVersion", "")) if isinstance(metadata, dict) else ""
+        if version and version == self._seen:
+            return "unchanged"
+        self._seen = version
+        try:
+            verified = self.verify(handoff.bundle_bytes(obj))
+        except (BundleError, AdmissionError) as exc:  # unsigned, tampered, another group's, a policy that fails
+            why = f"{exc.code}: {exc.diagnostics()}"
+            self._controller.record_refusal(f"ConfigMap {handoff.CONFIGMAP} v{version}", why)
+            raise HandoffError(f"ConfigMap {handoff.CONFIGMAP} refused (the set in force stays): {why}") from exc
+        if verified.counter == self._controller.status.counter:
+            return "unchanged"  # the bundle in force, handed over again (a syncer restart)
+        try:
+            await self._controller.swap(verified.policies, counter=verified.counter)
+        except PolicySwapError as exc:
+            raise HandoffError(str(exc)) from exc
+        log.info("admission policies now from bundle %s (counter %d)", verified.revision, verified.counter)
+        return "swapped"
+
+    def verify(self, blob: bytes) -> VerifiedPolicies:
+        """Parse, verify (signature, group), then load: raw bytes never go past here."""
+        bundle = unpack(blob)
+        signer = verify_bundle(bundle, self._keys)
+        if bundle.group != self._group:
+            raise HandoffError(
+                f"bundle {bundle.revision} is signed for cluster group {bundle.group!r}, this cluster is "
+                f"{self._group!r}: refused (another group's bundle in our ConfigMap)"
+            )
+        work = Path(tempfile.mkdtemp(prefix="edgetrust-handoff-"))
+        try:
+            policies = PolicySet.load(
+                bundle.extract("admission", work / "admission"),
+                exempt_namespaces=self._exempt,
+                gatekeeper_dir=bundle.extract("gatekeeper", work / "gatekeeper"),
+                parameters=self._parameters,
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # PolicySet holds the sources; nothing reads the files after
+        log.debug("bundle %s from the handoff ConfigMap verified (key %s)", bundle.revision, signer)
+        return VerifiedPolicies(policies, bundle.revision, bundle.counter)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="admission-bundle-follower")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.check_once()
+            except HandoffError as exc:
+                log.warning("%s", exc.diagnostics())
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._kube.aclose()

@@ -1,0 +1,89 @@
+"""The webhook follows the bundles the syncer hands over in the ConfigMap, on a real kube-apiserver and OPA:
+seeded at start, swapped when newer, kept through a partition."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from admission.controller import AdmissionController
+from admission.follow import BundleFollower, HandoffError
+from localpeers.hub import free_port
+from localpeers.kube import KubeAPI
+from localpeers.opa_server import opa_server
+from tests.support.handoff_rig import HandoffRig, handoff_kube, remove_handoff
+from tests.support.policy_generations import pod_review
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
+    with handoff_kube(tmp_path_factory.mktemp("handoff")) as api:
+        yield api
+
+
+@pytest.fixture
+def rig(tmp_path: Path, kube: KubeAPI) -> Iterator[HandoffRig]:
+    with opa_server(tmp_path / "opa") as opa:
+        try:
+            yield HandoffRig(kube, opa, tmp_path, ec.generate_private_key(ec.SECP256R1()))
+        finally:
+            remove_handoff(kube)
+
+
+async def allowed(controller: AdmissionController, generation: int) -> bool:
+    return (await controller.decide(pod_review(f"g{generation}", generation))).allowed
+
+
+def test_a_webhook_starts_from_the_configmap_and_follows_newer_bundles(rig: HandoffRig) -> None:
+    rig.put(rig.bundle(3))
+
+    async def scenario(controller: AdmissionController, follower: BundleFollower) -> None:
+        assert await follower.check_once() == "swapped"  # the seed: before the webhook says ready (app.py)
+        assert controller.status.counter == 3
+        assert await allowed(controller, 3)
+        assert not await allowed(controller, 0)
+        assert await follower.check_once() == "unchanged"
+        rig.put(rig.bundle(3))  # handed over again (a syncer restart): same bundle, nothing to do
+        assert await follower.check_once() == "unchanged"
+        rig.put(rig.bundle(4))
+        assert await follower.check_once() == "swapped"
+        assert controller.status.counter == 4
+        assert await allowed(controller, 4)
+        assert not await allowed(controller, 3)
+        assert controller.status.swaps == 2
+
+    rig.run(scenario)
+
+
+def test_without_a_configmap_the_start_up_set_stays(rig: HandoffRig) -> None:
+    async def scenario(controller: AdmissionController, follower: BundleFollower) -> None:
+        assert await follower.check_once() == "absent"
+        assert controller.status.counter == -1
+        assert await allowed(controller, 0)
+        assert not await allowed(controller, 1)
+
+    rig.run(scenario)
+
+
+def test_a_partitioned_webhook_keeps_its_last_verified_set(rig: HandoffRig) -> None:
+    rig.put(rig.bundle(2))
+
+    async def scenario(controller: AdmissionController, follower: BundleFollower) -> None:
+        assert await follower.check_once() == "swapped"
+        # the same webhook, the API server now out of reach (nobody listens on this port)
+        cut_off = rig.follower(controller, kube_url=f"https://127.0.0.1:{free_port()}")
+        try:
+            for _ in range(3):
+                with pytest.raises(HandoffError, match="unreachable"):
+                    await cut_off.check_once()
+        finally:
+            await cut_off.close()
+        assert controller.status.counter == 2  # the last verified set stays in force, nothing emptied
+        assert await allowed(controller, 2)
+        assert not await allowed(controller, 0)
+        assert controller.status.swaps == 1
+
+    rig.run(scenario)
