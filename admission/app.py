@@ -21,13 +21,14 @@ from starlette.types import Receive, Scope, Send
 
 from admission.controller import AdmissionController
 from admission.errors import AdmissionError, ReviewError
+from admission.follow import BundleFollower, HandoffError
 from admission.review import MAX_REVIEW_BYTES, build_response, parse_review, uid_of
 from edgetrust._internal import asgi_body
 
 log = logging.getLogger("edgetrust.admission")
 
 
-def create_app(controller: AdmissionController) -> ReviewEndpoints:
+def create_app(controller: AdmissionController, *, follower: BundleFollower | None = None) -> ReviewEndpoints:
     metrics = controller.metrics
     ready = {"loaded": False}
     startup_failures: list[AdmissionError] = []
@@ -40,6 +41,14 @@ def create_app(controller: AdmissionController) -> ReviewEndpoints:
             log.debug("start-up failed", exc_info=True)
             startup_failures.append(exc)
             raise
+        if follower is not None:
+            # seed before ready: a replica starting during a partition enforces the start-up set, one that
+            # reaches the API server the newest verified bundle the syncer handed over
+            try:
+                await follower.check_once()
+            except HandoffError as exc:
+                log.warning("%s", exc.diagnostics())
+            follower.start()
         # What start-up built lives as long as the process: keep it out of the collector's full passes, which
         # otherwise stall every request in flight (seen as p99 spikes under load).
         gc.collect()
@@ -48,6 +57,8 @@ def create_app(controller: AdmissionController) -> ReviewEndpoints:
         try:
             yield
         finally:
+            if follower is not None:
+                await follower.close()
             await controller.close()
 
     app = FastAPI(title="edgetrust admission", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)

@@ -64,7 +64,18 @@ def _parser() -> Parser:
         "policies that need a site's value (allowed_repos) are left out, with a warning, until --parameters sets it",
     )
     run.add_argument("--bundle", type=Path, help="a signed policy bundle to take policies from (e.g. the syncer's)")
-    add_verification_keys(run, aliases=["--bundle-key"], help="the bundle's signer key (with --bundle)")
+    add_verification_keys(
+        run, aliases=["--bundle-key"], help="the bundle's signer key (with --bundle or --follow-bundles)"
+    )
+    run.add_argument(
+        "--follow-bundles",
+        action="store_true",
+        default=None,
+        help="follow the bundles the syncer accepts (the ConfigMap edgetrust-admission-bundle), each verified "
+        "here and swapped in without a restart; needs --bundle-key and --bundle-group",
+    )
+    run.add_argument("--bundle-group", metavar="GROUP", help="the cluster group followed bundles must be signed for")
+    run.add_argument("--follow-namespace", metavar="NS", help="where the handoff ConfigMap is (edgetrust-system)")
     add_listen(run, default="127.0.0.1:8443", host_aliases=["--listen-host"], port_aliases=["--listen-port"])
     run.add_argument(
         "--tls-cert", type=Path, metavar="PEM", help="the serving certificate the API server trusts (caBundle)"

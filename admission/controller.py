@@ -67,8 +67,9 @@ class AdmissionController:
         inventory: Inventory | None = None,
         inventory_sync: InventorySync | None = None,
         expand_workloads: bool = True,
+        counter: int = -1,
     ) -> None:
-        self._active = Enforced(policies)
+        self._active = Enforced(policies, counter=counter)  # counter: the start-up bundle's (-1: not a bundle)
         self._swap_lock = asyncio.Lock()
         self._generation = 0
         self._swaps = 0

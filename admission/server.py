@@ -7,9 +7,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from admission.app import ReviewEndpoints, create_app
 from admission.controller import AdmissionController
 from admission.errors import ConfigError
+from admission.follow import BundleFollower
 from admission.images.verifier import CacheSettings, ImageVerifier
 from admission.library import default_library
 from admission.metrics import AdmissionMetrics
@@ -31,12 +34,13 @@ log = logging.getLogger("edgetrust.admission")
 
 def build_controller(settings: AdmissionSettings) -> AdmissionController:
     policy_dir, gatekeeper_dir = settings.policy_dir, settings.gatekeeper_dir
+    counter = -1
     if settings.default_library and settings.bundle is not None:
         raise ConfigError("--default-library and --bundle both given: give one policy source")
     if settings.default_library:
         policy_dir = default_library(settings.parameters).directory
     elif settings.bundle is not None:
-        policy_dir, gatekeeper_dir = policies_from_bundle(settings.bundle, settings.bundle_keys)
+        policy_dir, gatekeeper_dir, counter = policies_from_bundle(settings.bundle, settings.bundle_keys)
     policies = PolicySet.load(
         policy_dir,
         exempt_namespaces=settings.exempt_namespaces,
@@ -56,12 +60,12 @@ def build_controller(settings: AdmissionSettings) -> AdmissionController:
     opa = OpaDecider(OpaSettings(host=settings.opa_host, port=settings.opa_port, timeout_s=settings.opa_timeout_s))
     inventory = Inventory()
     sync = None
+    source: kubeapi.Source = (
+        KubeSource(settings.kube_url, token_file=settings.kube_token_file, ca_file=settings.kube_ca_file)
+        if settings.kube_url and settings.kube_token_file
+        else kubeapi.InCluster()
+    )
     if settings.inventory_resources:
-        source: kubeapi.Source = (
-            KubeSource(settings.kube_url, token_file=settings.kube_token_file, ca_file=settings.kube_ca_file)
-            if settings.kube_url and settings.kube_token_file
-            else kubeapi.InCluster()
-        )
         sync = InventorySync(
             source, settings.inventory_resources, inventory, opa, interval_s=settings.inventory_interval_s
         )
@@ -73,6 +77,28 @@ def build_controller(settings: AdmissionSettings) -> AdmissionController:
         inventory=inventory,
         inventory_sync=sync,
         expand_workloads=settings.expand_workloads,
+        counter=counter,
+    )
+
+
+def build_follower(settings: AdmissionSettings, controller: AdmissionController) -> BundleFollower | None:
+    """The handoff ConfigMap's follower when `follow_bundles` (its keys and group checked here, at start)."""
+    if not settings.follow_bundles:
+        return None
+    source: kubeapi.Source = (
+        KubeSource(settings.kube_url, token_file=settings.kube_token_file, ca_file=settings.kube_ca_file)
+        if settings.kube_url and settings.kube_token_file
+        else kubeapi.InCluster()
+    )
+    return BundleFollower(
+        controller,
+        kubeapi.KubeConnection(source, user_agent="edgetrust-admission"),
+        namespace=settings.follow_namespace,
+        keys=bundle_keys(settings.bundle_keys),
+        group=settings.bundle_group or "",
+        interval_s=settings.follow_interval_s,
+        exempt_namespaces=settings.exempt_namespaces,
+        parameters=settings.parameters,
     )
 
 
@@ -90,28 +116,43 @@ def registry_settings(settings: AdmissionSettings) -> RegistrySettings:
     )
 
 
-def policies_from_bundle(path: Path, key_specs: tuple[str, ...]) -> tuple[Path, Path]:
-    """Verify a signed policy bundle and unpack its admission and Gatekeeper folders for PolicySet.load."""
+def bundle_keys(key_specs: tuple[str, ...]) -> dict[str, ec.EllipticCurvePublicKey]:
+    """The bundle signers' keys from "key id=PEM file" specs; none, or one that does not load, stops the start."""
     keys: dict[str, bytes] = {}
     for spec in key_specs:
         key_id, _, pem_path = spec.partition("=")
         if not key_id or not pem_path:
             raise ConfigError(f"bundle key {spec!r} must be 'key id=PEM file'")
-        keys[key_id] = Path(pem_path).read_bytes()
+        try:
+            keys[key_id] = Path(pem_path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"bundle key {spec!r}: {exc}") from exc
     if not keys:
         raise ConfigError("a policy bundle needs at least one verification key (bundle_keys)")
     try:
+        return load_verification_keys(keys)
+    except BundleError as exc:
+        raise ConfigError(f"bundle keys: {exc}") from exc
+
+
+def policies_from_bundle(path: Path, key_specs: tuple[str, ...]) -> tuple[Path, Path, int]:
+    """Verify a signed policy bundle and unpack its admission and Gatekeeper folders for PolicySet.load; with
+    its revision counter, below which a followed bundle is refused."""
+    keys = bundle_keys(key_specs)
+    try:
         bundle = unpack(path.read_bytes())
-        signer = verify_bundle(bundle, load_verification_keys(keys))
+        signer = verify_bundle(bundle, keys)
     except (BundleError, OSError) as exc:
         raise ConfigError(f"policy bundle {path} refused: {exc}") from exc
     work = Path(tempfile.mkdtemp(prefix="edgetrust-admission-"))
     log.info("admission policies from bundle %s (signed by %s)", bundle.revision, signer)
-    return bundle.extract("admission", work / "admission"), bundle.extract("gatekeeper", work / "gatekeeper")
+    admission_dir = bundle.extract("admission", work / "admission")
+    return admission_dir, bundle.extract("gatekeeper", work / "gatekeeper"), bundle.counter
 
 
 def build_app(settings: AdmissionSettings) -> ReviewEndpoints:
-    return create_app(build_controller(settings))
+    controller = build_controller(settings)
+    return create_app(controller, follower=build_follower(settings, controller))
 
 
 def serve(settings: AdmissionSettings, *, before_serving: Callable[[], None] | None = None) -> None:

@@ -25,6 +25,16 @@ class AdmissionSettings(BaseSettings):
     #: verified at start with bundle_keys ("key id=PEM file"), or the webhook does not start
     bundle: Path | None = None
     bundle_keys: tuple[str, ...] = ()
+    #: follow the bundles the syncer accepts (the handoff ConfigMap, edgetrust/bundles/handoff.py) through the
+    #: API server (kube_url or the service account), each verified here with bundle_keys and bundle_group and
+    #: swapped in without a restart when its counter is newer; the start-up set (bundle, default_library,
+    #: policy_dir) is enforced until the ConfigMap gives a verified one, and the last verified set through a
+    #: partition
+    follow_bundles: bool = False
+    follow_namespace: str = "edgetrust-system"
+    follow_interval_s: float = Field(default=5.0, gt=0)
+    #: the cluster group the followed bundles must be signed for (another group's bundle is refused)
+    bundle_group: str | None = None
     #: start with no policy at all (an empty or mistyped policy_dir otherwise stops the start): the webhook then
     #: admits everything, warns at start and puts a warning on every review it admits. For bring-up only.
     unsafe_allow_empty_policy_set: bool = False
