@@ -26,6 +26,7 @@ from edgetrust.bundles.format import Bundle, check_bundle, unpack
 from edgetrust.bundles.revocations import RevocationStore
 from edgetrust.bundles.signing import verify_bundle
 from syncer.apply import ApplyResult, apply_with_rollback, desired
+from syncer.handoff import Handoff
 from syncer.kube import KubeTarget
 from syncer.state import AgentState
 
@@ -84,6 +85,8 @@ class SyncOutcome:
     detail: ApplyResult = field(default_factory=ApplyResult)
     #: an unreachable source's own "retry after" (a hub's 503 Retry-After), for the caller's backoff
     retry_after_s: float | None = None
+    #: the webhook handoff of this bundle: "handed-over", "failed: <why>" (retried next sync), "" (no handoff)
+    admission: str = ""
 
     def report(self, cluster: str) -> dict[str, Any]:
         return {
@@ -93,6 +96,7 @@ class SyncOutcome:
             "error": self.error,
             "applied": len(self.detail.applied),
             "pruned": len(self.detail.pruned),
+            "admission": self.admission,
             "at": int(time.time()),
         }
 
@@ -110,6 +114,7 @@ class SyncAgent:
         state: AgentState,
         reporter: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
         revocations: RevocationStore | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         self.cluster = cluster
         self.group = group
@@ -122,6 +127,8 @@ class SyncAgent:
         self._started = False
         self.last_contact: float | None = None
         self.revocations = revocations
+        self._handoff = handoff
+        self._handed_over = ""  # the revision last handed to the webhook
         if revocations is not None:
             source.hold_revocations(revocations.etag)
 
@@ -172,8 +179,11 @@ class SyncAgent:
             applied_before = good is not None and good.revision == bundle.revision
             if current is not None and current.revision == bundle.revision and (applied_before or self._started):
                 # the bundle we already applied (fetched again, e.g. after a lost answer), or the one start()
-                # re-applied after a restart: not a replay, and nothing to do
-                return self._record(SyncOutcome(SyncResult.UNCHANGED, bundle.revision))
+                # re-applied after a restart: not a replay, and nothing to do (but a handoff that failed)
+                outcome = SyncOutcome(SyncResult.UNCHANGED, bundle.revision)
+                if self._handed_over != bundle.revision:
+                    await self._hand_over(blob, bundle, outcome)
+                return self._record(outcome)
             self.state.guard.check(bundle)
             wanted = self._wanted(bundle)  # validated before the guard moves
         except BundleError as exc:
@@ -182,7 +192,7 @@ class SyncAgent:
         log.info("bundle %s verified (key %s), applying for site class %s", bundle.revision, signer, self.site_class)
         good = self.state.last_known_good()
         self.state.accept(blob, bundle)
-        return await self._apply(bundle, self._wanted(good) if good is not None else None, wanted)
+        return await self._apply(bundle, self._wanted(good) if good is not None else None, wanted, blob=blob)
 
     async def _sync_revocations(self) -> None:
         """Take the hub's newer revocation list, if it announced one; a bad one is refused and reported."""
@@ -201,7 +211,12 @@ class SyncAgent:
         log.info("revocation list %s: %d SPIFFE IDs revoked", accepted.revision, len(accepted.spiffe_ids))
 
     async def _apply(
-        self, bundle: Bundle, fallback: list[dict[str, Any]] | None, wanted: list[dict[str, Any]] | None = None
+        self,
+        bundle: Bundle,
+        fallback: list[dict[str, Any]] | None,
+        wanted: list[dict[str, Any]] | None = None,
+        *,
+        blob: bytes | None = None,
     ) -> SyncOutcome:
         try:
             detail = await apply_with_rollback(self._kube, wanted or self._wanted(bundle), fallback)
@@ -209,7 +224,23 @@ class SyncAgent:
             return self._record(SyncOutcome(SyncResult.FAILED, bundle.revision, f"{exc.code}: {exc.diagnostics()}"))
         self.state.mark_good()
         result = SyncResult.APPLIED if detail.applied or detail.pruned else SyncResult.UNCHANGED
-        return self._record(SyncOutcome(result, bundle.revision, detail=detail))
+        outcome = SyncOutcome(result, bundle.revision, detail=detail)
+        if blob is not None:
+            await self._hand_over(blob, bundle, outcome)
+        return self._record(outcome)
+
+    async def _hand_over(self, blob: bytes, bundle: Bundle, outcome: SyncOutcome) -> None:
+        """The applied bundle to the webhook replicas (syncer/handoff.py); a failure is reported, not undone."""
+        if self._handoff is None:
+            return
+        try:
+            await self._handoff.publish(blob, bundle)
+        except BundleError as exc:
+            log.warning("bundle %s not handed to the webhook: %s", bundle.revision, exc.diagnostics())
+            outcome.admission = f"failed: {exc.code}: {exc.diagnostics()}"
+            return
+        self._handed_over = bundle.revision
+        outcome.admission = "handed-over"
 
     def _record(self, outcome: SyncOutcome) -> SyncOutcome:
         self.state.queue_report(outcome.report(self.cluster))

@@ -44,6 +44,7 @@ from edgetrust.bundles.oci import BundleRegistry, OCIReference, registry_setting
 from edgetrust.bundles.revocations import KEY_ID, RevocationStore
 from edgetrust.bundles.signing import load_verification_keys
 from syncer.agent import BundleSource, SyncAgent, SyncOutcome, SyncResult
+from syncer.handoff import ConfigMapHandoff
 from syncer.kube import KubeClient, KubeConfig
 from syncer.sources import HubSource, OCISource, hub_reporter, hub_session
 from syncer.state import AgentState
@@ -88,6 +89,12 @@ def _parser() -> Parser:
     run.add_argument("--registry-ca", type=Path, help="roots of the mirror's TLS certificate")
     run.add_argument(
         "--registry-auth-file", type=Path, help="the mirror's credentials (a Docker config.json; Basic or token)"
+    )
+    run.add_argument(
+        "--admission-handoff-namespace",
+        metavar="NS",
+        help="hand each applied bundle to the webhook replicas in this namespace (ConfigMap "
+        "edgetrust-admission-bundle, which they verify and follow with --follow-bundles); default: no handoff",
     )
     run.add_argument("--wait", type=float, default=30.0, help="long-poll seconds")
     run.add_argument("--once", action="store_true", help="one sync, then exit (for jobs and tests)")
@@ -208,7 +215,13 @@ async def _run(args: argparse.Namespace) -> int:
     context = hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key)
     # the token file is followed as the kubelet rotates it (bound service-account tokens), not read once
     kube_url = args.kube_url or kubeapi.in_cluster_url()
-    kube = KubeClient(KubeConfig(kube_url, token_file=args.kube_token_file, ca_file=args.kube_ca_file))
+    kube_config = KubeConfig(kube_url, token_file=args.kube_token_file, ca_file=args.kube_ca_file)
+    kube = KubeClient(kube_config)
+    handoff = (
+        ConfigMapHandoff(kube_config, namespace=args.admission_handoff_namespace)
+        if args.admission_handoff_namespace
+        else None
+    )
     registry = None
     async with hub_session(args.hub, context) as http:
         source: BundleSource
@@ -238,6 +251,7 @@ async def _run(args: argparse.Namespace) -> int:
             )
             if args.revocation_key
             else None,
+            handoff=handoff,
         )
         restored = await agent.start()
         if restored is not None:
@@ -254,6 +268,8 @@ async def _run(args: argparse.Namespace) -> int:
             if args.once:
                 await agent.flush_reports()
                 await kube.aclose()
+                if handoff is not None:
+                    await handoff.aclose()
                 if registry is not None:
                     await registry.aclose()
                 code = _exit_code(outcome.result)
