@@ -3,19 +3,24 @@ seeded at start, swapped when newer, kept through a partition."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from admission.controller import AdmissionController
 from admission.follow import BundleFollower, HandoffError
+from admission.review import AdmissionRequest
 from localpeers.hub import free_port
 from localpeers.kube import KubeAPI
 from localpeers.opa_server import opa_server
-from tests.support.handoff_rig import HandoffRig, handoff_kube, remove_handoff
-from tests.support.policy_generations import pod_review
+from localpeers.tlsca import TestCA
+from localpeers.webhook import running_webhook
+from tests.support.handoff_rig import GROUP, KEY_ID, HandoffRig, handoff_kube, remove_handoff
+from tests.support.policy_generations import generation_dir, pod_review
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +92,50 @@ def test_a_partitioned_webhook_keeps_its_last_verified_set(rig: HandoffRig) -> N
         assert controller.status.swaps == 1
 
     rig.run(scenario)
+
+
+def test_the_served_webhook_seeds_from_the_configmap_and_says_what_it_enforces(
+    rig: HandoffRig, kube: KubeAPI, tmp_path: Path
+) -> None:
+    """The webhook as served (settings -> follower -> lifespan): seeded before ready, /readyz names the counter
+    in force and the last refusal, and a newer bundle is taken without a restart."""
+    rig.put(rig.bundle(7))
+    public = tmp_path / "ci-1.pem"
+    public.write_bytes(
+        rig.key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    token = tmp_path / "token"
+    token.write_text(kube.token)
+    policies = generation_dir(tmp_path, 0)
+    with running_webhook(
+        tmp_path / "webhook",
+        TestCA(tmp_path / "webhook-ca"),
+        policy_dir=policies,
+        exempt_namespaces=(),
+        opa_port=rig.opa.port,
+        follow_bundles=True,
+        follow_interval_s=0.2,
+        bundle_keys=(f"{KEY_ID}={public}",),
+        bundle_group=GROUP,
+        kube_url=kube.url,
+        kube_token_file=token,
+        kube_ca_file=kube.ca_file,
+    ) as webhook:
+        with webhook.client() as client:
+            ready = client.get("/readyz").json()
+        assert ready["status"] == "ready"
+        assert ready["counter"] == 7  # seeded: the start-up set (generation 0) never answered a review
+        assert webhook.review(review_of(pod_review("s", 7)))["allowed"]
+        rig.put(rig.bundle(8, group="stores"))  # refused: another group's
+        rig.put(rig.bundle(9))
+        with webhook.client() as client:
+            deadline = time.monotonic() + 30  # a bound on the wait, not a timed assertion
+            while (ready := client.get("/readyz").json())["counter"] != 9:
+                assert time.monotonic() < deadline, ready
+                time.sleep(0.1)
+        assert webhook.review(review_of(pod_review("t", 9)))["allowed"]
+        assert not webhook.review(review_of(pod_review("u", 7)))["allowed"]
+
+
+def review_of(request: AdmissionRequest) -> dict[str, object]:
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": dict(request.raw)}
