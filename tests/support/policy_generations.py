@@ -45,6 +45,26 @@ violation contains {"msg": "never"} if {
 """
 
 
+#: a Gatekeeper template (Rego v0, with a lib) whose constraint carries the generation in its parameters
+TEMPLATE = {
+    "apiVersion": "templates.gatekeeper.sh/v1",
+    "kind": "ConstraintTemplate",
+    "metadata": {"name": "k8sgeneration"},
+    "spec": {
+        "crd": {"spec": {"names": {"kind": "K8sGeneration"}}},
+        "targets": [
+            {
+                "target": "admission.k8s.gatekeeper.sh",
+                "rego": "package k8sgeneration\n\nimport data.lib.genlabel.label_of\n\n"
+                'violation[{"msg": msg}] {\n  label_of(input.review.object) != input.parameters.expected\n'
+                '  msg := sprintf("constraint: generation %v only", [input.parameters.expected])\n}\n',
+                "libs": ["package lib.genlabel\n\nlabel_of(obj) = v {\n  v := obj.metadata.labels.gen2\n}\n"],
+            }
+        ],
+    },
+}
+
+
 def generation_dir(root: Path, k: int, *, broken: bool = False) -> Path:
     """The policy folder of generation k (a broken one holds Rego OPA refuses)."""
     folder = root / (f"gen{k}-broken" if broken else f"gen{k}")
@@ -59,15 +79,39 @@ def generation_dir(root: Path, k: int, *, broken: bool = False) -> Path:
     return folder
 
 
-def generation_set(root: Path, k: int, *, broken: bool = False) -> PolicySet:
-    return PolicySet.load(generation_dir(root, k, broken=broken), exempt_namespaces=())
+def gatekeeper_dir(root: Path, k: int) -> Path:
+    """Generation k's Gatekeeper files: the template, and a constraint expecting label gen2 == "k"."""
+    folder = root / f"gk{k}"
+    folder.mkdir(parents=True, exist_ok=True)
+    constraint = {
+        "apiVersion": "constraints.gatekeeper.sh/v1beta1",
+        "kind": "K8sGeneration",
+        "metadata": {"name": "generation-constraint"},
+        "spec": {"match": {"kinds": [{"apiGroups": [""], "kinds": ["Pod"]}]}, "parameters": {"expected": str(k)}},
+    }
+    (folder / "template.yaml").write_text(yaml.safe_dump(TEMPLATE))
+    (folder / "constraint.yaml").write_text(yaml.safe_dump(constraint))
+    return folder
+
+
+def generation_set(root: Path, k: int, *, broken: bool = False, gatekeeper: bool = False) -> PolicySet:
+    """Generation k; with `gatekeeper`, its Gatekeeper template and constraint too (both must agree)."""
+    return PolicySet.load(
+        generation_dir(root, k, broken=broken),
+        exempt_namespaces=(),
+        gatekeeper_dir=gatekeeper_dir(root, k) if gatekeeper else None,
+    )
 
 
 def pod_review(uid: str, generation: int, *, namespace: str = "apps") -> AdmissionRequest:
     pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": f"p-{uid}", "namespace": namespace, "labels": {"gen": str(generation)}},
+        "metadata": {
+            "name": f"p-{uid}",
+            "namespace": namespace,
+            "labels": {"gen": str(generation), "gen2": str(generation)},
+        },
         "spec": {"containers": [{"name": "c", "image": "registry.edge.test/app@sha256:" + "a" * 64}]},
     }
     review = {

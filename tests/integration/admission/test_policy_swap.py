@@ -22,6 +22,7 @@ from localpeers.opa_server import OpaServer, opa_server
 from tests.support.policy_generations import generation_set, pod_review
 
 SWAPS = 20
+BOTH = ["[generation", "[generation-constraint"]
 WORKERS = 24
 
 
@@ -38,11 +39,17 @@ def controller_for(policies: PolicySet, opa: OpaServer) -> AdmissionController:
     return AdmissionController(policies, OpaDecider(OpaSettings(port=opa.port)), images, metrics)
 
 
-def run(tmp_path: Path, opa: OpaServer, scenario: Callable[[AdmissionController], Awaitable[None]]) -> None:
+def run(
+    tmp_path: Path,
+    opa: OpaServer,
+    scenario: Callable[[AdmissionController], Awaitable[None]],
+    *,
+    gatekeeper: bool = False,
+) -> None:
     """`scenario` against a started controller enforcing generation 0 (closed after, also on failure)."""
 
     async def main() -> None:
-        controller = controller_for(generation_set(tmp_path, 0), opa)
+        controller = controller_for(generation_set(tmp_path, 0, gatekeeper=gatekeeper), opa)
         await controller.start()
         try:
             await scenario(controller)
@@ -58,11 +65,11 @@ def opa_modules(opa: OpaServer) -> list[str]:
 
 
 def test_twenty_swaps_under_load_decide_every_review_by_one_whole_set(tmp_path: Path, own_opa: OpaServer) -> None:
-    run(tmp_path, own_opa, lambda controller: twenty_swaps_under_load(controller, tmp_path, own_opa))
+    run(tmp_path, own_opa, lambda controller: twenty_swaps_under_load(controller, tmp_path, own_opa), gatekeeper=True)
 
 
 async def twenty_swaps_under_load(controller: AdmissionController, tmp_path: Path, own_opa: OpaServer) -> None:
-    sets = [generation_set(tmp_path, k) for k in range(SWAPS + 1)]
+    sets = [generation_set(tmp_path, k, gatekeeper=True) for k in range(SWAPS + 1)]
     generation_of = {s.revision: k for k, s in enumerate(sets)}
     assert len(generation_of) == SWAPS + 1  # each set its own revision, or the check below proves nothing
     done = asyncio.Event()
@@ -100,15 +107,19 @@ async def twenty_swaps_under_load(controller: AdmissionController, tmp_path: Pat
     assert decided_by == set(range(SWAPS + 1)), "every generation decided reviews while it was in force"
     assert sum(1 for o in outcomes if o[3]) > 0
     assert sum(1 for o in outcomes if not o[3]) > 0
+    # a denial names both the Rego policy and the Gatekeeper constraint: both were decided by the same set
+    one_sided = [o for o in outcomes if not o[3] and sorted(d.split("]")[0] for d in o[4]) != BOTH]
+    assert one_sided == []
     metrics = controller.metrics.exposition().decode()
     assert 'edgetrust_admission_policy_swaps_total{result="applied"} 20.0' in metrics
     assert "edgetrust_admission_opa_errors_total{" not in metrics  # no OPA error of any code
-    # the old sets are gone from OPA: only the last one's modules are left
+    # the old sets are gone from OPA: only the last one's modules are left (the start-up set's too)
     namespace = f"swap{SWAPS}"
-    assert opa_modules(own_opa) == sorted(
-        [f"{namespace}-edgetrust-decision"]
-        + [f"{namespace}-edgetrust-admission-{m}" for m in ("lib-gen", "generation-generation")]
-    )
+    modules = opa_modules(own_opa)
+    assert [m for m in modules if not m.startswith(f"{namespace}-")] == []
+    assert f"{namespace}-edgetrust-decision" in modules
+    assert f"{namespace}-edgetrust-admission-generation-generation" in modules
+    assert len([m for m in modules if "gatekeeper" in m]) == 2  # the template and its lib, once
 
 
 def test_a_set_opa_refuses_leaves_the_one_in_force_and_is_reported(tmp_path: Path, own_opa: OpaServer) -> None:
