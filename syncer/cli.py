@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -43,6 +45,7 @@ from edgetrust.bundles.errors import BundleError, SourceUnreachableError
 from edgetrust.bundles.oci import BundleRegistry, OCIReference, registry_settings
 from edgetrust.bundles.revocations import KEY_ID, RevocationStore
 from edgetrust.bundles.signing import load_verification_keys
+from edgetrust.spiffe.workload import SOCKET_ENV, WorkloadSvid, WorkloadSvidError, socket_address
 from syncer.agent import BundleSource, SyncAgent, SyncOutcome, SyncResult
 from syncer.kube import KubeClient, KubeConfig
 from syncer.sources import HubSource, OCISource, hub_reporter, hub_session
@@ -60,8 +63,18 @@ def _parser() -> Parser:
     logs.add_arguments(run)
     add_hub(run)
     run.add_argument("--ca-bundle", type=Path, required=True, help="roots that sign trustd's certificate")
-    run.add_argument("--svid", type=Path, required=True, help="this cluster's X.509-SVID (PEM)")
-    run.add_argument("--svid-key", type=Path, required=True)
+    run.add_argument(
+        "--spiffe-socket",
+        help=f"the node agent's Workload API socket (path or unix:// URL; default: ${SOCKET_ENV}): this cluster's "
+        "X.509-SVID comes from it and is followed as it rotates. The default way.",
+    )
+    run.add_argument(
+        "--svid",
+        type=Path,
+        help="FALLBACK for clusters without the node agent: this cluster's X.509-SVID (PEM) from a file (a Secret); "
+        "nothing renews it. Replaces the Workload API.",
+    )
+    run.add_argument("--svid-key", type=Path, help="the --svid fallback's private key")
     run.add_argument("--cluster", required=True, help="this cluster's name in the fleet")
     run.add_argument(
         "--group", required=True, help="this cluster's group in the fleet: bundles signed for another are refused"
@@ -170,6 +183,10 @@ def _check_start(args: argparse.Namespace) -> dict[str, bytes]:
             "no --verification-key: every bundle would be refused; give the publisher's public key, "
             "e.g. --verification-key ci-1=ci-1.pem"
         )
+    if (args.svid is None) != (args.svid_key is None):
+        raise UsageError("--svid and --svid-key go together (the fallback); without both the Workload API is used")
+    if args.svid is not None and args.spiffe_socket:
+        raise UsageError("--spiffe-socket or the --svid fallback, not both: which identity would the syncer use?")
     files_needed = [
         ("--ca-bundle", args.ca_bundle, "the roots that sign trustd's certificate"),
         ("--svid", args.svid, _SVID_HINT),
@@ -203,9 +220,27 @@ def _check_start(args: argparse.Namespace) -> dict[str, bytes]:
     return keys
 
 
+def _identity(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[ssl.SSLContext, str]:
+    """The mTLS context to the hub and the SPIFFE ID it presents: from the Workload API (followed as the node
+    agent rotates it), or, only when --svid is given, the fallback files (read once)."""
+    if args.svid is not None:
+        return hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key), _spiffe_id(args.svid)
+    try:
+        workload = stack.enter_context(WorkloadSvid(socket_address(args.spiffe_socket), args.ca_bundle))
+    except WorkloadSvidError as exc:
+        raise UsageError(exc.diagnostics()) from exc
+    workload.bind(asyncio.get_running_loop())
+    log.info("X.509-SVID from the Workload API: %s", workload.spiffe_id)
+    return workload.context, workload.spiffe_id
+
+
 async def _run(args: argparse.Namespace) -> int:
     keys = _check_start(args)
-    context = hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key)
+    with contextlib.ExitStack() as stack:
+        return await _sync(args, keys, *_identity(args, stack))
+
+
+async def _sync(args: argparse.Namespace, keys: dict[str, bytes], context: ssl.SSLContext, spiffe_id: str) -> int:
     # the token file is followed as the kubelet rotates it (bound service-account tokens), not read once
     kube_url = args.kube_url or kubeapi.in_cluster_url()
     kube = KubeClient(KubeConfig(kube_url, token_file=args.kube_token_file, ca_file=args.kube_ca_file))
@@ -244,7 +279,6 @@ async def _run(args: argparse.Namespace) -> int:
             log.info("re-applied %s from disk: %s", restored.revision, restored.result)
         backoff = Backoff(base_s=1.0, cap_s=60.0)
         source_name = "the registry mirror" if args.bundle_oci else "hub"
-        spiffe_id = _spiffe_id(args.svid)
         while True:
             outcome = await agent.run_once()
             message = explain(outcome, source=source_name, spiffe_id=spiffe_id, retrying=not args.once)
