@@ -1,6 +1,7 @@
 """`trustctl fleet list | revoke | entry | cluster add`: the operator's commands, spoken to trustd over mTLS
-with an operator SVID; and `trustctl fleet check FILE`, offline: the hub's fleet file checked as `trustd serve --fleet` will read
-it (edgetrust/schemas/fleet.schema.json), in the fleet repository's CI or before a deploy, without a hub or credentials.
+with an operator SVID; and `trustctl fleet check FILE`, offline: the hub's fleet file checked as
+`trustd serve --fleet` will read it (edgetrust/schemas/fleet.schema.json), in the fleet repository's CI or before
+a deploy, without a hub or credentials.
 It lives here, beside the other fleet commands, rather than under `trustd`: trustctl is the operator's tool,
 the one the policy checks (`trustctl policy test`) already come with."""
 
