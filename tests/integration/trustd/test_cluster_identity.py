@@ -37,6 +37,7 @@ from localpeers.nodes import enroll_node
 from localpeers.svid import issue_svid_files
 from localpeers.tlsca import ServerCert, TestCA
 from localpeers.webhook import pod
+from syncer.cli import main as syncer_main
 from syncer.sources import HubSource, hub_session
 from tests.integration.conftest import BootedDevice
 from trustd.agent.identities import HubClient, Identities
@@ -237,6 +238,19 @@ def test_the_syncer_long_polls_on_svids_from_the_node_agent_across_rotations(
                 )
             finally:
                 probe.close()
+            # the syncer's own command line, on the Workload API (no --svid): one sync against the hub, ok
+            syncer = ["run", "--hub", hub.url, "--ca-bundle", str(hub.ca_bundle), "--cluster", "edge-1"]
+            syncer += [
+                "--group",
+                "gateways",
+                "--site-class",
+                "edge-gateway",
+                "--verification-key",
+                f"ci-1={keys}/ci-1.pem",
+            ]
+            syncer += ["--kube-url", kube.url, "--kube-token-file", str(token), "--kube-ca-file", str(kube.ca_file)]
+            syncer += ["--state-dir", str(tmp_path / "syncer"), "--spiffe-socket", str(socket_path)]
+            assert syncer_main([*syncer, "--once", "--wait", "1"]) == 0
 
 
 async def long_polls_across_rotations(
