@@ -20,6 +20,7 @@ import logging
 import ssl
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -39,7 +40,7 @@ from edgetrust._internal.cli import (
     fail,
     verification_key_files,
 )
-from edgetrust._internal.hubclient import HubCallError
+from edgetrust._internal.hubclient import HubCallError, HubFailure
 from edgetrust._internal.retry import Backoff
 from edgetrust.bundles.errors import BundleError, SourceUnreachableError
 from edgetrust.bundles.oci import BundleRegistry, OCIReference, registry_settings
@@ -220,27 +221,44 @@ def _check_start(args: argparse.Namespace) -> dict[str, bytes]:
     return keys
 
 
-def _identity(args: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[ssl.SSLContext, str]:
+@dataclass(frozen=True, slots=True)
+class Identity:
+    context: ssl.SSLContext
+    spiffe_id: str
+    workload: WorkloadSvid | None = None  # None: the --svid fallback
+
+    def check(self) -> None:
+        """Before each sync: a Workload API stream that ended for good stops the syncer (its pod restarts)."""
+        if self.workload is not None:
+            try:
+                self.workload.check_open()
+            except WorkloadSvidError as exc:
+                raise HubCallError(HubFailure.LOCAL, exc.diagnostics()) from exc
+
+
+def _identity(args: argparse.Namespace, stack: contextlib.ExitStack) -> Identity:
     """The mTLS context to the hub and the SPIFFE ID it presents: from the Workload API (followed as the node
-    agent rotates it), or, only when --svid is given, the fallback files (read once)."""
+    agent rotates it), or, only when --svid is given, the fallback files (read once). Waiting for the first SVID
+    blocks the loop (up to START_TIMEOUT_S): nothing else runs before the syncer has an identity."""
     if args.svid is not None:
-        return hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key), _spiffe_id(args.svid)
+        return Identity(hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key), _spiffe_id(args.svid))
     try:
         workload = stack.enter_context(WorkloadSvid(socket_address(args.spiffe_socket), args.ca_bundle))
     except WorkloadSvidError as exc:
         raise UsageError(exc.diagnostics()) from exc
     workload.bind(asyncio.get_running_loop())
     log.info("X.509-SVID from the Workload API: %s", workload.spiffe_id)
-    return workload.context, workload.spiffe_id
+    return Identity(workload.context, workload.spiffe_id, workload)
 
 
 async def _run(args: argparse.Namespace) -> int:
     keys = _check_start(args)
     with contextlib.ExitStack() as stack:
-        return await _sync(args, keys, *_identity(args, stack))
+        return await _sync(args, keys, _identity(args, stack))
 
 
-async def _sync(args: argparse.Namespace, keys: dict[str, bytes], context: ssl.SSLContext, spiffe_id: str) -> int:
+async def _sync(args: argparse.Namespace, keys: dict[str, bytes], identity: Identity) -> int:
+    context, spiffe_id = identity.context, identity.spiffe_id
     # the token file is followed as the kubelet rotates it (bound service-account tokens), not read once
     kube_url = args.kube_url or kubeapi.in_cluster_url()
     kube = KubeClient(KubeConfig(kube_url, token_file=args.kube_token_file, ca_file=args.kube_ca_file))
@@ -280,6 +298,7 @@ async def _sync(args: argparse.Namespace, keys: dict[str, bytes], context: ssl.S
         backoff = Backoff(base_s=1.0, cap_s=60.0)
         source_name = "the registry mirror" if args.bundle_oci else "hub"
         while True:
+            identity.check()
             outcome = await agent.run_once()
             message = explain(outcome, source=source_name, spiffe_id=spiffe_id, retrying=not args.once)
             if outcome.result is not SyncResult.NOT_MODIFIED:

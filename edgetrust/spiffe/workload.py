@@ -138,6 +138,15 @@ class WorkloadSvid:
         finally:
             os.close(fd)
 
+    def check_open(self) -> None:
+        """Raise WorkloadSvidError when the Workload API stream has ended for good (py-spiffe retries everything
+        but CANCELLED and INVALID_ARGUMENT): no rotation would come, so the caller must stop (and be restarted)
+        rather than run on until its SVID expires."""
+        if self._source.is_closed():
+            raise WorkloadSvidError(
+                f"the Workload API stream ended for good; the X.509-SVID held ({self.spiffe_id}) will not be renewed"
+            )
+
     def close(self) -> None:
         self._source.close()
 

@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgetrust.spiffe.workload import WorkloadSvid, socket_address
+from edgetrust.spiffe.workload import WorkloadSvid, WorkloadSvidError, socket_address
 from localpeers.hub import running_hub
 from localpeers.kube import running_kube_apiserver
 from localpeers.nodes import enroll_node
@@ -313,3 +313,8 @@ async def long_polls_across_rotations(
             await kept.close()
         assert polls == 2 * ROTATIONS + 1
         assert workload.rotations == ROTATIONS
+        # a stream that ended for good is said, not run on until the SVID expires (the syncer stops on it)
+        workload.check_open()
+        probed.close()
+        with pytest.raises(WorkloadSvidError, match="will not be renewed"):
+            probed.check_open()
