@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import ssl
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -37,12 +40,13 @@ from edgetrust._internal.cli import (
     fail,
     verification_key_files,
 )
-from edgetrust._internal.hubclient import HubCallError
+from edgetrust._internal.hubclient import HubCallError, HubFailure
 from edgetrust._internal.retry import Backoff
 from edgetrust.bundles.errors import BundleError, SourceUnreachableError
 from edgetrust.bundles.oci import BundleRegistry, OCIReference, registry_settings
 from edgetrust.bundles.revocations import KEY_ID, RevocationStore
 from edgetrust.bundles.signing import load_verification_keys
+from edgetrust.spiffe.workload import SOCKET_ENV, WorkloadSvid, WorkloadSvidError, socket_address
 from syncer.agent import BundleSource, SyncAgent, SyncOutcome, SyncResult
 from syncer.handoff import ConfigMapHandoff
 from syncer.kube import KubeClient, KubeConfig
@@ -61,8 +65,18 @@ def _parser() -> Parser:
     logs.add_arguments(run)
     add_hub(run)
     run.add_argument("--ca-bundle", type=Path, required=True, help="roots that sign trustd's certificate")
-    run.add_argument("--svid", type=Path, required=True, help="this cluster's X.509-SVID (PEM)")
-    run.add_argument("--svid-key", type=Path, required=True)
+    run.add_argument(
+        "--spiffe-socket",
+        help=f"the node agent's Workload API socket (path or unix:// URL; default: ${SOCKET_ENV}): this cluster's "
+        "X.509-SVID comes from it and is followed as it rotates. The default way.",
+    )
+    run.add_argument(
+        "--svid",
+        type=Path,
+        help="FALLBACK for clusters without the node agent: this cluster's X.509-SVID (PEM) from a file (a Secret); "
+        "nothing renews it. Replaces the Workload API.",
+    )
+    run.add_argument("--svid-key", type=Path, help="the --svid fallback's private key")
     run.add_argument("--cluster", required=True, help="this cluster's name in the fleet")
     run.add_argument(
         "--group", required=True, help="this cluster's group in the fleet: bundles signed for another are refused"
@@ -177,6 +191,10 @@ def _check_start(args: argparse.Namespace) -> dict[str, bytes]:
             "no --verification-key: every bundle would be refused; give the publisher's public key, "
             "e.g. --verification-key ci-1=ci-1.pem"
         )
+    if (args.svid is None) != (args.svid_key is None):
+        raise UsageError("--svid and --svid-key go together (the fallback); without both the Workload API is used")
+    if args.svid is not None and args.spiffe_socket:
+        raise UsageError("--spiffe-socket or the --svid fallback, not both: which identity would the syncer use?")
     files_needed = [
         ("--ca-bundle", args.ca_bundle, "the roots that sign trustd's certificate"),
         ("--svid", args.svid, _SVID_HINT),
@@ -210,9 +228,44 @@ def _check_start(args: argparse.Namespace) -> dict[str, bytes]:
     return keys
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    context: ssl.SSLContext
+    spiffe_id: str
+    workload: WorkloadSvid | None = None  # None: the --svid fallback
+
+    def check(self) -> None:
+        """Before each sync: a Workload API stream that ended for good stops the syncer (its pod restarts)."""
+        if self.workload is not None:
+            try:
+                self.workload.check_open()
+            except WorkloadSvidError as exc:
+                raise HubCallError(HubFailure.LOCAL, exc.diagnostics()) from exc
+
+
+def _identity(args: argparse.Namespace, stack: contextlib.ExitStack) -> Identity:
+    """The mTLS context to the hub and the SPIFFE ID it presents: from the Workload API (followed as the node
+    agent rotates it), or, only when --svid is given, the fallback files (read once). Waiting for the first SVID
+    blocks the loop (up to START_TIMEOUT_S): nothing else runs before the syncer has an identity."""
+    if args.svid is not None:
+        return Identity(hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key), _spiffe_id(args.svid))
+    try:
+        workload = stack.enter_context(WorkloadSvid(socket_address(args.spiffe_socket), args.ca_bundle))
+    except WorkloadSvidError as exc:
+        raise UsageError(exc.diagnostics()) from exc
+    workload.bind(asyncio.get_running_loop())
+    log.info("X.509-SVID from the Workload API: %s", workload.spiffe_id)
+    return Identity(workload.context, workload.spiffe_id, workload)
+
+
 async def _run(args: argparse.Namespace) -> int:
     keys = _check_start(args)
-    context = hubclient.tls_context(args.ca_bundle, args.svid, args.svid_key)
+    with contextlib.ExitStack() as stack:
+        return await _sync(args, keys, _identity(args, stack))
+
+
+async def _sync(args: argparse.Namespace, keys: dict[str, bytes], identity: Identity) -> int:
+    context, spiffe_id = identity.context, identity.spiffe_id
     # the token file is followed as the kubelet rotates it (bound service-account tokens), not read once
     kube_url = args.kube_url or kubeapi.in_cluster_url()
     kube_config = KubeConfig(kube_url, token_file=args.kube_token_file, ca_file=args.kube_ca_file)
@@ -258,8 +311,8 @@ async def _run(args: argparse.Namespace) -> int:
             log.info("re-applied %s from disk: %s", restored.revision, restored.result)
         backoff = Backoff(base_s=1.0, cap_s=60.0)
         source_name = "the registry mirror" if args.bundle_oci else "hub"
-        spiffe_id = _spiffe_id(args.svid)
         while True:
+            identity.check()
             outcome = await agent.run_once()
             message = explain(outcome, source=source_name, spiffe_id=spiffe_id, retrying=not args.once)
             if outcome.result is not SyncResult.NOT_MODIFIED:

@@ -89,8 +89,9 @@ def render_spiffe_id(template: str, trust_domain: TrustDomain, **fields: str) ->
     return spiffe_id
 
 
-#: first path segments only the hub assigns: its own ID, clusters, operators and publishers
-RESERVED_NAMESPACES = ("trustd", "cluster", "operator", "publisher")
+#: first path segments only the hub assigns: its own ID, clusters, operators and publishers; and node aliases
+#: (trustd/server/aliases.py), parents that stand for a set of nodes and are nobody's name
+RESERVED_NAMESPACES = ("trustd", "cluster", "operator", "publisher", "alias")
 _FIELD_VALUE = "[A-Za-z0-9._-]+"
 
 
@@ -147,7 +148,9 @@ class ReservedNames:
             return "is the trust domain itself, reserved to the hub"
         for prefix in self._prefixes:
             if segments[: len(prefix)] == prefix:
-                return f"is in the reserved namespace /{'/'.join(prefix)} (the hub, clusters, operators, publishers)"
+                return (
+                    f"is in the reserved namespace /{'/'.join(prefix)} (hub, clusters, operators, publishers, aliases)"
+                )
         return None
 
     def check(self, spiffe_id: SpiffeId, *, is_node: Callable[[str], bool] | None = None) -> None:

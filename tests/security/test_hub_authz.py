@@ -80,6 +80,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/fleet/entries"): OPERATORS,
     ("GET", "/v1/fleet/entries"): OPERATORS,
     ("DELETE", "/v1/fleet/entries/{entry_id}"): OPERATORS,
+    ("POST", "/v1/fleet/clusters/{cluster}/identity"): OPERATORS,
     ("GET", "/v1/fleet/revocations"): OPERATORS,
     ("POST", "/v1/fleet/revocations"): OPERATORS,
     ("GET", "/v1/policy/bundle"): CLUSTERS,

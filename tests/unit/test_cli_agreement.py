@@ -31,6 +31,7 @@ TALKS_TO_HUB = {
     "trustctl fleet entry create",
     "trustctl fleet entry list",
     "trustctl fleet entry delete",
+    "trustctl fleet cluster add",
     "trustctl policy publish",
     "trustctl policy rollout status",
     "trustctl policy rollback",

@@ -1,6 +1,7 @@
-"""`trustctl fleet list | revoke | entry`: the operator's commands, spoken to trustd over mTLS with an operator
-SVID; and `trustctl fleet check FILE`, offline: the hub's fleet file checked as `trustd serve --fleet` will read
-it (edgetrust/schemas/fleet.schema.json), in the fleet repository's CI or before a deploy, without a hub or credentials.
+"""`trustctl fleet list | revoke | entry | cluster add`: the operator's commands, spoken to trustd over mTLS
+with an operator SVID; and `trustctl fleet check FILE`, offline: the hub's fleet file checked as
+`trustd serve --fleet` will read it (edgetrust/schemas/fleet.schema.json), in the fleet repository's CI or before
+a deploy, without a hub or credentials.
 It lives here, beside the other fleet commands, rather than under `trustd`: trustctl is the operator's tool,
 the one the policy checks (`trustctl policy test`) already come with."""
 
@@ -42,6 +43,24 @@ def add_parser(sub: argparse._SubParsersAction[Parser], help: str) -> None:
     delete = entry_commands.add_parser("delete", help="remove an entry (its SVIDs stop renewing)")
     delete.add_argument("entry_id")
     _hub_args(delete)
+    cluster = commands.add_parser("cluster", help="what a cluster needs from the hub (its workloads' identity)")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
+    add = cluster_commands.add_parser(
+        "add",
+        help="serve the cluster's identity to its syncer and webhook pods from any enrolled node of its site "
+        "(entries under the site's node alias, selected by k8s:ns and k8s:sa); idempotent",
+    )
+    add.add_argument("cluster", help="the cluster's name in the fleet file")
+    add.add_argument("--site", required=True, help="the site claim its nodes enrolled with (trustctl enroll --claim)")
+    add.add_argument("--namespace", default="edgetrust-system", help="where the chart is installed")
+    add.add_argument("--release", default="edgetrust", help="the chart's Helm release name (names its accounts)")
+    add.add_argument(
+        "--service-account",
+        action="append",
+        help="instead of the chart's syncer and webhook accounts (repeatable)",
+    )
+    add.add_argument("--ttl", type=int, default=3600, help="X.509-SVID lifetime, seconds")
+    _hub_args(add)
 
 
 def _hub_args(parser: Parser) -> None:
@@ -60,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.fleet_command == "check":
         return check(args)
-    action = f"fleet {args.fleet_command}" + (f" {args.entry_command}" if args.fleet_command == "entry" else "")
+    sub = {"entry": "entry_command", "cluster": "cluster_command"}.get(args.fleet_command)
+    action = f"fleet {args.fleet_command}" + (f" {getattr(args, sub)}" if sub else "")
     try:
         view = _call(args, action)
     except hubclient.HubCallError as exc:
@@ -71,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         print(render_list(view))
     elif args.fleet_command == "entry":
         print(render_entries(view))
+    elif args.fleet_command == "cluster":
+        print(render_cluster(view))
     else:
         print(f"revoked {view['spiffe_id']} (revocation list counter {view['counter']})")
         if view["ek_fingerprint"]:
@@ -126,6 +148,14 @@ def _call(args: argparse.Namespace, action: str) -> dict[str, Any]:
     with hubclient.client(args.hub, context) as hub:
         if args.fleet_command == "list":
             return hubclient.call(hub, "GET", "/v1/fleet/nodes", action=action)
+        if args.fleet_command == "cluster":
+            body = {
+                "site": args.site,
+                "namespace": args.namespace,
+                "service_accounts": args.service_account or chart_service_accounts(args.release),
+                "ttl_s": args.ttl,
+            }
+            return hubclient.call(hub, "POST", f"/v1/fleet/clusters/{args.cluster}/identity", json=body, action=action)
         if args.fleet_command == "revoke":
             body = {"target": args.target, "reason": args.reason}
             return hubclient.call(hub, "POST", "/v1/fleet/revocations", json=body, action=action)
@@ -135,6 +165,22 @@ def _call(args: argparse.Namespace, action: str) -> dict[str, Any]:
         if args.entry_command == "list":
             return hubclient.call(hub, "GET", "/v1/fleet/entries", action=action)
         return hubclient.call(hub, "DELETE", f"/v1/fleet/entries/{args.entry_id}", action=action)
+
+
+def chart_service_accounts(release: str) -> list[str]:
+    """The syncer's and the webhook's service accounts as charts/edgetrust names them (`edgetrust.fullname`:
+    the release name when it contains the chart's name, else `<release>-edgetrust`, cut to 50 characters)."""
+    fullname = release if "edgetrust" in release else f"{release}-edgetrust"
+    fullname = fullname[:50].rstrip("-")
+    return [f"{fullname}-syncer", f"{fullname}-webhook"]
+
+
+def render_cluster(view: dict[str, Any]) -> str:
+    lines = [f"cluster {view['cluster']}: {view['spiffe_id']} served under {view['parent_id']}"]
+    for verb in ("created", "kept"):
+        for entry in view[verb]:
+            lines.append(f"  {verb:<8} entry {entry['id']}  {', '.join(entry['selectors'])}")
+    return "\n".join(lines)
 
 
 def render_entries(view: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ from trustd.errors import TrustdError, UnavailableError
 from trustd.server.api import authz
 from trustd.server.api.agent import SvidFastPath, agent_router
 from trustd.server.api.authz import Authorizer, Caller
+from trustd.server.api.clusters import cluster_router
 from trustd.server.api.fleet import fleet_router
 from trustd.server.api.policy import policy_router
 from trustd.server.ca import SpiffeCA
@@ -86,6 +87,7 @@ def create_app(
         # first: Starlette matches routes in order, and 10,000 clusters' polls are the hot path
         app.include_router(policy_router(policy, authorizer))
     app.include_router(fleet_router(store, revocations, authorizer, policy, ca.trust_domain, reserved))
+    app.include_router(cluster_router(store, authorizer, policy, ca.trust_domain))
     renewal = RenewalService(
         store=store,
         ca=ca,

@@ -2,7 +2,9 @@
 node, X.509-SVIDs for them (the agent's own keys; only CSRs travel), JWT-SVIDs, and the trust bundle.
 
 The hub checks every request against the caller (`authz.NODE`, on the bare fast path too): an enrolled, unrevoked
-device may obtain identities only for entries whose parent is its own SPIFFE ID, and never a reserved name
+device may obtain identities only for entries whose parent is its own SPIFFE ID or an alias it belongs to (its
+site's, `trustd/server/aliases.py`, from the claims stored at enrollment), and never a reserved name but a
+cluster's identity under its site's alias
 (`ReservedNames`, in case one was stored before the rule), so a compromised node can mint nothing beyond what
 was assigned to it.
 """
@@ -24,6 +26,7 @@ from edgetrust._internal import asgi_body
 from edgetrust.protocol import RenewChallenge, RenewRequest, RenewResponse
 from edgetrust.spiffe.id import ReservedNames, SpiffeId
 from trustd.errors import TrustdError, UnavailableError
+from trustd.server.aliases import aliases_of, cluster_identity_reason
 from trustd.server.api import authz
 from trustd.server.api.authz import Authorizer, Caller
 from trustd.server.api.policy import NotAuthorizedError
@@ -148,15 +151,23 @@ def agent_router(
         if device.status != "enrolled" or revocations.is_revoked(spiffe_id):
             known.pop(spiffe_id, None)
             raise NotAuthorizedError(f"{spiffe_id} is revoked")
-        known[spiffe_id] = (time.monotonic(), mintable(store.entries(parent_id=spiffe_id)))
+        entries = list(store.entries(parent_id=spiffe_id))
+        for alias in aliases_of(ca.trust_domain, device.claims):  # the sets of nodes it belongs to (its site)
+            entries += store.entries(parent_id=alias)
+        known[spiffe_id] = (time.monotonic(), mintable(entries))
         return spiffe_id
 
     def mintable(entries: Sequence[EntryRecord]) -> tuple[EntryRecord, ...]:
-        """The node's entries minus any naming a reserved identity (stored before the rule, or by hand)."""
+        """The node's entries minus any naming a reserved identity (stored before the rule, or by hand), but for
+        a cluster's own identity under a site alias, selected by k8s:ns and k8s:sa (`aliases`)."""
         kept = []
         for entry in entries:
             try:
                 reason = reserved.reason(SpiffeId.parse(entry.spiffe_id))
+                if reason is not None and not cluster_identity_reason(
+                    ca.trust_domain, entry.spiffe_id, entry.parent_id, entry.selectors
+                ):
+                    reason = None
             except TrustdError as exc:
                 reason = exc.diagnostics()
             if reason is None:
