@@ -115,3 +115,34 @@ else empty (templates/checks.yaml refuses that with the way to give one).
 {{ printf "https://%s.%s.svc:%v" (include "edgetrust.hubService" $root) $root.Release.Namespace $root.Values.hub.port }}
 {{- end -}}
 {{- end -}}
+
+{{- /*
+The cluster's X.509-SVID for the syncer and the webhook: from the node agent's Workload API (the host's socket
+directory, read-only; the agent issues and renews it, the key stays in the pod's memory), or, only when
+syncer.svidFallbackSecret is set, from that Secret (a cluster without the node agent: nothing renews it).
+*/}}
+{{- define "edgetrust.workloadApiEnv" -}}
+{{- if not .Values.syncer.svidFallbackSecret }}
+- {name: SPIFFE_ENDPOINT_SOCKET, value: "unix:///run/spiffe/api.sock"}
+{{- end }}
+{{- end }}
+
+{{- define "edgetrust.clusterSvidMount" -}}
+{{- if .Values.syncer.svidFallbackSecret }}
+- {name: svid, mountPath: /etc/edgetrust/svid, readOnly: true}
+{{- else }}
+- {name: workload-api, mountPath: /run/spiffe, readOnly: true}
+{{- end }}
+{{- end }}
+
+{{- define "edgetrust.clusterSvidVolume" -}}
+{{- if .Values.syncer.svidFallbackSecret }}
+- name: svid
+  secret:
+    secretName: {{ .Values.syncer.svidFallbackSecret }}
+    defaultMode: 0400
+{{- else }}
+- name: workload-api
+  hostPath: {path: {{ .Values.nodeAgent.socketDir }}, type: Directory}
+{{- end }}
+{{- end }}

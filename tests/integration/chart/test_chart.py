@@ -137,7 +137,7 @@ def test_the_webhook_configuration_exempts_system_namespaces_and_takes_its_setti
     opa = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][1]
     assert "--v0-compatible" in opa["args"]
     assert "--optimize-store-for-read-speed" in opa["args"]
-    rules = next(d for d in docs if d["kind"] == "ClusterRole")["rules"]
+    rules = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "edgetrust-syncer")["rules"]
     assert rules == [
         {
             "apiGroups": ["networking.k8s.io"],
@@ -263,7 +263,7 @@ def test_a_bundle_without_its_keys_and_a_syncer_without_its_values_say_how_to_gi
         (["--set", "webhook.policyBundleBase64=AAAA", "--set", "webhook.policyBundleConfigMap=p"], "give one", "keys"),
         (["--set", "webhook.enabled=false", "--set", "syncer.enabled=false", "--set", "hub.enabled=true"],
          "- hub.trustDomain: your SPIFFE trust domain", "webhook"),
-        (["--set", "webhook.enabled=false", "--set", "nodeAgent.enabled=true"],
+        (["--set", "webhook.enabled=false", "--set", "nodeAgent.enabled=true", "--set", "nodeAgent.hub="],
          "- nodeAgent.hub: trustd's URL: --set nodeAgent.hub=https://", "syncer"),
     ],
 )  # fmt: skip
