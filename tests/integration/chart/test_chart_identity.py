@@ -114,9 +114,7 @@ def test_notes_say_fleet_cluster_add_and_the_secret_only_as_the_fallback(user: U
     chart = tmp_path / "edgetrust"
     shutil.copytree(CHART, chart)
     (chart / "templates" / "NOTES.txt").rename(chart / "notes.txt")
-    (chart / "templates" / "notes-as-template.yaml").write_text(
-        'notes: {{ tpl (.Files.Get "notes.txt") . | quote }}\n'
-    )
+    (chart / "templates" / "notes-as-template.yaml").write_text('notes: {{ tpl (.Files.Get "notes.txt") . | quote }}\n')
 
     def notes(*extra: str) -> str:
         done = helm("template", "edgetrust", str(chart), "-f", str(EDGE_SITE), *user.set_files(), "-n", NAMESPACE,
