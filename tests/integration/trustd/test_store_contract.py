@@ -22,6 +22,7 @@ from trustd.server.store import (
     SvidRecord,
     open_store,
 )
+from trustd.server.store.base import ClusterStatusRecord
 
 pytestmark = pytest.mark.integration
 
@@ -171,13 +172,28 @@ def test_revocations_count_once_per_subject_and_bar_the_device(opener: Opener) -
     assert [e.event for e in a.audit_events()].count("fleet.revoke") == 2  # not for the repeat
 
 
+def test_cluster_status_is_one_row_per_member_replaced_and_kept_across_a_reopen(opener: Opener) -> None:
+    store = opener()
+    store.put_cluster_status(ClusterStatusRecord("edge-1", "syncer", {"revision": "r1", "result": "applied"}, 10.0))
+    store.put_cluster_status(ClusterStatusRecord("edge-1", "pod:w-1", {"counter": 1}, 11.0))
+    store.put_cluster_status(ClusterStatusRecord("edge-1", "pod:w-1", {"counter": 2}, 12.0))
+    store.put_cluster_status(ClusterStatusRecord("edge-2", "pod:w-1", {"counter": 7}, 13.0))
+    store.delete_cluster_status("edge-2", "pod:w-1")
+    store.close()
+    again = opener()
+    assert list(again.cluster_statuses()) == [
+        ClusterStatusRecord("edge-1", "pod:w-1", {"counter": 2}, 12.0),
+        ClusterStatusRecord("edge-1", "syncer", {"revision": "r1", "result": "applied"}, 10.0),
+    ]
+
+
 def test_reopening_keeps_state_and_schema(opener: Opener) -> None:
     store = opener()
     store.record_enrollment(*enrollment("ek1", "spiffe://edge.example/n/1", "11"))
     version = store.schema_version  # type: ignore[attr-defined]
     store.close()
     again = opener()
-    assert again.schema_version == version == 4  # type: ignore[attr-defined]
+    assert again.schema_version == version == 5  # type: ignore[attr-defined]
     assert [d.spiffe_id for d in again.devices()] == ["spiffe://edge.example/n/1"]
 
 

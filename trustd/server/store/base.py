@@ -91,6 +91,17 @@ class AuditEvent:
     count: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterStatusRecord:
+    """The last status one member of a cluster reported to the hub, kept so a hub restart keeps the rollout's
+    view: `member` is "syncer" (its NetworkPolicy report) or "pod:<name>" (an admission webhook replica's)."""
+
+    cluster: str
+    member: str
+    report: dict[str, object]
+    received: float
+
+
 class Store(Protocol):
     @property
     def blocking(self) -> bool:
@@ -157,6 +168,14 @@ class Store(Protocol):
     def delete_entry(self, entry_id: str) -> bool: ...
 
     def entries(self, *, parent_id: str | None = None) -> Sequence[EntryRecord]: ...
+
+    def put_cluster_status(self, record: ClusterStatusRecord) -> None:
+        """Insert or replace the status of (cluster, member)."""
+        ...
+
+    def delete_cluster_status(self, cluster: str, member: str) -> None: ...
+
+    def cluster_statuses(self) -> Sequence[ClusterStatusRecord]: ...
 
     def audit(self, event: AuditEvent) -> int:
         """Append an audit event; returns its row id (for `add_to_audit_count`)."""

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from trustd.server.store.base import (
     AuditEvent,
     ChallengeRecord,
+    ClusterStatusRecord,
     DeviceRecord,
     EntryRecord,
     RevocationRecord,
@@ -35,6 +36,7 @@ SVID_COLUMNS = "serial, spiffe_id, ek_fingerprint, not_before, not_after, kind"
 REVOCATION_COLUMNS = "spiffe_id, ek_fingerprint, reason, revoked_by, revoked_at"
 ENTRY_COLUMNS = "id, spiffe_id, parent_id, selectors, ttl_s, created_at"
 AUDIT_COLUMNS = "at, event, outcome, subject, detail, count"
+CLUSTER_STATUS_COLUMNS = "cluster, member, report, received"
 
 
 def challenge_values(challenge: ChallengeRecord) -> tuple[object, ...]:
@@ -163,4 +165,18 @@ def audit_event(row: Row) -> AuditEvent:
         subject=str(row["subject"]),
         detail=json.loads(str(row["detail"])),
         count=int(row["count"]),
+    )
+
+
+def cluster_status_values(record: ClusterStatusRecord) -> tuple[object, ...]:
+    return (record.cluster, record.member, json.dumps(record.report, sort_keys=True), record.received)
+
+
+def cluster_status_record(row: Row) -> ClusterStatusRecord:
+    report = json.loads(row["report"])
+    return ClusterStatusRecord(
+        cluster=row["cluster"],
+        member=row["member"],
+        report=report if isinstance(report, dict) else {},
+        received=float(row["received"]),
     )

@@ -130,6 +130,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX challenges_ek ON challenges (ek_fingerprint, purpose, created_at);
     ALTER TABLE audit ADD COLUMN count {counter} NOT NULL DEFAULT 1;
     """,
+    """
+    CREATE TABLE cluster_status (
+        cluster TEXT NOT NULL,
+        member TEXT NOT NULL,
+        report TEXT NOT NULL,
+        received {real} NOT NULL,
+        PRIMARY KEY (cluster, member)
+    );
+    """,
 )
 
 

@@ -23,6 +23,7 @@ from trustd.server.store import rows
 from trustd.server.store.base import (
     AuditEvent,
     ChallengeRecord,
+    ClusterStatusRecord,
     DeviceRecord,
     EntryRecord,
     RevocationRecord,
@@ -73,6 +74,13 @@ INSERT_ENTRY = f"INSERT INTO entries ({rows.ENTRY_COLUMNS}) VALUES (?,?,?,?,?,?)
 DELETE_ENTRY = "DELETE FROM entries WHERE id = ?"
 ENTRIES = f"SELECT {rows.ENTRY_COLUMNS} FROM entries ORDER BY spiffe_id, id"
 ENTRIES_OF = f"SELECT {rows.ENTRY_COLUMNS} FROM entries WHERE parent_id = ? ORDER BY spiffe_id, id"
+
+UPSERT_CLUSTER_STATUS = (
+    f"INSERT INTO cluster_status ({rows.CLUSTER_STATUS_COLUMNS}) VALUES (?,?,?,?) ON CONFLICT (cluster, member) "
+    "DO UPDATE SET report = excluded.report, received = excluded.received"
+)
+DELETE_CLUSTER_STATUS = "DELETE FROM cluster_status WHERE cluster = ? AND member = ?"
+CLUSTER_STATUSES = f"SELECT {rows.CLUSTER_STATUS_COLUMNS} FROM cluster_status ORDER BY cluster, member"
 
 INSERT_AUDIT = f"INSERT INTO audit ({rows.AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?) RETURNING id"
 ADD_TO_AUDIT_COUNT = "UPDATE audit SET count = count + ? WHERE id = ?"
@@ -295,6 +303,17 @@ class SqlStore(ABC):
     def entries(self, *, parent_id: str | None = None) -> Sequence[EntryRecord]:
         found = self._all(ENTRIES) if parent_id is None else self._all(ENTRIES_OF, (parent_id,))
         return [rows.entry_record(r) for r in found]
+
+    # -- cluster status ------------------------------------------------------------------------------------
+    def put_cluster_status(self, record: ClusterStatusRecord) -> None:
+        values = rows.cluster_status_values(record)
+        self._transaction(lambda tx: tx.run(self._sql(UPSERT_CLUSTER_STATUS), values))
+
+    def delete_cluster_status(self, cluster: str, member: str) -> None:
+        self._transaction(lambda tx: tx.run(self._sql(DELETE_CLUSTER_STATUS), (cluster, member)))
+
+    def cluster_statuses(self) -> Sequence[ClusterStatusRecord]:
+        return [rows.cluster_status_record(r) for r in self._all(CLUSTER_STATUSES)]
 
     # -- audit ---------------------------------------------------------------------------------------------
     def audit(self, event: AuditEvent) -> int:
