@@ -87,6 +87,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/v1/policy/bundle"): CLUSTERS,
     ("GET", "/v1/policy/revocations"): CLUSTERS,
     ("POST", "/v1/policy/status"): CLUSTERS,
+    ("POST", "/v1/policy/admission"): CLUSTERS,
     ("POST", "/v1/policy/bundles/{group}"): frozenset({"publisher"}),
     # a rollout's progress: operators, and the publishers and clusters of that group only
     ("GET", "/v1/policy/rollouts/{group}"): frozenset({"operator", "publisher", "cluster"}),

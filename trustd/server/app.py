@@ -85,7 +85,7 @@ def create_app(
     public = authorizer.require(authz.PUBLIC)
     if policy is not None:
         # first: Starlette matches routes in order, and 10,000 clusters' polls are the hot path
-        app.include_router(policy_router(policy, authorizer))
+        app.include_router(policy_router(policy, authorizer, store))
     app.include_router(fleet_router(store, revocations, authorizer, policy, ca.trust_domain, reserved))
     app.include_router(cluster_router(store, authorizer, policy, ca.trust_domain))
     renewal = RenewalService(

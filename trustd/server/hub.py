@@ -28,6 +28,7 @@ from trustd.server.app import create_app
 from trustd.server.ca import SpiffeCA
 from trustd.server.enrollment import EnrollmentPolicy, EnrollmentService
 from trustd.server.federation import Federation
+from trustd.server.policy.clusterstatus import ClusterStatus
 from trustd.server.policy.distribution import Fleet, PolicyBundles
 from trustd.server.revocations import Revocations, load_or_create_key
 from trustd.server.settings import TrustdSettings
@@ -104,7 +105,9 @@ def build_hub(settings: TrustdSettings) -> Hub:
         if keys_dir is None or not keys_dir.is_dir():
             raise TrustdError("fleet_file needs policy_keys_dir: the publishers' bundle-signing keys")
         keys = load_verification_keys({p.stem: p.read_bytes() for p in sorted(keys_dir.glob("*.pem"))})
-        policy = PolicyBundles(settings.data_dir / "policy", Fleet.load(settings.fleet_file), keys, revocations)
+        policy = PolicyBundles(
+            settings.data_dir / "policy", Fleet.load(settings.fleet_file), keys, revocations, ClusterStatus(store)
+        )
     operators = frozenset(settings.operators) | (policy.fleet.operators if policy else frozenset())
     reserved = ReservedNames(
         trust_domain,

@@ -6,6 +6,8 @@ Query parameters are bounded and finite (`wait=nan` or `inf` is bad input, not a
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -14,7 +16,9 @@ from fastapi.responses import JSONResponse
 from trustd.errors import BadRequestError, TrustdError
 from trustd.server.api import authz
 from trustd.server.api.authz import Authorizer, Caller
+from trustd.server.policy.clusterstatus import REPLICA_HEARTBEAT_S, ReplicaReport
 from trustd.server.policy.distribution import PolicyBundles
+from trustd.server.store import Store, off_loop
 
 MAX_BUNDLE_BYTES = 8 * 1024 * 1024
 MAX_WAIT_S = 60.0
@@ -23,6 +27,13 @@ MAX_GROUP_NAME = 253
 #: a long poll's wait in seconds: finite, 0..MAX_WAIT_S (FastAPI refuses nan and inf against these bounds)
 Wait = Annotated[float, Query(ge=0.0, le=MAX_WAIT_S, allow_inf_nan=False)]
 GroupName = Annotated[str, Path(min_length=1, max_length=MAX_GROUP_NAME)]
+#: an admission replica's report is a few hundred bytes; a longer body is refused, never cut
+MAX_ADMISSION_REPORT_BYTES = 16 * 1024
+#: its fields' bounds (a failure longer than this is the replica's bug: refused, and said)
+MAX_POD_NAME = 253
+MAX_REVISION = 200
+MAX_FAILURE = 4000
+_POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 #: on every bundle answer: the ETag of the current revocation list; the agent fetches the list when it moved
 REVOCATIONS_HEADER = "X-Edgetrust-Revocations"
 
@@ -44,7 +55,61 @@ async def _json_body(request: Request, what: str) -> Any:
         raise PolicyRequestError(f"{what} must be JSON: {str(exc)[:200]}") from exc
 
 
-def policy_router(bundles: PolicyBundles, authorizer: Authorizer) -> APIRouter:
+def _cluster_is_the_callers(report: Any, cluster: str) -> None:
+    """A report that names a cluster must name the caller's own (its SVID's): no member reports for another."""
+    named = report.get("cluster") if isinstance(report, dict) else None
+    if named is not None and named != cluster:
+        raise NotAuthorizedError(
+            f"a report for cluster {str(named)[:64]!r} from {cluster!r}: only its own identity reports for a cluster"
+        )
+
+
+def replica_report(body: bytes, cluster: str) -> ReplicaReport:
+    """An admission replica's report, checked field by field (bounds refuse, never cut)."""
+    if len(body) > MAX_ADMISSION_REPORT_BYTES:
+        raise PolicyRequestError(f"an admission report is limited to {MAX_ADMISSION_REPORT_BYTES} bytes")
+    try:
+        raw = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise PolicyRequestError(f"an admission report must be JSON: {str(exc)[:200]}") from exc
+    if not isinstance(raw, dict):
+        raise PolicyRequestError("an admission report must be a JSON object")
+    _cluster_is_the_callers(raw, cluster)
+    unknown = sorted(
+        set(raw) - {"cluster", "pod", "revision", "counter", "swaps", "last_failure", "last_failed_revision"}
+    )
+    if unknown:
+        raise PolicyRequestError(f"an admission report has no field {unknown[0][:64]!r}")
+    pod = raw.get("pod")
+    if not isinstance(pod, str) or len(pod) > MAX_POD_NAME or not _POD_NAME.match(pod):
+        raise PolicyRequestError("pod: a Kubernetes pod name (lower-case DNS subdomain, at most 253 characters)")
+    texts = {}
+    for name, limit in (
+        ("revision", MAX_REVISION),
+        ("last_failure", MAX_FAILURE),
+        ("last_failed_revision", MAX_REVISION),
+    ):
+        value = raw.get(name, "")
+        if not isinstance(value, str) or len(value) > limit:
+            raise PolicyRequestError(f"{name}: a string of at most {limit} characters")
+        texts[name] = value
+    numbers = {}
+    for name, least in (("counter", -1), ("swaps", 0)):
+        value = raw.get(name, least)
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value < 2**63:
+            raise PolicyRequestError(f"{name}: an integer from {least} to 2**63 - 1")
+        numbers[name] = value
+    return ReplicaReport(
+        pod=pod,
+        revision=texts["revision"],
+        counter=numbers["counter"],
+        swaps=numbers["swaps"],
+        last_failure=texts["last_failure"],
+        last_failed_revision=texts["last_failed_revision"],
+    )
+
+
+def policy_router(bundles: PolicyBundles, authorizer: Authorizer, store: Store | None = None) -> APIRouter:
     router = APIRouter(prefix="/v1/policy")
     cluster_rule = authorizer.require(authz.CLUSTER)
     publisher_rule = authorizer.require(authz.GROUP_PUBLISHER)
@@ -59,9 +124,16 @@ def policy_router(bundles: PolicyBundles, authorizer: Authorizer) -> APIRouter:
         if not isinstance(reports, list) or len(reports) > 1000:
             raise PolicyRequestError("status must be a list of at most 1000 reports")
         for report in reports:
+            _cluster_is_the_callers(report, cluster)
+        for report in reports:
             if isinstance(report, dict):
                 bundles.report(cluster, report)
         return len(reports)
+
+    async def persist() -> None:
+        """What the reports changed, into the store (off the loop for PostgreSQL)."""
+        if store is not None:
+            await off_loop(store, bundles.clusters.flush)
 
     @router.post("/bundle")
     async def poll_with_reports(request: Request, caller: Caller = cluster_rule, wait: Wait = 0.0) -> Response:
@@ -69,6 +141,7 @@ def policy_router(bundles: PolicyBundles, authorizer: Authorizer) -> APIRouter:
         cluster = caller.cluster
         body = await _json_body(request, "a poll's body")
         take_reports(cluster, body.get("reports") if isinstance(body, dict) else None)
+        await persist()
         return await answer_poll(request, cluster, wait)
 
     @router.get("/bundle")
@@ -101,7 +174,17 @@ def policy_router(bundles: PolicyBundles, authorizer: Authorizer) -> APIRouter:
     async def status(request: Request, caller: Caller = cluster_rule) -> dict[str, int]:
         cluster = caller.cluster
         reports = await _json_body(request, "status")
-        return {"accepted": take_reports(cluster, reports)}
+        accepted = take_reports(cluster, reports)
+        await persist()
+        return {"accepted": accepted}
+
+    @router.post("/admission")
+    async def admission(request: Request, caller: Caller = cluster_rule) -> dict[str, Any]:
+        """An admission webhook replica of the caller's cluster says what it enforces (on a change, and as a
+        heartbeat); the rollout counts the cluster applied once its NetworkPolicies and every live replica are."""
+        bundles.report_replica(caller.cluster, replica_report(await request.body(), caller.cluster))
+        await persist()
+        return {"accepted": 1, "heartbeat_s": REPLICA_HEARTBEAT_S}
 
     @router.post("/bundles/{group}")
     async def publish(group: GroupName, request: Request, _caller: Caller = publisher_rule) -> dict[str, Any]:
@@ -112,9 +195,9 @@ def policy_router(bundles: PolicyBundles, authorizer: Authorizer) -> APIRouter:
 
     @router.get("/rollouts/{group}")
     async def rollout(group: GroupName, _caller: Caller = rollout_reader) -> JSONResponse:
-        found = bundles.rollout(group)
+        found = bundles.rollout_view(group)
         if found is None:
             return JSONResponse({"error": "no_rollout", "reason": f"nothing published to {group!r}"}, status_code=404)
-        return JSONResponse(found.view())
+        return JSONResponse(found)
 
     return router

@@ -31,6 +31,7 @@ from edgetrust.bundles.errors import BundleError
 from edgetrust.bundles.format import check_bundle, unpack
 from edgetrust.bundles.signing import verify_bundle
 from trustd.errors import ConflictError, NotFoundError, TrustdError
+from trustd.server.policy.clusterstatus import ClusterStatus, ReplicaReport
 from trustd.server.revocations import Revocations
 
 DEFAULT_WAVES = (10, 50, 100)  # percent of the group's non-canary clusters, cumulative
@@ -154,11 +155,14 @@ class Rollout:
     previous: int | None
     waves: list[list[str]]
     opened: int = 0  # waves[0..opened] receive the new revision
-    applied: dict[str, str] = field(default_factory=dict)  # cluster -> result
+    applied: dict[str, str] = field(default_factory=dict)  # cluster -> result: NetworkPolicies and admission both
     failed: dict[str, str] = field(default_factory=dict)  # cluster -> error
     halted: bool = False
     canary: bool = False  # waves[0] is the canary wave, which must apply everywhere before the rollout goes on
     advance_at: int = 100
+    #: cluster -> result of its syncer's report for this revision: the NetworkPolicies applied (the cluster counts
+    #: as applied once its admission replicas are too, or at once when its syncer hands no bundle to a webhook)
+    networkpolicies: dict[str, str] = field(default_factory=dict)
     _wave_of: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _pending: list[int] = field(default_factory=list, init=False, repr=False)
 
@@ -229,8 +233,11 @@ class PolicyBundles:
         fleet: Fleet,
         publisher_keys: Mapping[str, ec.EllipticCurvePublicKey],
         revocations: Revocations | None = None,
+        clusters: ClusterStatus | None = None,
     ) -> None:
         self._dir = directory
+        #: what each cluster's syncer and webhook replicas report (kept in the store when one is given)
+        self.clusters = clusters if clusters is not None else ClusterStatus()
         self.revocations = revocations
         if revocations is not None:
             revocations.on_change(self._notify_all)
@@ -375,18 +382,47 @@ class PolicyBundles:
                 return None
 
     def report(self, cluster: str, report: Mapping[str, Any]) -> None:
+        """The cluster's syncer's status report (the cluster is the caller's, from its SVID)."""
         self.status[cluster] = {**report, "received": int(time.time())}
+        self.clusters.syncer_report(cluster, report)
         group = self.fleet.group_of(cluster)
         rollout = self._rollouts.get(group.name) if group else None
         if group is None or rollout is None or report.get("revision") != rollout.revision:
             return
         if report.get("result") in ("applied", "unchanged"):
-            rollout.mark_applied(cluster, str(report["result"]))
+            rollout.networkpolicies[cluster] = str(report["result"])
             rollout.failed.pop(cluster, None)
+            self._settle(group, rollout, cluster)
         elif report.get("result") in ("failed", "refused"):
             rollout.failed[cluster] = str(report.get("error", ""))[:300]
             if len(rollout.failed) > group.max_failures:
                 rollout.halted = True
+        self._progress(group, rollout)
+
+    def report_replica(self, cluster: str, replica: ReplicaReport) -> None:
+        """One admission webhook replica's report: what it enforces (ReplicaLimitError past MAX_REPLICAS)."""
+        self.clusters.replica_report(cluster, replica)
+        group = self.fleet.group_of(cluster)
+        rollout = self._rollouts.get(group.name) if group else None
+        if group is None or rollout is None or cluster not in rollout.networkpolicies:
+            return
+        self._settle(group, rollout, cluster)
+        self._progress(group, rollout)
+
+    def _settle(self, group: Group, rollout: Rollout, cluster: str) -> None:
+        """The cluster's NetworkPolicies are applied: it counts as applied when its admission side is too."""
+        if cluster in rollout.applied:
+            return
+        state, reason = self.clusters.admission_state(cluster, rollout.revision, rollout.counter)
+        if state == "applied":
+            rollout.mark_applied(cluster, rollout.networkpolicies[cluster])
+            rollout.failed.pop(cluster, None)
+        elif state == "failed":
+            rollout.failed[cluster] = reason[:300]
+            if len(rollout.failed) > group.max_failures:
+                rollout.halted = True
+
+    def _progress(self, group: Group, rollout: Rollout) -> None:
         transition = rollout.halted and group.name not in self._halted_saved
         if not rollout.halted and rollout.wave_done() and rollout.opened + 1 < len(rollout.waves):
             rollout.opened += 1
@@ -400,3 +436,16 @@ class PolicyBundles:
             self._saved_at[group.name] = now
             if rollout.halted:
                 self._halted_saved.add(group.name)
+
+    def rollout_view(self, group: str) -> dict[str, Any] | None:
+        """The rollout's view, with per cluster its NetworkPolicy revision and each live replica's admission one."""
+        rollout = self._rollouts.get(group)
+        if rollout is None:
+            return None
+        view = rollout.view()
+        view["clusters"] = {
+            cluster: self.clusters.view(cluster, rollout.revision, rollout.counter)
+            for wave in rollout.waves
+            for cluster in wave
+        }
+        return view

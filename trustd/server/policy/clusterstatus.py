@@ -1,0 +1,195 @@
+"""What each cluster enforces, as its members report it: the syncer (the NetworkPolicy revision it applied, and
+whether it hands bundles to the admission webhook) and every live webhook replica (the admission revision and
+counter it enforces, its last refused swap).
+
+A rollout counts a cluster as applied only when both are: its NetworkPolicies at the rollout's revision, and,
+when its syncer hands bundles over, every live replica at the rollout's counter (at least one heard from). A
+replica not heard from in `REPLICA_TTL_S` (three heartbeats) drops out: a pod deleted or rescheduled does not
+hold a wave back forever, and a live one that lags does. A replica whose OPA refused the rollout's revision
+makes the cluster failed, with its reason.
+
+Every report is kept in the store (`ClusterStatusRecord`, both backends) so that a hub restart keeps the view;
+writes are at most one per member per `PERSIST_EVERY_S` unless what it reports changed, so heartbeats from a
+large fleet cost the store little. The caller decides the member's cluster from its SVID: nothing here trusts a
+cluster name in a body.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from trustd.errors import ConflictError
+from trustd.server.store.base import ClusterStatusRecord, Store
+
+#: how often a webhook replica reports when nothing changed (it reports at once on a change)
+REPLICA_HEARTBEAT_S = 30.0
+#: a replica not heard from in this long has dropped out of the cluster's view
+REPLICA_TTL_S = 3 * REPLICA_HEARTBEAT_S
+#: an unchanged report is written to the store at most this often (a changed one at once)
+PERSIST_EVERY_S = REPLICA_HEARTBEAT_S
+#: live replicas per cluster; one more is refused (a limit refuses, it never drops a replica to make room)
+MAX_REPLICAS = 64
+SYNCER = "syncer"
+_POD_PREFIX = "pod:"
+#: syncer `admission` values that say the cluster's syncer hands bundles to its webhook
+_HANDOFF = ("handed-over", "failed:")
+
+
+class ReplicaLimitError(ConflictError):
+    code = "too_many_replicas"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaReport:
+    """One webhook replica's report: what `AdmissionController.status` says, and the pod it comes from."""
+
+    pod: str
+    revision: str
+    counter: int
+    swaps: int = 0
+    last_failure: str = ""
+    last_failed_revision: str = ""
+
+    def state(self, revision: str, counter: int) -> tuple[str, str]:
+        """("applied" | "failed" | "pending", reason) against the rollout's revision and counter."""
+        if self.counter >= counter:
+            return "applied", ""
+        if self.last_failed_revision == revision:
+            return "failed", self.last_failure
+        return "pending", ""
+
+
+@dataclass(slots=True)
+class _Member:
+    report: dict[str, Any]
+    received: float
+    persisted_at: float = 0.0
+
+
+class ClusterStatus:
+    """In memory, for every poll and report in O(1); persisted through `flush`, which the API calls off the loop
+    (PostgreSQL waits on the network)."""
+
+    def __init__(self, store: Store | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._members: dict[str, dict[str, _Member]] = {}  # cluster -> member -> last report
+        self._dirty: dict[tuple[str, str], ClusterStatusRecord] = {}
+        self._lock = threading.Lock()  # flush runs on a worker thread
+        if store is not None:
+            for record in store.cluster_statuses():
+                member = _Member(dict(record.report), record.received, persisted_at=record.received)
+                self._members.setdefault(record.cluster, {})[record.member] = member
+
+    # -- reports ---------------------------------------------------------------------------------------------
+    def syncer_report(self, cluster: str, report: Mapping[str, Any]) -> None:
+        members = self._members.setdefault(cluster, {})
+        previous = members.get(SYNCER)
+        handoff = str(report.get("admission") or "").startswith(_HANDOFF) or bool(
+            previous is not None and previous.report.get("handoff")
+        )
+        kept = {k: report.get(k) for k in ("revision", "result", "error", "admission")}
+        kept["handoff"] = handoff  # sticky: an UNCHANGED report after a handoff carries none
+        self._put(cluster, SYNCER, kept)
+
+    def replica_report(self, cluster: str, replica: ReplicaReport) -> None:
+        """Raises ReplicaLimitError for a new pod when the cluster already has MAX_REPLICAS live ones."""
+        member = _POD_PREFIX + replica.pod
+        now = self._clock()
+        live = self._live(cluster, now)
+        if member not in live and len(live) >= MAX_REPLICAS:
+            raise ReplicaLimitError(
+                f"cluster {cluster!r} has {len(live)} live admission replicas reporting, the most the hub keeps; "
+                f"{replica.pod!r} is refused until one drops out ({REPLICA_TTL_S:.0f} s without a report)"
+            )
+        report = asdict(replica)
+        del report["pod"]
+        self._put(cluster, member, report)
+
+    def _put(self, cluster: str, member: str, report: dict[str, Any]) -> None:
+        now = self._clock()
+        members = self._members.setdefault(cluster, {})
+        previous = members.get(member)
+        persisted_at = previous.persisted_at if previous is not None else 0.0
+        changed = previous is None or previous.report != report
+        if changed or now - persisted_at >= PERSIST_EVERY_S:
+            persisted_at = now
+            with self._lock:
+                self._dirty[(cluster, member)] = ClusterStatusRecord(cluster, member, report, now)
+        members[member] = _Member(report, now, persisted_at)
+
+    def flush(self) -> None:
+        """Write what changed since the last flush to the store."""
+        if self._store is None:
+            return
+        with self._lock:
+            dirty, self._dirty = self._dirty, {}
+        for record in dirty.values():
+            self._store.put_cluster_status(record)
+
+    # -- what the rollout reads ------------------------------------------------------------------------------
+    def _live(self, cluster: str, now: float) -> dict[str, _Member]:
+        members = self._members.get(cluster, {})
+        return {k: m for k, m in members.items() if k.startswith(_POD_PREFIX) and now - m.received <= REPLICA_TTL_S}
+
+    def replicas(self, cluster: str) -> dict[str, ReplicaReport]:
+        """The live replicas of `cluster`, by pod name."""
+        live = self._live(cluster, self._clock())
+        return {k[len(_POD_PREFIX) :]: ReplicaReport(pod=k[len(_POD_PREFIX) :], **m.report) for k, m in live.items()}
+
+    def syncer(self, cluster: str) -> dict[str, Any] | None:
+        member = self._members.get(cluster, {}).get(SYNCER)
+        return None if member is None else {**member.report, "received": int(member.received)}
+
+    def admission_state(self, cluster: str, revision: str, counter: int) -> tuple[str, str]:
+        """("applied" | "failed" | "pending", reason) of the cluster's admission side for a rollout; a cluster
+        whose syncer does not hand bundles to its webhook has none to wait for ("applied")."""
+        syncer = self._members.get(cluster, {}).get(SYNCER)
+        if syncer is None or not syncer.report.get("handoff"):
+            return "applied", ""
+        if (
+            str(syncer.report.get("admission") or "").startswith("failed:")
+            and syncer.report.get("revision") == revision
+        ):
+            return "failed", f"admission handoff {syncer.report['admission']}"
+        replicas = self.replicas(cluster)
+        if not replicas:
+            return "pending", "no webhook replica has reported"
+        states = {pod: r.state(revision, counter) for pod, r in sorted(replicas.items())}
+        for pod, (state, reason) in states.items():
+            if state == "failed":
+                return "failed", f"webhook replica {pod}: {reason}"
+        if all(state == "applied" for state, _ in states.values()):
+            return "applied", ""
+        return "pending", ", ".join(
+            f"{pod} at counter {replicas[pod].counter}" for pod, s in states.items() if s[0] != "applied"
+        )
+
+    def view(self, cluster: str, revision: str, counter: int) -> dict[str, Any]:
+        """The cluster's part of the rollout view."""
+        syncer = self.syncer(cluster)
+        networkpolicies = None
+        if syncer is not None:
+            networkpolicies = {"revision": syncer.get("revision"), "result": syncer.get("result")}
+            if syncer.get("error"):
+                networkpolicies["error"] = syncer["error"]
+        state, reason = self.admission_state(cluster, revision, counter)
+        replicas = {}
+        for pod, replica in sorted(self.replicas(cluster).items()):
+            replica_state, replica_reason = replica.state(revision, counter)
+            entry: dict[str, Any] = {"revision": replica.revision, "counter": replica.counter, "state": replica_state}
+            if replica_reason:
+                entry["reason"] = replica_reason
+            replicas[pod] = entry
+        admission: dict[str, Any] = {
+            "handoff": bool(syncer and syncer.get("handoff")),
+            "state": state,
+            "replicas": replicas,
+        }
+        if reason:
+            admission["reason"] = reason
+        return {"networkpolicies": networkpolicies, "admission": admission}
