@@ -240,7 +240,24 @@ def render(view: dict[str, Any]) -> str:
         mark = "open" if wave["open"] else "waiting"
         lines.append(f"  wave {index} [{bar}] {done}/{len(wave['clusters'])} applied ({mark})")
         lines.extend(f"    failed {cluster}: {error}" for cluster, error in wave["failed"].items())
+        if wave["open"]:
+            lines.extend(_cluster_line(c, view.get("clusters", {}).get(c)) for c in wave["clusters"])
     return "\n".join(lines)
+
+
+def _cluster_line(cluster: str, status: dict[str, Any] | None) -> str:
+    """One cluster of an open wave: the NetworkPolicy revision its syncer applied, the admission one per replica."""
+    if not status or not status.get("networkpolicies"):
+        return f"    {cluster}: no report"
+    policies = status["networkpolicies"]
+    line = f"    {cluster}: networkpolicies {policies.get('revision')} {policies.get('result')}"
+    admission = status.get("admission") or {}
+    if admission.get("handoff"):
+        replicas = ", ".join(
+            f"{pod} {r['revision']} ({r['counter']}) {r['state']}" for pod, r in sorted(admission["replicas"].items())
+        )
+        line += f"; admission {admission['state']}: {replicas or admission.get('reason', '')}"
+    return line
 
 
 def _status(args: argparse.Namespace) -> int:
