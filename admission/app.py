@@ -22,13 +22,19 @@ from starlette.types import Receive, Scope, Send
 from admission.controller import AdmissionController
 from admission.errors import AdmissionError, ReviewError
 from admission.follow import BundleFollower, HandoffError
+from admission.report import StatusReporter
 from admission.review import MAX_REVIEW_BYTES, build_response, parse_review, uid_of
 from edgetrust._internal import asgi_body
 
 log = logging.getLogger("edgetrust.admission")
 
 
-def create_app(controller: AdmissionController, *, follower: BundleFollower | None = None) -> ReviewEndpoints:
+def create_app(
+    controller: AdmissionController,
+    *,
+    follower: BundleFollower | None = None,
+    reporter: StatusReporter | None = None,
+) -> ReviewEndpoints:
     metrics = controller.metrics
     ready = {"loaded": False}
     startup_failures: list[AdmissionError] = []
@@ -49,6 +55,8 @@ def create_app(controller: AdmissionController, *, follower: BundleFollower | No
             except HandoffError as exc:
                 log.warning("%s", exc.diagnostics())
             follower.start()
+        if reporter is not None:
+            reporter.start()  # after the seed: the first report is the set this replica serves with
         # What start-up built lives as long as the process: keep it out of the collector's full passes, which
         # otherwise stall every request in flight (seen as p99 spikes under load).
         gc.collect()
@@ -57,6 +65,8 @@ def create_app(controller: AdmissionController, *, follower: BundleFollower | No
         try:
             yield
         finally:
+            if reporter is not None:
+                await reporter.close()
             if follower is not None:
                 await follower.close()
             await controller.close()

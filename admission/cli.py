@@ -76,6 +76,22 @@ def _parser() -> Parser:
     )
     run.add_argument("--bundle-group", metavar="GROUP", help="the cluster group followed bundles must be signed for")
     run.add_argument("--follow-namespace", metavar="NS", help="where the handoff ConfigMap is (edgetrust-system)")
+    report = run.add_argument_group(
+        "status reports",
+        "with --hub, report what this replica enforces to the hub, as the cluster (its SVID from the Workload API)",
+    )
+    report.add_argument("--hub", metavar="URL", help="trustd's https:// URL; without it nothing is reported")
+    report.add_argument("--ca-bundle", type=Path, metavar="PEM", help="the roots of the hub's serving certificate")
+    report.add_argument(
+        "--spiffe-socket",
+        metavar="PATH",
+        help="the Workload API socket the cluster's X.509-SVID comes from (default $SPIFFE_ENDPOINT_SOCKET)",
+    )
+    report.add_argument(
+        "--svid", type=Path, metavar="PEM", help="the fallback without a node agent: an SVID file (nothing renews it)"
+    )
+    report.add_argument("--svid-key", type=Path, metavar="PEM", help="the --svid fallback's private key")
+    report.add_argument("--pod-name", metavar="NAME", help="the name reported (default $POD_NAME, else the host name)")
     add_listen(run, default="127.0.0.1:8443", host_aliases=["--listen-host"], port_aliases=["--listen-port"])
     run.add_argument(
         "--tls-cert", type=Path, metavar="PEM", help="the serving certificate the API server trusts (caBundle)"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +22,10 @@ from admission.policy import PolicySet
 from admission.registry import RegistryClient, RegistrySettings
 from admission.rego.inventory import Inventory, InventorySync, KubeSource
 from admission.rego.opa import OpaDecider, OpaSettings
+from admission.report import StatusReporter
 from admission.settings import AdmissionSettings
+from edgetrust._internal import hubclient, serving
 from edgetrust._internal import kube as kubeapi
-from edgetrust._internal import serving
 from edgetrust.bundles.errors import BundleError
 from edgetrust.bundles.format import unpack
 from edgetrust.bundles.signing import load_verification_keys, verify_bundle
@@ -150,9 +153,54 @@ def policies_from_bundle(path: Path, key_specs: tuple[str, ...]) -> tuple[Path, 
     return admission_dir, bundle.extract("gatekeeper", work / "gatekeeper"), bundle.counter
 
 
+def build_reporter(settings: AdmissionSettings, controller: AdmissionController) -> StatusReporter | None:
+    """The hub status reporter when `hub` is set: its SVID from the Workload API (waited for here, before
+    serving: at most its start timeout), or the fallback files. Without a hub, none: a plain install is unchanged."""
+    if settings.hub is None:
+        return None
+    if settings.ca_bundle is None:
+        raise ConfigError("--hub needs --ca-bundle: the roots that verify the hub's serving certificate")
+    if (settings.svid is None) != (settings.svid_key is None):
+        raise ConfigError("--svid and --svid-key go together (the fallback); without both the Workload API is used")
+    if settings.svid is not None and settings.spiffe_socket:
+        raise ConfigError("--spiffe-socket or the --svid fallback, not both: which identity would the webhook use?")
+    pod = settings.pod_name or os.environ.get("POD_NAME") or socket.gethostname()
+    try:
+        if settings.svid is not None:
+            context = hubclient.tls_context(settings.ca_bundle, settings.svid, settings.svid_key)
+            return StatusReporter(
+                lambda: controller.status,
+                hub_url=settings.hub,
+                context=context,
+                pod=pod,
+                heartbeat_s=settings.report_heartbeat_s,
+            )
+    except hubclient.HubCallError as exc:
+        raise ConfigError(str(exc)) from exc
+    from edgetrust.spiffe.workload import WorkloadSvid, WorkloadSvidError, socket_address
+
+    try:
+        workload = WorkloadSvid(socket_address(settings.spiffe_socket), settings.ca_bundle)
+    except WorkloadSvidError as exc:
+        raise ConfigError(exc.diagnostics()) from exc
+    try:
+        return StatusReporter(
+            lambda: controller.status,
+            hub_url=settings.hub,
+            context=workload.context,
+            pod=pod,
+            workload=workload,
+            heartbeat_s=settings.report_heartbeat_s,
+        )
+    except hubclient.HubCallError as exc:
+        workload.close()
+        raise ConfigError(str(exc)) from exc
+
+
 def build_app(settings: AdmissionSettings) -> ReviewEndpoints:
     controller = build_controller(settings)
-    return create_app(controller, follower=build_follower(settings, controller))
+    follower = build_follower(settings, controller)
+    return create_app(controller, follower=follower, reporter=build_reporter(settings, controller))
 
 
 def serve(settings: AdmissionSettings, *, before_serving: Callable[[], None] | None = None) -> None:

@@ -35,6 +35,18 @@ class AdmissionSettings(BaseSettings):
     follow_interval_s: float = Field(default=5.0, gt=0)
     #: the cluster group the followed bundles must be signed for (another group's bundle is refused)
     bundle_group: str | None = None
+    #: report what this replica enforces to the hub (admission/report.py), as the cluster: trustd's https:// URL;
+    #: unset, nothing is reported. The identity is the Workload API's SVID (spiffe_socket, or
+    #: SPIFFE_ENDPOINT_SOCKET), or the fallback files svid and svid_key (nothing renews them)
+    hub: str | None = None
+    #: the roots that verify the hub's serving certificate (trustd bundle --pem)
+    ca_bundle: Path | None = None
+    spiffe_socket: str | None = None
+    svid: Path | None = None
+    svid_key: Path | None = None
+    #: the name this replica reports under; unset: $POD_NAME (the chart's downward API), else the host name
+    pod_name: str | None = None
+    report_heartbeat_s: float = Field(default=30.0, gt=0, le=300)
     #: start with no policy at all (an empty or mistyped policy_dir otherwise stops the start): the webhook then
     #: admits everything, warns at start and puts a warning on every review it admits. For bring-up only.
     unsafe_allow_empty_policy_set: bool = False

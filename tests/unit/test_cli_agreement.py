@@ -38,6 +38,7 @@ TALKS_TO_HUB = {
     "trustctl agent run",
     "trustctl agent renew",
     "edgetrust-syncer run",
+    "edgetrust-admission serve",  # its status reports (with --hub)
 }
 #: daemons: they log, they print no result
 DAEMONS = {"trustd serve", "trustctl agent run", "edgetrust-admission serve", "edgetrust-syncer run"}
