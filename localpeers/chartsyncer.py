@@ -3,9 +3,15 @@ real, and a publisher that signs and publishes NetworkPolicy bundles, for tests,
 
 The hub (trustd, in this process) listens on the node address 198.18.255.1 with that IP in its certificate, the
 only address of this machine a pod reaches; its fleet file names the cluster (`edge-node`, group `gateways`, site
-class `edge-gateway`). The syncer's SVID is issued by the hub's CA (as `trustd svid mint` does) into the Secret
-the chart names, the hub's roots into the trust-bundle Secret; then the chart is installed with the syncer on
-and the webhook off (the admission plane is installed apart).
+class `edge-gateway`). The cluster's identity, as the chart's README says:
+- with a node TPM (`node_tpm`: a swtpm on the node's address, localpeers/nodeagent.py): the hub also enrolls
+  nodes; `trustctl fleet cluster add` gives it the syncer's and the webhook's entries under the node's site
+  alias, the release is installed first with the node agent alone (Ready, holding those entries), then upgraded
+  with the syncer on: the syncer takes its X.509-SVID from the agent's Workload API, and no Secret holds one;
+- without one, the fallback: the SVID issued by the hub's CA (as `trustd svid mint` does) into the Secret
+  `syncer.svidFallbackSecret` names (nothing renews it).
+The hub's roots go into the trust-bundle Secret; the webhook is off (the admission plane is installed apart)
+unless the caller's values turn it on.
 
 Persistence: the chart's default (a PersistentVolumeClaim) is kept, since the rollback guard and the last known
 good bundle must survive a pod restart. The node has no StorageClass or provisioner, so `install()` first makes
@@ -35,14 +41,22 @@ from edgetrust.bundles.signing import SigningKey, sign_files
 from localpeers import chartrelease
 from localpeers.chartrelease import ChartReleaseError, ClusterImages
 from localpeers.hub import RunningHub, running_policy_hub
+from localpeers.nodeagent import NodeAgentHost, node_agent_values, wait_node_agent_ready
 from localpeers.realcluster import RealCluster
 from localpeers.svid import issue_svid_files
+from trustd.cli.trustctl import main as trustctl
 
 CLUSTER = "edge-node"
 GROUP = "gateways"
 SITE_CLASS = "edge-gateway"
 PUBLISHER_ID = "spiffe://edge.example/operator/ci"
 CLUSTER_ID = f"spiffe://edge.example/cluster/{CLUSTER}"
+#: the fleet's operator (`trustctl fleet cluster add`)
+OPERATOR_ID = "spiffe://edge.example/operator/admin"
+#: the node's `site` claim (the chart's nodeAgent.site) and the cluster's site in `fleet cluster add`
+SITE = "lab"
+#: the Secret of the fallback identity (no node agent)
+FALLBACK_SECRET = "edgetrust-cluster-svid"
 #: the pod user of the chart's podSecurity (and the image's): the hostPath state folder is made theirs
 POD_UID = 65532
 
@@ -117,6 +131,12 @@ class DistributionSite:
     hub_only: list[Publisher] = field(default_factory=list)
     hub: RunningHub | None = None
     hub_port: int = 0
+    #: the node's TPM and host folders: the node agent gives the cluster its identity (else the Secret fallback)
+    node: NodeAgentHost | None = None
+    #: the swtpm manufacturer's roots the hub trusts, with `node`
+    ek_roots: Path | None = None
+    #: the cluster SVID's lifetime in its entries (`fleet cluster add --ttl`), with `node`
+    svid_ttl_s: int = 3600
     _hub_stack: ExitStack = field(default_factory=ExitStack)
 
     # --- the hub ------------------------------------------------------------------------------------------
@@ -129,6 +149,7 @@ class DistributionSite:
         fleet: dict[str, object] = {
             "groups": {GROUP: {"matchLabels": {"site-class": SITE_CLASS}, "publishers": [PUBLISHER_ID]}},
             "clusters": {CLUSTER: {"labels": {"site-class": SITE_CLASS}}},
+            "operators": [OPERATOR_ID],
         }
         keys = {p.key_id: p.public_pem for p in (self.trusted, *self.hub_only)}
         self._hub_stack = ExitStack()
@@ -139,6 +160,7 @@ class DistributionSite:
                 publisher_keys=keys,
                 listen_host=self.cluster.node_ip,
                 listen_port=self.hub_port,
+                ek_roots=self.ek_roots if self.node is not None else None,
             )
         )
         self.hub_port = urlsplit(self.hub.url).port or 0  # a restart keeps the URL the syncer was installed with
@@ -185,13 +207,22 @@ class DistributionSite:
 
     # --- the syncer release -------------------------------------------------------------------------------
 
+    def node_agent_values(self) -> dict[str, Any]:
+        """The node agent's values on this site's node (empty without one: the fallback Secret instead)."""
+        if self.node is None:
+            return {}
+        return {"nodeAgent": node_agent_values(self.running_hub().url, self.node, site=SITE)["nodeAgent"]}
+
     def values(self) -> dict[str, Any]:
         hub = self.running_hub()
+        identity = {} if self.node is not None else {"svidFallbackSecret": FALLBACK_SECRET}
         return chartrelease.merge_values(
             self.images.helm_values(),
+            self.node_agent_values(),
             {
                 "webhook": {"enabled": False},
                 "syncer": {
+                    **identity,
                     "enabled": True,
                     "hub": hub.url,
                     "cluster": CLUSTER,
@@ -204,13 +235,27 @@ class DistributionSite:
         )
 
     def secrets(self) -> None:
-        """The cluster's SVID Secret (tls.crt, tls.key) and the hub's roots (bundle.pem), as NOTES.txt says."""
+        """The hub's roots (bundle.pem) and, without a node agent only, the fallback SVID Secret, as NOTES.txt says."""
         hub = self.running_hub()
-        cert, key = issue_svid_files(hub.hub.ca, CLUSTER_ID, self.work / "cluster-svid")
         self.cluster.kubectl("create", "namespace", self.namespace, check=False)
         kubectl = ("-n", self.namespace, "create", "secret")
-        self.cluster.kubectl(*kubectl, "tls", "edgetrust-cluster-svid", f"--cert={cert}", f"--key={key}")
+        if self.node is None:
+            cert, key = issue_svid_files(hub.hub.ca, CLUSTER_ID, self.work / "cluster-svid")
+            self.cluster.kubectl(*kubectl, "tls", FALLBACK_SECRET, f"--cert={cert}", f"--key={key}")
         self.cluster.kubectl(*kubectl, "generic", "edgetrust-trust-bundle", f"--from-file=bundle.pem={hub.ca_bundle}")
+
+    def operator_argv(self) -> list[str]:
+        """trustctl's hub options as the fleet's operator (an SVID issued by the hub's CA)."""
+        hub = self.running_hub()
+        cert, key = issue_svid_files(hub.hub.ca, OPERATOR_ID, self.work / "operator")
+        return ["--hub", hub.url, "--ca-bundle", str(hub.ca_bundle), "--svid", str(cert), "--svid-key", str(key)]
+
+    def cluster_add(self) -> None:
+        """`trustctl fleet cluster add`: the syncer's and the webhook's entries, under the node's site alias."""
+        argv = ["fleet", "cluster", "add", CLUSTER, "--site", SITE, "--namespace", self.namespace]
+        argv += ["--release", self.release, "--ttl", str(self.svid_ttl_s), *self.operator_argv()]
+        if trustctl(argv) != 0:
+            raise ChartReleaseError(f"trustctl fleet cluster add {CLUSTER} failed")
 
     @property
     def claim(self) -> str:
@@ -237,9 +282,20 @@ class DistributionSite:
         self.cluster.kubectl("apply", "-f", "-", stdin=json.dumps(volume))
 
     def install(self, extra: dict[str, Any] | None = None) -> float:
-        """Secrets, the state volume, then `helm upgrade --install`; the seconds to every pod Ready."""
+        """Secrets, the state volume, then `helm upgrade --install`; the seconds to every pod Ready. With a node
+        agent: the entries first (`fleet cluster add`), then the release with the node agent alone until it is
+        Ready, so the syncer's first Workload API call finds its SVID (not counted in the seconds returned)."""
         self.secrets()
         self.state_volume()
+        if self.node is not None:
+            self.cluster_add()
+            agent_only = chartrelease.merge_values(
+                self.images.helm_values(),
+                self.node_agent_values(),
+                {"webhook": {"enabled": False}, "syncer": {"enabled": False}},
+            )
+            chartrelease.install(self.cluster, self.release, self.namespace, agent_only, work=self.work / "helm")
+            wait_node_agent_ready(self.cluster, self.namespace, self.release)
         values = chartrelease.merge_values(self.values(), extra or {})
         return chartrelease.install(self.cluster, self.release, self.namespace, values, work=self.work / "helm")
 
@@ -303,9 +359,15 @@ def distribution_site(
     release: str = "et",
     hub_only_keys: tuple[str, ...] = (),
     install: bool = True,
+    node: NodeAgentHost | None = None,
+    ek_roots: Path | None = None,
+    svid_ttl_s: int = 3600,
 ) -> Iterator[DistributionSite]:
     """The hub on the node's address and (with `install`) the syncer release; everything removed at the end,
-    also when the body fails."""
+    also when the body fails. With `node` (and the `ek_roots` its TPM's EK chains to) the node agent gives the
+    cluster its identity; without, the fallback Secret."""
+    if node is not None and ek_roots is None:
+        raise ChartReleaseError("a node agent needs the EK roots its TPM chains to (ek_roots)")
     work.mkdir(parents=True, exist_ok=True)
     site = DistributionSite(
         cluster,
@@ -315,6 +377,9 @@ def distribution_site(
         release,
         trusted=Publisher("ci-1", work),
         hub_only=[Publisher(name, work) for name in hub_only_keys],
+        node=node,
+        ek_roots=ek_roots,
+        svid_ttl_s=svid_ttl_s,
     )
     try:
         site.start_hub()

@@ -139,10 +139,11 @@ def running_policy_hub(
     publisher_keys: dict[str, bytes],
     listen_host: str = "127.0.0.1",
     listen_port: int = 0,
+    ek_roots: Path | None = None,
 ) -> Iterator[RunningHub]:
     """A hub serving policy bundles: the fleet file, the publishers' keys (id -> PEM), and no devices to enroll
-    (its EK roots are a throwaway certificate); `listen_host` (also its certificate's IP SAN) and `listen_port` as
-    for running_hub."""
+    unless `ek_roots` is given (else its EK roots are a throwaway certificate); `listen_host` (also its
+    certificate's IP SAN) and `listen_port` as for running_hub."""
     workdir.mkdir(parents=True, exist_ok=True)
     keys = workdir / "publisher-keys"
     keys.mkdir(exist_ok=True)
@@ -150,9 +151,10 @@ def running_policy_hub(
         (keys / f"{key_id}.pem").write_bytes(pem)
     fleet_file = workdir / "fleet.yaml"
     fleet_file.write_text(yaml.safe_dump(fleet))
-    ek_roots = workdir / "ek-roots"
-    ek_roots.mkdir(exist_ok=True)
-    (ek_roots / "unused.pem").write_bytes(TestCA(workdir / "unused-ek-ca").ca_file.read_bytes())
+    if ek_roots is None:
+        ek_roots = workdir / "ek-roots"
+        ek_roots.mkdir(exist_ok=True)
+        (ek_roots / "unused.pem").write_bytes(TestCA(workdir / "unused-ek-ca").ca_file.read_bytes())
     with running_hub(
         workdir / "hub",
         ek_roots=ek_roots,

@@ -141,6 +141,11 @@ class ClusterStatus:
         live = self._live(cluster, self._clock())
         return {k[len(_POD_PREFIX) :]: ReplicaReport(pod=k[len(_POD_PREFIX) :], **m.report) for k, m in live.items()}
 
+    def heard(self, cluster: str) -> dict[str, float]:
+        """When each live replica of `cluster` was last heard from (time.time() seconds), by pod name."""
+        live = self._live(cluster, self._clock())
+        return {k[len(_POD_PREFIX) :]: m.received for k, m in live.items()}
+
     def syncer(self, cluster: str) -> dict[str, Any] | None:
         member = self._members.get(cluster, {}).get(SYNCER)
         return None if member is None else {**member.report, "received": int(member.received)}
