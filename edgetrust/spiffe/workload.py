@@ -116,7 +116,12 @@ class WorkloadSvid:
             log.error("kept the previous X.509-SVID (%s): %s", self.spiffe_id, exc)
             return
         self.rotations += 1
-        log.info("X.509-SVID rotated: %s, valid until %s", svid.spiffe_id, svid.leaf.not_valid_after_utc)
+        log.info(
+            "X.509-SVID rotated: %s, valid from %s until %s",
+            svid.spiffe_id,
+            svid.leaf.not_valid_before_utc.isoformat(),
+            svid.leaf.not_valid_after_utc.isoformat(),
+        )
         for listener in self._listeners:
             listener(svid)
 
