@@ -1,6 +1,7 @@
 """The policy distribution plane on the real node: trustd serves signed bundles to a cluster group on the node's
-address; the chart's syncer, a pod on the node, long-polls it over mTLS with the cluster's SVID, verifies each
-bundle and applies its NetworkPolicies; kube-router refuses the packets they forbid.
+address; the chart's syncer, a pod on the node, long-polls it over mTLS with the cluster's SVID (from the chart's
+node agent, its TPM a swtpm on the node's address: `trustctl fleet cluster add`, no Secret holds it), verifies
+each bundle and applies its NetworkPolicies; kube-router refuses the packets they forbid.
 
 `main(cluster, images)` takes the node `make demo` started once for every plane (demo/__main__.py); without one it
 starts its own (one per machine) and stops it at the end.
@@ -19,8 +20,18 @@ from typing import Any
 from demo.shell import BIN, command, note, run, say
 from edgetrust._internal.files import write_private
 from localpeers.chartrelease import ClusterImages, fullname, load_images
-from localpeers.chartsyncer import CLUSTER, GROUP, PUBLISHER_ID, DistributionSite, deny_all_but, distribution_site
+from localpeers.chartsyncer import (
+    CLUSTER,
+    GROUP,
+    PUBLISHER_ID,
+    SITE,
+    DistributionSite,
+    deny_all_but,
+    distribution_site,
+)
+from localpeers.nodeagent import node_agent_host
 from localpeers.realcluster import RealCluster, peer_path, running_real_cluster
+from localpeers.swtpm import SoftwareTPMFactory
 from tests.integration.realcluster.workloads import RunningPod, client, namespace, server
 
 NAMESPACE = "edgetrust-system"
@@ -53,24 +64,39 @@ def main(cluster: RealCluster | None = None, images: ClusterImages | None = None
             return run([kubectl_bin, f"--kubeconfig={node.kubeconfig}", *argv]).stdout
 
         say("== 1. trustd on the node's address 198.18.255.1 (the only address of this machine a pod reaches)")
+        note("the node's TPM: a swtpm on the node's address (its EK certificate from a test manufacturer)")
+        factory = SoftwareTPMFactory(root / "manufacturer")
+        factory.provision("first")  # makes the manufacturer's root
+        ek_roots = root / "ek-roots"
+        ek_roots.mkdir()
+        shutil.copy(factory.root_cert_path, ek_roots / "manufacturer-root.pem")
+        shutil.copy(factory.issuer_cert_path, ek_roots / "manufacturer-intermediate.pem")
+        host = stack.enter_context(node_agent_host(factory, root, name="demo-node"))
         site = stack.enter_context(
-            distribution_site(node, node_images, root / "site", namespace=NAMESPACE, install=False)
+            distribution_site(
+                node, node_images, root / "site", namespace=NAMESPACE, install=False, node=host, ek_roots=ek_roots
+            )
         )
         hub = site.running_hub()
         note(
             f"trustd in this process, as: trustd serve --trust-domain edge.example --ip 198.18.255.1 "
             f"--fleet fleet.yaml --verification-key publisher-keys/ (cluster {CLUSTER} in group {GROUP}): {hub.url}"
         )
-        say("== 2. the cluster's identity and the hub's roots as Secrets, then the chart with the syncer on")
-        command(["trustd", "svid", "mint", "--spiffe-id", f"spiffe://edge.example/cluster/{CLUSTER}", "--out", "svid"])
+        say("== 2. the cluster's identity from the node agent (no Secret holds it), then the chart with the syncer on")
+        command(
+            ["trustctl", "fleet", "cluster", "add", CLUSTER, "--site", SITE, "--namespace", NAMESPACE,
+             "--release", site.release, "--hub", hub.url, "--ca-bundle", "bundle.pem", "--svid", "operator.pem",
+             "--svid-key", "operator.key"],
+            suffix="   # the syncer's and the webhook's entries under spiffe://edge.example/alias/site/lab",
+        )  # fmt: skip
         secret: list[str | Path] = [kubectl_bin, "-n", NAMESPACE, "create", "secret"]
-        command([*secret, "tls", "edgetrust-cluster-svid", "--cert=svid/svid.pem", "--key=svid/svid.key"])
         command([*secret, "generic", "edgetrust-trust-bundle", f"--from-file=bundle.pem={hub.ca_bundle}"])
         note("a hostPath PersistentVolume for the syncer's state (this node has no storage provisioner)")
         command(
             ["helm", "upgrade", "--install", site.release, "charts/edgetrust", "-n", NAMESPACE, "-f", "values.json",
              "--wait"],
-            suffix="   # syncer.hub, cluster, group, siteClass, verificationKeys.ci-1; webhook.enabled=false",
+            suffix="   # nodeAgent alone first (enrolls the node, site=lab), then syncer.hub, cluster, group, "
+            "siteClass, verificationKeys.ci-1; webhook.enabled=false",
         )  # fmt: skip
         ready_s = site.install()
         say(f"   the syncer is Ready in {ready_s:.1f} s")
