@@ -26,7 +26,7 @@ from attestation.errors import AttestationError, MalformedStructureError, Unsupp
 from edgetrust._internal import asgi_body
 from edgetrust.protocol import ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse
 from edgetrust.spiffe.id import ReservedNames
-from trustd.errors import TrustdError, UnavailableError
+from trustd.errors import StoreError, TrustdError, UnavailableError
 from trustd.server.api import authz
 from trustd.server.api.agent import SvidFastPath, agent_router
 from trustd.server.api.authz import Authorizer, Caller
@@ -70,11 +70,18 @@ def create_app(
             watchers.append(asyncio.create_task(ca_rotation.watch(ca, ca_directory)))
         if federation is not None:
             watchers.append(asyncio.create_task(federation.watch()))
+        if policy is not None:
+            watchers.append(asyncio.create_task(policy.clusters.keep_flushed()))
         try:
             yield
         finally:
             for watcher in watchers:
                 watcher.cancel()
+            if policy is not None:
+                try:  # what the last second of reports changed
+                    await off_loop(store, policy.clusters.flush)
+                except StoreError as exc:
+                    log.warning("cluster status not written at shutdown: %s", exc.diagnostics())
 
     # no /openapi.json route: every route has an authorization rule, and the schema is no one's business but
     # the tests' (which read `app.openapi()`)
@@ -85,7 +92,7 @@ def create_app(
     public = authorizer.require(authz.PUBLIC)
     if policy is not None:
         # first: Starlette matches routes in order, and 10,000 clusters' polls are the hot path
-        app.include_router(policy_router(policy, authorizer, store))
+        app.include_router(policy_router(policy, authorizer))
     app.include_router(fleet_router(store, revocations, authorizer, policy, ca.trust_domain, reserved))
     app.include_router(cluster_router(store, authorizer, policy, ca.trust_domain))
     renewal = RenewalService(

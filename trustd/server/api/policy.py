@@ -18,7 +18,6 @@ from trustd.server.api import authz
 from trustd.server.api.authz import Authorizer, Caller
 from trustd.server.policy.clusterstatus import REPLICA_HEARTBEAT_S, ReplicaReport
 from trustd.server.policy.distribution import PolicyBundles
-from trustd.server.store import Store, off_loop
 
 MAX_BUNDLE_BYTES = 8 * 1024 * 1024
 MAX_WAIT_S = 60.0
@@ -109,7 +108,7 @@ def replica_report(body: bytes, cluster: str) -> ReplicaReport:
     )
 
 
-def policy_router(bundles: PolicyBundles, authorizer: Authorizer, store: Store | None = None) -> APIRouter:
+def policy_router(bundles: PolicyBundles, authorizer: Authorizer) -> APIRouter:
     router = APIRouter(prefix="/v1/policy")
     cluster_rule = authorizer.require(authz.CLUSTER)
     publisher_rule = authorizer.require(authz.GROUP_PUBLISHER)
@@ -130,18 +129,12 @@ def policy_router(bundles: PolicyBundles, authorizer: Authorizer, store: Store |
                 bundles.report(cluster, report)
         return len(reports)
 
-    async def persist() -> None:
-        """What the reports changed, into the store (off the loop for PostgreSQL)."""
-        if store is not None:
-            await off_loop(store, bundles.clusters.flush)
-
     @router.post("/bundle")
     async def poll_with_reports(request: Request, caller: Caller = cluster_rule, wait: Wait = 0.0) -> Response:
         """The agent's poll carrying its queued status reports: one round trip per sync instead of two."""
         cluster = caller.cluster
         body = await _json_body(request, "a poll's body")
         take_reports(cluster, body.get("reports") if isinstance(body, dict) else None)
-        await persist()
         return await answer_poll(request, cluster, wait)
 
     @router.get("/bundle")
@@ -175,7 +168,6 @@ def policy_router(bundles: PolicyBundles, authorizer: Authorizer, store: Store |
         cluster = caller.cluster
         reports = await _json_body(request, "status")
         accepted = take_reports(cluster, reports)
-        await persist()
         return {"accepted": accepted}
 
     @router.post("/admission")
@@ -183,7 +175,6 @@ def policy_router(bundles: PolicyBundles, authorizer: Authorizer, store: Store |
         """An admission webhook replica of the caller's cluster says what it enforces (on a change, and as a
         heartbeat); the rollout counts the cluster applied once its NetworkPolicies and every live replica are."""
         bundles.report_replica(caller.cluster, replica_report(await request.body(), caller.cluster))
-        await persist()
         return {"accepted": 1, "heartbeat_s": REPLICA_HEARTBEAT_S}
 
     @router.post("/bundles/{group}")

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from edgetrust.bundles.format import build_files, pack, read_repository
 from edgetrust.bundles.signing import SigningKey, sign_files
 from localpeers.webhook import LOOPBACK_SITE
+from trustd.errors import StoreError
 from trustd.server.policy.clusterstatus import (
     MAX_REPLICAS,
     REPLICA_TTL_S,
@@ -21,6 +22,7 @@ from trustd.server.policy.clusterstatus import (
     ReplicaReport,
 )
 from trustd.server.policy.distribution import Fleet, PolicyBundles, Rollout
+from trustd.server.store.base import ClusterStatusRecord
 from trustd.server.store.sqlite import SQLiteStore
 
 REPO_POLICIES = Path(__file__).resolve().parents[4] / "policies"
@@ -195,3 +197,24 @@ def test_trustctl_shows_each_clusters_networkpolicies_and_each_replicas_admissio
         f"w-a {rollout.revision} (1) applied, w-b old (0) pending"
     ) in lines
     assert "  wave 0 [" + "." * 30 + "] 0/1 applied (open)" in lines
+
+
+def test_a_store_outage_keeps_unwritten_status_for_the_next_flush(tmp_path: Path, store: SQLiteStore) -> None:
+    class Failing(SQLiteStore):
+        down = True
+
+        def put_cluster_status(self, record: ClusterStatusRecord) -> None:
+            if self.down:
+                raise StoreError("the store is down")
+            super().put_cluster_status(record)
+
+    flaky = Failing(tmp_path / "flaky.db")
+    status = ClusterStatus(flaky, clock=Clock())
+    status.replica_report("c0", replica("w-a", 1))
+    with pytest.raises(StoreError):
+        status.flush()
+    assert list(flaky.cluster_statuses()) == []
+    flaky.down = False
+    status.replica_report("c0", replica("w-b", 2))
+    status.flush()
+    assert [(r.member, r.report["counter"]) for r in flaky.cluster_statuses()] == [("pod:w-a", 1), ("pod:w-b", 2)]
