@@ -22,13 +22,16 @@ from starlette.types import Receive, Scope, Send
 from admission.controller import AdmissionController
 from admission.errors import AdmissionError, ReviewError
 from admission.follow import BundleFollower, HandoffError
+from admission.nodegate import NodeGate, NodeGateError
 from admission.review import MAX_REVIEW_BYTES, build_response, parse_review, uid_of
 from edgetrust._internal import asgi_body
 
 log = logging.getLogger("edgetrust.admission")
 
 
-def create_app(controller: AdmissionController, *, follower: BundleFollower | None = None) -> ReviewEndpoints:
+def create_app(
+    controller: AdmissionController, *, follower: BundleFollower | None = None, node_gate: NodeGate | None = None
+) -> ReviewEndpoints:
     metrics = controller.metrics
     ready = {"loaded": False}
     startup_failures: list[AdmissionError] = []
@@ -49,6 +52,13 @@ def create_app(controller: AdmissionController, *, follower: BundleFollower | No
             except HandoffError as exc:
                 log.warning("%s", exc.diagnostics())
             follower.start()
+        if node_gate is not None:
+            # seed before ready too; with no verified document held, bindings are refused (fail closed)
+            try:
+                await node_gate.check_once()
+            except NodeGateError as exc:
+                log.warning("%s", exc.diagnostics())
+            node_gate.start()
         # What start-up built lives as long as the process: keep it out of the collector's full passes, which
         # otherwise stall every request in flight (seen as p99 spikes under load).
         gc.collect()
@@ -59,6 +69,8 @@ def create_app(controller: AdmissionController, *, follower: BundleFollower | No
         finally:
             if follower is not None:
                 await follower.close()
+            if node_gate is not None:
+                await node_gate.close()
             await controller.close()
 
     app = FastAPI(title="edgetrust admission", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
@@ -103,6 +115,7 @@ def create_app(controller: AdmissionController, *, follower: BundleFollower | No
                 "swaps": status.swaps,
                 "last_failure": status.last_failure,
                 "last_failed_revision": status.last_failed_revision,
+                **({"node_attestation": node_gate.status} if node_gate is not None else {}),
             }
         )
 

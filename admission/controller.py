@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from admission.errors import AdmissionError, ImageReferenceError, PolicySwapError, ReviewError, WorkloadShapeError
 from admission.imageref import parse_image_reference
@@ -25,7 +25,7 @@ from admission.rego.inventory import Inventory, InventorySync
 from admission.rego.match import expand_to_pod
 from admission.rego.opa import LOST_POLICIES, OpaDecider
 from admission.rego.workloads import ContainerImage, container_images, pod_spec
-from admission.review import AdmissionRequest, build_response
+from admission.review import AdmissionRequest, bound_node, build_response
 from admission.swap import Enforced, SwapReport
 
 log = logging.getLogger("edgetrust.admission")
@@ -33,6 +33,12 @@ log = logging.getLogger("edgetrust.admission")
 EMPTY_POLICY_SET_WARNING = (
     "edgetrust admission runs with NO policies (unsafe_allow_empty_policy_set): this review was admitted unchecked"
 )
+
+
+class BindingGate(Protocol):
+    def refusal(self, node: str) -> str | None:
+        """Why a pod may not be bound to `node` now (None: it may); admission/nodegate.py."""
+        ...
 
 
 @dataclass(slots=True)
@@ -68,6 +74,7 @@ class AdmissionController:
         inventory_sync: InventorySync | None = None,
         expand_workloads: bool = True,
         counter: int = -1,
+        node_gate: BindingGate | None = None,
     ) -> None:
         self._active = Enforced(policies, counter=counter)  # counter: the start-up bundle's (-1: not a bundle)
         self._swap_lock = asyncio.Lock()
@@ -80,6 +87,8 @@ class AdmissionController:
         self._inventory = inventory if inventory is not None else Inventory()  # an empty one is falsy
         self._inventory_sync = inventory_sync
         self._expand_workloads = expand_workloads
+        #: attestation-aware binding (admission/nodegate.py); None: bindings are not checked
+        self.node_gate = node_gate
 
     @property
     def policies(self) -> PolicySet:
@@ -216,6 +225,12 @@ class AdmissionController:
         if request.namespace and policies.exempt(request.namespace):
             self._metrics.decisions.labels("exempt-namespace", "allowed").inc()
             return Verdict(allowed=True)
+        if self.node_gate is not None and request.operation == "CREATE":
+            node = bound_node(request.kind, request.obj, request.raw)
+            why = self.node_gate.refusal(node) if node is not None else None
+            if why is not None:
+                self._metrics.decisions.labels("node-attestation", "denied").inc()
+                return Verdict(allowed=False, denials=[why])
         try:
             containers = container_images(request.kind, request.obj)
         except WorkloadShapeError as exc:

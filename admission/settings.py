@@ -35,6 +35,14 @@ class AdmissionSettings(BaseSettings):
     follow_interval_s: float = Field(default=5.0, gt=0)
     #: the cluster group the followed bundles must be signed for (another group's bundle is refused)
     bundle_group: str | None = None
+    #: attestation-aware binding (admission/nodegate.py): refuse CREATE of pods/binding, and of pods naming
+    #: spec.nodeName, to a node the hub's signed node attestation document (ConfigMap
+    #: edgetrust-node-attestation in follow_namespace, relayed by the syncer) does not show attested, fresh and
+    #: unrevoked; verified with node_attestation_key (the hub's revocation key) for cluster `cluster`
+    node_attestation: bool = False
+    node_attestation_key: Path | None = None
+    node_attestation_interval_s: float = Field(default=5.0, gt=0)
+    cluster: str | None = None
     #: start with no policy at all (an empty or mistyped policy_dir otherwise stops the start): the webhook then
     #: admits everything, warns at start and puts a warning on every review it admits. For bring-up only.
     unsafe_allow_empty_policy_set: bool = False
