@@ -152,9 +152,9 @@ def test_a_tampered_configmap_is_refused(rig: BindingRig) -> None:
     """The document's data edited in place (gw-06 un-revoked), its signature kept."""
     held = hold(rig, {"gw-06": (time.time(), True)})
     files = _files(document(KEY, held + 1, {"gw-06": (time.time(), True)}))
-    data = json.loads(files["edgetrust/nodes/data.json"])
+    data = json.loads(files["edgetrust/nodes/nodes.json"])
     data["nodes"]["gw-06"]["revoked"] = False
-    files["edgetrust/nodes/data.json"] = json.dumps(data).encode()
+    files["edgetrust/nodes/nodes.json"] = json.dumps(data).encode()
     rig.put(pack(files))
     status = rig.wait_held(failure="does not match its signed hash")
     assert status["sequence"] == held
