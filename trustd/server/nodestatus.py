@@ -30,6 +30,9 @@ from trustd.server.policy.distribution import PolicyBundles
 from trustd.server.revocations import Revocations
 from trustd.server.store import Store
 
+#: how long one site's node list is reused across its clusters' requests
+CACHE_S = 1.0
+
 
 class NoNodeStatusError(NotFoundError):
     code = "no_node_status"
@@ -54,6 +57,10 @@ class NodeAttestations:
         self._clock = clock
         self._lock = threading.Lock()
         self._last_sequence = 0
+        #: site -> (when read, its nodes): one scan of the devices per site and second, not one per cluster poll;
+        #: a revocation here clears it at once (another replica's within REFRESH_S, as the revocation list)
+        self._sites: dict[str, tuple[float, dict[str, nodestatus.NodeRecord]]] = {}
+        revocations.on_change(self._sites.clear)
 
     def site_of(self, cluster: str) -> str:
         labels = self._policy.fleet.clusters.get(cluster)
@@ -78,6 +85,20 @@ class NodeAttestations:
         site = self.site_of(cluster)
         group = self._policy.fleet.group_of(cluster)
         max_age = group.node_attestation_max_age if group is not None else nodestatus.DEFAULT_MAX_AGE_S
+        cached = self._sites.get(site)
+        if cached is not None and time.monotonic() - cached[0] < CACHE_S:
+            nodes = cached[1]
+        else:
+            nodes = self._nodes_of(site)
+            self._sites[site] = (time.monotonic(), nodes)
+        now = self._clock()
+        with self._lock:
+            sequence = self._last_sequence = max(self._last_sequence + 1, int(now * 1000))
+        return nodestatus.build(
+            cluster=cluster, site=site, sequence=sequence, issued_at=now, max_age_s=max_age, nodes=nodes, key=self._key
+        )
+
+    def _nodes_of(self, site: str) -> dict[str, nodestatus.NodeRecord]:
         nodes: dict[str, nodestatus.NodeRecord] = {}
         claimed: dict[str, int] = {}
         for device in self._store.devices():
@@ -90,9 +111,4 @@ class NodeAttestations:
         for name, count in claimed.items():
             if count > 1:  # see the module doc: neither device may be bound to under that name
                 nodes[name] = nodestatus.NodeRecord(nodes[name].spiffe_id, 0.0, True)
-        now = self._clock()
-        with self._lock:
-            sequence = self._last_sequence = max(self._last_sequence + 1, int(now * 1000))
-        return nodestatus.build(
-            cluster=cluster, site=site, sequence=sequence, issued_at=now, max_age_s=max_age, nodes=nodes, key=self._key
-        )
+        return nodes

@@ -202,7 +202,9 @@ def test_a_revoked_nodes_pods_stay_pending_with_the_webhooks_reason(
             )
             assert _pod(cluster, "before")["spec"]["nodeName"] == NODE_NAME
 
-            assert trustctl(_revoke_argv(hub, tmp_path)) == 0
+            revoke = _revoke_argv(hub, tmp_path)
+            revoked_at = time.monotonic()
+            assert trustctl(revoke) == 0
             counter = revocations.current().counter
             _wait(
                 "every webhook replica holding the revocation",
@@ -213,6 +215,7 @@ def test_a_revoked_nodes_pods_stay_pending_with_the_webhooks_reason(
                 90,
                 state,
             )
+            held_s = time.monotonic() - revoked_at
             apply(cluster, _workload(image, "after"))
             reason = f"node '{NODE_NAME}' ({NODE_ID}) is revoked at the hub"
             failures = _wait(
@@ -221,7 +224,11 @@ def test_a_revoked_nodes_pods_stay_pending_with_the_webhooks_reason(
                 90,
                 lambda: f"events: {_scheduling_failures(cluster, 'after')}\n{state()}",
             )
+            refused_s = time.monotonic() - revoked_at
             print(f"\nFailedScheduling: {failures[0]}")
+            # a figure, not an assertion: polled once a second, each poll an exec into the webhook pod
+            print(f"revocation held by every webhook replica {held_s:.1f} s after `trustctl fleet revoke` began;")
+            print(f"the new pod's FailedScheduling event seen {refused_s:.1f} s after it")
             pod = _pod(cluster, "after")
             assert pod["status"]["phase"] == "Pending"
             assert not pod["spec"].get("nodeName")

@@ -72,6 +72,10 @@ def test_the_document_lists_the_sites_nodes_with_their_last_attestation(
     }
     second = nodestatus.verify(nodes.document("edge-1"), keys, cluster="edge-1", held=first.sequence)
     assert second.sequence > first.sequence  # the clock did not move: the sequence still grows
+    # the site's node list is reused for a second, but a revocation is in the very next document
+    revocations.revoke(gw1, reason="stolen too", by="test")
+    third = nodestatus.verify(nodes.document("edge-1"), keys, cluster="edge-1", held=second.sequence)
+    assert third.nodes["gw-01"].revoked
 
 
 def test_a_node_name_claimed_twice_is_bindable_by_neither(hub: tuple[Store, Revocations, NodeAttestations]) -> None:
