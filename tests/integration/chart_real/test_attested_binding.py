@@ -228,7 +228,7 @@ def test_a_revoked_nodes_pods_stay_pending_with_the_webhooks_reason(
             print(f"\nFailedScheduling: {failures[0]}")
             # a figure, not an assertion: polled once a second, each poll an exec into the webhook pod
             print(f"revocation held by every webhook replica {held_s:.1f} s after `trustctl fleet revoke` began;")
-            print(f"the new pod's FailedScheduling event seen {refused_s:.1f} s after it")
+            print(f"the new pod's FailedScheduling event seen {refused_s:.1f} s after the revoke began")
             pod = _pod(cluster, "after")
             assert pod["status"]["phase"] == "Pending"
             assert not pod["spec"].get("nodeName")
