@@ -4,6 +4,7 @@ database, each with its own connection: every guarantee must then come from the 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -207,7 +208,7 @@ def test_an_unreachable_or_refusing_database_is_a_clear_error(postgres: Postgres
 def test_a_verified_renewal_moves_the_last_attestation_forward_only(opener: Opener) -> None:
     store = opener()
     device, svid, event = enrollment("ek1", "spiffe://edge.example/n/1", "11")
-    store.record_enrollment(DeviceRecord(**{**_fields(device), "attested_at": 100.0}), svid, event)
+    store.record_enrollment(dataclasses.replace(device, attested_at=100.0), svid, event)
     renew = AuditEvent(150.0, "agent.renew", "renewed", device.spiffe_id)
     store.record_svid(SvidRecord("12", device.spiffe_id, "ek1", 150.0, 250.0), renew, attested_at=150.0)
     assert store.device("ek1").attested_at == 150.0  # type: ignore[union-attr]
@@ -218,7 +219,3 @@ def test_a_verified_renewal_moves_the_last_attestation_forward_only(opener: Open
     store.record_svid(SvidRecord("14", device.spiffe_id, "ek1", 190.0, 290.0), renew)
     again = opener()
     assert again.device_by_spiffe_id(device.spiffe_id).attested_at == 150.0  # type: ignore[union-attr]
-
-
-def _fields(device: DeviceRecord) -> dict[str, object]:
-    return {name: getattr(device, name) for name in DeviceRecord.__slots__}  # type: ignore[attr-defined]
