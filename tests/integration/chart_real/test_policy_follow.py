@@ -12,59 +12,38 @@ CA) what it enforces: /readyz `counter`, `last_failure`.
 
 from __future__ import annotations
 
-import base64
 import json
-import shutil
-import ssl
-import time
 from collections.abc import Iterator
-from typing import Any
 
-import httpx
 import pytest
 
-from edgetrust.bundles.format import build_files, pack, read_repository
-from edgetrust.bundles.signing import SigningKey, sign_files
 from localpeers import chartrelease
 from localpeers.admissionrelease import drop_namespace, fresh_namespace, webhook_service, workload_pod
 from localpeers.chartrelease import ClusterImages
-from localpeers.chartsyncer import GROUP, DistributionSite, distribution_site
+from localpeers.chartsyncer import GROUP, DistributionSite
 from localpeers.nodeimages import TOOLS_IMAGE
 from localpeers.realcluster import RealCluster
-from tests.support.policy_generations import generation_dir
+from tests.support.follow_site import (
+    following_site,
+    generation_bundle,
+    replica_context,
+    replica_status,
+    wait_replicas,
+    webhook_pods,
+)
 
 pytestmark = pytest.mark.integration
 
 NAMESPACE, RELEASE = "pf-system", "et"
 WORKLOADS = "pf-workloads"
-#: the follower reads every 5 s; the syncer long-polls the hub: well inside this, or the plane is broken
-PICKUP_DEADLINE_S = 60.0
-
-
-def generation_bundle(site: DistributionSite, k: int, *, broken: bool = False) -> bytes:
-    """Generation k (counter k) signed by the site's trusted publisher for its group; `broken`: Rego OPA refuses,
-    validly signed all the same."""
-    root = site.work / "generations"
-    repository = root / f"repo{k}"
-    shutil.rmtree(repository, ignore_errors=True)
-    shutil.copytree(generation_dir(root, k, broken=broken), repository / "admission")
-    files = build_files(read_repository(repository), counter=k, commit=f"{k:040x}", group=GROUP)
-    return pack(sign_files(files, SigningKey(site.trusted.key_id, site.trusted.key)))
 
 
 @pytest.fixture(scope="module")
 def site(
     real_cluster: RealCluster, cluster_images: ClusterImages, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DistributionSite]:
-    with distribution_site(
-        real_cluster,
-        cluster_images,
-        tmp_path_factory.mktemp("follow"),
-        namespace=NAMESPACE,
-        release=RELEASE,
-        install=False,
-    ) as found:
-        seconds = found.install({"webhook": {"enabled": True, "replicas": 2}})
+    work = tmp_path_factory.mktemp("follow")
+    with following_site(real_cluster, cluster_images, work, namespace=NAMESPACE, release=RELEASE) as (found, seconds):
         print(f"\ninstall_to_ready_s (webhook + syncer, no bundle in values): {seconds:.1f}", flush=True)
         yield found
 
@@ -73,52 +52,6 @@ def site(
 def workloads(real_cluster: RealCluster) -> Iterator[str]:
     yield fresh_namespace(real_cluster, WORKLOADS)
     drop_namespace(real_cluster, WORKLOADS)
-
-
-def webhook_pods(site: DistributionSite) -> list[dict[str, Any]]:
-    selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=webhook"
-    found = json.loads(site.cluster.kubectl("-n", NAMESPACE, "get", "pods", "-l", selector, "-o", "json").stdout)
-    return [p for p in found["items"] if p["metadata"].get("deletionTimestamp") is None]
-
-
-def replica_context(site: DistributionSite) -> ssl.SSLContext:
-    """Trust the chart's webhook CA; the certificate names the Service, not the pod IP asked here."""
-    secret = json.loads(
-        site.cluster.kubectl("-n", NAMESPACE, "get", "secret", f"{webhook_service(RELEASE)}-tls", "-o", "json").stdout
-    )
-    ca = site.work / "webhook-ca.pem"
-    ca.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
-    context = ssl.create_default_context(cafile=str(ca))
-    context.check_hostname = False
-    return context
-
-
-def replica_status(site: DistributionSite, context: ssl.SSLContext) -> dict[str, dict[str, Any]]:
-    """pod name -> its /readyz answer, asked of each replica by pod IP."""
-    answers: dict[str, dict[str, Any]] = {}
-    for pod in webhook_pods(site):
-        url = f"https://{pod['status']['podIP']}:8443/readyz"
-        answer = httpx.get(url, verify=context, timeout=5)
-        answers[pod["metadata"]["name"]] = answer.json()
-    return answers
-
-
-def wait_replicas(site: DistributionSite, context: ssl.SSLContext, counter: int, *, failed: bool = False) -> float:
-    """Seconds until both replicas enforce `counter` (and, with `failed`, name a refused set)."""
-    started = time.monotonic()
-    while True:
-        status = replica_status(site, context)
-        if len(status) == 2 and all(
-            s["counter"] == counter and (bool(s["last_failure"]) if failed else True) for s in status.values()
-        ):
-            return time.monotonic() - started
-        if time.monotonic() - started > PICKUP_DEADLINE_S:
-            logs = site.cluster.kubectl(
-                "-n", NAMESPACE, "logs", "-l", "app.kubernetes.io/component=webhook", "-c", "webhook", "--tail=40",
-                check=False,
-            ).stdout  # fmt: skip
-            raise AssertionError(f"replicas never enforced counter {counter}: {status}\n{logs}\n{site.syncer_log()}")
-        time.sleep(0.2)
 
 
 def review(site: DistributionSite, name: str, generation: str) -> tuple[bool, str]:
