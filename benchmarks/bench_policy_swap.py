@@ -12,12 +12,13 @@ policy_swap wrong_decisions: verdicts that are not what the set that decided the
 policy_swap p99_ms_during_swaps: the 99th percentile of the reviews whose time in the controller overlapped a
   swap (p99_ms_between_swaps: the others, for comparison).
 
-policy_swap publish_to_enforcing_p50_s (goal <= 5): on the REAL node (localpeers/realcluster.py: one per machine; where others
-  share it, run this under `flock /tmp/edgetrust-realcluster.lock`): the hub on the node's address, the chart's syncer
-  and 2 webhook replicas installed with no bundle in values; `--publishes` bundles published one after the
-  other (a random pause of up to one follow interval between them, so a publish does not fall at the same point
-  of the replicas' polling each time); each timed from the POST at the hub until every replica's /readyz
-  shows its counter (in force: the counter changes at the switch). Needs root, like the cluster.
+policy_swap publish_to_enforcing_p50_s (goal <= 5): on the REAL node (localpeers/realcluster.py: one per
+  machine; where others share it, run this under `flock /tmp/edgetrust-realcluster.lock`): the hub on the
+  node's address, the chart's syncer and 2 webhook replicas installed with no bundle in values; `--publishes`
+  bundles published one after the other (a random pause of up to one follow interval between them, so a
+  publish does not fall at the same point of the replicas' polling each time); each timed from the POST at the
+  hub until every replica's /readyz shows its counter (in force: the counter changes at the switch). Needs
+  root, like the cluster.
 Usage: bench_policy_swap.py [--rate 500] [--swaps 20] [--seconds 10] [--publishes 10 | --publishes 0]
 """
 
@@ -31,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -127,21 +129,20 @@ def pickup(publishes: int) -> dict[str, float]:
 
     rng = random.Random(16)
     seconds: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bench-pickup-") as work:
-        with (
-            running_real_cluster(Path(work) / "cluster") as cluster,
-            following_site(cluster, load_images(cluster), Path(work) / "site", namespace="bench-follow") as (site, _),
-        ):
-            context = replica_context(site)
-            for k in range(1, publishes + 1):
-                blob = generation_bundle(site, k)
-                time.sleep(rng.uniform(0, FOLLOW_INTERVAL_S))
-                started = time.monotonic()
-                answer = site.publish(blob)
-                if answer.status_code != 200:
-                    raise RuntimeError(f"the hub refused revision {k}: {answer.status_code} {answer.text}")
-                wait_replicas(site, context, k)
-                seconds.append(time.monotonic() - started)
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pickup-")))
+        cluster = stack.enter_context(running_real_cluster(work / "cluster"))
+        site, _ = stack.enter_context(following_site(cluster, load_images(cluster), work / "site", namespace="bf"))
+        context = replica_context(site)
+        for k in range(1, publishes + 1):
+            blob = generation_bundle(site, k)
+            time.sleep(rng.uniform(0, FOLLOW_INTERVAL_S))
+            started = time.monotonic()
+            answer = site.publish(blob)
+            if answer.status_code != 200:
+                raise RuntimeError(f"the hub refused revision {k}: {answer.status_code} {answer.text}")
+            wait_replicas(site, context, k)
+            seconds.append(time.monotonic() - started)
     seconds.sort()
     return {
         "publishes": float(len(seconds)),
