@@ -34,6 +34,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -57,6 +58,7 @@ async def run(port: int, root: Path, *, rate: float, swaps: int, seconds: float)
         sets[0], OpaDecider(OpaSettings(port=port)), ImageVerifier(RegistryClient(), metrics, CacheSettings()), metrics
     )
     await controller.start()
+    writes = count_policy_writes()
     rng = random.Random(16)
     counts = {"reviews": 0, "errors": 0, "wrong_decisions": 0}
     latencies: list[tuple[float, float]] = []  # (sent at, seconds to the verdict)
@@ -112,8 +114,25 @@ async def run(port: int, root: Path, *, rate: float, swaps: int, seconds: float)
     slowest = max(swap_s) * 1000 if swap_s else 0.0
     figures = {**counts, "swaps": float(controller.status.swaps), "p99_ms": quantile_ms([s for _, s in latencies])}
     figures |= {"p99_ms_during_swaps": quantile_ms(during), "p99_ms_between_swaps": quantile_ms(outside)}
-    figures |= {"reviews_during_swaps": float(len(during))}
+    figures |= {"reviews_during_swaps": float(len(during)), "opa_policy_writes_per_swap": writes[0] / max(1, swaps)}
     return {**figures, "slowest_swap_ms": round(slowest, 3), "swap_p50_ms": quantile_ms(swap_s, 0.5)}
+
+
+def count_policy_writes() -> list[int]:
+    """Count every module PUT and DELETE the decider sends OPA from now on (each makes OPA recompile every
+    module while queries wait): the figure the swap's design lowers, independent of how busy the machine is."""
+    from opa_client.opa_async import AsyncOpaClient
+
+    count = [0]
+    for name in ("update_policy_from_string", "delete_policy"):
+        original = getattr(AsyncOpaClient, name)
+
+        def counted(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            count[0] += 1
+            return _original(self, *args, **kwargs)
+
+        setattr(AsyncOpaClient, name, counted)
+    return count
 
 
 def quantile_ms(values: list[float], q: float = 0.99) -> float:
@@ -168,6 +187,7 @@ def main() -> None:
         print(f"{metric:<22} {value:>9g}")
     print(f"(rate {args.rate:g}/s for {args.seconds:g} s, {args.swaps} swaps)")
     results = [("errors", "count"), ("wrong_decisions", "count"), ("p99_ms_during_swaps", "ms")]
+    results.append(("opa_policy_writes_per_swap", "count"))
     if args.publishes:
         results.append(("publish_to_enforcing_p50_s", "s"))
     for metric, unit in results:

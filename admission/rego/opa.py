@@ -145,6 +145,13 @@ class OpaDecider:
                     template.modules.items(), key=lambda item: not item[0].split("/")[-1].startswith("lib")
                 )
                 modules += [(m, f"ConstraintTemplate {template.name}") for m in ordered]
+            if any(in_namespace(m, namespace) for m in self._held):
+                # what we think the namespace holds is only true if OPA did not restart since: one read, no compile
+                try:
+                    await self._client.get_policy(decision_id(namespace))
+                except PolicyNotFoundError:
+                    self._held.clear()
+                    self._held_data.clear()
             wanted = {decision_id(namespace)}
             for (module_id, source), owner in modules:
                 module = policy_id(module_id, namespace)
