@@ -29,6 +29,8 @@ from admission.review import AdmissionRequest, bound_node, build_response
 from admission.swap import Enforced, SwapReport
 
 log = logging.getLogger("edgetrust.admission")
+#: the two OPA namespaces swapped-in sets take turns in (admission/swap.py)
+SLOTS = ("swap1", "swap2")
 # A set can only be empty when started with unsafe_allow_empty_policy_set (PolicySet.load refuses otherwise).
 EMPTY_POLICY_SET_WARNING = (
     "edgetrust admission runs with NO policies (unsafe_allow_empty_policy_set): this review was admitted unchecked"
@@ -112,7 +114,7 @@ class AdmissionController:
             if counter >= 0 and counter <= old.counter:
                 self._refused(policies.revision, f"revision counter {counter} is not above {old.counter} in force")
             self._generation += 1
-            fresh = Enforced(policies, f"swap{self._generation}", counter)
+            fresh = Enforced(policies, SLOTS[1] if old.namespace == SLOTS[0] else SLOTS[0], counter)
             try:
                 await self._opa.load(policies.rego, policies.libraries, policies.gatekeeper, namespace=fresh.namespace)
             except AdmissionError as exc:
@@ -123,7 +125,10 @@ class AdmissionController:
             self._metrics.swaps.labels("applied").inc()
             log.info("admission policies swapped to %s (was %s)", policies.revision, old.policies.revision)
             await old.drained()
-            await self._unload(old)
+            if not old.namespace:
+                await self._unload(old)  # the start-up set: not in a slot
+            # a swapped-in set stays in its slot, read by no review: the next swap loads over it, and so writes
+            # only what changed (admission/swap.py)
 
     def record_refusal(self, revision: str, why: str) -> None:
         """A set that will not be put in force (here, or a bundle refused before it became a set): counted and

@@ -115,3 +115,17 @@ else empty (templates/checks.yaml refuses that with the way to give one).
 {{ printf "https://%s.%s.svc:%v" (include "edgetrust.hubService" $root) $root.Release.Namespace $root.Values.hub.port }}
 {{- end -}}
 {{- end -}}
+
+{{- /* "true" when the webhook follows the bundles the syncer accepts (both enabled, webhook.followBundles), else
+"": the syncer then hands each bundle over in ConfigMap edgetrust-admission-bundle and every replica swaps it in */}}
+{{- define "edgetrust.followBundles" -}}
+{{- if and .Values.webhook.enabled .Values.syncer.enabled .Values.webhook.followBundles -}}true{{- end -}}
+{{- end }}
+
+{{- /* the publisher keys the webhook verifies bundles with: webhook.bundleKeys, or (following the syncer and none
+given) syncer.verificationKeys: one list of keys, not two to keep in step */}}
+{{- define "edgetrust.webhookBundleKeys" -}}
+{{- $keys := .Values.webhook.bundleKeys -}}
+{{- if and (not $keys) (include "edgetrust.followBundles" .) -}}{{- $keys = .Values.syncer.verificationKeys -}}{{- end -}}
+{{- toJson $keys -}}
+{{- end }}

@@ -58,7 +58,11 @@ def test_on_the_scheduler_bindings_go_to_the_webhook_which_reads_one_configmap(u
     assert bind["failurePolicy"] == "Fail"
     assert bind["namespaceSelector"]["matchExpressions"][0]["values"] == ["kube-system", NAMESPACE]
     webhook = _named(docs, "Deployment", "-webhook")["spec"]["template"]["spec"]
-    assert webhook["automountServiceAccountToken"] is True
+    # the token goes to the webhook container alone (a projected volume), never to OPA's
+    assert webhook["automountServiceAccountToken"] is False
+    token = next(v for v in webhook["volumes"] if v["name"] == "kube-api-access")
+    assert any("serviceAccountToken" in source for source in token["projected"]["sources"])
+    assert not any(m["name"] == "kube-api-access" for m in webhook["containers"][1].get("volumeMounts", []))
     args = webhook["containers"][0]["args"]
     for flag in ("--node-attestation", "--cluster=store-0042", f"--follow-namespace={NAMESPACE}"):
         assert flag in args
