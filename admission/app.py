@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from admission.controller import AdmissionController
 from admission.errors import AdmissionError, ReviewError
 from admission.follow import BundleFollower, HandoffError
+from admission.nodegate import NodeGate, NodeGateError
 from admission.report import StatusReporter
 from admission.review import MAX_REVIEW_BYTES, build_response, parse_review, uid_of
 from edgetrust._internal import asgi_body
@@ -34,6 +35,7 @@ def create_app(
     *,
     follower: BundleFollower | None = None,
     reporter: StatusReporter | None = None,
+    node_gate: NodeGate | None = None,
 ) -> ReviewEndpoints:
     metrics = controller.metrics
     ready = {"loaded": False}
@@ -55,6 +57,13 @@ def create_app(
             except HandoffError as exc:
                 log.warning("%s", exc.diagnostics())
             follower.start()
+        if node_gate is not None:
+            # seed before ready too; with no verified document held, bindings are refused (fail closed)
+            try:
+                await node_gate.check_once()
+            except NodeGateError as exc:
+                log.warning("%s", exc.diagnostics())
+            node_gate.start()
         if reporter is not None:
             reporter.start()  # after the seed: the first report is the set this replica serves with
         # What start-up built lives as long as the process: keep it out of the collector's full passes, which
@@ -69,6 +78,8 @@ def create_app(
                 await reporter.close()
             if follower is not None:
                 await follower.close()
+            if node_gate is not None:
+                await node_gate.close()
             await controller.close()
 
     app = FastAPI(title="edgetrust admission", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
@@ -113,6 +124,7 @@ def create_app(
                 "swaps": status.swaps,
                 "last_failure": status.last_failure,
                 "last_failed_revision": status.last_failed_revision,
+                **({"node_attestation": node_gate.status} if node_gate is not None else {}),
             }
         )
 

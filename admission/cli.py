@@ -92,6 +92,23 @@ def _parser() -> Parser:
     )
     report.add_argument("--svid-key", type=Path, metavar="PEM", help="the --svid fallback's private key")
     report.add_argument("--pod-name", metavar="NAME", help="the name reported (default $POD_NAME, else the host name)")
+    run.add_argument(
+        "--node-attestation",
+        action="store_true",
+        default=None,
+        help="refuse to bind pods (pods/binding, spec.nodeName) to nodes the hub's signed node attestation "
+        "document (ConfigMap edgetrust-node-attestation, relayed by the syncer) does not show attested, fresh "
+        "and unrevoked; needs --revocation-key and --cluster",
+    )
+    run.add_argument(
+        "--revocation-key",
+        type=Path,
+        dest="node_attestation_key",
+        metavar="PEM",
+        help="the hub's revocation-signing public key, which signs the node attestation document and the "
+        "revocation list (as the syncer's --revocation-key)",
+    )
+    run.add_argument("--cluster", metavar="NAME", help="this cluster's name in the fleet (for --node-attestation)")
     add_listen(run, default="127.0.0.1:8443", host_aliases=["--listen-host"], port_aliases=["--listen-port"])
     run.add_argument(
         "--tls-cert", type=Path, metavar="PEM", help="the serving certificate the API server trusts (caBundle)"

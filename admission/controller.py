@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from admission.errors import AdmissionError, ImageReferenceError, PolicySwapError, ReviewError, WorkloadShapeError
 from admission.imageref import parse_image_reference
@@ -25,14 +25,22 @@ from admission.rego.inventory import Inventory, InventorySync
 from admission.rego.match import expand_to_pod
 from admission.rego.opa import LOST_POLICIES, OpaDecider
 from admission.rego.workloads import ContainerImage, container_images, pod_spec
-from admission.review import AdmissionRequest, build_response
+from admission.review import AdmissionRequest, bound_node, build_response
 from admission.swap import Enforced, SwapReport
 
 log = logging.getLogger("edgetrust.admission")
+#: the two OPA namespaces swapped-in sets take turns in (admission/swap.py)
+SLOTS = ("swap1", "swap2")
 # A set can only be empty when started with unsafe_allow_empty_policy_set (PolicySet.load refuses otherwise).
 EMPTY_POLICY_SET_WARNING = (
     "edgetrust admission runs with NO policies (unsafe_allow_empty_policy_set): this review was admitted unchecked"
 )
+
+
+class BindingGate(Protocol):
+    def refusal(self, node: str) -> str | None:
+        """Why a pod may not be bound to `node` now (None: it may); admission/nodegate.py."""
+        ...
 
 
 @dataclass(slots=True)
@@ -68,6 +76,7 @@ class AdmissionController:
         inventory_sync: InventorySync | None = None,
         expand_workloads: bool = True,
         counter: int = -1,
+        node_gate: BindingGate | None = None,
     ) -> None:
         self._active = Enforced(policies, counter=counter)  # counter: the start-up bundle's (-1: not a bundle)
         self._swap_lock = asyncio.Lock()
@@ -80,6 +89,8 @@ class AdmissionController:
         self._inventory = inventory if inventory is not None else Inventory()  # an empty one is falsy
         self._inventory_sync = inventory_sync
         self._expand_workloads = expand_workloads
+        #: attestation-aware binding (admission/nodegate.py); None: bindings are not checked
+        self.node_gate = node_gate
 
     @property
     def policies(self) -> PolicySet:
@@ -103,7 +114,7 @@ class AdmissionController:
             if counter >= 0 and counter <= old.counter:
                 self._refused(policies.revision, f"revision counter {counter} is not above {old.counter} in force")
             self._generation += 1
-            fresh = Enforced(policies, f"swap{self._generation}", counter)
+            fresh = Enforced(policies, SLOTS[1] if old.namespace == SLOTS[0] else SLOTS[0], counter)
             try:
                 await self._opa.load(policies.rego, policies.libraries, policies.gatekeeper, namespace=fresh.namespace)
             except AdmissionError as exc:
@@ -114,7 +125,10 @@ class AdmissionController:
             self._metrics.swaps.labels("applied").inc()
             log.info("admission policies swapped to %s (was %s)", policies.revision, old.policies.revision)
             await old.drained()
-            await self._unload(old)
+            if not old.namespace:
+                await self._unload(old)  # the start-up set: not in a slot
+            # a swapped-in set stays in its slot, read by no review: the next swap loads over it, and so writes
+            # only what changed (admission/swap.py)
 
     def record_refusal(self, revision: str, why: str) -> None:
         """A set that will not be put in force (here, or a bundle refused before it became a set): counted and
@@ -216,6 +230,12 @@ class AdmissionController:
         if request.namespace and policies.exempt(request.namespace):
             self._metrics.decisions.labels("exempt-namespace", "allowed").inc()
             return Verdict(allowed=True)
+        if self.node_gate is not None and request.operation == "CREATE":
+            node = bound_node(request.kind, request.obj, request.raw)
+            why = self.node_gate.refusal(node) if node is not None else None
+            if why is not None:
+                self._metrics.decisions.labels("node-attestation", "denied").inc()
+                return Verdict(allowed=False, denials=[why])
         try:
             containers = container_images(request.kind, request.obj)
         except WorkloadShapeError as exc:

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -51,6 +52,38 @@ class VerifiedPolicies:
     counter: int
 
 
+class ConfigMapReader:
+    """One ConfigMap read through the API server, by GET (see the module doc for why not a watch); shared by
+    every follower of a handoff ConfigMap (bundles here, node attestation in admission/nodegate.py)."""
+
+    def __init__(self, kube: kubeapi.KubeConnection, namespace: str, name: str) -> None:
+        self._kube = kube
+        self._name = name
+        self._path = f"/api/v1/namespaces/{namespace}/configmaps/{name}"
+        #: resourceVersion last handed out (acted on, or refused: the same object is not judged twice)
+        self.seen = ""
+
+    async def read(self) -> tuple[str, Mapping[str, Any] | None]:
+        """("absent", None), ("unchanged", None), or ("changed", the object); HandoffError when unreadable."""
+        try:
+            obj = await self._kube.request("GET", self._path, what=f"ConfigMap {self._name}")
+        except kubeapi.KubeStatusError as exc:
+            if exc.status == 404:
+                return "absent", None
+            raise HandoffError(str(exc)) from exc
+        except kubeapi.KubeAccessError as exc:
+            raise HandoffError(f"{exc} (what is held stays)") from exc
+        metadata = obj.get("metadata")
+        version = str(metadata.get("resourceVersion", "")) if isinstance(metadata, dict) else ""
+        if version and version == self.seen:
+            return "unchanged", None
+        self.seen = version
+        return "changed", obj
+
+    async def aclose(self) -> None:
+        await self._kube.aclose()
+
+
 class BundleFollower:
     def __init__(
         self,
@@ -69,32 +102,21 @@ class BundleFollower:
         if not group:
             raise ConfigError("following the syncer's bundles needs the cluster group (bundle_group)")
         self._controller = controller
-        self._kube = kube
-        self._path = f"/api/v1/namespaces/{namespace}/configmaps/{handoff.CONFIGMAP}"
+        self._reader = ConfigMapReader(kube, namespace, handoff.CONFIGMAP)
         self._keys = dict(keys)
         self._group = group
         self._interval_s = interval_s
         self._exempt = tuple(exempt_namespaces)
         self._parameters = parameters
-        self._seen = ""  # resourceVersion last handled (swapped in, or refused: the same object is not retried)
         self._task: asyncio.Task[None] | None = None
 
     async def check_once(self) -> str:
         """Read the ConfigMap once and act: "absent", "unchanged", "swapped", or raise HandoffError (refused or
         unreadable; the set in force stays and the refusal is recorded for /readyz)."""
-        try:
-            obj = await self._kube.request("GET", self._path, what=f"ConfigMap {handoff.CONFIGMAP}")
-        except kubeapi.KubeStatusError as exc:
-            if exc.status == 404:
-                return "absent"
-            raise HandoffError(str(exc)) from exc
-        except kubeapi.KubeAccessError as exc:
-            raise HandoffError(f"{exc} (the set in force stays)") from exc
-        metadata = obj.get("metadata")
-        version = str(metadata.get("resourceVersion", "")) if isinstance(metadata, dict) else ""
-        if version and version == self._seen:
-            return "unchanged"
-        self._seen = version
+        state, obj = await self._reader.read()
+        if obj is None:
+            return state
+        version = self._reader.seen
         try:
             verified = self.verify(handoff.bundle_bytes(obj))
         except (BundleError, AdmissionError) as exc:  # unsigned, tampered, another group's, a policy that fails
@@ -149,4 +171,4 @@ class BundleFollower:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await self._kube.aclose()
+        await self._reader.aclose()

@@ -83,6 +83,20 @@ def parse_review(body: bytes) -> AdmissionRequest:
     )
 
 
+def bound_node(kind: str, obj: Mapping[str, Any], raw: Mapping[str, Any]) -> str | None:
+    """The node a CREATE binds a pod to: a Binding's target (the pods/binding subresource), a Pod's
+    spec.nodeName; None when the object binds nothing (a Pod left to the scheduler)."""
+    if kind == "Binding" and raw.get("subResource") == "binding":
+        target = obj.get("target")
+        name = target.get("name") if isinstance(target, Mapping) else None
+        return name if isinstance(name, str) else ""  # a Binding naming no node binds to none we know
+    if kind == "Pod":
+        spec = obj.get("spec")
+        name = spec.get("nodeName") if isinstance(spec, Mapping) else None
+        return name if isinstance(name, str) and name else None
+    return None
+
+
 def _generate_name(obj: Any) -> str:
     metadata = obj.get("metadata") if isinstance(obj, dict) else None
     if isinstance(metadata, dict) and isinstance(metadata.get("name"), str):

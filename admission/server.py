@@ -18,6 +18,7 @@ from admission.follow import BundleFollower
 from admission.images.verifier import CacheSettings, ImageVerifier
 from admission.library import default_library
 from admission.metrics import AdmissionMetrics
+from admission.nodegate import NodeGate
 from admission.policy import PolicySet
 from admission.registry import RegistryClient, RegistrySettings
 from admission.rego.inventory import Inventory, InventorySync, KubeSource
@@ -28,6 +29,7 @@ from edgetrust._internal import hubclient, serving
 from edgetrust._internal import kube as kubeapi
 from edgetrust.bundles.errors import BundleError
 from edgetrust.bundles.format import unpack
+from edgetrust.bundles.revocations import KEY_ID
 from edgetrust.bundles.signing import load_verification_keys, verify_bundle
 from edgetrust.oci.auth import load_credentials
 from edgetrust.oci.errors import OCIError
@@ -102,6 +104,33 @@ def build_follower(settings: AdmissionSettings, controller: AdmissionController)
         interval_s=settings.follow_interval_s,
         exempt_namespaces=settings.exempt_namespaces,
         parameters=settings.parameters,
+    )
+
+
+def build_node_gate(settings: AdmissionSettings) -> NodeGate | None:
+    """The node attestation follower when `node_attestation` (its key and cluster checked here, at start)."""
+    if not settings.node_attestation:
+        return None
+    if settings.node_attestation_key is None:
+        raise ConfigError("--node-attestation needs --revocation-key (the hub's revocation-signing public key)")
+    try:
+        keys = load_verification_keys({KEY_ID: settings.node_attestation_key.read_bytes()})
+    except (OSError, BundleError) as exc:
+        raise ConfigError(f"--revocation-key {settings.node_attestation_key}: {exc}") from exc
+    return NodeGate(
+        kubeapi.KubeConnection(_kube_source(settings), user_agent="edgetrust-admission"),
+        namespace=settings.follow_namespace,
+        keys=keys,
+        cluster=settings.cluster or "",
+        interval_s=settings.node_attestation_interval_s,
+    )
+
+
+def _kube_source(settings: AdmissionSettings) -> kubeapi.Source:
+    return (
+        KubeSource(settings.kube_url, token_file=settings.kube_token_file, ca_file=settings.kube_ca_file)
+        if settings.kube_url and settings.kube_token_file
+        else kubeapi.InCluster()
     )
 
 
@@ -199,8 +228,9 @@ def build_reporter(settings: AdmissionSettings, controller: AdmissionController)
 
 def build_app(settings: AdmissionSettings) -> ReviewEndpoints:
     controller = build_controller(settings)
+    controller.node_gate = gate = build_node_gate(settings)
     follower = build_follower(settings, controller)
-    return create_app(controller, follower=follower, reporter=build_reporter(settings, controller))
+    return create_app(controller, follower=follower, reporter=build_reporter(settings, controller), node_gate=gate)
 
 
 def serve(settings: AdmissionSettings, *, before_serving: Callable[[], None] | None = None) -> None:

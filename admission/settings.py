@@ -47,6 +47,14 @@ class AdmissionSettings(BaseSettings):
     #: the name this replica reports under; unset: $POD_NAME (the chart's downward API), else the host name
     pod_name: str | None = None
     report_heartbeat_s: float = Field(default=30.0, gt=0, le=300)
+    #: attestation-aware binding (admission/nodegate.py): refuse CREATE of pods/binding, and of pods naming
+    #: spec.nodeName, to a node the hub's signed node attestation document (ConfigMap
+    #: edgetrust-node-attestation in follow_namespace, relayed by the syncer) does not show attested, fresh and
+    #: unrevoked; verified with node_attestation_key (the hub's revocation key) for cluster `cluster`
+    node_attestation: bool = False
+    node_attestation_key: Path | None = None
+    node_attestation_interval_s: float = Field(default=5.0, gt=0)
+    cluster: str | None = None
     #: start with no policy at all (an empty or mistyped policy_dir otherwise stops the start): the webhook then
     #: admits everything, warns at start and puts a warning on every review it admits. For bring-up only.
     unsafe_allow_empty_policy_set: bool = False

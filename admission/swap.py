@@ -7,6 +7,14 @@ waits until the old set's reviews have finished and removes its modules from OPA
 and nothing awaits between reading the reference and counting the review in, so no review can start on a set
 whose modules are being removed.
 
+Two namespaces (slots) take turns: a swap loads into the one not in force, over the set that was in force
+before the last swap (drained by then, read by no review), writing only the modules and data that changed
+(OpaDecider.load). Every policy write makes OPA recompile all its modules while queries wait, so a swap that
+wrote each module and removed each old one (about 8 writes for a small set) stalled reviews; a new revision of a
+bundle usually changes a few modules. The set before stays in OPA until the next swap replaces it: never
+reachable, since no review is decided through its namespace. The start-up set (namespace "") is removed after
+the first swap.
+
 A set OPA refuses never becomes the one in force: the old set stays, the refusal is counted
 (edgetrust_admission_policy_swaps{result="failed"}) and kept as `last_failure` for the status endpoint.
 """
@@ -56,11 +64,13 @@ class Enforced:
         await self._idle.wait()
 
     def module_ids(self) -> list[str]:
-        """Every module id this set loaded into OPA, for its removal."""
+        """Every module id this set loaded into OPA, in the order loaded (removed in reverse: what imports a
+        library's functions before the library, or OPA refuses the removal)."""
         policies = self.policies
         ids = [m for library in policies.libraries for m in library.rego]
         ids += [m for policy in policies.rego for m in policy.rego]
-        ids += [m for template in policies.gatekeeper.templates.values() for m in template.modules]
+        for template in policies.gatekeeper.templates.values():  # libs first, as OpaDecider.load puts them
+            ids += sorted(template.modules, key=lambda m: not m.split("/")[-1].startswith("lib"))
         return ids
 
 

@@ -22,7 +22,7 @@ import yaml
 
 from admission.app import create_app
 from admission.controller import AdmissionController
-from admission.server import build_controller, build_follower, build_reporter
+from admission.server import build_controller, build_follower, build_node_gate, build_reporter
 from admission.settings import AdmissionSettings
 from edgetrust.bundles.policyfile import SiteParameters
 from localpeers.hub import free_port
@@ -98,11 +98,13 @@ def running_webhook(workdir: Path, ca: TestCA, **settings: Any) -> Iterator[Runn
     port = settings.pop("listen_port", None) or free_port()
     admission_settings = AdmissionSettings(listen_port=port, tls_cert=cert.cert, tls_key=cert.key, **settings)
     controller = build_controller(admission_settings)
+    controller.node_gate = gate = build_node_gate(admission_settings)
     config = uvicorn.Config(
         create_app(
             controller,
             follower=build_follower(admission_settings, controller),
             reporter=build_reporter(admission_settings, controller),
+            node_gate=gate,
         ),
         host="127.0.0.1",
         port=port,

@@ -50,7 +50,8 @@ from edgetrust.spiffe.workload import SOCKET_ENV, WorkloadSvid, WorkloadSvidErro
 from syncer.agent import BundleSource, SyncAgent, SyncOutcome, SyncResult
 from syncer.handoff import ConfigMapHandoff
 from syncer.kube import KubeClient, KubeConfig
-from syncer.sources import HubSource, OCISource, hub_reporter, hub_session
+from syncer.nodestatus import NodeStatusRelay
+from syncer.sources import HubSource, OCISource, hub_node_status, hub_reporter, hub_session
 from syncer.state import AgentState
 
 log = logging.getLogger("edgetrust.syncer")
@@ -109,6 +110,13 @@ def _parser() -> Parser:
         metavar="NS",
         help="hand each applied bundle to the webhook replicas in this namespace (ConfigMap "
         "edgetrust-admission-bundle, which they verify and follow with --follow-bundles); default: no handoff",
+    )
+    run.add_argument(
+        "--node-attestation-namespace",
+        metavar="NS",
+        help="relay the hub's signed node attestation document and revocation list to the webhook replicas in "
+        "this namespace (ConfigMap edgetrust-node-attestation; the webhook's --node-attestation); needs "
+        "--revocation-key; default: not relayed",
     )
     run.add_argument("--wait", type=float, default=30.0, help="long-poll seconds")
     run.add_argument("--once", action="store_true", help="one sync, then exit (for jobs and tests)")
@@ -195,6 +203,8 @@ def _check_start(args: argparse.Namespace) -> dict[str, bytes]:
         raise UsageError("--svid and --svid-key go together (the fallback); without both the Workload API is used")
     if args.svid is not None and args.spiffe_socket:
         raise UsageError("--spiffe-socket or the --svid fallback, not both: which identity would the syncer use?")
+    if args.node_attestation_namespace and args.revocation_key is None:
+        raise UsageError("--node-attestation-namespace needs --revocation-key: the document is signed with that key")
     files_needed = [
         ("--ca-bundle", args.ca_bundle, "the roots that sign trustd's certificate"),
         ("--svid", args.svid, _SVID_HINT),
@@ -306,6 +316,18 @@ async def _sync(args: argparse.Namespace, keys: dict[str, bytes], identity: Iden
             else None,
             handoff=handoff,
         )
+        relay = (
+            NodeStatusRelay(
+                hub_node_status(f"/v1/fleet/clusters/{args.cluster}/nodes", http),
+                kube_config,
+                cluster=args.cluster,
+                namespace=args.node_attestation_namespace,
+                keys=load_verification_keys({KEY_ID: args.revocation_key.read_bytes()}),
+                revocations=agent.revocations,
+            )
+            if args.node_attestation_namespace
+            else None
+        )
         restored = await agent.start()
         if restored is not None:
             log.info("re-applied %s from disk: %s", restored.revision, restored.result)
@@ -314,6 +336,8 @@ async def _sync(args: argparse.Namespace, keys: dict[str, bytes], identity: Iden
         while True:
             identity.check()
             outcome = await agent.run_once()
+            if relay is not None and outcome.result is not SyncResult.UNREACHABLE:
+                await relay.run_once()
             message = explain(outcome, source=source_name, spiffe_id=spiffe_id, retrying=not args.once)
             if outcome.result is not SyncResult.NOT_MODIFIED:
                 log.log(logging.INFO if outcome.result.ok else logging.WARNING, "sync: %s", message)
@@ -323,6 +347,8 @@ async def _sync(args: argparse.Namespace, keys: dict[str, bytes], identity: Iden
                 await kube.aclose()
                 if handoff is not None:
                     await handoff.aclose()
+                if relay is not None:
+                    await relay.aclose()
                 if registry is not None:
                     await registry.aclose()
                 code = _exit_code(outcome.result)

@@ -85,6 +85,18 @@ def hub_reporter(url: str, session: aiohttp.ClientSession) -> Callable[[list[dic
     return send
 
 
+def hub_node_status(url: str, session: aiohttp.ClientSession) -> Callable[[], Awaitable[bytes]]:
+    """The cluster's signed node attestation document (syncer/nodestatus.py verifies it)."""
+
+    async def fetch() -> bytes:
+        answer = await _call(session, "GET", url, timeout_s=30)
+        if answer.status != 200:
+            raise _refused(answer, url, "node attestation status")
+        return answer.body
+
+    return fetch
+
+
 class HubSource:
     """The hub's bundle endpoint (mTLS with the cluster's SVID), long-polled with ETag / If-None-Match, so an
     idle poll costs a 304 and a few hundred bytes every `wait_s`. Status reports ride on the poll (one round

@@ -100,6 +100,12 @@ class OpaDecider:
             headers={"Accept-Encoding": "identity"},
         )
         self._started = False
+        # What this decider last put into OPA and OPA accepted: policy id -> source, data path -> value. A load
+        # writes only what differs, since every policy write makes OPA recompile all modules while queries wait
+        # (the review stalls measured during swaps); an id whose write failed or timed out is forgotten, so it is
+        # written again. Cleared when OPA is found to have lost our modules (a restarted sidecar).
+        self._held: dict[str, str] = {}
+        self._held_data: dict[str, Any] = {}
 
     async def start(self) -> None:
         if not self._started:
@@ -123,7 +129,11 @@ class OpaDecider:
 
         With `namespace` every package and `data.` reference of ours is moved under `data.<namespace>`
         (admission/rego/namespaces.py), so a second set loads beside the one in force and neither sees the other;
-        `decide(..., namespace=)` then asks that set. A set that fails half way is left for `unload`."""
+        `decide(..., namespace=)` then asks that set. A set that fails half way is left for `unload`.
+
+        Loading over a namespace that already holds a set (a swap slot reused, admission/swap.py) writes only
+        the modules and data that changed, then removes the modules the new set no longer has: no review reads
+        that namespace while it is loaded, so its modules may be in any mix until the switch."""
         await self.start()
         gatekeeper = gatekeeper if gatekeeper is not None else GatekeeperSet()
         try:
@@ -135,11 +145,19 @@ class OpaDecider:
                     template.modules.items(), key=lambda item: not item[0].split("/")[-1].startswith("lib")
                 )
                 modules += [(m, f"ConstraintTemplate {template.name}") for m in ordered]
-            for (module_id, source), owner in modules:
+            if any(in_namespace(m, namespace) for m in self._held):
+                # what we think the namespace holds is only true if OPA did not restart since: one read, no compile
                 try:
-                    await self._client.update_policy_from_string(
-                        namespaced(source, namespace), policy_id(module_id, namespace), rego_compat=False
-                    )
+                    await self._client.get_policy(decision_id(namespace))
+                except PolicyNotFoundError:
+                    self._held.clear()
+                    self._held_data.clear()
+            wanted = {decision_id(namespace)}
+            for (module_id, source), owner in modules:
+                module = policy_id(module_id, namespace)
+                wanted.add(module)
+                try:
+                    await self._put_policy(module, namespaced(source, namespace))
                 except RegoParseError as exc:
                     raise ConfigError(f"{owner}: OPA refused it: {_compile_errors(exc)}") from exc
             config = {
@@ -148,10 +166,16 @@ class OpaDecider:
                     c.id: {"kind": c.kind, "parameters": dict(c.parameters)} for c in gatekeeper.constraints
                 },
             }
-            await self._client.update_or_create_data(config, data_path("edgetrust/config", namespace))
-            await self._client.update_policy_from_string(
-                namespaced(DECISION_MODULE, namespace), decision_id(namespace), rego_compat=False
-            )
+            path = data_path("edgetrust/config", namespace)
+            if self._held_data.get(path) != config:
+                self._held_data.pop(path, None)
+                await self._client.update_or_create_data(config, path)
+                self._held_data[path] = config
+            await self._put_policy(decision_id(namespace), namespaced(DECISION_MODULE, namespace))
+            # what the namespace held before and this set has not: dependents were loaded after what they use,
+            # so they go first
+            for module in reversed([m for m in self._held if in_namespace(m, namespace) and m not in wanted]):
+                await self._delete_policy(module)
         except RegoParseError as exc:
             raise PolicyDecisionError(f"OPA refused a module: {exc}") from exc
         except (aiohttp.ClientError, ConnectionsError, TimeoutError) as exc:
@@ -161,17 +185,29 @@ class OpaDecider:
         """Remove a set (its modules, then its data) once no review uses it: the start-up set (namespace "") or
         a swapped-in one. `data.inventory` is shared and stays. A module already gone is skipped."""
         await self.start()
-        ids = [decision_id(namespace), *(policy_id(m, namespace) for m in module_ids)]
+        ids = [decision_id(namespace), *reversed([policy_id(m, namespace) for m in module_ids])]
+        ids += [m for m in reversed(self._held) if in_namespace(m, namespace) and m not in ids]  # a slot's leftovers
         try:
             for module in ids:
-                try:
-                    await self._client.delete_policy(module)
-                except DeletePolicyError:  # not there (a set that failed half way): nothing to remove
-                    continue
+                await self._delete_policy(module)
+            self._held_data.pop(data_path("edgetrust/config", namespace), None)
             with contextlib.suppress(DeleteDataError):  # a set refused before its data was written
                 await self._client.delete_data(namespace or "edgetrust/config")
         except (aiohttp.ClientError, ConnectionsError, TimeoutError) as exc:
             raise OpaUnavailableError(f"{opa_hint(self._settings.host, self._settings.port)}: {exc}") from exc
+
+    async def _put_policy(self, module: str, source: str) -> None:
+        """PUT one module unless OPA already holds exactly this source under this id (from us)."""
+        if self._held.get(module) == source:
+            return
+        self._held.pop(module, None)  # unknown until OPA says yes
+        await self._client.update_policy_from_string(source, module, rego_compat=False)
+        self._held[module] = source
+
+    async def _delete_policy(self, module: str) -> None:
+        self._held.pop(module, None)
+        with contextlib.suppress(DeletePolicyError):  # not there (a set that failed half way): nothing to remove
+            await self._client.delete_policy(module)
 
     async def problem(self, namespace: str = "") -> str | None:
         """None when OPA answers and holds the decision module; otherwise what is wrong, for /readyz: OPA not
@@ -179,6 +215,8 @@ class OpaDecider:
         try:
             await asyncio.wait_for(self._client.get_policy(decision_id(namespace)), self._settings.timeout_s)
         except PolicyNotFoundError:
+            self._held.clear()  # OPA restarted empty: nothing we wrote is there any more
+            self._held_data.clear()
             return LOST_POLICIES
         except (aiohttp.ClientError, ConnectionsError, TimeoutError, OSError, ValueError):
             return opa_hint(self._settings.host, self._settings.port)
@@ -276,6 +314,13 @@ def policy_id(module_id: str, namespace: str = "") -> str:
     """OPA's id of one of our modules; a namespaced set's ids start with its namespace, so sets never clash."""
     base = "edgetrust-admission-" + module_id.replace("/", "-").removesuffix(".rego")
     return f"{namespace}-{base}" if namespace else base
+
+
+def in_namespace(module: str, namespace: str) -> bool:
+    """Whether OPA policy id `module` is one of the set loaded under `namespace` ("" : the start-up set)."""
+    if namespace:
+        return module.startswith(f"{namespace}-")
+    return module == "edgetrust-decision" or module.startswith("edgetrust-admission-")
 
 
 def decision_id(namespace: str = "") -> str:

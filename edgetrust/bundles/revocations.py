@@ -110,6 +110,14 @@ class RevocationStore:
             self.current, _ = verify_revocations(self._blob_path.read_bytes(), keys)
             self.etag = self._etag_path.read_text() if self._etag_path.exists() else None
 
+    @property
+    def blob(self) -> bytes | None:
+        """The signed list as received (None before the first), for relaying unchanged (syncer/nodestatus.py)."""
+        try:
+            return self._blob_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
     def accept(self, blob: bytes, etag: str | None) -> RevocationList:
         found, _ = verify_revocations(blob, self._keys)
         if found.counter < self.current.counter:

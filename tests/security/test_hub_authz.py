@@ -81,6 +81,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/v1/fleet/entries"): OPERATORS,
     ("DELETE", "/v1/fleet/entries/{entry_id}"): OPERATORS,
     ("POST", "/v1/fleet/clusters/{cluster}/identity"): OPERATORS,
+    # a cluster's node attestation document: to that cluster alone ({cluster} is "cluster"'s own name)
+    ("GET", "/v1/fleet/clusters/{cluster}/nodes"): frozenset({"cluster"}),
     ("GET", "/v1/fleet/revocations"): OPERATORS,
     ("POST", "/v1/fleet/revocations"): OPERATORS,
     ("GET", "/v1/policy/bundle"): CLUSTERS,
@@ -92,7 +94,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     # a rollout's progress: operators, and the publishers and clusters of that group only
     ("GET", "/v1/policy/rollouts/{group}"): frozenset({"operator", "publisher", "cluster"}),
 }
-PATH_VALUES = {"{group}": GROUP, "{entry_id}": "0" * 32}
+PATH_VALUES = {"{group}": GROUP, "{entry_id}": "0" * 32, "{cluster}": CLUSTER.rsplit("/", 1)[-1]}
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from trustd.server.ca import SpiffeCA
 from trustd.server.ca import rotation as ca_rotation
 from trustd.server.enrollment import EnrollmentService
 from trustd.server.federation import Federation
+from trustd.server.nodestatus import NodeAttestations
 from trustd.server.policy.distribution import PolicyBundles
 from trustd.server.renewal import RenewalService
 from trustd.server.revocations import Revocations
@@ -94,7 +95,8 @@ def create_app(
         # first: Starlette matches routes in order, and 10,000 clusters' polls are the hot path
         app.include_router(policy_router(policy, authorizer))
     app.include_router(fleet_router(store, revocations, authorizer, policy, ca.trust_domain, reserved))
-    app.include_router(cluster_router(store, authorizer, policy, ca.trust_domain))
+    nodes = NodeAttestations(store, revocations, policy, ca.trust_domain) if policy is not None else None
+    app.include_router(cluster_router(store, authorizer, policy, ca.trust_domain, nodes))
     renewal = RenewalService(
         store=store,
         ca=ca,

@@ -222,6 +222,7 @@ class EnrollmentService:
                     claims=claims,
                     ak_name=ak_public.name.hex(),
                     enrolled_at=now,
+                    attested_at=now,  # the enrollment's quote verified just now
                 ),
                 SvidRecord(
                     serial=f"{svid.serial:x}",

@@ -117,6 +117,7 @@ class RenewalService:
                     not_after=svid.not_after.timestamp(),
                 ),
                 AuditEvent(now, "agent.renew", "renewed", spiffe_id, {"serial": f"{svid.serial:x}"}),
+                attested_at=now,  # judge_evidence verified a fresh quote: the node's last attestation
             )
         except (AttestationError, TrustdError) as exc:
             self._refused(spiffe_id, exc, now)

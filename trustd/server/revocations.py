@@ -97,6 +97,11 @@ class Revocations:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
 
+    @property
+    def signing_key(self) -> SigningKey:
+        """The hub's revocation key, which also signs the clusters' node attestation documents (nodestatus.py)."""
+        return self._key
+
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 

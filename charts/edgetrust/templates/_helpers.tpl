@@ -146,3 +146,17 @@ syncer.svidFallbackSecret is set, from that Secret (a cluster without the node a
   hostPath: {path: {{ .Values.nodeAgent.socketDir }}, type: Directory}
 {{- end }}
 {{- end }}
+
+{{- /* "true" when the webhook follows the bundles the syncer accepts (both enabled, webhook.followBundles), else
+"": the syncer then hands each bundle over in ConfigMap edgetrust-admission-bundle and every replica swaps it in */}}
+{{- define "edgetrust.followBundles" -}}
+{{- if and .Values.webhook.enabled .Values.syncer.enabled .Values.webhook.followBundles -}}true{{- end -}}
+{{- end }}
+
+{{- /* the publisher keys the webhook verifies bundles with: webhook.bundleKeys, or (following the syncer and none
+given) syncer.verificationKeys: one list of keys, not two to keep in step */}}
+{{- define "edgetrust.webhookBundleKeys" -}}
+{{- $keys := .Values.webhook.bundleKeys -}}
+{{- if and (not $keys) (include "edgetrust.followBundles" .) -}}{{- $keys = .Values.syncer.verificationKeys -}}{{- end -}}
+{{- toJson $keys -}}
+{{- end }}

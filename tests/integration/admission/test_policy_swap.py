@@ -113,13 +113,18 @@ async def twenty_swaps_under_load(controller: AdmissionController, tmp_path: Pat
     metrics = controller.metrics.exposition().decode()
     assert 'edgetrust_admission_policy_swaps_total{result="applied"} 20.0' in metrics
     assert "edgetrust_admission_opa_errors_total{" not in metrics  # no OPA error of any code
-    # the old sets are gone from OPA: only the last one's modules are left (the start-up set's too)
-    namespace = f"swap{SWAPS}"
+    # the old sets are gone from OPA (the start-up set's too): what is left is the last set in its slot and the
+    # one before it in the other slot (which the next swap loads over), each once
+    namespace = "swap2" if SWAPS % 2 == 0 else "swap1"
     modules = opa_modules(own_opa)
-    assert [m for m in modules if not m.startswith(f"{namespace}-")] == []
-    assert f"{namespace}-edgetrust-decision" in modules
-    assert f"{namespace}-edgetrust-admission-generation-generation" in modules
-    assert len([m for m in modules if "gatekeeper" in m]) == 2  # the template and its lib, once
+    assert [m for m in modules if not m.startswith(("swap1-", "swap2-"))] == []
+    for slot in ("swap1", "swap2"):
+        assert f"{slot}-edgetrust-decision" in modules
+        assert f"{slot}-edgetrust-admission-generation-generation" in modules
+    assert len([m for m in modules if "gatekeeper" in m]) == 4  # the template and its lib, once per slot
+    # the slot in force holds the last generation, and the last write there replaced the one before in place
+    expected = httpx.get(f"{own_opa.url}/v1/data/{namespace}/edgetrust/lib/gen/expected", timeout=5).json()
+    assert expected["result"] == str(SWAPS)
 
 
 def test_a_set_opa_refuses_leaves_the_one_in_force_and_is_reported(tmp_path: Path, own_opa: OpaServer) -> None:

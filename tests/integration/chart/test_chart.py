@@ -411,8 +411,9 @@ def test_helm_install_then_pods_are_judged_through_the_installed_webhook(
         if not block.startswith(("helm template", "helm install")):  # the webhook-alone install: chart_real/
             run_readme_block(block, user_dir)
     # the same line with the bundle but not its key: refused before anything is made (no webhook that could not
-    # verify its bundle, and so could not start, while failurePolicy Fail refuses every pod)
-    without_key = install_block.replace("--set-file webhook.bundleKeys.ci-1=ci-1.pub \\\n", "")
+    # verify its bundle, and so could not start, while failurePolicy Fail refuses every pod); following the syncer,
+    # the webhook takes the syncer's keys, so the key is gone only when both lists are empty
+    without_key = install_block.replace(" \\\n  --set-file syncer.verificationKeys.ci-1=ci-1.pub", "")
     assert without_key != install_block
     with pytest.raises(AssertionError, match=re.escape("- webhook.bundleKeys: a policy bundle is given")):
         run_readme_block(without_key, user_dir, kubeconfig=kubeconfig)

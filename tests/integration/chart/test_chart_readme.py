@@ -53,4 +53,6 @@ def test_the_install_line_gives_the_values_the_template_line_renders() -> None:
     template = next(b for b in blocks if b.startswith("helm template edgetrust") and "site.yaml" in b)
     install = next(b for b in blocks if b.startswith("helm install") and "site.yaml" in b)
     assert _flags(install) == _flags(template)
-    assert "--set-file webhook.bundleKeys.ci-1=ci-1.pub" in _flags(install)
+    # one list of keys: the syncer's verify the seed bundle in the webhook too (webhook.followBundles)
+    assert "--set-file syncer.verificationKeys.ci-1=ci-1.pub" in _flags(install)
+    assert not any("webhook.bundleKeys" in flag for flag in _flags(install))

@@ -39,12 +39,19 @@ def serial(svid_dir: Path) -> int:
 def test_a_node_renews_with_a_fresh_quote(hub: RunningHub, golden_device: BootedDevice, tmp_path: Path) -> None:
     spiffe_id = enrolled(hub, golden_device, tmp_path / "svid")
     before = serial(tmp_path / "svid")
+    device = hub.hub.store.device_by_spiffe_id(spiffe_id)
+    assert device is not None
+    assert device.attested_at == device.enrolled_at  # the enrollment's quote: its first attestation
     renewed = renew_node(
         hub=hub.url, svid_dir=tmp_path / "svid", tcti=golden_device.tcti, event_log=golden_device.event_log
     )
     assert renewed.spiffe_id == spiffe_id
     assert renewed.serial == serial(tmp_path / "svid") != before
     assert [int(s.serial, 16) for s in hub.hub.store.svids(spiffe_id)] == [before, renewed.serial]
+    # the verified quote moved the node's last attestation (what its clusters' webhooks judge bindings by)
+    later = hub.hub.store.device_by_spiffe_id(spiffe_id)
+    assert later is not None
+    assert later.attested_at > device.attested_at
     # and again with the renewed SVID: the new key and certificate are what the node now holds
     again = renew_node(
         hub=hub.url, svid_dir=tmp_path / "svid", tcti=golden_device.tcti, event_log=golden_device.event_log
@@ -55,13 +62,15 @@ def test_a_node_renews_with_a_fresh_quote(hub: RunningHub, golden_device: Booted
 def test_a_node_that_booted_something_else_is_refused(
     hub: RunningHub, golden_device: BootedDevice, tmp_path: Path
 ) -> None:
-    enrolled(hub, golden_device, tmp_path / "svid")
+    spiffe_id = enrolled(hub, golden_device, tmp_path / "svid")
     with TPMDevice(golden_device.tcti) as tpm:
         tpm.extend_pcr(4, b"a bootloader nobody approved")  # what a different boot would have measured
+    attested = hub.hub.store.device_by_spiffe_id(spiffe_id)
     with pytest.raises(EnrollmentError, match="PCR"):
         renew_node(hub=hub.url, svid_dir=tmp_path / "svid", tcti=golden_device.tcti, event_log=golden_device.event_log)
     refusal = next(e for e in hub.hub.store.audit_events() if e.event == "agent.renew")
     assert refusal.outcome == "refused"
+    assert hub.hub.store.device_by_spiffe_id(spiffe_id) == attested  # a refused quote attests nothing
 
 
 def test_a_revoked_node_may_not_renew(hub: RunningHub, golden_device: BootedDevice, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ database, each with its own connection: every guarantee must then come from the 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -193,7 +194,7 @@ def test_reopening_keeps_state_and_schema(opener: Opener) -> None:
     version = store.schema_version  # type: ignore[attr-defined]
     store.close()
     again = opener()
-    assert again.schema_version == version == 5  # type: ignore[attr-defined]
+    assert again.schema_version == version == 6  # type: ignore[attr-defined]
     assert [d.spiffe_id for d in again.devices()] == ["spiffe://edge.example/n/1"]
 
 
@@ -218,3 +219,19 @@ def test_an_unreachable_or_refusing_database_is_a_clear_error(postgres: Postgres
         open_store(wrong)
     assert postgres.password not in str(caught.value)
     assert "wrong-password" not in str(caught.value)
+
+
+def test_a_verified_renewal_moves_the_last_attestation_forward_only(opener: Opener) -> None:
+    store = opener()
+    device, svid, event = enrollment("ek1", "spiffe://edge.example/n/1", "11")
+    store.record_enrollment(dataclasses.replace(device, attested_at=100.0), svid, event)
+    renew = AuditEvent(150.0, "agent.renew", "renewed", device.spiffe_id)
+    store.record_svid(SvidRecord("12", device.spiffe_id, "ek1", 150.0, 250.0), renew, attested_at=150.0)
+    assert store.device("ek1").attested_at == 150.0  # type: ignore[union-attr]
+    # a replica's renewal committed late (its clock behind) never sets the time back
+    store.record_svid(SvidRecord("13", device.spiffe_id, "ek1", 140.0, 240.0), renew, attested_at=140.0)
+    assert store.device("ek1").attested_at == 150.0  # type: ignore[union-attr]
+    # an SVID recorded without a verified quote (an operator's offline mint) does not count as an attestation
+    store.record_svid(SvidRecord("14", device.spiffe_id, "ek1", 190.0, 290.0), renew)
+    again = opener()
+    assert again.device_by_spiffe_id(device.spiffe_id).attested_at == 150.0  # type: ignore[union-attr]

@@ -7,6 +7,9 @@ selected by `k8s:ns:<namespace>` and `k8s:sa:<service account>`: any enrolled no
 those pods, and no other pod and no node of another site gets it. The generic entry route refuses this name
 (it is reserved); this route is the only way in, operators only (`authz.OPERATOR`), and every call is audited.
 
+`GET /v1/fleet/clusters/{cluster}/nodes`: the cluster's signed node attestation document, to that cluster's own
+SVID only (trustd/server/nodestatus.py).
+
 Idempotent: entries already there are kept and reported, not duplicated. Fails closed: a cluster not in the
 fleet file (its SVID would be refused everywhere), a site that contradicts the fleet file's `site` label, or a
 cluster whose identity is already parented to another site's alias (delete those entries first) is refused.
@@ -19,7 +22,7 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, Field
 
 from edgetrust.spiffe.id import SpiffeId, TrustDomain
@@ -27,7 +30,8 @@ from trustd.errors import BadRequestError, ConflictError, InvalidSpiffeIdError
 from trustd.server.aliases import cluster_identity_reason, parse_alias, site_alias
 from trustd.server.api import authz
 from trustd.server.api.agent import entry_view
-from trustd.server.api.authz import Authorizer, Caller
+from trustd.server.api.authz import Authorizer, Caller, CallerRefusedError
+from trustd.server.nodestatus import NodeAttestations, NoNodeStatusError
 from trustd.server.policy.distribution import PolicyBundles
 from trustd.server.store import AuditEvent, EntryRecord, Store
 
@@ -54,10 +58,25 @@ class ClusterIdentityRequest(BaseModel):
 
 
 def cluster_router(
-    store: Store, authorizer: Authorizer, policy: PolicyBundles | None, trust_domain: TrustDomain
+    store: Store,
+    authorizer: Authorizer,
+    policy: PolicyBundles | None,
+    trust_domain: TrustDomain,
+    nodes: NodeAttestations | None = None,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/fleet/clusters")
     operator = authorizer.require(authz.OPERATOR)
+    cluster_rule = authorizer.require(authz.CLUSTER)
+
+    @router.get("/{cluster}/nodes")
+    def node_status(cluster: Annotated[str, Path(max_length=253)], caller: Caller = cluster_rule) -> Response:
+        """The cluster's signed node attestation document (trustd/server/nodestatus.py), to that cluster only:
+        the list maps a site's nodes, and no other cluster needs it."""
+        if caller.cluster != cluster:
+            raise CallerRefusedError(f"{caller.spiffe_id} may read only its own cluster's node status, not {cluster!r}")
+        if nodes is None:
+            raise NoNodeStatusError("this hub has no fleet file: no cluster has node status")
+        return Response(nodes.document(cluster), media_type="application/gzip")
 
     @router.post("/{cluster}/identity")
     def add_identity(

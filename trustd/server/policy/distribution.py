@@ -29,6 +29,7 @@ from edgetrust._internal.files import write_private
 from edgetrust._internal.schema import problems
 from edgetrust.bundles.errors import BundleError
 from edgetrust.bundles.format import check_bundle, unpack
+from edgetrust.bundles.nodestatus import DEFAULT_MAX_AGE_S as DEFAULT_NODE_MAX_AGE_S
 from edgetrust.bundles.signing import verify_bundle
 from trustd.errors import ConflictError, NotFoundError, TrustdError
 from trustd.server.policy.clusterstatus import ClusterStatus, ReplicaReport
@@ -70,6 +71,9 @@ class Group:
     advance_at: int = 95
     #: SPIFFE IDs allowed to publish to this group, and to no other
     publishers: frozenset[str] = frozenset()
+    #: seconds after a node's last attestation (quote-verified renewal) past which the group's webhooks refuse
+    #: to bind pods to it (edgetrust/bundles/nodestatus.py)
+    node_attestation_max_age: int = DEFAULT_NODE_MAX_AGE_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,7 @@ class Fleet:
                 max_failures=spec.get("maxFailures", 0),
                 advance_at=spec.get("advanceAt", 95),
                 publishers=frozenset(spec.get("publishers") or ()),
+                node_attestation_max_age=spec.get("nodeAttestationMaxAge", DEFAULT_NODE_MAX_AGE_S),
             )
         return cls(groups=groups, clusters=clusters, operators=frozenset(raw.get("operators") or ()))
 

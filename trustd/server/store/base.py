@@ -38,6 +38,8 @@ class DeviceRecord:
     ak_name: str
     enrolled_at: float
     status: str = "enrolled"
+    #: when the hub last verified a quote of this device (enrollment or renewal); 0 when never recorded
+    attested_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +136,10 @@ class Store(Protocol):
         """
         ...
 
-    def record_svid(self, svid: SvidRecord, event: AuditEvent) -> None:
-        """A renewed SVID and its audit event, in one transaction (StoreConflictError on a serial seen before)."""
+    def record_svid(self, svid: SvidRecord, event: AuditEvent, *, attested_at: float | None = None) -> None:
+        """A renewed SVID and its audit event, in one transaction (StoreConflictError on a serial seen before);
+        with `attested_at` (a renewal whose quote verified), the device's last attestation moves to it, in the
+        same transaction."""
         ...
 
     def device(self, ek_fingerprint: str) -> DeviceRecord | None: ...

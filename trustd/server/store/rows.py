@@ -30,7 +30,7 @@ class Row(Protocol):
 CHALLENGE_COLUMNS = (
     "id, ek_fingerprint, ak_public, nonce, secret_digest, claims, created_at, expires_at, used_at, purpose"
 )
-DEVICE_COLUMNS = "ek_fingerprint, spiffe_id, device_class, claims, ak_name, enrolled_at, status"
+DEVICE_COLUMNS = "ek_fingerprint, spiffe_id, device_class, claims, ak_name, enrolled_at, status, attested_at"
 SVID_COLUMNS = "serial, spiffe_id, ek_fingerprint, not_before, not_after, kind"
 #: `sequence` is the database's (a serial key): an INSERT leaves it out
 REVOCATION_COLUMNS = "spiffe_id, ek_fingerprint, reason, revoked_by, revoked_at"
@@ -79,6 +79,7 @@ def device_values(device: DeviceRecord) -> tuple[object, ...]:
         device.ak_name,
         device.enrolled_at,
         device.status,
+        device.attested_at,
     )
 
 
@@ -91,6 +92,7 @@ def device_record(row: Row) -> DeviceRecord:
         ak_name=str(row["ak_name"]),
         enrolled_at=float(row["enrolled_at"]),
         status=str(row["status"]),
+        attested_at=float(row["attested_at"]),
     )
 
 

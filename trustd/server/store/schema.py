@@ -130,6 +130,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX challenges_ek ON challenges (ek_fingerprint, purpose, created_at);
     ALTER TABLE audit ADD COLUMN count {counter} NOT NULL DEFAULT 1;
     """,
+    # the time of a device's last quote-verified enrollment or renewal (0: before this column; the node then
+    # counts as never attested until it renews), for the clusters' node attestation documents
+    """
+    ALTER TABLE devices ADD COLUMN attested_at {real} NOT NULL DEFAULT 0;
+    """,
+    # what each cluster's syncer and webhook replicas last reported (trustd/server/policy/clusterstatus.py)
     """
     CREATE TABLE cluster_status (
         cluster TEXT NOT NULL,

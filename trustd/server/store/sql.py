@@ -51,14 +51,16 @@ PURGE_CHALLENGES = "DELETE FROM challenges WHERE expires_at < ?"
 
 NAME_HOLDER = "SELECT ek_fingerprint FROM devices WHERE spiffe_id = ?"  # + Dialect.lock_rows
 UPSERT_DEVICE = (
-    f"INSERT INTO devices ({rows.DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?) ON CONFLICT (ek_fingerprint) DO UPDATE SET "
+    f"INSERT INTO devices ({rows.DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (ek_fingerprint) DO UPDATE SET "
     "spiffe_id = excluded.spiffe_id, device_class = excluded.device_class, claims = excluded.claims, "
-    "ak_name = excluded.ak_name, enrolled_at = excluded.enrolled_at, status = excluded.status"
+    "ak_name = excluded.ak_name, enrolled_at = excluded.enrolled_at, status = excluded.status, "
+    "attested_at = excluded.attested_at"
 )
 DEVICE_BY_EK = f"SELECT {rows.DEVICE_COLUMNS} FROM devices WHERE ek_fingerprint = ?"
 DEVICE_BY_SPIFFE_ID = f"SELECT {rows.DEVICE_COLUMNS} FROM devices WHERE spiffe_id = ?"
 DEVICES = f"SELECT {rows.DEVICE_COLUMNS} FROM devices ORDER BY spiffe_id"
 INSERT_SVID = f"INSERT INTO svids ({rows.SVID_COLUMNS}) VALUES (?,?,?,?,?,?)"
+MARK_ATTESTED = "UPDATE devices SET attested_at = ? WHERE spiffe_id = ? AND attested_at < ?"
 SVIDS_OF = f"SELECT {rows.SVID_COLUMNS} FROM svids WHERE spiffe_id = ? ORDER BY not_before"
 
 INSERT_REVOCATION = (
@@ -239,9 +241,11 @@ class SqlStore(ABC):
                 raise _held_by(device.spiffe_id, holder.ek_fingerprint) from exc
             raise StoreConflictError(f"enrollment conflicts with stored state: {exc}") from exc
 
-    def record_svid(self, svid: SvidRecord, event: AuditEvent) -> None:
+    def record_svid(self, svid: SvidRecord, event: AuditEvent, *, attested_at: float | None = None) -> None:
         def record(tx: Tx) -> None:
             tx.run(self._sql(INSERT_SVID), rows.svid_values(svid))
+            if attested_at is not None:  # only moves forward: two replicas' renewals never set it back
+                tx.run(self._sql(MARK_ATTESTED), (attested_at, svid.spiffe_id, attested_at))
             self._insert_audit(tx, event)
 
         try:

@@ -34,6 +34,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"groups": {"stores": {"advanceAt": 0}}}, "groups.stores.advanceAt: must be a whole percentage"),
     ({"groups": {"stores": {"maxFailures": -1}}}, "groups.stores.maxFailures: -1 is less than the minimum of 0"),
     ({"groups": {"stores": {"maxFailure": 2}}}, "groups.stores: unknown field 'maxFailure'"),
+    ({"groups": {"stores": {"nodeAttestationMaxAge": 10}}}, "groups.stores.nodeAttestationMaxAge: 10 is less than"),
+    ({"groups": {"stores": {"nodeAttestationMaxAge": "6h"}}}, "groups.stores.nodeAttestationMaxAge: '6h' is not"),
     ({"groups": {"stores": {"publishers": ["ci"]}}}, "groups.stores.publishers[0]: 'ci' does not match"),
     ({"groups": {"stores": None}}, "groups.stores: None is not of type 'object'"),
     ({"groups": {"../up": {}}}, "'../up' does not match"),
@@ -72,6 +74,8 @@ def test_the_example_keeps_every_feature_and_loads(tmp_path: Path) -> None:
     stores = fleet.groups["stores"]
     assert stores.canary == ("store-0001",)
     assert (stores.waves, stores.max_failures, stores.advance_at) == ((10, 50, 100), 2, 90)
+    assert stores.node_attestation_max_age == 21600
+    assert fleet.groups["gateways"].node_attestation_max_age == 21600  # the default
     assert stores.publishers == {"spiffe://retail.example/ci/policy-stores"}
     assert fleet.members(stores) == ["store-0001", "store-0002", "store-0003"]
     assert fleet.group_of("gw-berlin") == fleet.groups["gateways"]
