@@ -175,12 +175,22 @@ def _run(
             "both replicas at the hub", lambda: sorted(policy.clusters.replicas(CLUSTER)) == names or None, 90, diagnose
         )
         view = rollout_status(site, capsys)
-        replicas = view["clusters"][CLUSTER]["admission"]["replicas"]
-        assert sorted(replicas) == names
-        for pod in names:
-            assert replicas[pod]["revision"]  # the set it enforces (the default library here: no handoff yet)
+        assert sorted(view["clusters"][CLUSTER]["admission"]["replicas"]) == names
         assert view["clusters"][CLUSTER]["networkpolicies"] == {"revision": report["revision"], "result": "applied"}
-        assert view["waves"][0]["applied"] == [CLUSTER]  # no admission handoff in this release: NetworkPolicies decide
+        # the syncer hands the bundle to the webhook: the cluster counts as applied once both replicas enforce it
+        view = wait(
+            "the cluster applied on both planes",
+            lambda: (found := rollout_status(site, capsys))["waves"][0]["applied"] == [CLUSTER] and found,
+            60,
+            diagnose,
+        )
+        admission = view["clusters"][CLUSTER]["admission"]
+        assert admission["handoff"] is True
+        assert admission["state"] == "applied"
+        for pod in names:
+            replica = admission["replicas"][pod]
+            assert (replica["counter"], replica["state"]) == (1, "applied"), replica
+            assert replica["revision"], replica
 
         # rotations: the first SVIDs (issued before the pods ran) expire at most TTL_S after running_since
         expired_at = running_since + TTL_S
