@@ -103,23 +103,25 @@ class AdmissionController:
         active = self._active
         return SwapReport(active.policies.revision, active.counter, self._swaps, failure, failed_revision)
 
-    async def swap(self, policies: PolicySet, *, counter: int = -1) -> None:
+    async def swap(self, policies: PolicySet, *, counter: int = -1, bundle_revision: str = "") -> None:
         """Put `policies` in force without a restart: load it beside the old set, switch, drain, remove the old.
 
         `counter` is the bundle's revision counter: a set whose counter is not above the one in force is
         refused (a replayed or older bundle never replaces a newer one). A set OPA refuses leaves the old set
-        in force; both refusals raise (PolicySwapError) after being counted and kept for `status`."""
+        in force; both refusals raise (PolicySwapError) after being counted and kept for `status`, named by
+        `bundle_revision` when the set came from a bundle (the name the hub's rollout knows it by)."""
+        name = bundle_revision or policies.revision
         async with self._swap_lock:
             old = self._active
             if counter >= 0 and counter <= old.counter:
-                self._refused(policies.revision, f"revision counter {counter} is not above {old.counter} in force")
+                self._refused(name, f"revision counter {counter} is not above {old.counter} in force")
             self._generation += 1
             fresh = Enforced(policies, SLOTS[1] if old.namespace == SLOTS[0] else SLOTS[0], counter)
             try:
                 await self._opa.load(policies.rego, policies.libraries, policies.gatekeeper, namespace=fresh.namespace)
             except AdmissionError as exc:
                 await self._unload(fresh)
-                self._refused(policies.revision, exc.diagnostics())
+                self._refused(name, exc.diagnostics())
             self._active = fresh  # the switch: every review from here on is decided by the new set
             self._swaps += 1
             self._metrics.swaps.labels("applied").inc()

@@ -117,23 +117,26 @@ class BundleFollower:
         if obj is None:
             return state
         version = self._reader.seen
+        signed: list[str] = []  # the bundle's revision, once its signature verified
         try:
-            verified = self.verify(handoff.bundle_bytes(obj))
+            verified = self.verify(handoff.bundle_bytes(obj), signed)
         except (BundleError, AdmissionError) as exc:  # unsigned, tampered, another group's, a policy that fails
             why = f"{exc.code}: {exc.diagnostics()}"
-            self._controller.record_refusal(f"ConfigMap {handoff.CONFIGMAP} v{version}", why)
+            # a signed bundle that fails is named as the hub's rollout knows it; anything else by the object
+            self._controller.record_refusal(signed[0] if signed else f"ConfigMap {handoff.CONFIGMAP} v{version}", why)
             raise HandoffError(f"ConfigMap {handoff.CONFIGMAP} refused (the set in force stays): {why}") from exc
         if verified.counter == self._controller.status.counter:
             return "unchanged"  # the bundle in force, handed over again (a syncer restart)
         try:
-            await self._controller.swap(verified.policies, counter=verified.counter)
+            await self._controller.swap(verified.policies, counter=verified.counter, bundle_revision=verified.revision)
         except PolicySwapError as exc:
             raise HandoffError(str(exc)) from exc
         log.info("admission policies now from bundle %s (counter %d)", verified.revision, verified.counter)
         return "swapped"
 
-    def verify(self, blob: bytes) -> VerifiedPolicies:
-        """Parse, verify (signature, group), then load: raw bytes never go past here."""
+    def verify(self, blob: bytes, signed: list[str] | None = None) -> VerifiedPolicies:
+        """Parse, verify (signature, group), then load: raw bytes never go past here. `signed` receives the
+        bundle's revision once its signature verified and its group is ours (so a refusal after that can name it)."""
         bundle = unpack(blob)
         signer = verify_bundle(bundle, self._keys)
         if bundle.group != self._group:
@@ -141,6 +144,8 @@ class BundleFollower:
                 f"bundle {bundle.revision} is signed for cluster group {bundle.group!r}, this cluster is "
                 f"{self._group!r}: refused (another group's bundle in our ConfigMap)"
             )
+        if signed is not None:
+            signed.append(bundle.revision)
         work = Path(tempfile.mkdtemp(prefix="edgetrust-handoff-"))
         try:
             policies = PolicySet.load(

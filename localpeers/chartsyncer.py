@@ -78,8 +78,9 @@ class Publisher:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
 
-    def repository(self, name: str, policies: list[dict[str, Any]]) -> Path:
-        """A policy repository holding only these NetworkPolicies (networkpolicies/<site class>/)."""
+    def repository(self, name: str, policies: list[dict[str, Any]], admission: Path | None = None) -> Path:
+        """A policy repository holding these NetworkPolicies (networkpolicies/<site class>/) and, given a folder
+        of admission policies, those (admission/: what a webhook that follows the syncer swaps in)."""
         repo = self.work / "repos" / name
         if repo.exists():
             shutil.rmtree(repo)
@@ -87,11 +88,15 @@ class Publisher:
         folder.mkdir(parents=True)
         for policy in policies:
             (folder / f"{policy['metadata']['name']}.yaml").write_text(json.dumps(policy, indent=2))
+        if admission is not None:
+            shutil.copytree(admission, repo / "admission")
         return repo
 
-    def bundle(self, policies: list[dict[str, Any]], *, counter: int, group: str = GROUP) -> bytes:
+    def bundle(
+        self, policies: list[dict[str, Any]], *, counter: int, group: str = GROUP, admission: Path | None = None
+    ) -> bytes:
         """The signed bundle of revision `counter` (as `trustctl policy build --key` makes it)."""
-        repo = self.repository(f"r{counter}-{self.key_id}", policies)
+        repo = self.repository(f"r{counter}-{self.key_id}", policies, admission)
         files = build_files(read_repository(repo), counter=counter, commit=f"c{counter:04d}", group=group)
         return pack(sign_files(files, SigningKey(self.key_id, self.key)))
 

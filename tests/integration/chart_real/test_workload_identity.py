@@ -29,6 +29,7 @@ from localpeers.nodeagent import node_agent_host
 from localpeers.realcluster import RealCluster
 from localpeers.swtpm import SoftwareTPMFactory
 from tests.integration.realcluster.workloads import namespace
+from tests.support.policy_generations import generation_dir
 from trustd.cli.trustctl import main as trustctl
 
 pytestmark = pytest.mark.integration
@@ -164,7 +165,11 @@ def _run(
 
         # the syncer, on its Workload API SVID, applies a bundle
         namespace(cluster, WORKLOADS)
-        blob = site.trusted.bundle(deny_all_but(WORKLOADS, server={"app": "s"}, peer={"app": "p"}), counter=1)
+        # with its admission policies: the webhook follows the syncer, and refuses a bundle that has none
+        admission = generation_dir(tmp_path / "generations", 1)
+        blob = site.trusted.bundle(
+            deny_all_but(WORKLOADS, server={"app": "s"}, peer={"app": "p"}), counter=1, admission=admission
+        )
         assert site.publish(blob).status_code == 200
         report = site.wait_report(lambda r: r.get("result") == "applied", timeout_s=90)
         assert report["revision"].startswith("000000000001-")
@@ -206,7 +211,11 @@ def _run(
             TTL_S + 90,
             diagnose,
         )
-        second = site.trusted.bundle(deny_all_but(WORKLOADS, server={"app": "s2"}, peer={"app": "p"}), counter=2)
+        second = site.trusted.bundle(
+            deny_all_but(WORKLOADS, server={"app": "s2"}, peer={"app": "p"}),
+            counter=2,
+            admission=generation_dir(tmp_path / "generations", 2),
+        )
         assert site.publish(second).status_code == 200
         applied = site.wait_report(lambda r: r.get("revision", "").startswith("000000000002-"), timeout_s=90)
         assert applied["result"] == "applied"
