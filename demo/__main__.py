@@ -15,7 +15,7 @@ def main() -> int:
     with real_node(Path(".demo/node")) as node:  # one real node for the planes that need one
         print("\n######## Plane 2: admission ########", flush=True)
         admission = admission_demo.main(node)
-        print("\n######## Plane 3: policy distribution ########", flush=True)
+        print("\n######## Plane 3: policy distribution, and the three planes as one ########", flush=True)
         distribution = distribution_demo.main(node.cluster, node.images)
     print("\n######## Done ########")
     for plane, code in (("identity", identity), ("admission", admission), ("distribution", distribution)):
