@@ -58,7 +58,7 @@ class ConfigMapReader:
 
     def __init__(self, kube: kubeapi.KubeConnection, namespace: str, name: str) -> None:
         self._kube = kube
-        self._name = name
+        self.name = name
         self._path = f"/api/v1/namespaces/{namespace}/configmaps/{name}"
         #: resourceVersion last handed out (acted on, or refused: the same object is not judged twice)
         self.seen = ""
@@ -66,7 +66,7 @@ class ConfigMapReader:
     async def read(self) -> tuple[str, Mapping[str, Any] | None]:
         """("absent", None), ("unchanged", None), or ("changed", the object); HandoffError when unreadable."""
         try:
-            obj = await self._kube.request("GET", self._path, what=f"ConfigMap {self._name}")
+            obj = await self._kube.request("GET", self._path, what=f"ConfigMap {self.name}")
         except kubeapi.KubeStatusError as exc:
             if exc.status == 404:
                 return "absent", None
@@ -84,7 +84,44 @@ class ConfigMapReader:
         await self._kube.aclose()
 
 
-class BundleFollower:
+class ConfigMapFollower:
+    """One ConfigMap read every `interval_s` by a task of its own, acted on by `check_once` (the subclass). Written
+    once for the bundle follower and the node gate: a refusal or an outage is logged and what is held stays; the
+    task never dies of one (a follower that stopped would leave the replica on old policy without a word)."""
+
+    def __init__(self, reader: ConfigMapReader, interval_s: float, task_name: str) -> None:
+        self._reader = reader
+        self._interval_s = interval_s
+        self._task_name = task_name
+        self._task: asyncio.Task[None] | None = None
+
+    async def check_once(self) -> str:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self._task_name)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.check_once()
+            except AdmissionError as exc:
+                log.warning("%s", exc.diagnostics())
+            except Exception:  # a foreign error: logged, and the next round reads again
+                log.exception("%s: reading ConfigMap %s failed; again in %.0f s", self._task_name, self._reader.name,
+                              self._interval_s)  # fmt: skip
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._reader.aclose()
+
+
+class BundleFollower(ConfigMapFollower):
     def __init__(
         self,
         controller: AdmissionController,
@@ -101,14 +138,12 @@ class BundleFollower:
             raise ConfigError("following the syncer's bundles needs the bundle keys (bundle_keys)")
         if not group:
             raise ConfigError("following the syncer's bundles needs the cluster group (bundle_group)")
+        super().__init__(ConfigMapReader(kube, namespace, handoff.CONFIGMAP), interval_s, "admission-bundle-follower")
         self._controller = controller
-        self._reader = ConfigMapReader(kube, namespace, handoff.CONFIGMAP)
         self._keys = dict(keys)
         self._group = group
-        self._interval_s = interval_s
         self._exempt = tuple(exempt_namespaces)
         self._parameters = parameters
-        self._task: asyncio.Task[None] | None = None
 
     async def check_once(self) -> str:
         """Read the ConfigMap once and act: "absent", "unchanged", "swapped", or raise HandoffError (refused or
@@ -158,22 +193,3 @@ class BundleFollower:
             shutil.rmtree(work, ignore_errors=True)  # PolicySet holds the sources; nothing reads the files after
         log.debug("bundle %s from the handoff ConfigMap verified (key %s)", bundle.revision, signer)
         return VerifiedPolicies(policies, bundle.revision, bundle.counter)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="admission-bundle-follower")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.check_once()
-            except HandoffError as exc:
-                log.warning("%s", exc.diagnostics())
-
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await self._reader.aclose()

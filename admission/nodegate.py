@@ -22,7 +22,6 @@ node that has not enrolled yet: enrolling is how it becomes bindable.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +30,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from admission.errors import AdmissionError, ConfigError
-from admission.follow import ConfigMapReader, HandoffError
+from admission.follow import ConfigMapFollower, ConfigMapReader, HandoffError
 from edgetrust._internal import kube as kubeapi
 from edgetrust.bundles import nodestatus
 from edgetrust.bundles.errors import BundleError, RollbackError
@@ -48,7 +47,7 @@ class NodeGateError(AdmissionError):
     code = "node_status_refused"
 
 
-class NodeGate:
+class NodeGate(ConfigMapFollower):
     def __init__(
         self,
         kube: kubeapi.KubeConnection,
@@ -63,15 +62,13 @@ class NodeGate:
             raise ConfigError("node attestation needs the hub's revocation key (node_attestation_key)")
         if not cluster:
             raise ConfigError("node attestation needs this cluster's name (cluster)")
-        self._reader = ConfigMapReader(kube, namespace, nodestatus.CONFIGMAP)
+        super().__init__(ConfigMapReader(kube, namespace, nodestatus.CONFIGMAP), interval_s, "admission-node-gate")
         self._keys = dict(keys)
         self._cluster = cluster
-        self._interval_s = interval_s
         self._clock = clock
         self.held: nodestatus.NodeAttestation | None = None
         self.revocations = RevocationList.empty()
         self.last_failure = ""
-        self._task: asyncio.Task[None] | None = None
 
     # -- the decision ------------------------------------------------------------------------------------
     def refusal(self, node: str) -> str | None:
@@ -139,22 +136,3 @@ class NodeGate:
     def _failed(self, why: str) -> NodeGateError:
         self.last_failure = why
         return NodeGateError(f"ConfigMap {nodestatus.CONFIGMAP} refused (what is held stays): {why}")
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="admission-node-gate")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.check_once()
-            except NodeGateError as exc:
-                log.warning("%s", exc.diagnostics())
-
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await self._reader.aclose()

@@ -16,7 +16,7 @@ from typing import Protocol
 from edgetrust._internal import kube as kubeapi
 from edgetrust.bundles import handoff
 from edgetrust.bundles.format import Bundle
-from syncer.kube import FIELD_MANAGER, MANAGED_BY, KubeError, KubeUnreachableError
+from syncer.kube import FIELD_MANAGER, MANAGED_BY, apply_configmap
 
 
 class Handoff(Protocol):
@@ -35,14 +35,7 @@ class ConfigMapHandoff:
             blob, namespace=self._namespace, revision=bundle.revision, labels={MANAGED_BY[0]: MANAGED_BY[1]}
         )
         what = f"handing bundle {bundle.revision} to the webhook (ConfigMap {self._namespace}/{handoff.CONFIGMAP})"
-        try:
-            await self._api.apply(self._path, obj, field_manager=FIELD_MANAGER, force=True, what=what)
-        except kubeapi.KubeTransportError as exc:
-            raise KubeUnreachableError(str(exc)) from exc
-        except kubeapi.KubeStatusError as exc:
-            raise KubeError(f"{what}: {exc.reason}") from exc
-        except kubeapi.KubeAccessError as exc:
-            raise KubeError(str(exc)) from exc
+        await apply_configmap(self._api, self._path, obj, what=what)
 
     async def aclose(self) -> None:
         await self._api.aclose()

@@ -137,6 +137,17 @@ class KubeClient:
         self.writes += 1
 
 
+async def apply_configmap(api: kubeapi.KubeConnection, path: str, obj: dict[str, object], *, what: str) -> None:
+    """Write one ConfigMap the syncer owns (a handoff to the webhook) by forced server-side apply, the shared
+    client's errors converted: written once for the bundle handoff and the node attestation relay."""
+    try:
+        await api.apply(path, obj, field_manager=FIELD_MANAGER, force=True, what=what)
+    except kubeapi.KubeStatusError as exc:
+        raise KubeError(f"{what}: {exc.reason}") from exc
+    except kubeapi.KubeAccessError as exc:
+        raise _converted(exc) from exc
+
+
 def _converted(exc: kubeapi.KubeAccessError) -> KubeError:
     """The shared client's error as the syncer's: unreachable (retried later, last known good kept) or not."""
     if isinstance(exc, kubeapi.KubeTransportError):

@@ -24,7 +24,7 @@ from edgetrust._internal import kube as kubeapi
 from edgetrust.bundles import nodestatus
 from edgetrust.bundles.errors import BundleError
 from edgetrust.bundles.revocations import RevocationStore
-from syncer.kube import FIELD_MANAGER, MANAGED_BY, KubeError, KubeUnreachableError
+from syncer.kube import FIELD_MANAGER, MANAGED_BY, apply_configmap
 
 log = logging.getLogger("edgetrust.syncer")
 
@@ -84,14 +84,7 @@ class NodeStatusRelay:
 
     async def _publish(self, obj: dict[str, object]) -> None:
         what = f"relaying node attestation status (ConfigMap {self._namespace}/{nodestatus.CONFIGMAP})"
-        try:
-            await self._api.apply(self._path, obj, field_manager=FIELD_MANAGER, force=True, what=what)
-        except kubeapi.KubeTransportError as exc:
-            raise KubeUnreachableError(str(exc)) from exc
-        except kubeapi.KubeStatusError as exc:
-            raise KubeError(f"{what}: {exc.reason}") from exc
-        except kubeapi.KubeAccessError as exc:
-            raise KubeError(str(exc)) from exc
+        await apply_configmap(self._api, self._path, obj, what=what)
 
     async def aclose(self) -> None:
         await self._api.aclose()
