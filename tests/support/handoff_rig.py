@@ -47,8 +47,10 @@ class HandoffRig:
     root: Path
     key: ec.EllipticCurvePrivateKey
 
-    def bundle(self, k: int, *, group: str = GROUP, key: ec.EllipticCurvePrivateKey | None = None) -> bytes:
-        return generation_bundle(self.root, k, key or self.key, key_id=KEY_ID, group=group)
+    def bundle(
+        self, k: int, *, group: str = GROUP, key: ec.EllipticCurvePrivateKey | None = None, broken: bool = False
+    ) -> bytes:
+        return generation_bundle(self.root, k, key or self.key, key_id=KEY_ID, group=group, broken=broken)
 
     def put(self, blob: bytes) -> None:
         """The handoff ConfigMap holding `blob`, as the syncer writes it (server-side apply)."""

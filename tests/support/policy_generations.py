@@ -132,13 +132,20 @@ def pod_review(uid: str, generation: int, *, namespace: str = "apps") -> Admissi
 
 
 def generation_bundle(
-    root: Path, k: int, key: ec.EllipticCurvePrivateKey, *, key_id: str = "ci-1", group: str = "gateways"
+    root: Path,
+    k: int,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    key_id: str = "ci-1",
+    group: str = "gateways",
+    broken: bool = False,
 ) -> bytes:
-    """Generation k as a signed bundle for `group` with revision counter k, as the hub publishes it."""
-    repository = root / f"repo{k}"
+    """Generation k as a signed bundle for `group` with revision counter k, as the hub publishes it; `broken`:
+    validly signed Rego that OPA refuses."""
+    repository = root / (f"repo{k}-broken" if broken else f"repo{k}")
     if repository.exists():
         shutil.rmtree(repository)
-    shutil.copytree(generation_dir(root, k), repository / "admission")
+    shutil.copytree(generation_dir(root, k, broken=broken), repository / "admission")
     files = build_files(read_repository(repository), counter=k, commit=f"{k:040x}", group=group)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     return pack(sign_files(files, SigningKey.from_pem(key_id, pem)))

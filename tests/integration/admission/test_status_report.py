@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust.bundles.format import unpack
 from localpeers.kube import KubeAPI
 from localpeers.opa_server import opa_server
 from localpeers.tlsca import TestCA
@@ -98,10 +99,17 @@ def test_each_replica_reports_its_revision_on_every_change_as_its_cluster(
         refused = heard(fleet_hub, lambda r: r.last_failure != "", "the refusal")
         assert refused.counter == 7
         assert "stores" in refused.last_failure, refused
+        broken = rig.bundle(8, broken=True)  # ours and validly signed, but OPA refuses it
+        rig.put(broken)
+        revision = unpack(broken).revision
+        failed = heard(fleet_hub, lambda r: r.last_failed_revision == revision, "OPA's refusal, by bundle revision")
+        assert failed.counter == 7
+        assert "no_such_function" in failed.last_failure, failed
+        assert failed.state(revision, 8) == ("failed", failed.last_failure)  # the rollout shows it failed
         rig.put(rig.bundle(9))
         swapped = heard(fleet_hub, lambda r: r.counter == 9, "the swap to counter 9")
         assert swapped.revision == webhook.controller.status.revision
-        assert swapped.swaps == 2
+        assert swapped.swaps == 2  # the refusals swapped nothing in
     policy = fleet_hub.running.hub.policy
     assert policy is not None
     assert list(policy.clusters.replicas("site-a")) == ["webhook-a"]  # reported for its own cluster only
