@@ -19,8 +19,7 @@ from edgetrust.bundles import handoff
 from edgetrust.bundles.format import pack, unpack
 from edgetrust.bundles.signing import SigningKey, sign_files
 from localpeers.kube import KubeAPI
-from localpeers.opa_server import opa_server
-from tests.support.handoff_rig import NAMESPACE, HandoffRig, handoff_kube, remove_handoff
+from tests.support.handoff_rig import NAMESPACE, HandoffRig, handoff_kube, handoff_rig
 from tests.support.policy_generations import BROKEN_REGO, POLICY_REGO, pod_review
 
 
@@ -32,11 +31,8 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
 
 @pytest.fixture
 def rig(tmp_path: Path, kube: KubeAPI) -> Iterator[HandoffRig]:
-    with opa_server(tmp_path / "opa") as opa:
-        try:
-            yield HandoffRig(kube, opa, tmp_path, ec.generate_private_key(ec.SECP256R1()))
-        finally:
-            remove_handoff(kube)
+    with handoff_rig(kube, tmp_path) as rig:
+        yield rig
 
 
 def tampered(blob: bytes) -> bytes:

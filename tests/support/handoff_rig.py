@@ -21,7 +21,7 @@ from admission.rego.opa import OpaDecider, OpaSettings
 from edgetrust._internal import kube as kubeapi
 from edgetrust.bundles import handoff
 from localpeers.kube import KubeAPI, running_kube_apiserver
-from localpeers.opa_server import OpaServer
+from localpeers.opa_server import OpaServer, opa_server
 from localpeers.tlsca import TestCA
 from tests.support.policy_generations import generation_bundle, generation_set
 
@@ -109,3 +109,13 @@ class HandoffRig:
 def remove_handoff(kube: KubeAPI) -> None:
     with kube.client() as client:
         client.delete(f"/api/v1/namespaces/{NAMESPACE}/configmaps/{handoff.CONFIGMAP}")
+
+
+@contextmanager
+def handoff_rig(kube: KubeAPI, workdir: Path) -> Iterator[HandoffRig]:
+    """A rig with its own OPA and publisher key; the handoff ConfigMap removed afterwards, also on failure."""
+    with opa_server(workdir / "opa") as opa:
+        try:
+            yield HandoffRig(kube, opa, workdir, ec.generate_private_key(ec.SECP256R1()))
+        finally:
+            remove_handoff(kube)

@@ -12,15 +12,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgetrust.bundles.format import unpack
 from localpeers.kube import KubeAPI
-from localpeers.opa_server import opa_server
 from localpeers.tlsca import TestCA
 from localpeers.webhook import running_webhook
 from tests.support.fleet_hub import CLUSTER, FleetHub, running_fleet_hub
-from tests.support.handoff_rig import GROUP, KEY_ID, HandoffRig, handoff_kube, remove_handoff
+from tests.support.handoff_rig import GROUP, KEY_ID, HandoffRig, handoff_kube, handoff_rig
 from tests.support.policy_generations import generation_dir
 from trustd.server.policy.clusterstatus import ReplicaReport
 
@@ -35,11 +33,8 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
 
 @pytest.fixture
 def rig(tmp_path: Path, kube: KubeAPI) -> Iterator[HandoffRig]:
-    with opa_server(tmp_path / "opa") as opa:
-        try:
-            yield HandoffRig(kube, opa, tmp_path, ec.generate_private_key(ec.SECP256R1()))
-        finally:
-            remove_handoff(kube)
+    with handoff_rig(kube, tmp_path) as rig:
+        yield rig
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from admission.controller import AdmissionController
 from admission.follow import BundleFollower
@@ -17,13 +16,12 @@ from edgetrust._internal import kube as kubeapi
 from edgetrust.bundles.format import pack, unpack
 from localpeers.hub import free_port
 from localpeers.kube import KubeAPI
-from localpeers.opa_server import opa_server
 from syncer.agent import SyncAgent, SyncResult
 from syncer.handoff import ConfigMapHandoff
 from syncer.kube import KubeClient, KubeConfig
 from syncer.sources import FileSource
 from syncer.state import AgentState
-from tests.support.handoff_rig import GROUP, KEY_ID, NAMESPACE, HandoffRig, handoff_kube, remove_handoff
+from tests.support.handoff_rig import GROUP, KEY_ID, NAMESPACE, HandoffRig, handoff_kube, handoff_rig
 from tests.support.policy_generations import pod_review
 
 pytestmark = pytest.mark.integration
@@ -37,11 +35,8 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
 
 @pytest.fixture
 def rig(tmp_path: Path, kube: KubeAPI) -> Iterator[HandoffRig]:
-    with opa_server(tmp_path / "opa") as opa:
-        try:
-            yield HandoffRig(kube, opa, tmp_path, ec.generate_private_key(ec.SECP256R1()))
-        finally:
-            remove_handoff(kube)
+    with handoff_rig(kube, tmp_path) as rig:
+        yield rig
 
 
 @asynccontextmanager
