@@ -58,13 +58,24 @@ def configmap(blob: bytes, *, namespace: str, revision: str, labels: Mapping[str
 def bundle_bytes(obj: Mapping[str, Any]) -> bytes:
     """The bundle a handoff ConfigMap carries, still unverified; a ConfigMap without one, or over the limit,
     is refused (never half read)."""
-    data = obj.get("binaryData")
-    encoded = data.get(KEY) if isinstance(data, Mapping) else None
-    if not isinstance(encoded, str):
+    found = binary_item(obj, KEY, configmap=CONFIGMAP)
+    if found is None:
         raise BundleFormatError(f"ConfigMap {CONFIGMAP} has no binaryData {KEY}")
+    return found
+
+
+def binary_item(obj: Mapping[str, Any], key: str, *, configmap: str) -> bytes | None:
+    """One blob of a handoff ConfigMap's binaryData, still unverified (None: not there); a value that is not
+    base64 text, or over the limit, is refused (never half read). Every handoff ConfigMap reads through here."""
+    data = obj.get("binaryData")
+    encoded = data.get(key) if isinstance(data, Mapping) else None
+    if encoded is None:
+        return None
+    if not isinstance(encoded, str):
+        raise BundleFormatError(f"ConfigMap {configmap}: {key} is not a string")
     if len(encoded) > (MAX_HANDOFF_BYTES * 4) // 3 + 4:
-        raise HandoffTooLargeError(f"ConfigMap {CONFIGMAP}: {KEY} is over {MAX_HANDOFF_BYTES} bytes")
+        raise HandoffTooLargeError(f"ConfigMap {configmap}: {key} is over {MAX_HANDOFF_BYTES} bytes")
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise BundleFormatError(f"ConfigMap {CONFIGMAP}: {KEY} is not base64: {exc}") from exc
+        raise BundleFormatError(f"ConfigMap {configmap}: {key} is not base64: {exc}") from exc

@@ -25,7 +25,6 @@ its own, max_age_s after their last attestation: a partition is never a way to k
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 from collections.abc import Mapping
@@ -36,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgetrust.bundles.errors import BundleError, BundleFormatError, RollbackError
 from edgetrust.bundles.format import MANIFEST, ROOT, Bundle, pack, unpack
-from edgetrust.bundles.handoff import MAX_HANDOFF_BYTES, HandoffTooLargeError
+from edgetrust.bundles.handoff import MAX_HANDOFF_BYTES, HandoffTooLargeError, binary_item
 from edgetrust.bundles.signing import SigningKey, sign_files, verify_bundle
 
 NODES_ROOT = f"{ROOT}/nodes"
@@ -214,15 +213,4 @@ def configmap(
 
 def configmap_item(obj: Mapping[str, Any], key: str) -> bytes | None:
     """One signed blob the ConfigMap carries, still unverified (None: not there); over the limit is refused."""
-    data = obj.get("binaryData")
-    encoded = data.get(key) if isinstance(data, Mapping) else None
-    if encoded is None:
-        return None
-    if not isinstance(encoded, str):
-        raise BundleFormatError(f"ConfigMap {CONFIGMAP}: {key} is not a string")
-    if len(encoded) > (MAX_HANDOFF_BYTES * 4) // 3 + 4:
-        raise HandoffTooLargeError(f"ConfigMap {CONFIGMAP}: {key} is over {MAX_HANDOFF_BYTES} bytes")
-    try:
-        return base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BundleFormatError(f"ConfigMap {CONFIGMAP}: {key} is not base64: {exc}") from exc
+    return binary_item(obj, key, configmap=CONFIGMAP)
