@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from localpeers import chartrelease, nodeagent
 from localpeers.chartsyncer import DistributionSite, deny_all_but, distribution_site
 from localpeers.hub import running_hub
 from localpeers.nodeconfig import NODE_IP
+from localpeers.nodes import ek_roots_of
 from localpeers.realcluster import RealCluster, peer_path, running_real_cluster
 from localpeers.swtpm import SoftwareTPMFactory
 from localpeers.webhook import LOOPBACK_SITE
@@ -196,10 +196,7 @@ def node_agent_figures(cluster: RealCluster, images: chartrelease.ClusterImages,
     trusts the swtpm's manufacturer; the release removed after."""
     factory = SoftwareTPMFactory(work / "manufacturer")
     factory.provision("first")  # makes the manufacturer's root
-    roots = work / "ek-roots"
-    roots.mkdir()
-    shutil.copy(factory.root_cert_path, roots / "manufacturer-root.pem")
-    shutil.copy(factory.issuer_cert_path, roots / "manufacturer-intermediate.pem")
+    roots = ek_roots_of(factory, work / "ek-roots")
     with (
         running_hub(work / "hub", ek_roots=roots, listen_host=NODE_IP, server_ip_addresses=(NODE_IP,)) as hub,
         nodeagent.node_agent_host(factory, _folder(work / "host"), name="bench-node") as host,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from localpeers import chartrelease
 from localpeers.chartsyncer import distribution_site
 from localpeers.nodeagent import node_agent_host
+from localpeers.nodes import ek_roots_of
 from localpeers.realcluster import RealCluster, running_real_cluster
 from localpeers.swtpm import SoftwareTPMFactory
 
@@ -93,10 +93,7 @@ def restarts(cluster: RealCluster) -> int:
 def measure(work: Path) -> dict[str, Any]:
     factory = SoftwareTPMFactory(work / "manufacturer")
     factory.provision("first")  # makes the manufacturer's root
-    roots = work / "ek-roots"
-    roots.mkdir()
-    shutil.copy(factory.root_cert_path, roots / "manufacturer-root.pem")
-    shutil.copy(factory.issuer_cert_path, roots / "manufacturer-intermediate.pem")
+    roots = ek_roots_of(factory, work / "ek-roots")
     with running_real_cluster(work / "cluster") as cluster:
         images = chartrelease.load_images(cluster)
         with (

@@ -34,6 +34,7 @@ from localpeers.chartsyncer import (
 )
 from localpeers.nodeagent import node_agent_host
 from localpeers.nodeimages import TOOLS_IMAGE
+from localpeers.nodes import ek_roots_of
 from localpeers.realcluster import RealCluster, peer_path, running_real_cluster
 from localpeers.swtpm import SoftwareTPMFactory
 from tests.integration.realcluster.workloads import RunningPod, client, namespace, pod, server
@@ -77,10 +78,7 @@ def main(cluster: RealCluster | None = None, images: ClusterImages | None = None
         note("the node's TPM: a swtpm on the node's address (its EK certificate from a test manufacturer)")
         factory = SoftwareTPMFactory(root / "manufacturer")
         factory.provision("first")  # makes the manufacturer's root
-        ek_roots = root / "ek-roots"
-        ek_roots.mkdir()
-        shutil.copy(factory.root_cert_path, ek_roots / "manufacturer-root.pem")
-        shutil.copy(factory.issuer_cert_path, ek_roots / "manufacturer-intermediate.pem")
+        ek_roots = ek_roots_of(factory, root / "ek-roots")
         host = stack.enter_context(node_agent_host(factory, root, name="demo-node"))
         site = stack.enter_context(
             distribution_site(

@@ -14,6 +14,7 @@ import pytest
 
 from attestation.device import TPMDevice
 from localpeers.hub import GOLDEN_BANKS, RunningHub, running_hub
+from localpeers.nodes import ek_roots_of
 from localpeers.simboot import boot_events, measure_boot
 from localpeers.swtpm import INSTALL_HINT, SoftwareTPM, SoftwareTPMFactory
 
@@ -34,10 +35,7 @@ def tpm_factory(tmp_path_factory: pytest.TempPathFactory) -> SoftwareTPMFactory:
 
 @pytest.fixture(scope="session")
 def ek_roots(tpm_factory: SoftwareTPMFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    roots = tmp_path_factory.mktemp("ek-roots")
-    shutil.copy(tpm_factory.root_cert_path, roots / "manufacturer-root.pem")
-    shutil.copy(tpm_factory.issuer_cert_path, roots / "manufacturer-intermediate.pem")
-    return roots
+    return ek_roots_of(tpm_factory, tmp_path_factory.mktemp("ek-roots"))
 
 
 @dataclass
