@@ -108,7 +108,7 @@ def main(cluster: RealCluster | None = None, images: ClusterImages | None = None
         )  # fmt: skip
         ready_s = site.install(
             {
-                "webhook": {"enabled": True, "replicas": 1, "nodeAttestation": {"enabled": True}},
+                "webhook": {"enabled": True, "replicas": 1},  # nodeAttestation auto: on with the whole plane
                 "syncer": {"revocationKey": hub.hub.revocations.public_key_pem.decode()},
             }
         )

@@ -160,3 +160,14 @@ given) syncer.verificationKeys: one list of keys, not two to keep in step */}}
 {{- if and (not $keys) (include "edgetrust.followBundles" .) -}}{{- $keys = .Values.syncer.verificationKeys -}}{{- end -}}
 {{- toJson $keys -}}
 {{- end }}
+
+{{- /* "true" when the webhook refuses bindings to nodes the hub does not show attested (webhook.nodeAttestation:
+true, or auto with the syncer, the node agent and the hub's revocation key all given: the whole plane), else "" */}}
+{{- define "edgetrust.nodeAttestation" -}}
+{{- $on := toString .Values.webhook.nodeAttestation.enabled -}}
+{{- if and .Values.webhook.enabled .Values.syncer.enabled -}}
+{{- if eq $on "true" -}}true
+{{- else if and (eq $on "auto") .Values.nodeAgent.enabled .Values.syncer.revocationKey -}}true
+{{- end -}}
+{{- end -}}
+{{- end }}

@@ -1,4 +1,5 @@
-"""The chart's attestation-aware binding (webhook.nodeAttestation): off by default, and when on, the binding
+"""The chart's attestation-aware binding (webhook.nodeAttestation): auto by default (on with the whole plane only),
+and when on, the binding
 webhook, the webhook's read of one ConfigMap, the syncer's write of it, and the flags that join them."""
 
 from __future__ import annotations
@@ -89,3 +90,33 @@ def test_on_without_the_syncers_revocation_key_is_refused_by_name(user: UserInpu
     assert "webhook.nodeAttestation.enabled needs the syncer (syncer.enabled) with the hub's revocation key" in (
         done.stderr
     )
+
+
+def _binding_rule(docs: list[dict[str, Any]]) -> bool:
+    validating = next(d for d in docs if d["kind"] == "ValidatingWebhookConfiguration")["webhooks"]
+    return any(w["name"] == "bind.edgetrust.io" for w in validating)
+
+
+@pytest.mark.parametrize(
+    ("setting", "node_agent", "revocation_key", "on"),
+    [
+        ("auto", True, True, True),  # the whole plane: on by itself
+        ("auto", False, True, False),  # no node agent: nodes are not enrolled under their names
+        ("auto", True, False, False),  # no key to verify the document with
+        ("false", True, True, False),
+        ("true", False, True, True),
+    ],
+)
+def test_auto_turns_the_gate_on_with_the_whole_plane_only(
+    user: UserInputs, setting: str, node_agent: bool, revocation_key: bool, on: bool
+) -> None:
+    argv = [*user.set_files(), "--set", f"webhook.nodeAttestation.enabled={setting}"]
+    argv += ["--set", f"nodeAgent.enabled={str(node_agent).lower()}"]
+    if not node_agent:  # the syncer's identity then comes from the fallback Secret
+        argv += ["--set", "syncer.svidFallbackSecret=edgetrust-cluster-svid"]
+    if revocation_key:
+        argv += ["--set-file", f"syncer.revocationKey={user.public_key}"]
+    docs = rendered(EDGE_SITE, VERSIONS[-1], *argv)
+    assert _binding_rule(docs) is on
+    args = _named(docs, "Deployment", "-webhook")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert ("--node-attestation" in args) is on
