@@ -168,6 +168,7 @@ def test_a_revoked_nodes_pods_stay_pending_with_the_webhooks_reason(
                 {
                     "webhook": {"enabled": True, "replicas": 1, "nodeAttestation": {"enabled": True}},
                     "syncer": {
+                        "svidFallbackSecret": "edgetrust-cluster-svid",  # the binding is tested here, not identity
                         "enabled": True,
                         "hub": hub.url,
                         "cluster": CLUSTER,
