@@ -23,10 +23,12 @@ import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
-from spiffe import X509Source, X509Svid
-from spiffe.errors import PySpiffeError
+
+if TYPE_CHECKING:  # py-spiffe (and gRPC under it) is imported only by a process that opens the Workload API
+    from spiffe import X509Svid
 
 from trustd.errors import TrustdError
 
@@ -58,6 +60,10 @@ class WorkloadSvid:
     context manager, or call `close()`: it stops the Workload API stream."""
 
     def __init__(self, socket: str, ca_bundle: Path, *, start_timeout_s: float = START_TIMEOUT_S) -> None:
+        # here, not at module level: a process on the Secret fallback never pays gRPC's memory (~5 MiB)
+        from spiffe import X509Source
+        from spiffe.errors import PySpiffeError
+
         try:
             self.context = ssl.create_default_context(cafile=str(ca_bundle))
         except (OSError, ssl.SSLError) as exc:
@@ -97,6 +103,8 @@ class WorkloadSvid:
 
     def _updated(self) -> None:
         """The Workload API's thread: a new context (SVIDs, bundles) was streamed."""
+        from spiffe.errors import PySpiffeError
+
         try:
             svid = self._source.get_x509_context().default_svid
         except PySpiffeError as exc:
