@@ -105,9 +105,7 @@ def build_hub(settings: TrustdSettings) -> Hub:
         if keys_dir is None or not keys_dir.is_dir():
             raise TrustdError("fleet_file needs policy_keys_dir: the publishers' bundle-signing keys")
         keys = load_verification_keys({p.stem: p.read_bytes() for p in sorted(keys_dir.glob("*.pem"))})
-        policy = PolicyBundles(
-            settings.data_dir / "policy", Fleet.load(settings.fleet_file), keys, revocations, ClusterStatus(store)
-        )
+        policy = PolicyBundles(store, Fleet.load(settings.fleet_file), keys, revocations, ClusterStatus(store))
     operators = frozenset(settings.operators) | (policy.fleet.operators if policy else frozenset())
     reserved = ReservedNames(
         trust_domain,

@@ -46,9 +46,7 @@ def fleet_file(tmp_path: Path) -> Path:
 
 
 def hub(tmp_path: Path, clock: Clock, store: SQLiteStore) -> PolicyBundles:
-    return PolicyBundles(
-        tmp_path / "state", Fleet.load(fleet_file(tmp_path)), KEYS, clusters=ClusterStatus(store, clock=clock)
-    )
+    return PolicyBundles(store, Fleet.load(fleet_file(tmp_path)), KEYS, clusters=ClusterStatus(store, clock=clock))
 
 
 _KEY = ec.generate_private_key(ec.SECP256R1())
@@ -152,6 +150,7 @@ def test_a_hub_restart_keeps_every_members_status(tmp_path: Path, store: SQLiteS
     bundles.report("c0", {"revision": rollout.revision, **HANDED})
     bundles.report_replica("c0", replica("w-a", 0))
     bundles.clusters.flush()
+    bundles.flush()  # what the hub writes each SYNC_S, and at shutdown
     store.close()
     again = hub(tmp_path, clock, SQLiteStore(tmp_path / "trustd.db"))
     view = again.rollout_view("g")
