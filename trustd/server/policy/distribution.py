@@ -355,6 +355,10 @@ class PolicyBundles:
             except TimeoutError:
                 return None
 
+    def long_polls_waiting(self, group: str) -> bool:
+        """Whether a long poll of the group's clusters waits here for a change (what tests wait for)."""
+        return group in self._changed
+
     def report(self, cluster: str, report: Mapping[str, Any]) -> None:
         """The cluster's syncer's status report (the cluster is the caller's, from its SVID)."""
         self.clusters.syncer_report(cluster, report)
