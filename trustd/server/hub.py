@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from attestation.ek import EKVerifier
 from attestation.errors import PolicyConfigError
 from attestation.refvalues import ReferencePolicy
-from edgetrust._internal import serving
+from edgetrust._internal import saturation, serving
 from edgetrust._internal.files import write_private
 from edgetrust._internal.tls import PeerCertificateProtocol
 from edgetrust.bundles.signing import load_verification_keys
@@ -166,7 +166,7 @@ def server_config(hub: Hub) -> uvicorn.Config:
     the connection guard included), so what they prove holds for the real server."""
     settings = hub.settings
     return serving.server_config(
-        hub.app,
+        saturation.Saturation(hub.app, request_limits(settings), is_long_poll=_is_long_poll),
         host=settings.listen_host,
         port=settings.listen_port,
         certfile=str(hub.tls_cert),
@@ -179,6 +179,17 @@ def server_config(hub: Hub) -> uvicorn.Config:
         # the revocation, CA-rotation and federation watchers start with the app; a failed start is fatal
         lifespan="on",
     )
+
+
+def request_limits(settings: TrustdSettings) -> saturation.RequestLimits:
+    return saturation.RequestLimits(
+        max_in_flight=settings.max_in_flight_requests, max_long_polls=settings.max_long_polls
+    )
+
+
+def _is_long_poll(scope: saturation.Scope) -> bool:
+    """A cluster's bundle poll that waits for a change (`?wait=` above 0): held, not worked on."""
+    return scope.get("path") == "/v1/policy/bundle" and saturation.query_wait(scope) > 0
 
 
 def serving_limits(settings: TrustdSettings) -> serving.ServingLimits:

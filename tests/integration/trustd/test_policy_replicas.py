@@ -107,6 +107,7 @@ class HeldPoll:
     def __init__(self, hub: FleetHub, name: str, headers: dict[str, str]) -> None:
         self.answer: httpx.Response | None = None
         self.returned_at = 0.0
+        hub.svid(cluster(name))  # issued here, not on the thread while the test issues others
         self._thread = threading.Thread(target=self._run, args=(hub, name, headers))
         self._thread.start()
         until(lambda: hub.running.hub.policy.long_polls_waiting(GROUP), "the long poll to be held")  # type: ignore[union-attr]
