@@ -29,7 +29,8 @@ from trustd.server.ca import SpiffeCA
 from trustd.server.enrollment import EnrollmentPolicy, EnrollmentService
 from trustd.server.federation import Federation
 from trustd.server.policy.clusterstatus import ClusterStatus
-from trustd.server.policy.distribution import Fleet, PolicyBundles
+from trustd.server.policy.distribution import Fleet, PolicyBundles, verified_bundle
+from trustd.server.policy.legacy import import_data_dir
 from trustd.server.revocations import Revocations, load_or_create_key
 from trustd.server.settings import TrustdSettings
 from trustd.server.store import Store, open_store
@@ -105,6 +106,10 @@ def build_hub(settings: TrustdSettings) -> Hub:
         if keys_dir is None or not keys_dir.is_dir():
             raise TrustdError("fleet_file needs policy_keys_dir: the publishers' bundle-signing keys")
         keys = load_verification_keys({p.stem: p.read_bytes() for p in sorted(keys_dir.glob("*.pem"))})
+        # what a hub before issue 17 kept in its data dir, into the store once (legacy.py)
+        import_data_dir(
+            store, settings.data_dir / "policy", lambda group, blob: verified_bundle(group, blob, keys).counter
+        )
         policy = PolicyBundles(store, Fleet.load(settings.fleet_file), keys, revocations, ClusterStatus(store))
     operators = frozenset(settings.operators) | (policy.fleet.operators if policy else frozenset())
     reserved = ReservedNames(

@@ -250,6 +250,9 @@ def test_a_bundle_and_its_rollout_are_stored_together_and_only_a_newer_one_follo
     assert store.rollout_versions() == {"g": 2}
     assert (store.bundle("g", 2), store.bundle("g", 3), store.bundle("g", 1)) == (b"two", b"three", None)
     assert store.rollouts() == opener().rollouts()  # a replica started later reads the same
+    store.put_bundle("g", 0, b"imported", now=13.0)  # a bundle without a rollout (an import's fallback)
+    store.put_bundle("g", 2, b"not this", now=13.0)  # one kept already stays as it is
+    assert (store.bundle("g", 0), store.bundle("g", 2), store.rollout_versions()) == (b"imported", b"two", {"g": 2})
 
 
 def test_two_replicas_updating_one_rollout_lose_neither_update(opener: Opener) -> None:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgetrust._internal.schema import problems
 from edgetrust.bundles.errors import BundleError
-from edgetrust.bundles.format import check_bundle, unpack
+from edgetrust.bundles.format import Bundle, check_bundle, unpack
 from edgetrust.bundles.nodestatus import DEFAULT_MAX_AGE_S as DEFAULT_NODE_MAX_AGE_S
 from edgetrust.bundles.signing import verify_bundle
 from trustd.errors import ConflictError, NotFoundError, StoreConflictError, StoreError, TrustdError
@@ -162,6 +162,22 @@ class Fleet:
         return sorted(c for c in self.clusters if self.group_of(c) == group)
 
 
+def verified_bundle(group: str, blob: bytes, keys: Mapping[str, ec.EllipticCurvePublicKey]) -> Bundle:
+    """`blob` unpacked, its signature verified under `keys`, signed for `group`, and within the syncer's own
+    rules (NetworkPolicies, policy files): what is refused here no cluster ever sees."""
+    try:
+        bundle = unpack(blob)
+        verify_bundle(bundle, keys)
+        check_bundle(bundle)
+    except BundleError as exc:
+        raise PolicyDistributionError(f"bundle refused: {exc.code}: {exc.diagnostics()}") from exc
+    if bundle.group != group:
+        raise PolicyDistributionError(
+            f"bundle refused: bundle_wrong_group: it is signed for cluster group {bundle.group!r}, not {group!r}"
+        )
+    return bundle
+
+
 def _with_etag(blob: bytes) -> tuple[bytes, str]:
     return blob, '"' + hashlib.sha256(blob).hexdigest()[:32] + '"'
 
@@ -273,20 +289,8 @@ class PolicyBundles:
             raise UnknownGroupError(f"no cluster group {group_name!r}")
         if publisher not in group.publishers:
             raise PublisherNotAuthorizedError(f"{publisher} may not publish to cluster group {group_name!r}")
-        try:
-            bundle = unpack(blob)
-            verify_bundle(bundle, self._keys)
-            counter = bundle.counter
-            signed_for = bundle.group
-            check_bundle(
-                bundle
-            )  # the syncer's own rules (NetworkPolicies, policy files): refused before any cluster sees it
-        except BundleError as exc:
-            raise PolicyDistributionError(f"bundle refused: {exc.code}: {exc.diagnostics()}") from exc
-        if signed_for != group_name:
-            raise PolicyDistributionError(
-                f"bundle refused: bundle_wrong_group: it is signed for cluster group {signed_for!r}, not {group_name!r}"
-            )
+        bundle = verified_bundle(group_name, blob, self._keys)
+        counter = bundle.counter
         current = self._rollouts.get(group_name)
         if current is not None and counter <= current.counter:
             raise StaleBundleError(f"bundle counter {counter} is not newer than {current.counter}")

@@ -97,6 +97,10 @@ UPSERT_ROLLOUT = (
 )
 UPDATE_ROLLOUT = "UPDATE rollouts SET state = ?, version = ? WHERE group_name = ? AND counter = ?"
 INSERT_BUNDLE = "INSERT INTO policy_bundles (group_name, counter, blob, published_at) VALUES (?,?,?,?)"
+KEEP_BUNDLE = (
+    "INSERT INTO policy_bundles (group_name, counter, blob, published_at) VALUES (?,?,?,?) "
+    "ON CONFLICT (group_name, counter) DO NOTHING"
+)
 BUNDLE_OF = "SELECT blob FROM policy_bundles WHERE group_name = ? AND counter = ?"
 
 INSERT_AUDIT = f"INSERT INTO audit ({rows.AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?) RETURNING id"
@@ -365,6 +369,9 @@ class SqlStore(ABC):
         except IntegrityViolation as exc:
             # a new group's first bundle, published through two replicas at once: the other one's committed first
             raise StoreConflictError(f"bundle {counter} of group {group!r} was published meanwhile") from exc
+
+    def put_bundle(self, group: str, counter: int, blob: bytes, *, now: float) -> None:
+        self._transaction(lambda tx: tx.run(self._sql(KEEP_BUNDLE), (group, counter, blob, now)))
 
     def bundle(self, group: str, counter: int) -> bytes | None:
         found = self._all(BUNDLE_OF, (group, counter))
