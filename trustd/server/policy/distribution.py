@@ -168,12 +168,14 @@ def verified_bundle(group: str, blob: bytes, keys: Mapping[str, ec.EllipticCurve
     try:
         bundle = unpack(blob)
         verify_bundle(bundle, keys)
+        _ = bundle.counter  # read here: a counter out of range (10**260) is a refusal, not a server error
+        signed_for = bundle.group
         check_bundle(bundle)
     except BundleError as exc:
         raise PolicyDistributionError(f"bundle refused: {exc.code}: {exc.diagnostics()}") from exc
-    if bundle.group != group:
+    if signed_for != group:
         raise PolicyDistributionError(
-            f"bundle refused: bundle_wrong_group: it is signed for cluster group {bundle.group!r}, not {group!r}"
+            f"bundle refused: bundle_wrong_group: it is signed for cluster group {signed_for!r}, not {group!r}"
         )
     return bundle
 
