@@ -206,3 +206,40 @@ def test_a_replica_started_with_a_fresh_data_dir_loses_nothing(
             with again.client(PUBLISHER) as publisher:  # and it still refuses what is not newer
                 stale = publisher.post(f"/v1/policy/bundles/{GROUP}", content=again.signed_bundle(1, GROUP))
             assert stale.status_code == 409, stale.text
+
+
+def webhook_replica(hub: FleetHub, name: str, pod: str, counter: int, revision: str) -> None:
+    report = {"cluster": name, "pod": pod, "revision": revision, "counter": counter}
+    with hub.client(cluster(name)) as client:
+        answer = client.post("/v1/policy/admission", json=report)
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_cluster_whose_syncer_and_webhook_report_to_different_replicas_counts_once_both_applied(
+    replicas: list[FleetHub],
+) -> None:
+    a, b, c = replicas
+    revision = publish(a, 1)["revision"]
+    policies = [hub.running.hub.policy for hub in replicas]
+    until(lambda: all(p.rollout(GROUP) is not None for p in policies), "every replica to know the rollout")  # type: ignore[union-attr]
+    handed = {"cluster": "c1", "revision": revision, "result": "applied", "admission": "handed-over"}
+    with a.client(cluster("c1")) as client:  # the syncer's report reaches a
+        assert client.post("/v1/policy/status", json=[handed]).status_code == 200
+    b_policy = policies[1]
+    assert b_policy is not None
+    until(
+        lambda: (b_policy.clusters.syncer("c1") or {}).get("handoff") is True,
+        "replica b to learn that c1's syncer hands its bundles to the webhook",
+    )
+    webhook_replica(b, "c1", "webhook-0", 0, "older")  # its webhook still enforces the previous counter
+    a_policy = policies[0]
+    assert a_policy is not None
+    until(lambda: "webhook-0" in a_policy.clusters.replicas("c1"), "replica a to learn of c1's webhook replica")
+    for policy in policies:
+        rollout = policy.rollout(GROUP)  # type: ignore[union-attr]
+        assert rollout is not None
+        assert "c1" not in rollout.applied, "a cluster counted applied before its webhook enforces the rollout"
+    assert poll(c, "c2").status_code == 204  # the canary wave is not done
+    webhook_replica(b, "c1", "webhook-0", 1, revision)  # now it does, reported to b again
+    until(lambda: poll(c, "c2").status_code == 200, "wave 1 to open once c1's webhook enforces the rollout")
+    assert a_policy.rollout(GROUP).applied == {"c1": "applied"}  # type: ignore[union-attr]

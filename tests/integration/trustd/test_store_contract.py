@@ -186,6 +186,9 @@ def test_cluster_status_is_one_row_per_member_replaced_and_kept_across_a_reopen(
         ClusterStatusRecord("edge-1", "pod:w-1", {"counter": 2}, 12.0),
         ClusterStatusRecord("edge-1", "syncer", {"revision": "r1", "result": "applied"}, 10.0),
     ]
+    # what another replica wrote lately, by time received (the bound included)
+    assert list(again.cluster_statuses_since(12.0)) == [ClusterStatusRecord("edge-1", "pod:w-1", {"counter": 2}, 12.0)]
+    assert list(again.cluster_statuses_since(12.5)) == []
 
 
 def test_reopening_keeps_state_and_schema(opener: Opener) -> None:

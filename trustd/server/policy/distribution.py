@@ -420,6 +420,9 @@ class PolicyBundles:
     def flush(self) -> None:
         """Write what this replica learnt into the stored rollouts (blocking: async code calls it off the loop).
         On a StoreError what was not written is kept for the next flush."""
+        # the cluster status first: a replica that reads a rollout's op reads the statuses after it, and so
+        # finds what the op was decided from (a syncer's handoff, its webhook replicas)
+        self.clusters.flush()
         with self._lock:
             work = [(name, r.counter, list(r.ops)) for name, r in self._rollouts.items() if r.ops]
             for name, _counter, ops in work:
@@ -450,12 +453,32 @@ class PolicyBundles:
         """Flush, then take what other replicas changed since the last look (blocking, as `flush`)."""
         self.flush()
         versions = self._store.rollout_versions()
-        if all(self._versions.get(group) == version for group, version in versions.items()):
-            return
-        for record in self._store.rollouts():
+        moved = [] if all(self._versions.get(g) == v for g, v in versions.items()) else self._store.rollouts()
+        # after the rollouts (see `flush`), and taken before them: a report this replica takes meanwhile
+        # already finds the syncer's status another replica took
+        reported = self.clusters.take(self.clusters.fetch())
+        for record in moved:
             if self._versions.get(record.group) != record.version:
                 self._take(record)
                 self._notify(record.group)
+        if self._settle_reported(reported):
+            self.flush()
+
+    def _settle_reported(self, clusters: set[str]) -> bool:
+        """Clusters whose status another replica took: settle them here as a report here would (True when a
+        rollout moved and should be written)."""
+        decided = False
+        for cluster in sorted(clusters):
+            group = self.fleet.group_of(cluster)
+            rollout = self._rollouts.get(group.name) if group else None
+            if group is None or rollout is None or cluster not in rollout.networkpolicies:
+                continue
+            with self._lock:
+                self._settle(rollout, cluster)
+                if rollout.decide(group.max_failures):
+                    decided = True
+                    self._notify(group.name)
+        return decided or any(r.ops for r in self._rollouts.values())
 
     async def keep_synced(self, every_s: float = SYNC_S) -> None:
         """The replica's sync task: at once when this replica decided something or the store notified a change

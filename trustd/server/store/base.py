@@ -196,6 +196,10 @@ class Store(Protocol):
 
     def cluster_statuses(self) -> Sequence[ClusterStatusRecord]: ...
 
+    def cluster_statuses_since(self, received: float) -> Sequence[ClusterStatusRecord]:
+        """The statuses received at or after `received` (what another replica wrote lately)."""
+        ...
+
     def publish_bundle(self, group: str, counter: int, blob: bytes, state: dict[str, object], *, now: float) -> int:
         """Store a group's new bundle and its new rollout in one transaction; returns the rollout's version.
 

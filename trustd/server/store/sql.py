@@ -87,6 +87,9 @@ UPSERT_CLUSTER_STATUS = (
 )
 DELETE_CLUSTER_STATUS = "DELETE FROM cluster_status WHERE cluster = ? AND member = ?"
 CLUSTER_STATUSES = f"SELECT {rows.CLUSTER_STATUS_COLUMNS} FROM cluster_status ORDER BY cluster, member"
+CLUSTER_STATUSES_SINCE = (
+    f"SELECT {rows.CLUSTER_STATUS_COLUMNS} FROM cluster_status WHERE received >= ? ORDER BY cluster, member"
+)
 
 ROLLOUT_OF = f"SELECT {rows.ROLLOUT_COLUMNS} FROM rollouts WHERE group_name = ?"  # + Dialect.lock_rows
 ROLLOUTS = f"SELECT {rows.ROLLOUT_COLUMNS} FROM rollouts ORDER BY group_name"
@@ -346,6 +349,9 @@ class SqlStore(ABC):
 
     def cluster_statuses(self) -> Sequence[ClusterStatusRecord]:
         return [rows.cluster_status_record(r) for r in self._all(CLUSTER_STATUSES)]
+
+    def cluster_statuses_since(self, received: float) -> Sequence[ClusterStatusRecord]:
+        return [rows.cluster_status_record(r) for r in self._all(CLUSTER_STATUSES_SINCE, (received,))]
 
     # -- policy distribution -------------------------------------------------------------------------------
     def publish_bundle(self, group: str, counter: int, blob: bytes, state: dict[str, object], *, now: float) -> int:
