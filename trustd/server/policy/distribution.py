@@ -452,6 +452,8 @@ class PolicyBundles:
     def sync(self) -> None:
         """Flush, then take what other replicas changed since the last look (blocking, as `flush`)."""
         self.flush()
+        if not self._store.shared:  # a single replica (SQLite): nobody else writes what it would read
+            return
         versions = self._store.rollout_versions()
         moved = [] if all(self._versions.get(g) == v for g, v in versions.items()) else self._store.rollouts()
         # after the rollouts (see `flush`), and taken before them: a report this replica takes meanwhile

@@ -126,6 +126,12 @@ class Store(Protocol):
         `trustd.server.store.off_loop`, on a worker thread; an in-process one (SQLite) is called on the loop."""
         ...
 
+    @property
+    def shared(self) -> bool:
+        """True when other trustd replicas may write the same store (PostgreSQL): what one writes, the others
+        must read (policy state, cluster status); False for SQLite, which serves a single replica."""
+        ...
+
     def put_challenge(self, challenge: ChallengeRecord, *, keep_per_ek: int = 0) -> None:
         """Store a challenge. With `keep_per_ek` > 0, in the same transaction, drop the expired challenges of
         the same EK and purpose and the oldest beyond `keep_per_ek` - 1, so that round 1, which anyone holding

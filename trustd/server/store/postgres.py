@@ -51,6 +51,7 @@ _MIGRATION_LOCK = 0x65646765  # advisory lock id ("edge")
 
 class PostgresStore(SqlStore):
     blocking = True
+    shared = True
     dialect = POSTGRESQL
 
     def __init__(self, url: str) -> None:

@@ -158,6 +158,8 @@ class Statements:
 class SqlStore(ABC):
     #: True when a call may wait on another machine: async code calls it through `trustd.server.store.off_loop`
     blocking: ClassVar[bool] = False
+    #: True when other replicas may write the same database (see `Store.shared`)
+    shared: ClassVar[bool] = False
     dialect: ClassVar[Dialect]
 
     # -- what a backend supplies -------------------------------------------------------------------------
