@@ -415,7 +415,10 @@ class PolicyBundles:
         if self._flush_now is not None:
             self._flush_now.set()
         elif not self._store.blocking:  # no sync task (a test, a tool): write now, in-process
-            self.flush()
+            try:
+                self.flush()
+            except StoreError as exc:  # kept for the next flush; the report itself was taken
+                log.warning("rollout progress kept in memory until the store answers: %s", exc.diagnostics())
 
     def flush(self) -> None:
         """Write what this replica learnt into the stored rollouts (blocking: async code calls it off the loop).
