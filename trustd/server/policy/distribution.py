@@ -142,6 +142,8 @@ class PolicyBundles:
                     self._blobs[(record.group, counter)] = _with_etag(blob)
         group = self.fleet.groups.get(record.group)
         with self._lock:
+            if record.version < self._versions.get(record.group, 0):
+                return  # read before a write this replica has taken since (a publish here): not newer
             held = self._rollouts.get(record.group)
             if held is not None and held.counter == rollout.counter:  # the same rollout, moved on: in place
                 pending = list(held.ops)

@@ -92,3 +92,17 @@ def test_publishers_are_authorized_per_group_and_bundles_bound_to_theirs(tmp_pat
     with pytest.raises(PolicyDistributionError, match="signed for cluster group 'h', not 'g'"):
         other.publish("g", pack(sign_files(elsewhere, SigningKey("k", key))), publisher="spiffe://t/ci")
     assert other.rollout("g") is None
+
+
+def test_a_rollout_read_before_a_newer_publish_here_does_not_replace_it(tmp_path: Path) -> None:
+    store = open_store("sqlite://")
+    key = ec.generate_private_key(ec.SECP256R1())
+    bundles = PolicyBundles(store, Fleet.load(fleet_file(tmp_path, 90)), {"k": key.public_key()})
+    repository = read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE)
+    for counter in (1, 2):
+        files = build_files(repository, counter=counter, commit="c", group="g")
+        bundles.publish("g", pack(sign_files(files, SigningKey("k", key))), publisher="spiffe://t/ci")
+        if counter == 1:
+            (stale,) = store.rollouts()  # what a sync on another thread read just before the second publish
+    bundles._take(stale)  # that sync goes on and takes it
+    assert bundles.rollout("g").counter == 2  # type: ignore[union-attr]
