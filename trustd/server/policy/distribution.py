@@ -212,8 +212,9 @@ class PolicyBundles:
             raise StaleBundleError(f"{exc.diagnostics()} (published through another hub replica)") from exc
         self._blobs[(group_name, counter)] = _with_etag(blob)
         with self._lock:
-            self._rollouts[group_name] = rollout
-            self._versions[group_name] = version
+            if version > self._versions.get(group_name, 0):  # two publishes here: the later commit stands
+                self._rollouts[group_name] = rollout
+                self._versions[group_name] = version
         self._notify(group_name)
         return rollout
 
