@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -182,18 +183,28 @@ class DistributionSite:
 
     def backup_policy_state(self, name: str) -> Path:
         """A copy of the hub's policy state (rollouts and bundles), as an operator's backup would hold it."""
-        backup = self.work / "backups" / name
-        shutil.copytree(self.hub_dir / "hub" / "hub" / "policy", backup)
+        backup = self.work / "backups" / f"{name}.db"
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        # the hub's policy state is in its store (issue 17): an online copy of the SQLite file (consistent
+        # while the hub writes, WAL included)
+        with sqlite3.connect(self._hub_db) as live, sqlite3.connect(backup) as copy:
+            live.backup(copy)
         return backup
 
     def restore_policy_state(self, backup: Path) -> None:
         """The hub restarted from an old backup of its policy state (same CA, same address): it now serves
         an older revision than the cluster holds."""
         self.stop_hub()
-        policy = self.hub_dir / "hub" / "hub" / "policy"
-        shutil.rmtree(policy)
-        shutil.copytree(backup, policy)
+        with sqlite3.connect(self._hub_db) as db:  # only the policy tables: devices and revocations stay current
+            db.execute("ATTACH DATABASE ? AS backup", (str(backup),))
+            for table in ("rollouts", "policy_bundles"):
+                db.execute(f"DELETE FROM {table}")  # noqa: S608 - the two table names above
+                db.execute(f"INSERT INTO {table} SELECT * FROM backup.{table}")  # noqa: S608
         self.start_hub()
+
+    @property
+    def _hub_db(self) -> Path:
+        return self.hub_dir / "hub" / "hub" / "trustd.db"
 
     def publish(self, blob: bytes) -> httpx.Response:
         """POST the bundle to the group as the publisher does (`trustctl policy publish`: mTLS with its SVID)."""

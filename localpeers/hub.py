@@ -71,6 +71,8 @@ class RunningHub:
         self.hub = hub
         self.url = f"https://{host}:{port}"
         self.ca_bundle = roots
+        #: what uvicorn serves: the app behind the production middleware (Saturation, its counters)
+        self.served_app = server.config.app
         self._server = server
         self._thread = thread
 

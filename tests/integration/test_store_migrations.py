@@ -266,7 +266,8 @@ def _postgres_schema(url: str) -> list[tuple[Any, ...]]:
 
 
 def _serves_what_the_old_code_stored(store: Store, *, version: int) -> None:
-    assert store.schema_version == len(MIGRATIONS) == 6  # type: ignore[attr-defined]
+    assert store.schema_version == len(MIGRATIONS) == 7  # type: ignore[attr-defined]
+    assert store.rollouts() == []  # migration 7: the policy distribution tables, empty
     assert store.device("ek1") == DeviceRecord("ek1", NODE, "edge-gateway", {"site": "lab"}, "000b", 100.0)
     assert store.svids(NODE) == [SvidRecord("01", NODE, "ek1", 100.0, 200.0)]
     (old,) = store.revocations()

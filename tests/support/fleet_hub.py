@@ -5,6 +5,7 @@ can speak to it over mTLS as any of them. Shared by the hub's security tests (au
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,21 +102,46 @@ class FleetHub:
 
 
 @contextmanager
-def running_fleet_hub(work: Path, *, ek_roots: Path, **settings: object) -> Iterator[FleetHub]:
-    """trustd with policy distribution (FLEET) and its operators; REVOKED_* are revoked before it is yielded."""
+def running_fleet_hub(
+    work: Path,
+    *,
+    ek_roots: Path,
+    fleet: dict[str, object] | None = None,
+    replica_of: FleetHub | None = None,
+    **settings: object,
+) -> Iterator[FleetHub]:
+    """trustd with policy distribution (`fleet`, FLEET by default) and its operators; REVOKED_* are revoked
+    before it is yielded.
+
+    With `replica_of` (a hub on a shared PostgreSQL store: give the same `store_url`), another replica of that
+    hub: a data directory of its own that holds only the keys both must share (the CA's and the revocation
+    list's, as a deployment mounts them on every replica), the same fleet file and publisher keys; everything
+    else it knows comes from the store."""
     work.mkdir(parents=True, exist_ok=True)
-    signing = ec.generate_private_key(ec.SECP256R1())
+    signing = replica_of.signing_key if replica_of is not None else ec.generate_private_key(ec.SECP256R1())
     keys = work / "publisher-keys"
     keys.mkdir(exist_ok=True)
     (keys / "ci-1.pem").write_bytes(
         signing.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     fleet_file = work / "fleet.yaml"
-    fleet_file.write_text(yaml.safe_dump(FLEET))
+    fleet_file.write_text(yaml.safe_dump(fleet if fleet is not None else FLEET))
+    if replica_of is not None:
+        first = replica_of.running.hub.settings
+        data_dir = work / "hub" / "hub"  # running_hub's
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copytree(first.ca_dir, data_dir / "ca")
+        shutil.copytree(first.revocations_dir, data_dir / "revocations")
     with running_hub(
-        work / "hub", ek_roots=ek_roots, fleet_file=fleet_file, policy_keys_dir=keys, trust_domain=DOMAIN, **settings
+        work / "hub",
+        ek_roots=ek_roots,
+        fleet_file=fleet_file,
+        policy_keys_dir=keys,
+        trust_domain=DOMAIN,
+        **settings,  # type: ignore[arg-type]  # TrustdSettings' fields, checked by pydantic
     ) as running:
         hub = FleetHub(running, work, signing, "ci-1")
-        for revoked in (REVOKED_OPERATOR, REVOKED_PUBLISHER, REVOKED_CLUSTER):
-            hub.revoke(revoked)
+        if replica_of is None:
+            for revoked in (REVOKED_OPERATOR, REVOKED_PUBLISHER, REVOKED_CLUSTER):
+                hub.revoke(revoked)
         yield hub

@@ -73,6 +73,7 @@ def create_app(
             watchers.append(asyncio.create_task(federation.watch()))
         if policy is not None:
             watchers.append(asyncio.create_task(policy.clusters.keep_flushed()))
+            watchers.append(asyncio.create_task(policy.keep_synced()))
         try:
             yield
         finally:
@@ -81,8 +82,9 @@ def create_app(
             if policy is not None:
                 try:  # what the last second of reports changed
                     await off_loop(store, policy.clusters.flush)
+                    await off_loop(store, policy.flush)
                 except StoreError as exc:
-                    log.warning("cluster status not written at shutdown: %s", exc.diagnostics())
+                    log.warning("cluster status or rollout progress not written at shutdown: %s", exc.diagnostics())
 
     # no /openapi.json route: every route has an authorization rule, and the schema is no one's business but
     # the tests' (which read `app.openapi()`)

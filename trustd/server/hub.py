@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from attestation.ek import EKVerifier
 from attestation.errors import PolicyConfigError
 from attestation.refvalues import ReferencePolicy
-from edgetrust._internal import serving
+from edgetrust._internal import saturation, serving
 from edgetrust._internal.files import write_private
 from edgetrust._internal.tls import PeerCertificateProtocol
 from edgetrust.bundles.signing import load_verification_keys
@@ -29,7 +29,8 @@ from trustd.server.ca import SpiffeCA
 from trustd.server.enrollment import EnrollmentPolicy, EnrollmentService
 from trustd.server.federation import Federation
 from trustd.server.policy.clusterstatus import ClusterStatus
-from trustd.server.policy.distribution import Fleet, PolicyBundles
+from trustd.server.policy.distribution import Fleet, PolicyBundles, verified_bundle
+from trustd.server.policy.legacy import import_data_dir
 from trustd.server.revocations import Revocations, load_or_create_key
 from trustd.server.settings import TrustdSettings
 from trustd.server.store import Store, open_store
@@ -105,9 +106,11 @@ def build_hub(settings: TrustdSettings) -> Hub:
         if keys_dir is None or not keys_dir.is_dir():
             raise TrustdError("fleet_file needs policy_keys_dir: the publishers' bundle-signing keys")
         keys = load_verification_keys({p.stem: p.read_bytes() for p in sorted(keys_dir.glob("*.pem"))})
-        policy = PolicyBundles(
-            settings.data_dir / "policy", Fleet.load(settings.fleet_file), keys, revocations, ClusterStatus(store)
+        # what a hub before issue 17 kept in its data dir, into the store once (legacy.py)
+        import_data_dir(
+            store, settings.data_dir / "policy", lambda group, blob: verified_bundle(group, blob, keys).counter
         )
+        policy = PolicyBundles(store, Fleet.load(settings.fleet_file), keys, revocations, ClusterStatus(store))
     operators = frozenset(settings.operators) | (policy.fleet.operators if policy else frozenset())
     reserved = ReservedNames(
         trust_domain,
@@ -168,7 +171,7 @@ def server_config(hub: Hub) -> uvicorn.Config:
     the connection guard included), so what they prove holds for the real server."""
     settings = hub.settings
     return serving.server_config(
-        hub.app,
+        saturation.Saturation(hub.app, request_limits(settings), is_long_poll=_is_long_poll),
         host=settings.listen_host,
         port=settings.listen_port,
         certfile=str(hub.tls_cert),
@@ -181,6 +184,17 @@ def server_config(hub: Hub) -> uvicorn.Config:
         # the revocation, CA-rotation and federation watchers start with the app; a failed start is fatal
         lifespan="on",
     )
+
+
+def request_limits(settings: TrustdSettings) -> saturation.RequestLimits:
+    return saturation.RequestLimits(
+        max_in_flight=settings.max_in_flight_requests, max_long_polls=settings.max_long_polls
+    )
+
+
+def _is_long_poll(scope: saturation.Scope) -> bool:
+    """A cluster's bundle poll that waits for a change (`?wait=` above 0): held, not worked on."""
+    return scope.get("path") == "/v1/policy/bundle" and saturation.query_wait(scope) > 0
 
 
 def serving_limits(settings: TrustdSettings) -> serving.ServingLimits:

@@ -20,6 +20,7 @@ as soon as the store is back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ from edgetrust.bundles.signing import SigningKey, sign_files
 from edgetrust.spiffe.id import SpiffeId, TrustDomain
 from trustd.errors import BadRequestError, StoreError, TrustdError
 from trustd.server.store import AuditEvent, DeviceRecord, RevocationRecord, Store, off_loop
+from trustd.server.store.base import REVOCATIONS_CHANNEL
 
 log = logging.getLogger(__name__)
 REVOCATIONS_ROOT = ROOTS[0]
@@ -131,14 +133,26 @@ class Revocations:
         return bool(self._failure)
 
     async def watch(self) -> None:
-        """Notice revocations made through another replica, so this one's long polls wake within a second."""
+        """Notice revocations made through another replica, so this one's long polls wake within a second: at
+        once on the store's notification (PostgreSQL LISTEN/NOTIFY), and each REFRESH_S in any case (a
+        notification lost while the listener reconnected, or SQLite, which has none)."""
         self._watched = True
+        loop = asyncio.get_running_loop()
+        notified = asyncio.Event()
+
+        def wake() -> None:  # on the store's listener thread
+            loop.call_soon_threadsafe(notified.set)
+
+        unsubscribe = self._store.subscribe(REVOCATIONS_CHANNEL, wake)
         try:
             while True:
-                await asyncio.sleep(REFRESH_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(notified.wait(), timeout=REFRESH_S)
+                notified.clear()
                 await self.refresh()
         finally:
             self._watched = False
+            unsubscribe()
 
     async def refresh(self) -> None:
         """Look at the store now, off the event loop for a store that blocks; one look at a time, shared by

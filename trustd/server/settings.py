@@ -88,6 +88,16 @@ class TrustdSettings(BaseSettings):
         ge=16,
         description="open connections at most (a long-polling cluster holds one); capped below the fd limit at start",
     )
+    max_in_flight_requests: int = Field(
+        default=512,
+        ge=1,
+        description="requests worked on at once (long polls apart); one more is answered 503 with Retry-After",
+    )
+    max_long_polls: int = Field(
+        default=16384,
+        ge=1,
+        description="long polls held at once; one more is answered 503 with Retry-After (the cluster retries)",
+    )
     operators: tuple[str, ...] = Field(
         default=(),
         description="SPIFFE ID of an operator (trustctl fleet: list, revoke, entries), beside those the fleet file "

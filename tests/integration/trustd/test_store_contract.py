@@ -186,6 +186,9 @@ def test_cluster_status_is_one_row_per_member_replaced_and_kept_across_a_reopen(
         ClusterStatusRecord("edge-1", "pod:w-1", {"counter": 2}, 12.0),
         ClusterStatusRecord("edge-1", "syncer", {"revision": "r1", "result": "applied"}, 10.0),
     ]
+    # what another replica wrote lately, by time received (the bound included)
+    assert list(again.cluster_statuses_since(12.0)) == [ClusterStatusRecord("edge-1", "pod:w-1", {"counter": 2}, 12.0)]
+    assert list(again.cluster_statuses_since(12.5)) == []
 
 
 def test_reopening_keeps_state_and_schema(opener: Opener) -> None:
@@ -194,7 +197,7 @@ def test_reopening_keeps_state_and_schema(opener: Opener) -> None:
     version = store.schema_version  # type: ignore[attr-defined]
     store.close()
     again = opener()
-    assert again.schema_version == version == 6  # type: ignore[attr-defined]
+    assert again.schema_version == version == 7  # type: ignore[attr-defined]
     assert [d.spiffe_id for d in again.devices()] == ["spiffe://edge.example/n/1"]
 
 
@@ -235,3 +238,99 @@ def test_a_verified_renewal_moves_the_last_attestation_forward_only(opener: Open
     store.record_svid(SvidRecord("14", device.spiffe_id, "ek1", 190.0, 290.0), renew)
     again = opener()
     assert again.device_by_spiffe_id(device.spiffe_id).attested_at == 150.0  # type: ignore[union-attr]
+
+
+def test_a_bundle_and_its_rollout_are_stored_together_and_only_a_newer_one_follows(opener: Opener) -> None:
+    store, other = opener(), opener()  # two replicas
+    assert store.publish_bundle("g", 2, b"two", {"counter": 2, "opened": 0}, now=10.0) == 1
+    with pytest.raises(StoreConflictError, match="bundle counter 2 is not newer than 2"):
+        other.publish_bundle("g", 2, b"again", {"counter": 2}, now=11.0)
+    with pytest.raises(StoreConflictError, match="bundle counter 1 is not newer than 2"):
+        other.publish_bundle("g", 1, b"older", {"counter": 1}, now=11.0)
+    assert other.publish_bundle("g", 3, b"three", {"counter": 3, "opened": 0}, now=12.0) == 2
+    (record,) = store.rollouts()
+    assert (record.group, record.counter, record.state, record.version) == ("g", 3, {"counter": 3, "opened": 0}, 2)
+    assert store.rollout_versions() == {"g": 2}
+    assert (store.bundle("g", 2), store.bundle("g", 3), store.bundle("g", 1)) == (b"two", b"three", None)
+    assert store.rollouts() == opener().rollouts()  # a replica started later reads the same
+    store.put_bundle("g", 0, b"imported", now=13.0)  # a bundle without a rollout (an import's fallback)
+    store.put_bundle("g", 2, b"not this", now=13.0)  # one kept already stays as it is
+    assert (store.bundle("g", 0), store.bundle("g", 2), store.rollout_versions()) == (b"imported", b"two", {"g": 2})
+
+
+def test_two_replicas_updating_one_rollout_lose_neither_update(opener: Opener) -> None:
+    first = opener()
+    first.publish_bundle("g", 1, b"one", {"applied": []}, now=1.0)
+    replicas = [opener() for _ in range(4)]
+    start = threading.Barrier(len(replicas))
+
+    def add(store: Store, name: str) -> None:
+        start.wait()
+        for index in range(10):
+
+            def append(state: dict[str, object], item: str = f"{name}-{index}") -> dict[str, object]:
+                applied = state["applied"]
+                assert isinstance(applied, list)
+                return {"applied": [*applied, item]}
+
+            store.update_rollout("g", 1, append)
+
+    threads = [threading.Thread(target=add, args=(store, f"r{n}")) for n, store in enumerate(replicas)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (record,) = first.rollouts()
+    assert sorted(record.state["applied"]) == sorted(f"r{n}-{i}" for n in range(4) for i in range(10))  # type: ignore[call-overload]
+    assert record.version == 1 + 40
+
+
+def test_an_update_for_a_rollout_published_over_writes_nothing(opener: Opener) -> None:
+    store = opener()
+    store.publish_bundle("g", 1, b"one", {"n": 1}, now=1.0)
+    store.publish_bundle("g", 2, b"two", {"n": 2}, now=2.0)
+    assert store.update_rollout("g", 1, lambda state: {"n": "overwritten"}) is None
+    assert store.update_rollout("h", 1, lambda state: {"n": "made up"}) is None
+    (record,) = store.rollouts()
+    assert (record.state, record.version) == ({"n": 2}, 2)
+
+
+def test_postgresql_notifies_other_replicas_of_a_rollout_and_a_revocation(postgres: PostgresServer) -> None:
+    url = postgres.new_database()
+    writer, reader = open_store(url), open_store(url)
+    heard = {"edgetrust_policy": threading.Event(), "edgetrust_revocations": threading.Event()}
+    listening = threading.Event()
+    try:
+        stops = [reader.subscribe(channel, event.set) for channel, event in heard.items()]
+        # LISTEN is asynchronous to us: write until the first notification arrives (never a timed sleep)
+        counter = 0
+        while not heard["edgetrust_policy"].is_set():
+            counter += 1
+            writer.publish_bundle("g", counter, b"blob", {"n": counter}, now=1.0)
+            listening.wait(0.1)
+        heard["edgetrust_policy"].clear()
+        assert writer.update_rollout("g", counter, lambda state: {"n": "moved"}) is not None
+        assert heard["edgetrust_policy"].wait(10), "no notification of a rollout update"
+        assert not heard["edgetrust_revocations"].is_set()
+        writer.revoke(
+            RevocationRecord("spiffe://edge.example/n/1", "", "gone", "op", 1.0),
+            AuditEvent(1.0, "revoke", "revoked", "spiffe://edge.example/n/1"),
+        )
+        assert heard["edgetrust_revocations"].wait(10), "no notification of a revocation"
+        for stop in stops:
+            stop()
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_sqlite_subscriptions_are_a_no_op_for_its_single_replica(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'trustd.db'}")
+    try:
+        heard = threading.Event()
+        stop = store.subscribe("edgetrust_policy", heard.set)
+        store.publish_bundle("g", 1, b"blob", {}, now=1.0)
+        stop()
+        assert not heard.is_set()  # the replica's own change wakes it in process (PolicyBundles._notify)
+    finally:
+        store.close()

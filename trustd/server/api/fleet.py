@@ -77,7 +77,7 @@ def fleet_router(
         clusters = {}
         if policy is not None:
             for name in policy.fleet.clusters:
-                report = policy.status.get(name, {})
+                report = policy.clusters.syncer(name) or {}
                 clusters[name] = {
                     "revision": report.get("revision"),
                     "result": report.get("result"),

@@ -182,7 +182,7 @@ def policy_router(bundles: PolicyBundles, authorizer: Authorizer) -> APIRouter:
         blob = await request.body()
         if len(blob) > MAX_BUNDLE_BYTES:
             raise PolicyRequestError(f"bundles are limited to {MAX_BUNDLE_BYTES} bytes")
-        return bundles.publish(group, blob, publisher=_caller.spiffe_id).view()
+        return (await bundles.publish_off_loop(group, blob, publisher=_caller.spiffe_id)).view()
 
     @router.get("/rollouts/{group}")
     async def rollout(group: GroupName, _caller: Caller = rollout_reader) -> JSONResponse:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -40,6 +40,11 @@ REPLICA_TTL_S = 3 * REPLICA_HEARTBEAT_S
 PERSIST_EVERY_S = REPLICA_HEARTBEAT_S
 #: how often the hub writes what reports changed to the store
 FLUSH_EVERY_S = 1.0
+#: replicas on one store learn each other's reports by time received: each look reaches this far back before
+#: the newest it saw (clock skew between replicas, a write batched late), and every FULL_READ_S it reads all
+#: (a write held back longer, by a store outage)
+OVERLAP_S = 60.0
+FULL_READ_S = 60.0
 #: live replicas per cluster; one more is refused (a limit refuses, it never drops a replica to make room)
 MAX_REPLICAS = 64
 SYNCER = "syncer"
@@ -89,10 +94,11 @@ class ClusterStatus:
         self._members: dict[str, dict[str, _Member]] = {}  # cluster -> member -> last report
         self._dirty: dict[tuple[str, str], ClusterStatusRecord] = {}
         self._lock = threading.Lock()  # flush runs on a worker thread
+        self._newest = 0.0  # the newest `received` read from the store
+        self._read_all_at = 0.0
         if store is not None:
-            for record in store.cluster_statuses():
-                member = _Member(dict(record.report), record.received, persisted_at=record.received)
-                self._members.setdefault(record.cluster, {})[record.member] = member
+            self.take(store.cluster_statuses())
+            self._read_all_at = time.monotonic()
 
     # -- reports ---------------------------------------------------------------------------------------------
     def syncer_report(self, cluster: str, report: Mapping[str, Any]) -> None:
@@ -149,6 +155,28 @@ class ClusterStatus:
                     if key not in written:
                         self._dirty.setdefault(key, record)
             raise
+
+    def fetch(self) -> list[ClusterStatusRecord]:
+        """What the store holds that this replica may not have seen (blocking: a worker thread's call)."""
+        if self._store is None:
+            return []
+        if time.monotonic() - self._read_all_at >= FULL_READ_S:
+            self._read_all_at = time.monotonic()
+            return list(self._store.cluster_statuses())
+        return list(self._store.cluster_statuses_since(self._newest - OVERLAP_S))
+
+    def take(self, records: list[ClusterStatusRecord] | Sequence[ClusterStatusRecord]) -> set[str]:
+        """Records read from the store, each kept where it is newer than what this replica holds of the member
+        (a report another replica took); returns the clusters whose view changed."""
+        changed = set()
+        for record in records:
+            self._newest = max(self._newest, record.received)
+            members = self._members.setdefault(record.cluster, {})
+            held = members.get(record.member)
+            if held is None or record.received > held.received:
+                members[record.member] = _Member(dict(record.report), record.received, persisted_at=record.received)
+                changed.add(record.cluster)
+        return changed
 
     async def keep_flushed(self, every_s: float = FLUSH_EVERY_S) -> None:
         """The hub's lifespan task: flush every `every_s` while there is something to write (the lifespan

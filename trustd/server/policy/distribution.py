@@ -13,218 +13,71 @@ Clusters long-poll: an unchanged answer is a 304 after up to `wait` seconds, a f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import json
-import math
+import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgetrust._internal.files import write_private
-from edgetrust._internal.schema import problems
 from edgetrust.bundles.errors import BundleError
-from edgetrust.bundles.format import check_bundle, unpack
-from edgetrust.bundles.nodestatus import DEFAULT_MAX_AGE_S as DEFAULT_NODE_MAX_AGE_S
+from edgetrust.bundles.format import Bundle, check_bundle, unpack
 from edgetrust.bundles.signing import verify_bundle
-from trustd.errors import ConflictError, NotFoundError, TrustdError
+from trustd.errors import StoreConflictError, StoreError, TrustdError
 from trustd.server.policy.clusterstatus import ClusterStatus, ReplicaReport
+from trustd.server.policy.fleet import (
+    Fleet,
+    Group,
+    PolicyDistributionError,
+    PublisherNotAuthorizedError,
+    StaleBundleError,
+    UnknownGroupError,
+)
+from trustd.server.policy.rollout import DEFAULT_WAVES, Op, Rollout, plan_waves
 from trustd.server.revocations import Revocations
+from trustd.server.store import Store, off_loop
+from trustd.server.store.base import POLICY_CHANNEL, RolloutRecord
 
-DEFAULT_WAVES = (10, 50, 100)  # percent of the group's non-canary clusters, cumulative
+#: Fleet, Group and the errors live in fleet.py, Rollout in rollout.py; importable from here as before
+__all__ = [
+    "DEFAULT_WAVES",
+    "Fleet",
+    "Group",
+    "PolicyBundles",
+    "PolicyDistributionError",
+    "PublisherNotAuthorizedError",
+    "Rollout",
+    "StaleBundleError",
+    "UnknownGroupError",
+    "verified_bundle",
+]
 
+log = logging.getLogger(__name__)
 
-class PolicyDistributionError(TrustdError):
-    code = "policy_distribution_refused"
-
-
-class UnknownGroupError(PolicyDistributionError, NotFoundError):
-    code = "no_such_group"
-
-
-class StaleBundleError(PolicyDistributionError, ConflictError):
-    """The bundle is not newer than the group's current one: a conflict with stored state, not a refusal."""
-
-    code = "bundle_not_newer"
-
-
-class PublisherNotAuthorizedError(PolicyDistributionError):
-    """The caller is not a publisher of the group it publishes to."""
-
-    code = "not_authorized"
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    name: str
-    match_labels: Mapping[str, str]
-    canary: tuple[str, ...] = ()
-    waves: tuple[int, ...] = DEFAULT_WAVES
-    max_failures: int = 0  # failures tolerated before the rollout halts
-    #: share (percent) of a wave that must report the revision applied before the next wave opens; the canary
-    #: wave always needs all. Below 100, a site that is offline (there always is one at the edge) does not
-    #: hold the whole fleet back; it converges when it comes back.
-    advance_at: int = 95
-    #: SPIFFE IDs allowed to publish to this group, and to no other
-    publishers: frozenset[str] = frozenset()
-    #: seconds after a node's last attestation (quote-verified renewal) past which the group's webhooks refuse
-    #: to bind pods to it (edgetrust/bundles/nodestatus.py)
-    node_attestation_max_age: int = DEFAULT_NODE_MAX_AGE_S
+#: how often a replica writes what it learnt and looks for what other replicas changed (with PostgreSQL, a
+#: notification wakes it at once; this bounds what a lost notification costs)
+SYNC_S = 0.5
 
 
-@dataclass(frozen=True, slots=True)
-class Fleet:
-    """The fleet file (its format: edgetrust/schemas/fleet.schema.json; annotated: examples/fleet.yaml; checked before
-    deploying with `trustctl fleet check`):
-
-        groups:
-          <group>: {matchLabels: {...}, publishers: [<SPIFFE ID>, ...], canary: [...], waves: [...], ...}
-        clusters:
-          <cluster>: {labels: {...}}
-        operators: [<SPIFFE ID>, ...]
-
-    Publishers are authorized per group. The old top-level `publishers:` list (any publisher for every group)
-    is refused with a message saying what to write instead: read as "every group" it would keep the hole
-    open, and read as "no group" it would silently stop every publish."""
-
-    groups: Mapping[str, Group]
-    clusters: Mapping[str, Mapping[str, str]]  # name -> labels
-    operators: frozenset[str] = frozenset()  # SPIFFE IDs allowed to list and revoke (trustctl fleet)
-
-    @property
-    def publishers(self) -> frozenset[str]:
-        """Everyone who may publish to some group (which group is checked at publish)."""
-        return frozenset().union(*(group.publishers for group in self.groups.values()))
-
-    @classmethod
-    def load(cls, path: Path) -> Fleet:
-        """The fleet file, checked against edgetrust/schemas/fleet.schema.json (errors name the field: waves[1])."""
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise PolicyDistributionError(f"fleet file {path}: cannot read: {exc}") from exc
-        raw = {} if raw is None else raw
-        if isinstance(raw, dict) and "publishers" in raw:
-            raise PolicyDistributionError(
-                f"fleet file {path}: a top-level `publishers` list is no longer accepted; publishers are authorized "
-                "per group: move each SPIFFE ID under `groups.<group>.publishers` for the groups it may publish to"
-            )
-        found = problems("fleet", raw)
-        if found:
-            raise PolicyDistributionError(f"fleet file {path}: {'; '.join(found)}")
-        clusters = {
-            str(k): {str(a): str(b) for a, b in ((v or {}).get("labels") or {}).items()}
-            for k, v in (raw.get("clusters") or {}).items()
-        }
-        groups = {}
-        for name, spec in (raw.get("groups") or {}).items():
-            canary = tuple(spec.get("canary") or ())
-            for index, cluster in enumerate(canary):
-                if cluster not in clusters:  # a misspelt canary would roll out with no canary at all
-                    raise PolicyDistributionError(
-                        f"fleet file {path}: groups.{name}.canary[{index}]: no cluster {cluster!r} under clusters"
-                    )
-            groups[name] = Group(
-                name=name,
-                match_labels={str(k): str(v) for k, v in (spec.get("matchLabels") or {}).items()},
-                canary=canary,
-                waves=tuple(spec.get("waves") or DEFAULT_WAVES),
-                max_failures=spec.get("maxFailures", 0),
-                advance_at=spec.get("advanceAt", 95),
-                publishers=frozenset(spec.get("publishers") or ()),
-                node_attestation_max_age=spec.get("nodeAttestationMaxAge", DEFAULT_NODE_MAX_AGE_S),
-            )
-        return cls(groups=groups, clusters=clusters, operators=frozenset(raw.get("operators") or ()))
-
-    def group_of(self, cluster: str) -> Group | None:
-        labels = self.clusters.get(cluster)
-        if labels is None:
-            return None
-        for group in self.groups.values():
-            if all(labels.get(k) == v for k, v in group.match_labels.items()):
-                return group
-        return None
-
-    def members(self, group: Group) -> list[str]:
-        return sorted(c for c in self.clusters if self.group_of(c) == group)
-
-
-@dataclass(slots=True)
-class Rollout:
-    revision: str
-    counter: int
-    previous: int | None
-    waves: list[list[str]]
-    opened: int = 0  # waves[0..opened] receive the new revision
-    applied: dict[str, str] = field(default_factory=dict)  # cluster -> result: NetworkPolicies and admission both
-    failed: dict[str, str] = field(default_factory=dict)  # cluster -> error
-    halted: bool = False
-    canary: bool = False  # waves[0] is the canary wave, which must apply everywhere before the rollout goes on
-    advance_at: int = 100
-    #: cluster -> result of its syncer's report for this revision: the NetworkPolicies applied (the cluster counts
-    #: as applied once its admission replicas are too, or at once when its syncer hands no bundle to a webhook)
-    networkpolicies: dict[str, str] = field(default_factory=dict)
-    _wave_of: dict[str, int] = field(default_factory=dict, init=False, repr=False)
-    _pending: list[int] = field(default_factory=list, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        # Indexes, so that a cluster's poll and report cost O(1) even in a group of 10,000 clusters
-        self._wave_of = {cluster: index for index, wave in enumerate(self.waves) for cluster in wave}
-        self._pending = [sum(1 for c in wave if c not in self.applied) for wave in self.waves]
-
-    def released(self, cluster: str) -> bool:
-        index = self._wave_of.get(cluster)
-        return index is not None and index <= self.opened
-
-    def mark_applied(self, cluster: str, result: str) -> None:
-        index = self._wave_of.get(cluster)
-        if index is not None and cluster not in self.applied:
-            self._pending[index] -= 1
-        self.applied[cluster] = result
-
-    def wave_done(self) -> bool:
-        size = len(self.waves[self.opened])
-        needed = 100 if self.canary and self.opened == 0 else self.advance_at
-        return (size - self._pending[self.opened]) * 100 >= size * needed
-
-    def state(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("_")}
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "revision": self.revision,
-            "counter": self.counter,
-            "halted": self.halted,
-            "waves": [
-                {
-                    "clusters": wave,
-                    "open": index <= self.opened,
-                    "applied": sorted(c for c in wave if c in self.applied),
-                    "failed": {c: self.failed[c] for c in wave if c in self.failed},
-                }
-                for index, wave in enumerate(self.waves)
-            ],
-            "complete": all(c in self.applied for wave in self.waves for c in wave),
-        }
-
-
-def plan_waves(members: list[str], group: Group) -> list[list[str]]:
-    canary = [c for c in group.canary if c in members]
-    rest = [c for c in members if c not in canary]
-    waves: list[list[str]] = [canary] if canary else []
-    done = 0
-    for percent in group.waves:
-        upto = min(len(rest), math.ceil(len(rest) * percent / 100))
-        if upto > done:
-            waves.append(rest[done:upto])
-            done = upto
-    if done < len(rest):
-        waves.append(rest[done:])
-    return waves or [[]]
+def verified_bundle(group: str, blob: bytes, keys: Mapping[str, ec.EllipticCurvePublicKey]) -> Bundle:
+    """`blob` unpacked, its signature verified under `keys`, signed for `group`, and within the syncer's own
+    rules (NetworkPolicies, policy files): what is refused here no cluster ever sees."""
+    try:
+        bundle = unpack(blob)
+        verify_bundle(bundle, keys)
+        _ = bundle.counter  # read here: a counter out of range (10**260) is a refusal, not a server error
+        signed_for = bundle.group
+        check_bundle(bundle)
+    except BundleError as exc:
+        raise PolicyDistributionError(f"bundle refused: {exc.code}: {exc.diagnostics()}") from exc
+    if signed_for != group:
+        raise PolicyDistributionError(
+            f"bundle refused: bundle_wrong_group: it is signed for cluster group {signed_for!r}, not {group!r}"
+        )
+    return bundle
 
 
 def _with_etag(blob: bytes) -> tuple[bytes, str]:
@@ -232,47 +85,74 @@ def _with_etag(blob: bytes) -> tuple[bytes, str]:
 
 
 class PolicyBundles:
+    """The bundles and rollouts, kept in the store and shared by every replica on it; in memory, this replica's
+    copy, which answers polls without a store round trip.
+
+    `keep_synced` (one task per replica) makes the copies agree: it writes what this replica learnt (reports)
+    as operations merged into the stored rollout (rollout.py), and reads what another replica changed (a
+    publish, a wave opened) by the rollouts' versions, waking the long polls it holds. With PostgreSQL it is
+    woken by the store's notification (LISTEN/NOTIFY), with a look each `SYNC_S` as well, so that a lost
+    notification costs at most that much."""
+
     def __init__(
         self,
-        directory: Path,
+        store: Store,
         fleet: Fleet,
         publisher_keys: Mapping[str, ec.EllipticCurvePublicKey],
         revocations: Revocations | None = None,
         clusters: ClusterStatus | None = None,
     ) -> None:
-        self._dir = directory
+        self._store = store
         #: what each cluster's syncer and webhook replicas report (kept in the store when one is given)
         self.clusters = clusters if clusters is not None else ClusterStatus()
         self.revocations = revocations
         if revocations is not None:
             revocations.on_change(self._notify_all)
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.fleet = fleet
         self._keys = publisher_keys
         self._blobs: dict[tuple[str, int], tuple[bytes, str]] = {}  # (group, counter) -> (blob, ETag)
         self._rollouts: dict[str, Rollout] = {}
+        self._versions: dict[str, int] = {}
         self._changed: dict[str, asyncio.Event] = {}
         #: the loop long polls wait on, known from the first one
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.status: dict[str, dict[str, Any]] = {}
-        self._saved_at: dict[str, float] = {}
-        self._halted_saved: set[str] = set()
-        self._load()
+        #: held while a rollout copy is changed or replaced (reports on the loop, the flush on a worker thread)
+        self._lock = threading.Lock()
+        self._flush_now: asyncio.Event | None = None
+        for record in store.rollouts():
+            self._take(record)
+
+    @property
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Each cluster's last syncer report, with when it was received (the cluster status, which the store keeps)."""
+        return {c: report for c in self.fleet.clusters if (report := self.clusters.syncer(c)) is not None}
 
     @property
     def publisher_keys(self) -> Mapping[str, ec.EllipticCurvePublicKey]:
         return self._keys
 
-    def _load(self) -> None:
-        for state in self._dir.glob("*/rollout.json"):
-            group = state.parent.name
-            raw = json.loads(state.read_text())
-            self._rollouts[group] = Rollout(**raw)
-            for path in state.parent.glob("*.tar.gz"):
-                self._blobs[(group, int(path.name.split(".")[0]))] = _with_etag(path.read_bytes())
-
-    def _save(self, group: str) -> None:
-        write_private(self._dir / group / "rollout.json", json.dumps(self._rollouts[group].state()).encode())
+    def _take(self, record: RolloutRecord) -> None:
+        """A stored rollout becomes this replica's copy, with the bundles it serves (its own and the previous),
+        and what this replica recorded and has not flushed yet replayed onto it."""
+        rollout = Rollout.from_state(record.state)
+        for counter in (rollout.counter, rollout.previous):
+            if counter is not None and (record.group, counter) not in self._blobs:
+                blob = self._store.bundle(record.group, counter)
+                if blob is not None:
+                    self._blobs[(record.group, counter)] = _with_etag(blob)
+        group = self.fleet.groups.get(record.group)
+        with self._lock:
+            if record.version < self._versions.get(record.group, 0):
+                return  # read before a write this replica has taken since (a publish here): not newer
+            held = self._rollouts.get(record.group)
+            if held is not None and held.counter == rollout.counter:  # the same rollout, moved on: in place
+                pending = list(held.ops)
+                held.reset(record.state)
+                held.replay(pending, group.max_failures if group else 0)
+                held.ops.extend(pending)  # still to be written
+            else:
+                self._rollouts[record.group] = rollout
+            self._versions[record.group] = record.version
 
     def _event(self, group: str) -> asyncio.Event:
         return self._changed.setdefault(group, asyncio.Event())
@@ -306,44 +186,42 @@ class PolicyBundles:
         return True
 
     def publish(self, group_name: str, blob: bytes, *, publisher: str) -> Rollout:
-        """`publisher` is the caller's SPIFFE ID; it must be listed for this group in the fleet file."""
+        """`publisher` is the caller's SPIFFE ID; it must be listed for this group in the fleet file. Writes the
+        store (async code calls it through `off_loop`)."""
         group = self.fleet.groups.get(group_name)
         if group is None:
             raise UnknownGroupError(f"no cluster group {group_name!r}")
         if publisher not in group.publishers:
             raise PublisherNotAuthorizedError(f"{publisher} may not publish to cluster group {group_name!r}")
-        try:
-            bundle = unpack(blob)
-            verify_bundle(bundle, self._keys)
-            counter = bundle.counter
-            signed_for = bundle.group
-            check_bundle(
-                bundle
-            )  # the syncer's own rules (NetworkPolicies, policy files): refused before any cluster sees it
-        except BundleError as exc:
-            raise PolicyDistributionError(f"bundle refused: {exc.code}: {exc.diagnostics()}") from exc
-        if signed_for != group_name:
-            raise PolicyDistributionError(
-                f"bundle refused: bundle_wrong_group: it is signed for cluster group {signed_for!r}, not {group_name!r}"
-            )
+        bundle = verified_bundle(group_name, blob, self._keys)
+        counter = bundle.counter
         current = self._rollouts.get(group_name)
         if current is not None and counter <= current.counter:
             raise StaleBundleError(f"bundle counter {counter} is not newer than {current.counter}")
-        (self._dir / group_name).mkdir(exist_ok=True, mode=0o700)
-        write_private(self._dir / group_name / f"{counter}.tar.gz", blob)
-        self._blobs[(group_name, counter)] = _with_etag(blob)
-        waves = plan_waves(self.fleet.members(group), group)
-        self._rollouts[group_name] = Rollout(
+        rollout = Rollout(
             bundle.revision,
             counter,
             current.counter if current else None,
-            waves,
+            plan_waves(self.fleet.members(group), group.canary, group.waves),
             canary=bool(group.canary),
             advance_at=group.advance_at,
         )
-        self._save(group_name)
+        try:  # the store decides between replicas: a newer bundle published through another one refuses this
+            version = self._store.publish_bundle(group_name, counter, blob, rollout.state(), now=time.time())
+        except StoreConflictError as exc:
+            raise StaleBundleError(f"{exc.diagnostics()} (published through another hub replica)") from exc
+        self._blobs[(group_name, counter)] = _with_etag(blob)
+        with self._lock:
+            if version > self._versions.get(group_name, 0):  # two publishes here: the later commit stands
+                self._rollouts[group_name] = rollout
+                self._versions[group_name] = version
         self._notify(group_name)
-        return self._rollouts[group_name]
+        return rollout
+
+    async def publish_off_loop(self, group_name: str, blob: bytes, *, publisher: str) -> Rollout:
+        """`publish` from async code: on a worker thread when the store waits on the network."""
+        self._loop = asyncio.get_running_loop()
+        return await off_loop(self._store, lambda: self.publish(group_name, blob, publisher=publisher))
 
     def rollout(self, group: str) -> Rollout | None:
         return self._rollouts.get(group)
@@ -356,7 +234,7 @@ class PolicyBundles:
         counter = rollout.counter if rollout.released(cluster) and not rollout.halted else rollout.previous
         if counter is None:
             return None
-        return self._blobs[(group.name, counter)]
+        return self._blobs.get((group.name, counter))
 
     async def wait_for_change(
         self, cluster: str, etag: str | None, wait_s: float, revocations_etag: str | None = None
@@ -386,23 +264,26 @@ class PolicyBundles:
             except TimeoutError:
                 return None
 
+    def long_polls_waiting(self, group: str) -> bool:
+        """Whether a long poll of the group's clusters waits here for a change (what tests wait for)."""
+        return group in self._changed
+
     def report(self, cluster: str, report: Mapping[str, Any]) -> None:
         """The cluster's syncer's status report (the cluster is the caller's, from its SVID)."""
-        self.status[cluster] = {**report, "received": int(time.time())}
         self.clusters.syncer_report(cluster, report)
         group = self.fleet.group_of(cluster)
         rollout = self._rollouts.get(group.name) if group else None
         if group is None or rollout is None or report.get("revision") != rollout.revision:
             return
-        if report.get("result") in ("applied", "unchanged"):
-            rollout.networkpolicies[cluster] = str(report["result"])
-            rollout.failed.pop(cluster, None)
-            self._settle(group, rollout, cluster)
-        elif report.get("result") in ("failed", "refused"):
-            rollout.failed[cluster] = str(report.get("error", ""))[:300]
-            if len(rollout.failed) > group.max_failures:
-                rollout.halted = True
-        self._progress(group, rollout)
+        with self._lock:
+            if report.get("result") in ("applied", "unchanged"):
+                rollout.set_networkpolicies(cluster, str(report["result"]))
+                rollout.clear_failed(cluster)
+                self._settle(rollout, cluster)
+            elif report.get("result") in ("failed", "refused"):
+                rollout.mark_failed(cluster, str(report.get("error", ""))[:300])
+            decided = rollout.decide(group.max_failures)
+        self._progress(group, decided)
 
     def report_replica(self, cluster: str, replica: ReplicaReport) -> None:
         """One admission webhook replica's report: what it enforces (ReplicaLimitError past MAX_REPLICAS)."""
@@ -411,36 +292,132 @@ class PolicyBundles:
         rollout = self._rollouts.get(group.name) if group else None
         if group is None or rollout is None or cluster not in rollout.networkpolicies:
             return
-        self._settle(group, rollout, cluster)
-        self._progress(group, rollout)
+        with self._lock:
+            self._settle(rollout, cluster)
+            decided = rollout.decide(group.max_failures)
+        self._progress(group, decided)
 
-    def _settle(self, group: Group, rollout: Rollout, cluster: str) -> None:
+    def _settle(self, rollout: Rollout, cluster: str) -> None:
         """The cluster's NetworkPolicies are applied: it counts as applied when its admission side is too."""
         if cluster in rollout.applied:
             return
         state, reason = self.clusters.admission_state(cluster, rollout.revision, rollout.counter)
         if state == "applied":
             rollout.mark_applied(cluster, rollout.networkpolicies[cluster])
-            rollout.failed.pop(cluster, None)
+            rollout.clear_failed(cluster)
         elif state == "failed":
-            rollout.failed[cluster] = reason[:300]
-            if len(rollout.failed) > group.max_failures:
-                rollout.halted = True
+            rollout.mark_failed(cluster, reason[:300])
 
-    def _progress(self, group: Group, rollout: Rollout) -> None:
-        transition = rollout.halted and group.name not in self._halted_saved
-        if not rollout.halted and rollout.wave_done() and rollout.opened + 1 < len(rollout.waves):
-            rollout.opened += 1
-            transition = True
-            self._notify(group.name)
-        # Persist transitions at once; per-cluster progress at most once a second: rewriting the whole state
-        # for each of 10,000 reports made the hub quadratic (measured: the fleet_sim stalled half way).
-        now = time.monotonic()
-        if transition or now - self._saved_at.get(group.name, 0.0) >= 1.0:
-            self._save(group.name)
-            self._saved_at[group.name] = now
-            if rollout.halted:
-                self._halted_saved.add(group.name)
+    def _progress(self, group: Group, decided: bool) -> None:
+        """A wave opened or the rollout halted here: this replica's polls learn it now, the store (and so the
+        other replicas) at the next flush, which `keep_synced` runs at once; per-cluster progress is written
+        with the next flush (each `SYNC_S`): a store write per report of 10,000 clusters would be the bottleneck."""
+        if not decided:
+            return
+        self._notify(group.name)
+        if self._flush_now is not None:
+            self._flush_now.set()
+        elif not self._store.blocking:  # no sync task (a test, a tool): write now, in-process
+            try:
+                self.flush()
+            except StoreError as exc:  # kept for the next flush; the report itself was taken
+                log.warning("rollout progress kept in memory until the store answers: %s", exc.diagnostics())
+
+    def flush(self) -> None:
+        """Write what this replica learnt into the stored rollouts (blocking: async code calls it off the loop).
+        On a StoreError what was not written is kept for the next flush."""
+        # the cluster status first: a replica that reads a rollout's op reads the statuses after it, and so
+        # finds what the op was decided from (a syncer's handoff, its webhook replicas)
+        self.clusters.flush()
+        with self._lock:
+            work = [(name, r.counter, list(r.ops)) for name, r in self._rollouts.items() if r.ops]
+            for name, _counter, ops in work:
+                del self._rollouts[name].ops[: len(ops)]
+        for index, (name, counter, ops) in enumerate(work):
+            group = self.fleet.groups.get(name)
+            max_failures = group.max_failures if group else 0
+
+            def merge(state: dict[str, Any], ops: list[Op] = ops, max_failures: int = max_failures) -> dict[str, Any]:
+                merged = Rollout.from_state(state)
+                merged.replay(ops, max_failures)
+                return merged.state()
+
+            try:
+                record = self._store.update_rollout(name, counter, merge)
+            except StoreError:
+                with self._lock:  # put back what was not written, in order, before what came since
+                    for left, left_counter, left_ops in work[index:]:
+                        held = self._rollouts.get(left)
+                        if held is not None and held.counter == left_counter:
+                            held.ops[:0] = left_ops
+                raise
+            if record is not None:
+                self._take(record)
+                self._notify(name)
+
+    def sync(self) -> None:
+        """Flush, then take what other replicas changed since the last look (blocking, as `flush`)."""
+        self.flush()
+        if not self._store.shared:  # a single replica (SQLite): nobody else writes what it would read
+            return
+        versions = self._store.rollout_versions()
+        moved = [] if all(self._versions.get(g) == v for g, v in versions.items()) else self._store.rollouts()
+        # after the rollouts (see `flush`), and taken before them: a report this replica takes meanwhile
+        # already finds the syncer's status another replica took
+        reported = self.clusters.take(self.clusters.fetch())
+        for record in moved:
+            if self._versions.get(record.group) != record.version:
+                self._take(record)
+                self._notify(record.group)
+        if self._settle_reported(reported):
+            self.flush()
+
+    def _settle_reported(self, clusters: set[str]) -> bool:
+        """Clusters whose status another replica took: settle them here as a report here would (True when a
+        rollout moved and should be written)."""
+        decided = False
+        for cluster in sorted(clusters):
+            group = self.fleet.group_of(cluster)
+            rollout = self._rollouts.get(group.name) if group else None
+            if group is None or rollout is None or cluster not in rollout.networkpolicies:
+                continue
+            with self._lock:
+                self._settle(rollout, cluster)
+                if rollout.decide(group.max_failures):
+                    decided = True
+                    self._notify(group.name)
+        return decided or any(r.ops for r in self._rollouts.values())
+
+    async def keep_synced(self, every_s: float = SYNC_S) -> None:
+        """The replica's sync task: at once when this replica decided something or the store notified a change
+        (PostgreSQL), else each `every_s`. A store outage is logged and retried, never ends the task."""
+        self._loop = asyncio.get_running_loop()
+        self._flush_now = asyncio.Event()
+        unsubscribe = self._store.subscribe(POLICY_CHANNEL, self._wake)
+        failing = False
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._flush_now.wait(), timeout=every_s)
+                self._flush_now.clear()
+                try:
+                    await off_loop(self._store, self.sync)
+                except TrustdError as exc:
+                    if not failing:
+                        log.warning("policy state kept in memory until the store answers: %s", exc.diagnostics())
+                    failing = True
+                else:
+                    failing = False
+        finally:
+            self._flush_now = None
+            unsubscribe()
+
+    def _wake(self) -> None:
+        """The store's notification (on its listener thread): another replica changed a rollout."""
+        if self._hop_to_loop(self._wake):
+            return
+        if self._flush_now is not None:
+            self._flush_now.set()
 
     def rollout_view(self, group: str) -> dict[str, Any] | None:
         """The rollout's view, with per cluster its NetworkPolicy revision and each live replica's admission one."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+#: the notification channels (`Store.subscribe`): a rollout written, a revocation recorded
+POLICY_CHANNEL = "edgetrust_policy"
+REVOCATIONS_CHANNEL = "edgetrust_revocations"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +108,28 @@ class ClusterStatusRecord:
     received: float
 
 
+@dataclass(frozen=True, slots=True)
+class RolloutRecord:
+    """A cluster group's rollout as stored: `state` is `Rollout.state()` (trustd/server/policy/distribution.py),
+    `counter` its bundle's, `version` moves by one with each write (what replicas compare to notice a change)."""
+
+    group: str
+    counter: int
+    state: dict[str, object]
+    version: int
+
+
 class Store(Protocol):
     @property
     def blocking(self) -> bool:
         """True when a call may wait on another machine (PostgreSQL): async code calls such a store through
         `trustd.server.store.off_loop`, on a worker thread; an in-process one (SQLite) is called on the loop."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """True when other trustd replicas may write the same store (PostgreSQL): what one writes, the others
+        must read (policy state, cluster status); False for SQLite, which serves a single replica."""
         ...
 
     def put_challenge(self, challenge: ChallengeRecord, *, keep_per_ek: int = 0) -> None:
@@ -180,6 +201,45 @@ class Store(Protocol):
     def delete_cluster_status(self, cluster: str, member: str) -> None: ...
 
     def cluster_statuses(self) -> Sequence[ClusterStatusRecord]: ...
+
+    def cluster_statuses_since(self, received: float) -> Sequence[ClusterStatusRecord]:
+        """The statuses received at or after `received` (what another replica wrote lately)."""
+        ...
+
+    def publish_bundle(self, group: str, counter: int, blob: bytes, state: dict[str, object], *, now: float) -> int:
+        """Store a group's new bundle and its new rollout in one transaction; returns the rollout's version.
+
+        Raises StoreConflictError when the group's stored rollout is at `counter` or newer: of two replicas
+        publishing at once, the later (or the older bundle) is refused, never silently rolled back."""
+        ...
+
+    def put_bundle(self, group: str, counter: int, blob: bytes, *, now: float) -> None:
+        """Keep a bundle with no rollout of its own (an import: the bundle a rollout falls back to); a bundle
+        already kept under (group, counter) is left as it is."""
+        ...
+
+    def bundle(self, group: str, counter: int) -> bytes | None: ...
+
+    def rollouts(self) -> Sequence[RolloutRecord]: ...
+
+    def rollout_versions(self) -> dict[str, int]:
+        """Group -> its rollout's version: the small read replicas repeat to notice another one's write."""
+        ...
+
+    def update_rollout(
+        self, group: str, counter: int, change: Callable[[dict[str, object]], dict[str, object]]
+    ) -> RolloutRecord | None:
+        """Replace the group's rollout state by `change(stored state)`, the read and the write in one
+        transaction (the row held until COMMIT: two replicas' updates never lose one another's). None, and
+        nothing written, when the stored rollout is no longer the one of bundle `counter` (published since)."""
+        ...
+
+    def subscribe(self, channel: str, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` (from another thread) each time a write through any store on this database notified
+        `channel` (the rollouts' and revocations' writes do); returns what ends the subscription. PostgreSQL:
+        LISTEN/NOTIFY, across replicas. SQLite serves one replica, whose own changes wake it in process: a no-op.
+        A notification may be lost (a connection dropped): subscribers also look on a timer."""
+        ...
 
     def audit(self, event: AuditEvent) -> int:
         """Append an audit event; returns its row id (for `add_to_audit_count`)."""

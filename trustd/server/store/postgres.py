@@ -11,6 +11,8 @@ this module runs them on a connection pool (psycopg_pool):
   answer meets the unique constraints and is refused as a conflict rather than duplicated.
 - A transaction the server rolled back to break a deadlock or a serialization conflict (two replicas trimming
   one EK's challenges at once) ran not at all, and is run once more.
+- What other replicas must learn at once (a rollout written, a revocation) is notified on COMMIT, and
+  `subscribe` listens (LISTEN/NOTIFY, store/notify.py).
 - Migrations take an advisory lock, so replicas starting together migrate once.
 - A call waits on the network (`blocking`): async code runs it on a worker thread (`trustd.server.store.off_loop`).
 """
@@ -27,6 +29,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from trustd.errors import StoreError
+from trustd.server.store.notify import Listener
 from trustd.server.store.schema import POSTGRESQL
 from trustd.server.store.sql import IntegrityViolation, SqlStore, Statements, Tx
 
@@ -48,9 +51,12 @@ _MIGRATION_LOCK = 0x65646765  # advisory lock id ("edge")
 
 class PostgresStore(SqlStore):
     blocking = True
+    shared = True
     dialect = POSTGRESQL
 
     def __init__(self, url: str) -> None:
+        self._url = url
+        self._listeners: list[Listener] = []
         self._pool: ConnectionPool[Any] = ConnectionPool(
             url,
             min_size=POOL_MIN,
@@ -139,7 +145,24 @@ class PostgresStore(SqlStore):
         tx.run("DELETE FROM schema_version")
         tx.run("INSERT INTO schema_version (version) VALUES (%s)", (version,))
 
+    def _notify(self, tx: Tx, channel: str) -> None:
+        tx.run("SELECT pg_notify(%s, '')", (channel,))  # sent on COMMIT, to every replica that listens
+
+    def subscribe(self, channel: str, listener: Callable[[], None]) -> Callable[[], None]:
+        subscription = Listener(self._url, channel, listener).start()
+        self._listeners.append(subscription)
+
+        def stop() -> None:
+            subscription.stop()
+            if subscription in self._listeners:
+                self._listeners.remove(subscription)
+
+        return stop
+
     def close(self) -> None:
+        for subscription in list(self._listeners):
+            subscription.join()
+        self._listeners.clear()
         self._pool.close()
 
 

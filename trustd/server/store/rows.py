@@ -17,6 +17,7 @@ from trustd.server.store.base import (
     DeviceRecord,
     EntryRecord,
     RevocationRecord,
+    RolloutRecord,
     SvidRecord,
 )
 
@@ -37,6 +38,7 @@ REVOCATION_COLUMNS = "spiffe_id, ek_fingerprint, reason, revoked_by, revoked_at"
 ENTRY_COLUMNS = "id, spiffe_id, parent_id, selectors, ttl_s, created_at"
 AUDIT_COLUMNS = "at, event, outcome, subject, detail, count"
 CLUSTER_STATUS_COLUMNS = "cluster, member, report, received"
+ROLLOUT_COLUMNS = "group_name, counter, state, version"
 
 
 def challenge_values(challenge: ChallengeRecord) -> tuple[object, ...]:
@@ -182,3 +184,10 @@ def cluster_status_record(row: Row) -> ClusterStatusRecord:
         report=report if isinstance(report, dict) else {},
         received=float(row["received"]),
     )
+
+
+def rollout_record(row: Row) -> RolloutRecord:
+    state = json.loads(row["state"])
+    if not isinstance(state, dict):
+        raise ValueError(f"rollout of group {row['group_name']!r}: stored state is not an object")
+    return RolloutRecord(str(row["group_name"]), int(row["counter"]), state, int(row["version"]))

@@ -145,6 +145,27 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (cluster, member)
     );
     """,
+    # the hub's policy distribution state, shared by every replica (it lived in each trustd's data directory):
+    # the signed bundles as published, and per cluster group its rollout (the state as JSON, the bundle's
+    # counter for the "newer than the last one" check, and a version that moves with each write, which the
+    # replicas compare to notice another's change); and the cluster status by time received, which replicas
+    # read to learn the reports that reached another one
+    """
+    CREATE TABLE policy_bundles (
+        group_name TEXT NOT NULL,
+        counter {counter} NOT NULL,
+        blob {blob} NOT NULL,
+        published_at {real} NOT NULL,
+        PRIMARY KEY (group_name, counter)
+    );
+    CREATE TABLE rollouts (
+        group_name TEXT PRIMARY KEY,
+        counter {counter} NOT NULL,
+        state TEXT NOT NULL,
+        version {counter} NOT NULL
+    );
+    CREATE INDEX cluster_status_received ON cluster_status (received);
+    """,
 )
 
 

@@ -14,6 +14,7 @@ operation turns into its `StoreConflictError`), an outage becomes `StoreError` (
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -21,12 +22,15 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from trustd.errors import ChallengeError, StoreConflictError
 from trustd.server.store import rows
 from trustd.server.store.base import (
+    POLICY_CHANNEL,
+    REVOCATIONS_CHANNEL,
     AuditEvent,
     ChallengeRecord,
     ClusterStatusRecord,
     DeviceRecord,
     EntryRecord,
     RevocationRecord,
+    RolloutRecord,
     SvidRecord,
 )
 from trustd.server.store.rows import Row
@@ -83,6 +87,24 @@ UPSERT_CLUSTER_STATUS = (
 )
 DELETE_CLUSTER_STATUS = "DELETE FROM cluster_status WHERE cluster = ? AND member = ?"
 CLUSTER_STATUSES = f"SELECT {rows.CLUSTER_STATUS_COLUMNS} FROM cluster_status ORDER BY cluster, member"
+CLUSTER_STATUSES_SINCE = (
+    f"SELECT {rows.CLUSTER_STATUS_COLUMNS} FROM cluster_status WHERE received >= ? ORDER BY cluster, member"
+)
+
+ROLLOUT_OF = f"SELECT {rows.ROLLOUT_COLUMNS} FROM rollouts WHERE group_name = ?"  # + Dialect.lock_rows
+ROLLOUTS = f"SELECT {rows.ROLLOUT_COLUMNS} FROM rollouts ORDER BY group_name"
+ROLLOUT_VERSIONS = "SELECT group_name, version FROM rollouts"
+UPSERT_ROLLOUT = (
+    f"INSERT INTO rollouts ({rows.ROLLOUT_COLUMNS}) VALUES (?,?,?,?) ON CONFLICT (group_name) DO UPDATE SET "
+    "counter = excluded.counter, state = excluded.state, version = excluded.version"
+)
+UPDATE_ROLLOUT = "UPDATE rollouts SET state = ?, version = ? WHERE group_name = ? AND counter = ?"
+INSERT_BUNDLE = "INSERT INTO policy_bundles (group_name, counter, blob, published_at) VALUES (?,?,?,?)"
+KEEP_BUNDLE = (
+    "INSERT INTO policy_bundles (group_name, counter, blob, published_at) VALUES (?,?,?,?) "
+    "ON CONFLICT (group_name, counter) DO NOTHING"
+)
+BUNDLE_OF = "SELECT blob FROM policy_bundles WHERE group_name = ? AND counter = ?"
 
 INSERT_AUDIT = f"INSERT INTO audit ({rows.AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?) RETURNING id"
 ADD_TO_AUDIT_COUNT = "UPDATE audit SET count = count + ? WHERE id = ?"
@@ -136,6 +158,8 @@ class Statements:
 class SqlStore(ABC):
     #: True when a call may wait on another machine: async code calls it through `trustd.server.store.off_loop`
     blocking: ClassVar[bool] = False
+    #: True when other replicas may write the same database (see `Store.shared`)
+    shared: ClassVar[bool] = False
     dialect: ClassVar[Dialect]
 
     # -- what a backend supplies -------------------------------------------------------------------------
@@ -161,6 +185,14 @@ class SqlStore(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    @abstractmethod
+    def _notify(self, tx: Tx, channel: str) -> None:
+        """Inside a write's transaction: tell `subscribe`rs of `channel` (on every replica) once it commits."""
+
+    def subscribe(self, channel: str, listener: Callable[[], None]) -> Callable[[], None]:
+        """None across processes here (a backend that has it overrides this): what ends it does nothing."""
+        return _nothing
 
     # -- schema --------------------------------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -278,6 +310,7 @@ class SqlStore(ABC):
                 if revocation.ek_fingerprint:
                     tx.run(self._sql(MARK_REVOKED), (revocation.ek_fingerprint,))
                 self._insert_audit(tx, event)
+                self._notify(tx, REVOCATIONS_CHANNEL)
             (row,) = tx.rows(self._sql(REVOCATION_OF), (revocation.spiffe_id,))  # ours, or the other replica's
             return row
 
@@ -319,6 +352,64 @@ class SqlStore(ABC):
     def cluster_statuses(self) -> Sequence[ClusterStatusRecord]:
         return [rows.cluster_status_record(r) for r in self._all(CLUSTER_STATUSES)]
 
+    def cluster_statuses_since(self, received: float) -> Sequence[ClusterStatusRecord]:
+        return [rows.cluster_status_record(r) for r in self._all(CLUSTER_STATUSES_SINCE, (received,))]
+
+    # -- policy distribution -------------------------------------------------------------------------------
+    def publish_bundle(self, group: str, counter: int, blob: bytes, state: dict[str, object], *, now: float) -> int:
+        rollout_sql = self._sql(ROLLOUT_OF) + self.dialect.lock_rows
+
+        def publish(tx: Tx) -> int:
+            found = tx.rows(rollout_sql, (group,))
+            version = 1
+            if found:
+                current = rows.rollout_record(found[0])
+                if counter <= current.counter:
+                    raise _not_newer(counter, current.counter)
+                version = current.version + 1
+            tx.run(self._sql(INSERT_BUNDLE), (group, counter, blob, now))
+            tx.run(self._sql(UPSERT_ROLLOUT), (group, counter, json.dumps(state), version))
+            self._notify(tx, POLICY_CHANNEL)
+            return version
+
+        try:
+            return self._transaction(publish)
+        except IntegrityViolation as exc:
+            # a new group's first bundle, published through two replicas at once: the other one's committed first
+            raise StoreConflictError(f"bundle {counter} of group {group!r} was published meanwhile") from exc
+
+    def put_bundle(self, group: str, counter: int, blob: bytes, *, now: float) -> None:
+        self._transaction(lambda tx: tx.run(self._sql(KEEP_BUNDLE), (group, counter, blob, now)))
+
+    def bundle(self, group: str, counter: int) -> bytes | None:
+        found = self._all(BUNDLE_OF, (group, counter))
+        return bytes(found[0]["blob"]) if found else None
+
+    def rollouts(self) -> Sequence[RolloutRecord]:
+        return [rows.rollout_record(r) for r in self._all(ROLLOUTS)]
+
+    def rollout_versions(self) -> dict[str, int]:
+        return {str(r["group_name"]): int(r["version"]) for r in self._all(ROLLOUT_VERSIONS)}
+
+    def update_rollout(
+        self, group: str, counter: int, change: Callable[[dict[str, object]], dict[str, object]]
+    ) -> RolloutRecord | None:
+        rollout_sql = self._sql(ROLLOUT_OF) + self.dialect.lock_rows
+
+        def update(tx: Tx) -> RolloutRecord | None:
+            found = tx.rows(rollout_sql, (group,))
+            if not found:
+                return None
+            current = rows.rollout_record(found[0])
+            if current.counter != counter:
+                return None
+            state = change(current.state)
+            tx.run(self._sql(UPDATE_ROLLOUT), (json.dumps(state), current.version + 1, group, counter))
+            self._notify(tx, POLICY_CHANNEL)
+            return RolloutRecord(group, counter, state, current.version + 1)
+
+        return self._transaction(update)
+
     # -- audit ---------------------------------------------------------------------------------------------
     def audit(self, event: AuditEvent) -> int:
         return self._transaction(lambda tx: self._insert_audit(tx, event))
@@ -347,6 +438,14 @@ class SqlStore(ABC):
 
 
 _RENDERED: dict[tuple[str, str], str] = {}
+
+
+def _nothing() -> None:
+    """What ends a subscription that never began."""
+
+
+def _not_newer(counter: int, current: int) -> StoreConflictError:
+    return StoreConflictError(f"bundle counter {counter} is not newer than {current}")
 
 
 def _held_by(spiffe_id: str, ek_fingerprint: str) -> StoreConflictError:

@@ -82,6 +82,9 @@ class SQLiteStore(SqlStore):
     def _set_schema_version(self, tx: Tx, version: int) -> None:
         tx.run(f"PRAGMA user_version={int(version)}")  # a PRAGMA takes no parameters
 
+    def _notify(self, tx: Tx, channel: str) -> None:
+        """One replica on a SQLite file: its own changes wake its long polls in process, nobody else listens."""
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -48,7 +48,7 @@ def hub(tmp_path: Path) -> tuple[Store, Revocations, NodeAttestations]:
     revocations = Revocations(store, load_or_create_key(tmp_path / "rev"), DOMAIN)
     fleet_file = tmp_path / "fleet.yaml"
     fleet_file.write_text(yaml.safe_dump(FLEET))
-    policy = PolicyBundles(tmp_path / "policy", Fleet.load(fleet_file), {}, revocations)
+    policy = PolicyBundles(store, Fleet.load(fleet_file), {}, revocations)
     return store, revocations, NodeAttestations(store, revocations, policy, DOMAIN, clock=lambda: 1000.0)
 
 

@@ -5,6 +5,7 @@ bundle fails the cluster with its reason; a silent replica drops out; all of it 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -46,9 +47,7 @@ def fleet_file(tmp_path: Path) -> Path:
 
 
 def hub(tmp_path: Path, clock: Clock, store: SQLiteStore) -> PolicyBundles:
-    return PolicyBundles(
-        tmp_path / "state", Fleet.load(fleet_file(tmp_path)), KEYS, clusters=ClusterStatus(store, clock=clock)
-    )
+    return PolicyBundles(store, Fleet.load(fleet_file(tmp_path)), KEYS, clusters=ClusterStatus(store, clock=clock))
 
 
 _KEY = ec.generate_private_key(ec.SECP256R1())
@@ -152,6 +151,7 @@ def test_a_hub_restart_keeps_every_members_status(tmp_path: Path, store: SQLiteS
     bundles.report("c0", {"revision": rollout.revision, **HANDED})
     bundles.report_replica("c0", replica("w-a", 0))
     bundles.clusters.flush()
+    bundles.flush()  # what the hub writes each SYNC_S, and at shutdown
     store.close()
     again = hub(tmp_path, clock, SQLiteStore(tmp_path / "trustd.db"))
     view = again.rollout_view("g")
@@ -218,3 +218,32 @@ def test_a_store_outage_keeps_unwritten_status_for_the_next_flush(tmp_path: Path
     status.replica_report("c0", replica("w-b", 2))
     status.flush()
     assert [(r.member, r.report["counter"]) for r in flaky.cluster_statuses()] == [("pod:w-a", 1), ("pod:w-b", 2)]
+
+
+def test_a_store_outage_keeps_rollout_progress_for_the_next_flush_in_order(tmp_path: Path) -> None:
+    class Failing(SQLiteStore):
+        down = False
+
+        def update_rollout(self, *args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                raise StoreError("the store is down")
+            return super().update_rollout(*args, **kwargs)
+
+    flaky = Failing(tmp_path / "flaky.db")
+    bundles = hub(tmp_path, Clock(), flaky)
+    rollout = publish(bundles, 1)
+    flaky.down = True
+    bundles.report("c0", {"revision": rollout.revision, "result": "failed", "error": "apply refused"})
+    with pytest.raises(StoreError):  # the halt is decided here, and its write fails
+        bundles.flush()
+    assert rollout.halted  # this replica acts on it at once
+    (stored,) = flaky.rollouts()
+    assert stored.state["halted"] is False
+    flaky.down = False
+    bundles.report("c1", {"revision": rollout.revision, "result": "failed", "error": "late"})
+    bundles.flush()
+    (stored,) = flaky.rollouts()
+    assert stored.state["halted"] is True
+    assert stored.state["failed"] == {"c0": "apply refused", "c1": "late"}  # the kept ops, then the new one
+    again = hub(tmp_path, Clock(), SQLiteStore(tmp_path / "flaky.db"))  # a restart reads what was written
+    assert again.rollout("g").halted  # type: ignore[union-attr]

@@ -13,6 +13,7 @@ from edgetrust.bundles.format import build_files, pack, read_repository
 from edgetrust.bundles.signing import SigningKey, sign_files
 from localpeers.webhook import LOOPBACK_SITE
 from trustd.server.policy.distribution import Fleet, PolicyBundles, PolicyDistributionError
+from trustd.server.store import open_store
 
 REPO_POLICIES = Path(__file__).resolve().parents[4] / "policies"
 
@@ -33,7 +34,8 @@ def fleet_file(tmp_path: Path, advance_at: object) -> Path:
 
 def published(tmp_path: Path, advance_at: int) -> PolicyBundles:
     key = ec.generate_private_key(ec.SECP256R1())
-    bundles = PolicyBundles(tmp_path / "state", Fleet.load(fleet_file(tmp_path, advance_at)), {"k": key.public_key()})
+    fleet = Fleet.load(fleet_file(tmp_path, advance_at))
+    bundles = PolicyBundles(open_store("sqlite://"), fleet, {"k": key.public_key()})
     files = build_files(read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE), counter=1, commit="c", group="g")
     bundles.publish("g", pack(sign_files(files, SigningKey("k", key))), publisher="spiffe://t/ci")
     return bundles
@@ -82,7 +84,7 @@ def test_a_fleet_file_with_the_old_top_level_publishers_is_refused_saying_what_t
 def test_publishers_are_authorized_per_group_and_bundles_bound_to_theirs(tmp_path: Path) -> None:
     bundles = published(tmp_path, 90)
     key = ec.generate_private_key(ec.SECP256R1())
-    other = PolicyBundles(tmp_path / "other", bundles.fleet, {"k": key.public_key()})
+    other = PolicyBundles(open_store("sqlite://"), bundles.fleet, {"k": key.public_key()})
     files = build_files(read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE), counter=2, commit="c", group="g")
     with pytest.raises(PolicyDistributionError, match="may not publish to cluster group 'g'"):
         other.publish("g", pack(sign_files(files, SigningKey("k", key))), publisher="spiffe://t/someone")
@@ -90,3 +92,17 @@ def test_publishers_are_authorized_per_group_and_bundles_bound_to_theirs(tmp_pat
     with pytest.raises(PolicyDistributionError, match="signed for cluster group 'h', not 'g'"):
         other.publish("g", pack(sign_files(elsewhere, SigningKey("k", key))), publisher="spiffe://t/ci")
     assert other.rollout("g") is None
+
+
+def test_a_rollout_read_before_a_newer_publish_here_does_not_replace_it(tmp_path: Path) -> None:
+    store = open_store("sqlite://")
+    key = ec.generate_private_key(ec.SECP256R1())
+    bundles = PolicyBundles(store, Fleet.load(fleet_file(tmp_path, 90)), {"k": key.public_key()})
+    repository = read_repository(REPO_POLICIES, parameters=LOOPBACK_SITE)
+    for counter in (1, 2):
+        files = build_files(repository, counter=counter, commit="c", group="g")
+        bundles.publish("g", pack(sign_files(files, SigningKey("k", key))), publisher="spiffe://t/ci")
+        if counter == 1:
+            (stale,) = store.rollouts()  # what a sync on another thread read just before the second publish
+    bundles._take(stale)  # that sync goes on and takes it
+    assert bundles.rollout("g").counter == 2  # type: ignore[union-attr]
