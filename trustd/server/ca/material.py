@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import serialization
+
 from edgetrust.bundles.revocations import KEY_ID
 from edgetrust.bundles.signing import SigningKey
 from edgetrust.spiffe.id import TrustDomain
@@ -62,10 +64,22 @@ def load(settings: TrustdSettings) -> TrustMaterial:
         )
     token = pkcs11.Token(config)
     try:
-        return _from_token(token, trust_domain)
+        trust = _from_token(token, trust_domain)
+        publish_revocation_key(trust.revocation_key, settings)
     except BaseException:
         token.close()
         raise
+    return trust
+
+
+def publish_revocation_key(key: SigningKey, settings: TrustdSettings) -> None:
+    """The revocation key's public half beside the data directory, as with keys on disk: what clusters are
+    configured with (`<data-dir>/revocations/trustd-revocations.pem`)."""
+    settings.revocations_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    public = key.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (settings.revocations_dir / f"{KEY_ID}.pem").write_bytes(public)
 
 
 def _from_token(token: pkcs11.Token, trust_domain: TrustDomain) -> TrustMaterial:

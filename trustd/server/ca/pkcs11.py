@@ -14,6 +14,7 @@ converted here to `CAConfigError` naming what to check: a wrong PIN fails closed
 
 from __future__ import annotations
 
+import hmac
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -67,32 +68,71 @@ def _token_error(config: TokenConfig, exc: Exception, doing: str) -> CAConfigErr
     return CAConfigError(f"the PKCS#11 token {config.token_label!r} failed while {doing}: {type(exc).__name__} {exc}")
 
 
+@dataclass
+class _Login:
+    """PKCS#11 logs in the application, not a session: a second login in this process is refused by the token
+    (CKR_USER_ALREADY_LOGGED_IN). So one session per token and process, shared by every `Token` opened on it,
+    each of which must still give the PIN that logged in."""
+
+    session: Any
+    pin: str
+    lock: threading.Lock
+    holders: int = 1
+
+
+_LOGINS: dict[tuple[str, str], _Login] = {}
+_LOGINS_LOCK = threading.Lock()
+
+
 class Token:
-    """One logged-in read-write session on the token, shared by the hub's keys (serialised: one operation at a
+    """A logged-in read-write session on the token, shared by the hub's keys (serialised: one operation at a
     time, as PKCS#11 asks of a session)."""
 
     def __init__(self, config: TokenConfig) -> None:
         self.config = config
-        self._lock = threading.Lock()
+        self._key = (str(config.module), config.token_label)
+        with _LOGINS_LOCK:
+            login = _LOGINS.get(self._key)
+            if login is not None:
+                if not hmac.compare_digest(login.pin.encode(), config.pin.encode()):
+                    raise _token_error(config, pkcs11.exceptions.PinIncorrect(), "logging in")
+                login.holders += 1
+            else:
+                login = _Login(self._login(config), config.pin, threading.Lock())
+                _LOGINS[self._key] = login
+        self._login_state = login
+        self._closed = False
+
+    @staticmethod
+    def _login(config: TokenConfig) -> Any:
         try:
             lib = pkcs11.lib(str(config.module))
         except (RuntimeError, OSError, pkcs11.exceptions.PKCS11Error) as exc:
             raise CAConfigError(f"cannot load the PKCS#11 module {config.module}: {exc}") from exc
         try:
-            token = lib.get_token(token_label=config.token_label)
-            self._session = token.open(user_pin=config.pin, rw=True)
+            return lib.get_token(token_label=config.token_label).open(user_pin=config.pin, rw=True)
         except pkcs11.exceptions.PKCS11Error as exc:
             raise _token_error(config, exc, "logging in") from exc
 
     def close(self) -> None:
-        with self._lock, suppress(pkcs11.exceptions.PKCS11Error):  # the token went away: nothing left to close
-            self._session.close()
+        with _LOGINS_LOCK:
+            if self._closed:
+                return
+            self._closed = True
+            login = self._login_state
+            login.holders -= 1
+            if login.holders == 0:
+                del _LOGINS[self._key]
+                with login.lock, suppress(pkcs11.exceptions.PKCS11Error):  # the token went away: nothing to close
+                    login.session.close()
 
     @contextmanager
     def _op(self, doing: str) -> Iterator[Any]:
-        with self._lock:
+        if self._closed:
+            raise CAConfigError(f"the PKCS#11 token {self.config.token_label!r} was closed before {doing}")
+        with self._login_state.lock:
             try:
-                yield self._session
+                yield self._login_state.session
             except pkcs11.exceptions.PKCS11Error as exc:
                 raise _token_error(self.config, exc, doing) from exc
 
