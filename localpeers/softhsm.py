@@ -46,7 +46,7 @@ class SoftToken:
     def activate(self) -> None:
         """Point this process's SoftHSM2 at this token's directory (and see tokens made since it loaded)."""
         os.environ["SOFTHSM2_CONF"] = str(self.conf)
-        loaded = pkcs11._loaded.get(str(self.module))  # type: ignore[attr-defined]
+        loaded = pkcs11._loaded.get(str(self.module))
         if loaded is not None:
             loaded.reinitialize()
 

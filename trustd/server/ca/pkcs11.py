@@ -55,8 +55,8 @@ class TokenConfig:
 def _token_error(config: TokenConfig, exc: Exception, doing: str) -> CAConfigError:
     if isinstance(exc, pkcs11.exceptions.PinIncorrect):
         return CAConfigError(
-            f"the PKCS#11 token {config.token_label!r} refused the PIN while {doing}: check the PIN Secret "
-            "(TRUSTD_PKCS11_PIN); nothing was signed and no key was made"
+            f"the PKCS#11 token {config.token_label!r} refused the PIN while {doing}: check the PIN file "
+            "(--pkcs11-pin-file, TRUSTD_PKCS11_PIN_FILE: the mounted Secret); nothing was signed and no key was made"
         )
     if isinstance(exc, pkcs11.exceptions.PinLocked):
         return CAConfigError(f"the PKCS#11 token {config.token_label!r} has locked its user PIN: the SO must unlock it")
