@@ -51,6 +51,12 @@ def _parser() -> Parser:
         command = steps.add_parser(step, help=text)
         add_settings_flags(command, TRUST_FLAGS)
         add_json(command)
+        if step == "init":
+            command.add_argument(
+                "--if-absent",
+                action="store_true",
+                help="keep complete trust material already there (a one-shot init job); half of it is still refused",
+            )
         if step == "activate":
             command.add_argument("--keep-for", type=float, default=24 * 3600, help="seconds: the longest SVID TTL")
             command.add_argument(
@@ -74,7 +80,7 @@ def _rotate(args: argparse.Namespace, settings: TrustdSettings) -> int:
             print(line)
 
     if args.ca_command == "init":
-        say(material.init(settings))
+        say(material.init(settings, if_absent=args.if_absent))
     elif settings.pkcs11_module is not None and args.ca_command in ("prepare", "activate"):
         raise CAConfigError(
             "CA rotation on a PKCS#11 token is not there yet (docs/trust-across-replicas.md, what is left): "

@@ -79,6 +79,8 @@ def test_trustd_ca_init_on_the_token_from_the_command_line(
     assert "on token 'edgetrust'" in capsys.readouterr().out
     assert main(["ca", "init", *flags]) == 1
     assert "already holds trust material" in capsys.readouterr().err
+    assert main(["ca", "init", "--if-absent", *flags]) == 0  # the chart's one-shot job, run again: kept
+    assert "kept" in capsys.readouterr().out
     assert main(["bundle", "--pem", *flags]) == 0
     assert capsys.readouterr().out.startswith("-----BEGIN CERTIFICATE-----")
     assert main(["ca", "prepare", *flags]) == 1  # rotation on a token: refused, not half done

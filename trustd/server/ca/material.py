@@ -105,12 +105,17 @@ def _from_token(token: pkcs11.Token, trust_domain: TrustDomain) -> TrustMaterial
     return TrustMaterial(ca=ca, revocation_key=SigningKey(KEY_ID, token.key(pkcs11.REVOCATIONS_LABEL)), token=token)
 
 
-def init(settings: TrustdSettings) -> str:
-    """Create the trust material (`trustd ca init`); refused when any exists, so no root is ever replaced."""
+def init(settings: TrustdSettings, *, if_absent: bool = False) -> str:
+    """Create the trust material (`trustd ca init`); refused when any exists, so no root is ever replaced. With
+    `if_absent` (a chart's one-shot init), complete material already there is kept and reported, not an error;
+    half of it is still refused."""
     trust_domain = TrustDomain.parse(settings.trust_domain)
     config = token_config(settings)
     if config is None:
-        if keystore.has_keys(settings.ca_dir) or has_key(settings.revocations_dir):
+        present = [keystore.has_keys(settings.ca_dir), has_key(settings.revocations_dir)]
+        if if_absent and all(present):
+            return f"{settings.data_dir} already holds the trust material for {trust_domain}: kept"
+        if any(present):
             raise CAConfigError(f"{settings.data_dir} already holds trust material: nothing was created")
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         keystore.create_root(settings.ca_dir, trust_domain=trust_domain)
@@ -121,7 +126,10 @@ def init(settings: TrustdSettings) -> str:
         present = [
             label for label in (pkcs11.CA_LABEL, pkcs11.JWT_LABEL, pkcs11.REVOCATIONS_LABEL) if token.has_key(label)
         ]
-        if present or token.certificate(pkcs11.CA_LABEL) is not None:
+        has_certificate = token.certificate(pkcs11.CA_LABEL) is not None
+        if if_absent and has_certificate and len(present) == 3:
+            return f"the token {config.token_label!r} already holds the trust material: kept"
+        if present or has_certificate:
             what = ", ".join(present) or "a CA certificate"
             raise CAConfigError(
                 f"the token {config.token_label!r} already holds trust material ({what}): nothing was created"
