@@ -112,10 +112,10 @@ def init(settings: TrustdSettings, *, if_absent: bool = False) -> str:
     trust_domain = TrustDomain.parse(settings.trust_domain)
     config = token_config(settings)
     if config is None:
-        present = [keystore.has_keys(settings.ca_dir), has_key(settings.revocations_dir)]
-        if if_absent and all(present):
+        on_disk = [keystore.has_keys(settings.ca_dir), has_key(settings.revocations_dir)]
+        if if_absent and all(on_disk):
             return f"{settings.data_dir} already holds the trust material for {trust_domain}: kept"
-        if any(present):
+        if any(on_disk):
             raise CAConfigError(f"{settings.data_dir} already holds trust material: nothing was created")
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         keystore.create_root(settings.ca_dir, trust_domain=trust_domain)
