@@ -136,6 +136,7 @@ def test_a_wrong_pin_fails_closed_with_a_clear_error(soft_token: SoftToken, tmp_
     material.init(_settings(tmp_path / "init", ek_roots, soft_token))
     wrong = tmp_path / "wrong-pin"
     wrong.write_text("0000" if soft_token.pin != "0000" else "1111")
+    wrong.chmod(0o600)
     done = subprocess.run(
         _serve_argv(tmp_path, ek_roots, *_token_flags(soft_token, wrong)),
         capture_output=True,
@@ -165,3 +166,12 @@ def test_a_wrong_pin_is_refused_even_while_the_token_is_logged_in_here(
             token_keys.Token(token_keys.TokenConfig(soft_token.module, soft_token.label, "not-the-pin"))
     finally:
         held.close()
+
+
+def test_a_pin_file_others_can_read_is_refused(soft_token: SoftToken, tmp_path: Path, ek_roots: Path) -> None:
+    soft_token.pin_file.chmod(0o644)
+    with pytest.raises(CAConfigError, match="readable by others"):
+        material.init(_settings(tmp_path, ek_roots, soft_token))
+    soft_token.pin_file.chmod(0o600)
+    with pytest.raises(CAConfigError, match="holds no trust material"):  # nothing was made while it was refused
+        material.load(_settings(tmp_path, ek_roots, soft_token))

@@ -83,5 +83,7 @@ def test_trustd_ca_init_on_the_token_from_the_command_line(
     assert "kept" in capsys.readouterr().out
     assert main(["bundle", "--pem", *flags]) == 0
     assert capsys.readouterr().out.startswith("-----BEGIN CERTIFICATE-----")
+    assert main(["ca", "status", "--json", *flags]) == 0
+    assert '"signing"' in capsys.readouterr().out
     assert main(["ca", "prepare", *flags]) == 1  # rotation on a token: refused, not half done
     assert "not there yet" in capsys.readouterr().err

@@ -9,6 +9,7 @@ Trust material is created once, on purpose, by `trustd ca init`, which refuses t
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -45,6 +46,12 @@ def token_config(settings: TrustdSettings) -> pkcs11.TokenConfig | None:
     if settings.pkcs11_pin_file is None:
         raise CAConfigError("pkcs11_module needs pkcs11_pin_file (--pkcs11-pin-file): the token's user PIN")
     try:
+        mode = stat.S_IMODE(settings.pkcs11_pin_file.stat().st_mode)
+        if mode & 0o007:  # group may read: a Secret volume with fsGroup is group-owned, others never
+            raise CAConfigError(
+                f"the PKCS#11 PIN file {settings.pkcs11_pin_file} is readable by others (mode {mode:o}): "
+                f"chmod o-rwx {settings.pkcs11_pin_file} (the chart mounts it 0400)"
+            )
         pin = settings.pkcs11_pin_file.read_text().strip()
     except OSError as exc:
         raise CAConfigError(f"cannot read the PKCS#11 PIN file {settings.pkcs11_pin_file}: {exc}") from exc
