@@ -170,6 +170,8 @@ true, or auto with the syncer, the node agent and the hub's revocation key all g
 {{- else if and (eq $on "auto") .Values.nodeAgent.enabled .Values.syncer.revocationKey -}}true
 {{- end -}}
 {{- end -}}
+{{- end }}
+
 {{/* The hub's PKCS#11 token (hub.pkcs11): the flags, the PIN Secret mounted as a file, the module's own volumes. */}}
 {{- define "edgetrust.hubTokenArgs" -}}
 - --pkcs11-module={{ .Values.hub.pkcs11.module }}
