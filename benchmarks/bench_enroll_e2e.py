@@ -28,7 +28,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attestation.device import TPMDevice
-from localpeers.hub import GOLDEN_BANKS, free_port, golden_reference_values
+from localpeers.hub import GOLDEN_BANKS, free_port, golden_reference_values, init_trust_files
 from localpeers.simboot import boot_events, measure_boot
 from localpeers.swtpm import SoftwareTPM, SoftwareTPMFactory
 from trustd.agent.enroll_client import enroll
@@ -64,6 +64,7 @@ def main() -> None:
         refvalues = work / "refvalues.yaml"
         refvalues.write_text(yaml.safe_dump(golden_reference_values()))
         port = free_port()
+        init_trust_files(work / "hub")  # `trustd ca init`
         hub = subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "trustd"),

@@ -47,6 +47,7 @@ from syncer.agent import SyncAgent, SyncResult
 from syncer.sources import HubSource, hub_reporter, hub_session
 from syncer.state import AgentState
 from trustd.server.ca import SpiffeCA
+from trustd.server.revocations import load_or_create_key
 
 AGENTS = int(os.environ.get("FLEET_SIM_AGENTS", "10000"))
 WORKERS = 4
@@ -175,6 +176,7 @@ def main() -> None:
     (work / "fleet.yaml").write_text(yaml.safe_dump(fleet))
     trust_domain = TrustDomain.parse("edge.example")
     ca = SpiffeCA.load_or_create_root(work / "hub" / "ca", trust_domain=trust_domain)
+    load_or_create_key(work / "hub" / "revocations")  # with the CA: what `trustd ca init` makes
     shutil.copy(work / "hub" / "ca" / "ca.crt", work / "ek-roots" / "placeholder.pem")
     started = time.monotonic()
     for name in names:

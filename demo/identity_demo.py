@@ -90,6 +90,8 @@ def main() -> int:
         say("== 4. trustd, the hub, on https://127.0.0.1 (SQLite store, SPIFFE CA under .demo/hub)")
         port = _free_port()
         hub_dir = root / "hub"
+        subprocess.run([venv_bin / "trustd", "ca", "init", "--data-dir", hub_dir, "--trust-domain", "edge.example"],
+                       check=True, capture_output=True)  # fmt: skip
         started.append(
             start(
                 [venv_bin / "trustd", "serve", "--data-dir", hub_dir, "--trust-domain", "edge.example",

@@ -21,10 +21,13 @@ import yaml
 
 from attestation.eventlog import parse_event_log
 from attestation.tpm2.constants import HashAlg
+from edgetrust.spiffe.id import TrustDomain
 from localpeers.processes import running
 from localpeers.simboot import boot_events, write_event_log
 from localpeers.tlsca import TestCA
+from trustd.server.ca import SpiffeCA
 from trustd.server.hub import Hub, build_hub, server_config
+from trustd.server.revocations import load_or_create_key
 from trustd.server.settings import TrustdSettings
 
 GOLDEN_BANKS = (HashAlg.SHA256, HashAlg.SHA1)
@@ -87,6 +90,13 @@ class RunningHub:
         self.hub.close()
 
 
+def init_trust_files(data_dir: Path, trust_domain: str = "edge.example") -> None:
+    """What `trustd ca init` does for a throwaway test hub, keeping what is there: a test that made its CA beforehand
+    (to mint for it) keeps it. A hub never does this itself (trustd.server.ca.material)."""
+    SpiffeCA.load_or_create_root(data_dir / "ca", trust_domain=TrustDomain.parse(trust_domain))
+    load_or_create_key(data_dir / "revocations")
+
+
 @contextmanager
 def running_hub(
     workdir: Path,
@@ -94,9 +104,12 @@ def running_hub(
     ek_roots: Path,
     reference_values: dict[str, object] | None = None,
     reference_values_file: Path | None = None,
+    init_trust: bool = True,
     **settings: object,
 ) -> Iterator[RunningHub]:
-    """`reference_values_file` is used as it is (a file `trustctl refvalues capture` wrote); else the
+    """The hub's trust material is made in its data directory first (as `trustd ca init`) unless `init_trust`
+    is false or the keys are on a PKCS#11 token (the test inits the token itself).
+    `reference_values_file` is used as it is (a file `trustctl refvalues capture` wrote); else the
     `reference_values` mapping (default: the golden boot's) is written for the hub. `listen_host` (a settings
     field) moves it off loopback, e.g. to the real cluster's node address (give `server_ip_addresses` with it)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +118,8 @@ def running_hub(
         refvalues.write_text(yaml.safe_dump(reference_values or golden_reference_values()))
     host = str(settings.get("listen_host", "127.0.0.1"))
     port = int(str(settings.pop("listen_port", 0))) or free_port(host)  # a fixed port: a restart keeps the URL
+    if init_trust and settings.get("pkcs11_module") is None:
+        init_trust_files(workdir / "hub", str(settings.get("trust_domain", "edge.example")))
     hub = build_hub(
         TrustdSettings(
             data_dir=workdir / "hub",
@@ -186,6 +201,7 @@ def hub_process(workdir: Path, *, ek_roots: Path, extra_args: tuple[str, ...] = 
     refvalues.write_text(yaml.safe_dump(golden_reference_values()))
     port = free_port()
     data = workdir / "hub"
+    init_trust_files(data)
     argv = [str(Path(sys.executable).parent / "trustd"), "serve", "--data-dir", str(data), "--ek-roots", str(ek_roots)]
     argv += ["--reference-values", str(refvalues), "--port", str(port), "--trust-domain", "edge.example", *extra_args]
     ca = data / "ca" / "ca.crt"

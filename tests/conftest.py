@@ -8,11 +8,13 @@ cannot run (tests/security/test_chart_image_tags.py attacks the chart's webhook 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from localpeers.chartrelease import ChartReleaseError, ClusterImages, load_images
 from localpeers.realcluster import RealCluster, RealClusterError, running_real_cluster
+from localpeers.softhsm import SoftHSMError, SoftToken, make_token
 
 # One real single-node cluster per test session (localpeers/realcluster.py), shared by every test that names
 # `real_cluster` (tests/integration/realcluster, tests/integration/chart_real, tests/security, ...): each works in
@@ -46,3 +48,15 @@ def cluster_images(real_cluster: RealCluster) -> ClusterImages:
         return load_images(real_cluster)
     except ChartReleaseError as error:
         pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture
+def soft_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SoftToken:
+    """A fresh SoftHSM2 token for this test (localpeers/softhsm.py), active in this process and its children."""
+    try:
+        token = make_token(tmp_path / "softhsm")
+    except SoftHSMError as error:
+        pytest.fail(str(error), pytrace=False)
+    monkeypatch.setenv("SOFTHSM2_CONF", str(token.conf))
+    token.activate()
+    return token

@@ -61,6 +61,9 @@ def test_trustd_serve_bad_settings(tmp_path: Path, taken_port: int) -> None:
     refvalues.write_text(yaml.safe_dump({"classes": 5}))
     _one_line(serve(*port), 1, str(refvalues))
     refvalues.write_text(yaml.safe_dump(golden_reference_values()))
+    _one_line(serve(*port), 1, "no trust material", "trustd ca init")  # never a root of its own
+    init = [str(BIN / "trustd"), "ca", "init", "--data-dir", str(tmp_path / "data"), "--trust-domain", "retail.example"]
+    subprocess.run(init, check=True, capture_output=True, timeout=60)
     _one_line(
         serve("--listen", f"127.0.0.1:{taken_port}"), 2, f"--listen 127.0.0.1:{taken_port}", "give another --listen"
     )

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from edgetrust.bundles.format import MAX_COUNTER
-from localpeers.hub import golden_reference_values
+from localpeers.hub import golden_reference_values, init_trust_files
 from localpeers.nodes import enroll_node
 from localpeers.postgres import PostgresServer, running_postgres
 from localpeers.tlsca import TestCA
@@ -114,6 +114,7 @@ def test_naming_template_that_renders_reserved_names_refuses_to_start(
     refvalues.write_text(yaml.safe_dump(golden_reference_values()))
     argv = [str(Path(sys.executable).parent / "trustd"), "serve", "--data-dir", str(tmp_path / "hub")]
     argv += ["--ek-roots", str(ek_roots), "--reference-values", str(refvalues), "--port", "0"]
+    init_trust_files(tmp_path / "hub")  # `trustd ca init`: what is refused here is the template
     env = {**os.environ, "TRUSTD_SPIFFE_ID_TEMPLATE": template}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, done.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from localpeers.hub import hub_process
+from localpeers.hub import hub_process, init_trust_files
 from localpeers.tlsca import TestCA
 from trustd.server.store import AuditEvent, DeviceRecord, SvidRecord, open_store
 
@@ -46,9 +46,11 @@ def minted_rows(data: Path) -> list[AuditEvent]:
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
-    """A hub's data dir whose store knows a device enrolled under an earlier naming template (/gw/{node})."""
+    """A hub's data dir, initialised (`trustd ca init`), whose store knows a device enrolled under an earlier
+    naming template (/gw/{node})."""
     directory = tmp_path / "hub"
     directory.mkdir()
+    init_trust_files(directory)
     store = open_store(f"sqlite:///{directory / 'trustd.db'}")
     now = time.time()
     try:
@@ -81,6 +83,7 @@ def test_a_forbidden_id_is_refused_and_nothing_is_written(
     data: Path, tmp_path: Path, spiffe_id: str, reason: str
 ) -> None:
     out = tmp_path / "out"
+    ca_before = (data / "ca" / "ca.crt").read_bytes()
     done = mint(data, spiffe_id, out)
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout == ""
@@ -88,7 +91,7 @@ def test_a_forbidden_id_is_refused_and_nothing_is_written(
     assert reason in done.stderr
     assert not out.exists()
     assert minted_rows(data) == []
-    assert not (data / "ca").exists()  # not even a CA was made
+    assert (data / "ca" / "ca.crt").read_bytes() == ca_before  # the CA untouched (and a mint never makes one)
 
 
 def test_another_trust_domain_makes_no_data_dir(tmp_path: Path) -> None:
@@ -112,6 +115,7 @@ def test_a_revoked_id_is_never_minted_again(tmp_path: Path) -> None:
     ek_roots.mkdir()
     (ek_roots / "vendor.pem").write_bytes(TestCA(tmp_path / "ek-ca").ca_file.read_bytes())
     data = tmp_path / "hub" / "hub"
+    init_trust_files(data)  # `trustd ca init`
     alice = tmp_path / "alice"
     assert mint(data, f"{TD}/operator/alice", alice).returncode == 0
     assert mint(data, f"{TD}/publisher/ci", tmp_path / "ci").returncode == 0

@@ -44,6 +44,7 @@ TALKS_TO_HUB = {
 DAEMONS = {"trustd serve", "trustctl agent run", "edgetrust-admission serve", "edgetrust-syncer run"}
 OTHERS = {
     "trustd bundle",
+    "trustd ca init",
     "trustd ca prepare",
     "trustd ca activate",
     "trustd ca status",

@@ -51,7 +51,7 @@ until it expires; revoke it (trustctl fleet revoke) to end it sooner.
 
 
 def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
-    from trustd.cli.serve_flags import add_settings_flags
+    from trustd.cli.serve_flags import TRUST_FLAGS, add_settings_flags
 
     svid = sub.add_parser("svid", help="X.509-SVIDs for operators, publishers and clusters")
     commands = svid.add_subparsers(dest="svid_command", required=True)
@@ -70,7 +70,10 @@ def add_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         type=Path,
         help="directory for svid.pem, svid.key, bundle.pem (default: ./operator-alice for .../operator/alice)",
     )
-    add_settings_flags(mint, ("data_dir", "trust_domain", "store_url", "spiffe_id_template"))
+    add_settings_flags(
+        mint,
+        ("data_dir", "trust_domain", "store_url", "spiffe_id_template", *TRUST_FLAGS[2:]),
+    )
     add_json(mint)
 
 
@@ -140,7 +143,7 @@ def mint(settings: TrustdSettings, spiffe_id_text: str, ttl: timedelta) -> Minte
 
     from edgetrust.spiffe.id import SpiffeId, TrustDomain
     from trustd.errors import MintRefusedError
-    from trustd.server.ca import SpiffeCA
+    from trustd.server.ca import material
     from trustd.server.store import AuditEvent, SvidRecord, open_store
 
     spiffe_id = SpiffeId.parse(spiffe_id_text)
@@ -151,11 +154,13 @@ def mint(settings: TrustdSettings, spiffe_id_text: str, ttl: timedelta) -> Minte
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = open_store(settings.effective_store_url)
+    trust: material.TrustMaterial | None = None
     try:
         reason = refusal(spiffe_id, settings, store)
         if reason is not None:
             raise MintRefusedError(reason)
-        ca = SpiffeCA.load_or_create_root(settings.ca_dir, trust_domain=trust_domain)
+        trust = material.load(settings)  # none: refused, never a new root
+        ca = trust.ca
         now = datetime.now(UTC)
         ca_until = ca.certificate.not_valid_after_utc
         if now + ttl > ca_until:
@@ -195,6 +200,8 @@ def mint(settings: TrustdSettings, spiffe_id_text: str, ttl: timedelta) -> Minte
         return Minted(svid, key_pem, ca.x509_authorities_pem())
     finally:
         store.close()
+        if trust is not None:
+            trust.close()
 
 
 def _who() -> str:

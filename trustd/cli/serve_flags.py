@@ -38,6 +38,8 @@ SPELLINGS = {
 #: the settings behind the shared `--listen HOST:PORT` and `--verification-key DIR`
 LISTEN = ("listen_host", "listen_port")
 KEYS = "policy_keys_dir"
+#: the settings that say where the trust material is: the data directory, or a PKCS#11 token
+TRUST_FLAGS = ("data_dir", "trust_domain", "pkcs11_module", "pkcs11_token", "pkcs11_pin_file")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 

@@ -16,7 +16,7 @@ from attestation.errors import AttestationError
 from edgetrust._internal import logs
 from edgetrust._internal.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Parser, UsageError, add_json, fail
 from trustd.cli import mint
-from trustd.cli.serve_flags import add_settings_flags, invalid_settings, settings_from
+from trustd.cli.serve_flags import TRUST_FLAGS, add_settings_flags, invalid_settings, settings_from
 from trustd.errors import TrustdError
 from trustd.server.settings import TrustdSettings
 
@@ -36,20 +36,27 @@ def _parser() -> Parser:
     add_settings_flags(serve)
 
     bundle = sub.add_parser("bundle", help="print the trust bundle (SPIFFE JWKS, or PEM roots with --pem)")
-    add_settings_flags(bundle, ("data_dir", "trust_domain"))
+    add_settings_flags(bundle, TRUST_FLAGS)
     bundle.add_argument("--pem", action="store_true", help="the X.509 roots a device passes to trustctl --ca-bundle")
     add_json(bundle)
     mint.add_parser(sub)
-    rotation = sub.add_parser("ca", help="rotate the CA without downtime: prepare, wait, activate")
+    rotation = sub.add_parser("ca", help="create the trust material once (init); rotate the CA: prepare, activate")
     steps = rotation.add_subparsers(dest="ca_command", required=True)
     for step, text in (
+        ("init", "create the root CA, JWT and revocation keys once (a hub never does it by itself)"),
         ("prepare", "make the next CA and publish it in the bundle (it does not sign yet)"),
         ("activate", "sign with the next CA; keep the old one in the bundle until its SVIDs expire"),
         ("status", "the signing CA, the prepared one, the retired ones"),
     ):
         command = steps.add_parser(step, help=text)
-        add_settings_flags(command, ("data_dir", "trust_domain"))
+        add_settings_flags(command, TRUST_FLAGS)
         add_json(command)
+        if step == "init":
+            command.add_argument(
+                "--if-absent",
+                action="store_true",
+                help="keep complete trust material already there (a one-shot init job); half of it is still refused",
+            )
         if step == "activate":
             command.add_argument("--keep-for", type=float, default=24 * 3600, help="seconds: the longest SVID TTL")
             command.add_argument(
@@ -62,7 +69,8 @@ def _rotate(args: argparse.Namespace, settings: TrustdSettings) -> int:
     from datetime import timedelta
 
     from edgetrust.spiffe.id import TrustDomain
-    from trustd.server.ca import SpiffeCA
+    from trustd.errors import CAConfigError
+    from trustd.server.ca import material
     from trustd.server.ca import rotation as ca_rotation
 
     trust_domain = TrustDomain.parse(settings.trust_domain)
@@ -71,7 +79,14 @@ def _rotate(args: argparse.Namespace, settings: TrustdSettings) -> int:
         if not args.json:
             print(line)
 
-    if args.ca_command == "prepare":
+    if args.ca_command == "init":
+        say(material.init(settings, if_absent=args.if_absent))
+    elif settings.pkcs11_module is not None and args.ca_command in ("prepare", "activate"):
+        raise CAConfigError(
+            "CA rotation on a PKCS#11 token is not there yet (docs/trust-across-replicas.md, what is left): "
+            "nothing was changed"
+        )
+    elif args.ca_command == "prepare":
         cert = ca_rotation.prepare(settings.ca_dir, trust_domain)
         say(f"prepared the next CA (serial {cert.serial_number:x}); it is in the bundle now and signs after activate")
     elif args.ca_command == "activate":
@@ -81,7 +96,9 @@ def _rotate(args: argparse.Namespace, settings: TrustdSettings) -> int:
             min_published=timedelta(seconds=args.min_published),
         )
         say("the next CA signs from now on; the old one stays in the bundle until its last SVID expires")
-    ca = SpiffeCA.load(settings.ca_dir, trust_domain=trust_domain)
+    trust = material.load(settings)
+    trust.close()  # the certificates are all the status needs
+    ca = trust.ca
     if args.json:
         view = {
             "signing": {
@@ -112,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             return _rotate(args, settings)
         if args.command == "svid":
             return mint.run(args, settings)
-        from edgetrust.spiffe.id import TrustDomain
-        from trustd.server.ca import SpiffeCA
+        from trustd.server.ca import material
 
-        ca = SpiffeCA.load_or_create_root(settings.ca_dir, trust_domain=TrustDomain.parse(settings.trust_domain))
+        trust = material.load(settings)  # none: refused, as the hub refuses
+        trust.close()
+        ca = trust.ca
         if args.pem and args.json:
             raise UsageError("give --pem or --json, not both")
         if args.pem:

@@ -25,13 +25,13 @@ from edgetrust.bundles.signing import load_verification_keys
 from edgetrust.spiffe.id import ReservedNames, SpiffeId, TrustDomain
 from trustd.errors import TrustdError
 from trustd.server.app import create_app
-from trustd.server.ca import SpiffeCA
+from trustd.server.ca import SpiffeCA, material
 from trustd.server.enrollment import EnrollmentPolicy, EnrollmentService
 from trustd.server.federation import Federation
 from trustd.server.policy.clusterstatus import ClusterStatus
 from trustd.server.policy.distribution import Fleet, PolicyBundles, verified_bundle
 from trustd.server.policy.legacy import import_data_dir
-from trustd.server.revocations import Revocations, load_or_create_key
+from trustd.server.revocations import Revocations
 from trustd.server.settings import TrustdSettings
 from trustd.server.store import Store, open_store
 
@@ -55,10 +55,13 @@ class Hub:
     revocations: Revocations
     federation: Federation
     policy: PolicyBundles | None = None
+    trust: material.TrustMaterial | None = None
 
     def close(self) -> None:
         self.service.close()  # the refusal counts still in memory
         self.store.close()
+        if self.trust is not None:
+            self.trust.close()
 
 
 def _attestation_config(settings: TrustdSettings) -> tuple[EKVerifier, ReferencePolicy]:
@@ -82,8 +85,23 @@ def _attestation_config(settings: TrustdSettings) -> tuple[EKVerifier, Reference
 def build_hub(settings: TrustdSettings) -> Hub:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     trust_domain = TrustDomain.parse(settings.trust_domain)
-    ca = SpiffeCA.load_or_create_root(settings.ca_dir, trust_domain=trust_domain)
-    ek_verifier, reference_policy = _attestation_config(settings)  # before the store opens: nothing to close
+    ek_verifier, reference_policy = _attestation_config(settings)  # before the token and store open
+    trust = material.load(settings)  # none found: refused, never a new root
+    try:
+        return _build(settings, trust_domain, trust, ek_verifier, reference_policy)
+    except BaseException:
+        trust.close()
+        raise
+
+
+def _build(
+    settings: TrustdSettings,
+    trust_domain: TrustDomain,
+    trust: material.TrustMaterial,
+    ek_verifier: EKVerifier,
+    reference_policy: ReferencePolicy,
+) -> Hub:
+    ca = trust.ca
     store = open_store(settings.effective_store_url)
     service = EnrollmentService(
         ek_verifier=ek_verifier,
@@ -98,7 +116,7 @@ def build_hub(settings: TrustdSettings) -> Hub:
         ),
     )
     tls_cert, tls_key = _serving_certificate(settings, ca, trust_domain)
-    revocations = Revocations(store, load_or_create_key(settings.revocations_dir), trust_domain)
+    revocations = Revocations(store, trust.revocation_key, trust_domain)
     federation = Federation(settings.federation_file, settings.data_dir / "federation")
     policy = None
     if settings.fleet_file is not None:
@@ -139,7 +157,7 @@ def build_hub(settings: TrustdSettings) -> Hub:
             policy=policy,
             jwt_svid_ttl=timedelta(seconds=settings.jwt_svid_ttl_s),
             federation=federation,
-            ca_directory=settings.ca_dir,
+            ca_directory=settings.ca_dir if trust.token is None else None,
         ),
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -147,6 +165,7 @@ def build_hub(settings: TrustdSettings) -> Hub:
         revocations=revocations,
         federation=federation,
         policy=policy,
+        trust=trust,
     )
 
 

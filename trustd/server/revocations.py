@@ -37,7 +37,7 @@ from edgetrust.bundles.format import MANIFEST, pack
 from edgetrust.bundles.revocations import KEY_ID, ROOTS
 from edgetrust.bundles.signing import SigningKey, sign_files
 from edgetrust.spiffe.id import SpiffeId, TrustDomain
-from trustd.errors import BadRequestError, StoreError, TrustdError
+from trustd.errors import BadRequestError, CAConfigError, StoreError, TrustdError
 from trustd.server.store import AuditEvent, DeviceRecord, RevocationRecord, Store, off_loop
 from trustd.server.store.base import REVOCATIONS_CHANNEL
 
@@ -58,23 +58,40 @@ class SignedList:
     etag: str
 
 
-def load_or_create_key(directory: Path) -> SigningKey:
+def has_key(directory: Path) -> bool:
+    return (directory / "signing.key").exists()
+
+
+def create_key(directory: Path) -> SigningKey:
+    """A new revocation-signing key (0600) in `directory` (`trustd ca init`); refused if one is there."""
+    path = directory / "signing.key"
+    if path.exists():
+        raise CAConfigError(f"{path} exists: a revocation key is never replaced in place")
+    key = ec.generate_private_key(ec.SECP256R1())
+    write_private(
+        path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    return load_key(directory)
+
+
+def load_key(directory: Path) -> SigningKey:
     """The hub's revocation-signing key (0600); its public half goes to clusters with their configuration."""
     path = directory / "signing.key"
     if not path.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        write_private(
-            path,
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ),
-        )
+        raise CAConfigError(f"no revocation key at {path}: run `trustd ca init` once")
     signing = SigningKey.from_pem(KEY_ID, path.read_bytes())
     public = signing.private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     (directory / f"{KEY_ID}.pem").write_bytes(public)
     return signing
+
+
+def load_or_create_key(directory: Path) -> SigningKey:
+    """For tests and tools that make a throwaway hub: the key in `directory`, created when absent. A hub never
+    calls this (trustd.server.ca.material refuses to start without trust material)."""
+    return load_key(directory) if has_key(directory) else create_key(directory)
 
 
 class Revocations:

@@ -28,6 +28,16 @@ class TrustdSettings(BaseSettings):
         default=None,
         description="store URL: sqlite:///path (embedded; default <data-dir>/trustd.db) or postgresql://...",
     )
+    pkcs11_module: Path | None = Field(
+        default=None,
+        description="a PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so): the CA, JWT and revocation keys live "
+        "on its token, shared by every replica, instead of in files under the data directory",
+    )
+    pkcs11_token: str = Field(default="edgetrust", description="the label of the PKCS#11 token holding the hub's keys")
+    pkcs11_pin_file: Path | None = Field(
+        default=None,
+        description="a file holding the token's user PIN (a mounted Secret); never a flag or variable of its own",
+    )
     ek_roots_dir: Path = Field(
         default=Path("/etc/edgetrust/ek-roots"),
         description="directory of TPM vendors' EK roots (and intermediates), one certificate per file",

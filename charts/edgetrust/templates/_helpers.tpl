@@ -171,3 +171,29 @@ true, or auto with the syncer, the node agent and the hub's revocation key all g
 {{- end -}}
 {{- end -}}
 {{- end }}
+
+{{/* The hub's PKCS#11 token (hub.pkcs11): the flags, the PIN Secret mounted as a file, the module's own volumes. */}}
+{{- define "edgetrust.hubTokenArgs" -}}
+- --pkcs11-module={{ .Values.hub.pkcs11.module }}
+- --pkcs11-token={{ .Values.hub.pkcs11.tokenLabel }}
+- --pkcs11-pin-file=/etc/edgetrust/pkcs11/pin
+{{- end }}
+
+{{- define "edgetrust.hubTokenMounts" -}}
+- {name: pkcs11-pin, mountPath: /etc/edgetrust/pkcs11, readOnly: true}
+{{- with .Values.hub.pkcs11.volumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "edgetrust.hubTokenVolumes" -}}
+- name: pkcs11-pin
+  secret:
+    secretName: {{ .Values.hub.pkcs11.pinSecret }}
+    defaultMode: 0400
+    items:
+      - {key: pin, path: pin}
+{{- with .Values.hub.pkcs11.volumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

@@ -357,6 +357,9 @@ def test_the_hubs_certificate_names_the_url_the_node_agent_is_given(tmp_path: Pa
             arg = arg.replace(inside, str(outside))
         return arg
 
+    (init,) = statefulset["spec"]["template"]["spec"]["initContainers"]  # as the pod does: the trust material first
+    init_argv = [str(Path(sys.executable).parent / init["command"][0]), *init["command"][1:]]
+    subprocess.run([*init_argv, *(local(a) for a in init["args"])], check=True, capture_output=True, timeout=60)
     argv = [str(Path(sys.executable).parent / trustd["command"][0]), *trustd["command"][1:]]
     argv += [local(a) for a in trustd["args"]]
     env = {**os.environ, **{e["name"]: e["value"] for e in trustd["env"] if "value" in e}}

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from edgetrust.bundles.format import build_files, pack, read_repository
 from edgetrust.bundles.signing import SigningKey, load_verification_keys, sign_files
 from edgetrust.spiffe.id import TrustDomain
+from localpeers.hub import init_trust_files
 from localpeers.kube import KubeAPI, running_kube_apiserver
 from localpeers.svid import issue_svid_files
 from localpeers.tlsca import TestCA
@@ -61,7 +62,7 @@ def start_hub(link: Link, work: Path, public_pem: bytes) -> subprocess.Popen[byt
         "clusters": {"site-a": {"labels": {"site-class": "edge-gateway"}}},
     }
     (work / "fleet.yaml").write_text(yaml.safe_dump(fleet))
-    SpiffeCA.load_or_create_root(work / "hub" / "ca", trust_domain=TrustDomain.parse("edge.example"))
+    init_trust_files(work / "hub")  # `trustd ca init`
     shutil.copy(work / "hub" / "ca" / "ca.crt", work / "ek-roots" / "placeholder.pem")
     env = {**os.environ, "TRUSTD_SERVER_IP_ADDRESSES": f'["{link.peer_address}"]'}
     argv = link.exec_argv(

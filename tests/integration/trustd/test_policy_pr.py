@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgetrust.bundles.format import build_files, pack, read_repository
 from edgetrust.bundles.signing import SigningKey, sign_files
-from localpeers.hub import running_hub
+from localpeers.hub import init_trust_files, running_hub
 from localpeers.peers import peer
 from localpeers.tlsca import TestCA
 from localpeers.webhook import write_site_parameters
@@ -171,6 +171,7 @@ def test_the_example_workflow_publishes_with_a_minted_ci_publisher(tmp_path: Pat
     ek_roots.mkdir()
     (ek_roots / "unused.pem").write_bytes(TestCA(tmp_path / "unused-ek-ca").ca_file.read_bytes())
     # on the hub machine, as the workflow's comments say (the hub's data dir: running_hub's <workdir>/hub)
+    init_trust_files(tmp_path / "hub" / "hub", "retail.example")  # `trustd ca init`, once per trust domain
     minted = subprocess.run(
         [str(Path(sys.executable).parent / "trustd"), "svid", "mint", "--spiffe-id", publisher, "--ttl", "30d",
          "--out", "ci-publisher", "--data-dir", str(tmp_path / "hub" / "hub"), "--trust-domain", "retail.example"],

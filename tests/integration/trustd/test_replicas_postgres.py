@@ -5,7 +5,6 @@ PostgreSQL restarted mid-run, the replicas carry on, with no SVID lost or record
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -17,11 +16,14 @@ import pytest
 from attestation.device import TPMDevice
 from localpeers.hub import RunningHub, running_hub
 from localpeers.postgres import PostgresServer, running_postgres
+from localpeers.softhsm import SoftToken
 from localpeers.swtpm import SoftwareTPMFactory
 from localpeers.tlsca import TestCA
 from tests.integration.conftest import BootedDevice, _booted
 from tests.support.protocol import ManualEnrollment
 from tests.support.waiting import until
+from trustd.server.ca import material
+from trustd.server.settings import TrustdSettings
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +35,21 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
 
 
 @pytest.fixture
-def replicas(tmp_path: Path, ek_roots: Path, postgres: PostgresServer) -> Iterator[tuple[RunningHub, RunningHub]]:
+def replicas(
+    tmp_path: Path, ek_roots: Path, postgres: PostgresServer, soft_token: SoftToken
+) -> Iterator[tuple[RunningHub, RunningHub]]:
     url = postgres.new_database()
-    with running_hub(tmp_path / "a", ek_roots=ek_roots, store_url=url) as a:
-        # replicas share the trust domain's CA (in a deployment: the same Secret mounted in each)
-        shutil.copytree(tmp_path / "a" / "hub" / "ca", tmp_path / "b" / "hub" / "ca")
-        with running_hub(tmp_path / "b", ek_roots=ek_roots, store_url=url) as b:
-            yield a, b
+    # replicas share the trust domain's CA and revocation key on one PKCS#11 token, made once (`trustd ca init`)
+    material.init(TrustdSettings(data_dir=tmp_path / "init", pkcs11_module=soft_token.module,
+                                 pkcs11_token=soft_token.label, pkcs11_pin_file=soft_token.pin_file))  # fmt: skip
+    with (
+        running_hub(tmp_path / "a", ek_roots=ek_roots, store_url=url, pkcs11_module=soft_token.module,
+                    pkcs11_token=soft_token.label, pkcs11_pin_file=soft_token.pin_file) as a,
+        running_hub(tmp_path / "b", ek_roots=ek_roots, store_url=url, pkcs11_module=soft_token.module,
+                    pkcs11_token=soft_token.label, pkcs11_pin_file=soft_token.pin_file) as b,
+    ):  # fmt: skip
+        assert a.hub.ca.bundle() == b.hub.ca.bundle()
+        yield a, b
 
 
 def enroll_across(device: BootedDevice, begin: RunningHub, finish: RunningHub, node: str) -> httpx.Response:

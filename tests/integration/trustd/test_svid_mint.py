@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from localpeers.hub import hub_process
+from localpeers.hub import hub_process, init_trust_files
 from localpeers.tlsca import TestCA
 from trustd.server.store import open_store
 
@@ -31,6 +31,8 @@ def run(tool: str, *argv: str, cwd: Path | None = None) -> subprocess.CompletedP
 
 
 def mint(data: Path, spiffe_id: str, *argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`trustd svid mint` on the hub's data dir, initialised first as the operator does (`trustd ca init`)."""
+    init_trust_files(data)
     return run(
         "trustd", "svid", "mint", "--spiffe-id", spiffe_id, "--data-dir", str(data), "--trust-domain", "edge.example",
         *argv, cwd=cwd,

@@ -48,7 +48,7 @@ def test_every_setting_has_a_flag_whose_help_ends_with_its_env_var() -> None:
         flag = flag_of(name)
         assert flag in lines, f"TrustdSettings.{name}: no {flag} in trustd serve --help"
         assert env_var(name) in lines[flag], (name, lines[flag])
-        assert re.search(r"\(env TRUSTD_[A-Z_, ]+\)$", lines[flag]), lines[flag]
+        assert re.search(r"\(env TRUSTD_[A-Z0-9_, ]+\)$", lines[flag]), lines[flag]
 
 
 def test_the_flags_set_the_settings(tmp_path: Path) -> None:

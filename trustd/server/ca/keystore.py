@@ -91,10 +91,10 @@ def has_keys(directory: Path) -> bool:
     return (directory / "ca.crt").exists()
 
 
-def create_root(directory: Path, *, trust_domain: TrustDomain, ttl: timedelta = DEFAULT_CA_TTL) -> None:
-    """A new slot: a P-256 CA key, its self-signed root certificate for the trust domain, and a JWT key."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = ec.generate_private_key(ec.SECP256R1())
+def root_certificate(
+    key: ec.EllipticCurvePrivateKey, *, trust_domain: TrustDomain, ttl: timedelta = DEFAULT_CA_TTL
+) -> x509.Certificate:
+    """The self-signed root certificate of `key` for the trust domain (the key may live on a token)."""
     now = datetime.now(UTC)
     name = x509.Name(
         [
@@ -102,7 +102,7 @@ def create_root(directory: Path, *, trust_domain: TrustDomain, ttl: timedelta = 
             x509.NameAttribute(NameOID.COMMON_NAME, f"{trust_domain} root CA"),
         ]
     )
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -118,6 +118,13 @@ def create_root(directory: Path, *, trust_domain: TrustDomain, ttl: timedelta = 
         )
         .sign(key, hashes.SHA256())
     )
+
+
+def create_root(directory: Path, *, trust_domain: TrustDomain, ttl: timedelta = DEFAULT_CA_TTL) -> None:
+    """A new slot: a P-256 CA key, its self-signed root certificate for the trust domain, and a JWT key."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = root_certificate(key, trust_domain=trust_domain, ttl=ttl)
     write_private_key(directory / "ca.key", key)
     write_private_key(directory / "jwt.key", ec.generate_private_key(ec.SECP256R1()))
     # the certificate last: its presence is what says the slot is complete
@@ -139,6 +146,12 @@ def load_keys(directory: Path, *, trust_domain: TrustDomain) -> CAKeys:
     jwt_key = read_private_key(jwt_path)
     if cert.public_key() != key.public_key():
         raise CAConfigError(f"{directory}/ca.key does not belong to {directory}/ca.crt")
+    check_trust_domain(cert, trust_domain)
+    return CAKeys(key=key, certificate=cert, chain=tuple(chain), jwt_key=jwt_key)
+
+
+def check_trust_domain(cert: x509.Certificate, trust_domain: TrustDomain) -> None:
+    """A CA certificate that names another trust domain is refused (a token or directory of another domain)."""
     try:
         uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
             x509.UniformResourceIdentifier
@@ -147,7 +160,6 @@ def load_keys(directory: Path, *, trust_domain: TrustDomain) -> CAKeys:
         uris = []
     if uris and uris != [str(trust_domain.id)]:
         raise CAConfigError(f"the CA certificate names {uris}, not the trust domain {trust_domain.id}")
-    return CAKeys(key=key, certificate=cert, chain=tuple(chain), jwt_key=jwt_key)
 
 
 # -- the next slot -----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trustd.server.ca import material
 from trustd.server.hub import Hub, build_hub
 from trustd.server.settings import TrustdSettings
 
@@ -52,9 +53,11 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     (work / "roots").mkdir()
     _self_signed_root(work / "roots" / "root.pem")
     (work / "refvalues.yaml").write_text(yaml.safe_dump(REFERENCE_VALUES))
-    hub = build_hub(
-        TrustdSettings(data_dir=work / "data", ek_roots_dir=work / "roots", reference_values=work / "refvalues.yaml")
+    settings = TrustdSettings(
+        data_dir=work / "data", ek_roots_dir=work / "roots", reference_values=work / "refvalues.yaml"
     )
+    material.init(settings)  # `trustd ca init`: a hub never makes its own
+    hub = build_hub(settings)
     yield hub
     hub.close()
 
@@ -165,6 +168,11 @@ def test_bundle_endpoints_serve_the_trust_domain(client: TestClient, hub: Hub) -
 def test_trustd_bundle_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from trustd.cli.server import main
 
+    assert main(["bundle", "--pem", "--data-dir", str(tmp_path)]) == 1  # no trust material: none is made
+    assert "trustd ca init" in capsys.readouterr().err
+    assert not (tmp_path / "ca").exists()
+    assert main(["ca", "init", "--data-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
     assert main(["bundle", "--pem", "--data-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("-----BEGIN CERTIFICATE-----")
     assert main(["bundle", "--data-dir", str(tmp_path), "--trust-domain", "Bad Domain"]) == 1
