@@ -25,17 +25,26 @@ _VERSION = f"python{sys.version_info.major}.{sys.version_info.minor}"
 _PRELUDE = "import sys; sys.path[:0] = {paths!r}\n"
 
 
+_SETPRIV = "/usr/bin/setpriv"
+
+
 def _as_nobody(argv: list[str], *, stdin: str = "", timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run argv as nobody through setpriv(1), not subprocess's user=/group=.
+
+    With user=/group=, CPython must fork() (vfork cannot change ids), and a fork runs gRPC's atfork handlers in
+    the child while the test process holds live Workload API streams: the child can die of SIGSEGV before it
+    ever reaches exec. Through setpriv the ids change after exec, so subprocess uses vfork, which runs no atfork
+    handler.
+    """
+    if not os.access(_SETPRIV, os.X_OK):
+        pytest.fail(f"{_SETPRIV} is missing: apt-get install -y util-linux", pytrace=False)
     return subprocess.run(
-        argv,
+        [_SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *argv],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout_s,
         check=False,
-        user=NOBODY,
-        group=NOBODY,
-        extra_groups=[],
         cwd="/",
         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
     )
@@ -49,7 +58,7 @@ def _interpreter() -> str:
         try:
             if candidate and _as_nobody([candidate, "-I", "-c", probe]).returncode == 0:
                 return candidate
-        except OSError:  # not executable by nobody (a home directory in the way)
+        except OSError:  # not there at all
             continue
     pytest.fail(
         f"no {_VERSION} that uid {NOBODY} can run with this venv's packages (tried {candidates}): "
