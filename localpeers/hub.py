@@ -261,3 +261,22 @@ def hub_process(
 
     with running(argv, ready=ready, log=log, env=environ, timeout_s=60) as process:
         yield HubProcess(f"https://127.0.0.1:{port}", ca, data, process.pid, process)
+
+
+def connections_by_pid(pids: list[int], port: int) -> dict[int, int]:
+    """pid -> how many established connections to `port` (the server's side) it holds, from /proc: which
+    worker of `trustd serve --workers N` took which connections (tests, benchmarks)."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes[target[8:-1]] = pid
+    owners = dict.fromkeys(pids, 0)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            if local_port == port and state == "01" and inode in inodes:  # 01: ESTABLISHED
+                owners[inodes[inode]] += 1
+    return owners

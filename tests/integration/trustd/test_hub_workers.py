@@ -25,7 +25,7 @@ import yaml
 from cryptography import x509
 
 from edgetrust.spiffe.id import TrustDomain
-from localpeers.hub import HubProcess, free_port, golden_reference_values, hub_process
+from localpeers.hub import HubProcess, connections_by_pid, free_port, golden_reference_values, hub_process
 from localpeers.nodes import enroll_node
 from localpeers.postgres import PostgresServer, running_postgres
 from localpeers.softhsm import SoftToken
@@ -60,24 +60,6 @@ def until(check: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def connection_owners(pids: list[int], port: int) -> dict[int, int]:
-    """pid -> how many established connections to `port` (the server's side) it holds, from /proc."""
-    inodes: dict[str, int] = {}
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes[target[8:-1]] = pid
-    owners = dict.fromkeys(pids, 0)
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
-            if local_port == port and state == "01" and inode in inodes:  # 01: ESTABLISHED
-                owners[inodes[inode]] += 1
-    return owners
 
 
 def port_of(hub: HubProcess) -> int:
@@ -151,7 +133,7 @@ def test_two_workers_share_the_port_and_wake_each_others_long_polls(
             def hold(name: str) -> None:
                 answers[name] = clients[name].get("/v1/policy/bundle", params={"wait": WAIT_S})
 
-            owners = connection_owners(workers, port_of(hub))
+            owners = connections_by_pid(workers, port_of(hub))
             assert sum(owners.values()) == len(CLUSTERS), owners
             assert all(count > 0 for count in owners.values()), f"one worker holds every connection: {owners}"
             threads = [threading.Thread(target=hold, args=(name,)) for name in CLUSTERS]
