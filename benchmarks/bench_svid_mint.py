@@ -157,7 +157,9 @@ class Run:
     """What one shape of trustd measured, and SPIRE beside it."""
 
     rates: dict[str, list[float]] = field(default_factory=lambda: {"ours": [], "batched": [], "spire": []})
-    cpu: dict[str, list[float]] = field(default_factory=lambda: {"hub": [], "client": [], "spire": []})
+    cpu: dict[str, list[float]] = field(
+        default_factory=lambda: {"hub": [], "client": [], "spire": [], "spire_client": []}
+    )
     split: dict[int, int] = field(default_factory=dict)
 
 
@@ -261,9 +263,10 @@ def measure(
         run.cpu["hub"].append(hub_cpu)
         run.cpu["client"].append(client_cpu)
         run.rates["batched"].append(drive_hub(hub.url, context, batched) * BATCH / SECONDS)
-        rate, spire_cpu, _ = measured([spire_pid], lambda: drive(theirs, spire_csrs) / SECONDS)  # type: ignore[arg-type]
+        rate, spire_cpu, client_cpu = measured([spire_pid], lambda: drive(theirs, spire_csrs) / SECONDS)  # type: ignore[arg-type]
         run.rates["spire"].append(rate)
         run.cpu["spire"].append(spire_cpu)
+        run.cpu["spire_client"].append(client_cpu)
     run.split = served_by(hub, context)
 
 
@@ -292,8 +295,8 @@ def report(runs: dict[str, Run]) -> None:
                 f"{name:>12} {signer:>9} {max(values):12.0f} {', '.join(f'{v:.0f}' for v in values):>12} {cpu:>10} "
                 f"{max(values) / spire:6.2f}"
             )
-        print(f"{name:>12} load generator CPU while driving trustd: {max(run.cpu['client']):.0f} % of a core; "
-              f"connections per worker pid: {run.split}")  # fmt: skip
+        load = f"trustd {max(run.cpu['client']):.0f}, SPIRE {max(run.cpu['spire_client']):.0f}"
+        print(f"{name:>12} load generator CPU (% of a core) driving {load}; connections per worker: {run.split}")
         suffix = "" if name == "workers" else f"_{name}"
         figures += [
             (f"svids_per_s_edgetrust{suffix}", max(run.rates["ours"]), "1/s"),
@@ -301,6 +304,7 @@ def report(runs: dict[str, Run]) -> None:
             (f"svids_per_s_spire{suffix}", spire, "1/s"),
             (f"hub_cpu_percent{suffix}", max(run.cpu["hub"]), "%"),
             (f"load_generator_cpu_percent{suffix}", max(run.cpu["client"]), "%"),
+            (f"spire_cpu_percent{suffix}", max(run.cpu["spire"]), "%"),
             (f"ratio_vs_spire_batched{suffix}", max(run.rates["batched"]) / spire, "ratio"),
         ]
         figures.append((f"ratio_vs_spire{suffix}", max(run.rates["ours"]) / spire, "ratio"))
