@@ -42,7 +42,7 @@ from types import FrameType
 
 from attestation.errors import AttestationError
 from edgetrust._internal import logs, serving
-from edgetrust._internal.cli import one_line
+from edgetrust._internal.cli import UsageError, one_line
 from trustd.errors import TrustdError
 from trustd.server.settings import TrustdSettings
 
@@ -88,7 +88,10 @@ def supervise(settings: TrustdSettings) -> None:
     """Run `settings.workers` workers on the listen address until a signal or a worker's exit; raises
     SystemExit with the hub's exit code."""
     serving.check_free(settings.listen_host, settings.listen_port)  # nobody else, SO_REUSEPORT or not
-    sockets = listeners(settings.listen_host, settings.listen_port, settings.workers)
+    try:
+        sockets = listeners(settings.listen_host, settings.listen_port, settings.workers)
+    except OSError as exc:  # taken between the check and the bind
+        raise UsageError(f"--listen {settings.listen_host}:{settings.listen_port}: {exc.strerror or exc}") from exc
     port = sockets[0].getsockname()[1]
     context = multiprocessing.get_context("spawn")
     workers: list[BaseProcess] = []
