@@ -129,8 +129,9 @@ def supervise(settings: TrustdSettings) -> None:
 
 
 def _until_one_exits(workers: list[BaseProcess]) -> int:
-    multiprocessing.connection.wait([worker.sentinel for worker in workers])
-    gone = next(worker for worker in workers if worker.exitcode is not None)
+    ready = multiprocessing.connection.wait([worker.sentinel for worker in workers])
+    gone = next(worker for worker in workers if worker.sentinel in ready)
+    gone.join()  # its sentinel closes as it dies, a moment before it can be reaped: exitcode may still be None
     code = gone.exitcode or 0
     log.error(
         "trustd: %s (pid %s) exited with %s: stopping the hub (a hub serves whole or not at all)",
