@@ -5,8 +5,10 @@ and federation watchers run by themselves, as in production; tests wait for them
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -24,6 +26,7 @@ from attestation.tpm2.constants import HashAlg
 from edgetrust.spiffe.id import TrustDomain
 from localpeers.processes import running
 from localpeers.simboot import boot_events, write_event_log
+from localpeers.softhsm import SoftToken
 from localpeers.tlsca import TestCA
 from trustd.server.ca import SpiffeCA
 from trustd.server.hub import Hub, build_hub, server_config
@@ -191,31 +194,89 @@ class HubProcess:
     ca_bundle: Path
     data_dir: Path
     pid: int
+    process: subprocess.Popen[bytes]
+
+    def worker_pids(self) -> list[int]:
+        """The processes serving (`trustd serve --workers N`: its N workers; else the one `pid`)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        workers = [
+            int(child)
+            for child in children
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()  # not multiprocessing's resource tracker
+        ]
+        return workers or [self.pid]
 
 
 @contextmanager
-def hub_process(workdir: Path, *, ek_roots: Path, extra_args: tuple[str, ...] = ()) -> Iterator[HubProcess]:
-    """`trustd serve` in its own process (benchmarks: the hub must not share a GIL with its load)."""
+def hub_process(
+    workdir: Path,
+    *,
+    ek_roots: Path,
+    extra_args: tuple[str, ...] = (),
+    workers: int = 1,
+    store_url: str | None = None,
+    token: SoftToken | None = None,
+) -> Iterator[HubProcess]:
+    """`trustd serve` in its own process (benchmarks: the hub must not share a GIL with its load); `workers`
+    above 1 needs `store_url` (PostgreSQL). With `token`, the trust material is made on that SoftHSM2 token
+    (`trustd ca init`, as the chart's init Job does) and every worker logs in to it; else in the data dir."""
     workdir.mkdir(parents=True, exist_ok=True)
     refvalues = workdir / "reference-values.yaml"
     refvalues.write_text(yaml.safe_dump(golden_reference_values()))
     port = free_port()
     data = workdir / "hub"
-    init_trust_files(data)
-    argv = [str(Path(sys.executable).parent / "trustd"), "serve", "--data-dir", str(data), "--ek-roots", str(ek_roots)]
-    argv += ["--reference-values", str(refvalues), "--port", str(port), "--trust-domain", "edge.example", *extra_args]
-    ca = data / "ca" / "ca.crt"
+    trustd = str(Path(sys.executable).parent / "trustd")
+    trust = ["--data-dir", str(data), "--trust-domain", "edge.example"]
+    if token is not None:
+        trust += ["--pkcs11-module", str(token.module), "--pkcs11-token", token.label]
+        trust += ["--pkcs11-pin-file", str(token.pin_file)]
+    argv = [trustd, "serve", *trust, "--ek-roots", str(ek_roots), "--reference-values", str(refvalues)]
+    argv += ["--port", str(port), *extra_args]
+    if workers != 1:
+        argv += ["--workers", str(workers)]
+    if store_url is not None:
+        argv += ["--store", store_url]
+    environ = {**os.environ, **(token.environ() if token is not None else {})}
+    ca = workdir / "hub-roots.pem"
+    if token is not None:
+        subprocess.run([trustd, "ca", "init", *trust], env=environ, capture_output=True, check=True)
+        ca.write_bytes(
+            subprocess.run([trustd, "bundle", "--pem", *trust], env=environ, capture_output=True, check=True).stdout
+        )
+    else:
+        init_trust_files(data)
+        ca.write_bytes((data / "ca" / "ca.crt").read_bytes())
+
+    log = workdir / "trustd.log"
 
     def ready() -> bool:
         return (
             ca.exists()
+            and (workers == 1 or log.read_text().count(" serving (pid ") >= workers)  # every worker, not the first
             and httpx.get(
                 f"https://127.0.0.1:{port}/healthz", verify=ssl.create_default_context(cafile=str(ca)), timeout=1
             ).status_code
             == 200
         )
 
-    with running(argv, ready=ready, log=workdir / "trustd.log") as process:
-        roots = workdir / "hub-roots.pem"
-        roots.write_bytes(ca.read_bytes())
-        yield HubProcess(f"https://127.0.0.1:{port}", roots, data, process.pid)
+    with running(argv, ready=ready, log=log, env=environ, timeout_s=60) as process:
+        yield HubProcess(f"https://127.0.0.1:{port}", ca, data, process.pid, process)
+
+
+def connections_by_pid(pids: list[int], port: int) -> dict[int, int]:
+    """pid -> how many established connections to `port` (the server's side) it holds, from /proc: which
+    worker of `trustd serve --workers N` took which connections (tests, benchmarks)."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes[target[8:-1]] = pid
+    owners = dict.fromkeys(pids, 0)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            if local_port == port and state == "01" and inode in inodes:  # 01: ESTABLISHED
+                owners[inodes[inode]] += 1
+    return owners

@@ -124,6 +124,11 @@ def configure(log_format: str = "text", *, verbose: bool = False, stream: TextIO
         logging.getLogger(chatty).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+def current() -> tuple[str, bool]:
+    """The format and verbosity `configure` set up: what a child process (a trustd worker) sets up again."""
+    return _format, logging.getLogger().level <= logging.DEBUG
+
+
 def fail(prog: str, message: str) -> None:
     """A daemon's last word before it exits non-zero: `prog: message` on stderr, one line, as the CLIs have
     always said it; with `--log-format json`, that line is a JSON log line (level ERROR, logger `prog`), so a

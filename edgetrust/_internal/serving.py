@@ -319,8 +319,16 @@ def check_free(host: str, port: int, *, flag: str = "--listen") -> None:
         ) from exc
 
 
-def run(config: uvicorn.Config, *, limits: ServingLimits, periodic: Sequence[Periodic] = ()) -> bool:
-    """Serve `config` (from `server_config`) until SIGINT/SIGTERM, on a loop that bounds TLS handshakes.
+def run(
+    config: uvicorn.Config,
+    *,
+    limits: ServingLimits,
+    periodic: Sequence[Periodic] = (),
+    sockets: Sequence[socket.socket] | None = None,
+) -> bool:
+    """Serve `config` (from `server_config`) until SIGINT/SIGTERM, on a loop that bounds TLS handshakes; on
+    `sockets` already listening (a worker of several, trustd.server.workers) instead of binding the config's
+    host and port.
 
     Returns whether the server started (False: the port was taken or the app's lifespan failed)."""
     server = uvicorn.Server(config)
@@ -328,7 +336,7 @@ def run(config: uvicorn.Config, *, limits: ServingLimits, periodic: Sequence[Per
     async def main() -> None:
         tasks = [asyncio.create_task(_periodically(task)) for task in periodic]
         try:
-            await server.serve()
+            await server.serve(sockets=list(sockets) if sockets is not None else None)
         finally:
             for task in tasks:
                 task.cancel()

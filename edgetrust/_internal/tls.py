@@ -8,6 +8,7 @@ an endpoint can read the caller's SPIFFE ID from its verified X.509-SVID.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -38,8 +39,16 @@ def peer_spiffe_id(scope: Mapping[str, Any]) -> str:
     chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
     if not chain:
         raise TrustdError("this endpoint needs a client certificate (mTLS with an X.509-SVID)")
+    return _spiffe_id_of(chain[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _spiffe_id_of(pem: str) -> str:
+    """Parsed once per certificate, not per request: reading the certificate and its extensions was the largest
+    single cost of an agent's SVID request (svid_mint). Keyed by the whole certificate, so a cached answer is the
+    answer for exactly those bytes; a certificate that is refused raises each time (nothing cached)."""
     try:
-        certificate = x509.load_pem_x509_certificate(chain[0].encode())
+        certificate = x509.load_pem_x509_certificate(pem.encode())
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise TrustdError("the client certificate has no SPIFFE ID") from None

@@ -170,6 +170,7 @@ def create_app(
         authorizer=authorizer,
         issue=agent_api.issue_svids,  # type: ignore[attr-defined]
         store=store,
+        key_in_memory=ca.key_in_memory,
     )
     return app
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -82,13 +84,15 @@ def _attestation_config(settings: TrustdSettings) -> tuple[EKVerifier, Reference
     return ek_verifier, reference_policy
 
 
-def build_hub(settings: TrustdSettings) -> Hub:
+def build_hub(settings: TrustdSettings, *, worker: int | None = None) -> Hub:
+    """The hub of one process; `worker` (1..N, trustd serve --workers) gives it a serving certificate of its own
+    under `<data-dir>/tls/worker-N`, so workers starting together never write over each other's key."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     trust_domain = TrustDomain.parse(settings.trust_domain)
     ek_verifier, reference_policy = _attestation_config(settings)  # before the token and store open
     trust = material.load(settings)  # none found: refused, never a new root
     try:
-        return _build(settings, trust_domain, trust, ek_verifier, reference_policy)
+        return _build(settings, trust_domain, trust, ek_verifier, reference_policy, worker)
     except BaseException:
         trust.close()
         raise
@@ -100,8 +104,10 @@ def _build(
     trust: material.TrustMaterial,
     ek_verifier: EKVerifier,
     reference_policy: ReferencePolicy,
+    worker: int | None,
 ) -> Hub:
     ca = trust.ca
+    tls_dir = settings.data_dir / "tls" / (f"worker-{worker}" if worker is not None else "")
     store = open_store(settings.effective_store_url)
     service = EnrollmentService(
         ek_verifier=ek_verifier,
@@ -115,7 +121,7 @@ def _build(
             challenge_ttl=timedelta(seconds=settings.challenge_ttl_s),
         ),
     )
-    tls_cert, tls_key = _serving_certificate(settings, ca, trust_domain)
+    tls_cert, tls_key = _serving_certificate(settings, ca, trust_domain, tls_dir)
     revocations = Revocations(store, trust.revocation_key, trust_domain)
     federation = Federation(settings.federation_file, settings.data_dir / "federation")
     policy = None
@@ -140,7 +146,7 @@ def _build(
     except TrustdError:
         store.close()
         raise
-    client_roots = settings.data_dir / "tls" / "client-roots.pem"
+    client_roots = tls_dir / "client-roots.pem"
     client_roots.write_bytes(ca.x509_authorities_pem())
     return Hub(
         settings=settings,
@@ -169,7 +175,11 @@ def _build(
     )
 
 
-def _serving_certificate(settings: TrustdSettings, ca: SpiffeCA, trust_domain: TrustDomain) -> tuple[Path, Path]:
+def _serving_certificate(
+    settings: TrustdSettings, ca: SpiffeCA, trust_domain: TrustDomain, tls_dir: Path
+) -> tuple[Path, Path]:
+    for directory in (tls_dir.parent, tls_dir):  # <data-dir>/tls and a worker's own, both private
+        directory.mkdir(exist_ok=True, mode=0o700)
     if settings.tls_cert and settings.tls_key:
         return settings.tls_cert, settings.tls_key
     key_pem, chain_pem = ca.issue_server_certificate(
@@ -178,8 +188,6 @@ def _serving_certificate(settings: TrustdSettings, ca: SpiffeCA, trust_domain: T
         spiffe_id=SpiffeId.parse(f"spiffe://{trust_domain}/trustd"),
         ttl=SERVER_CERT_TTL,
     )
-    tls_dir = settings.data_dir / "tls"
-    tls_dir.mkdir(exist_ok=True, mode=0o700)
     write_private(tls_dir / "server.key", key_pem)
     (tls_dir / "server.pem").write_bytes(chain_pem)
     return tls_dir / "server.pem", tls_dir / "server.key"
@@ -229,6 +237,12 @@ def serving_limits(settings: TrustdSettings) -> serving.ServingLimits:
 
 
 def serve(settings: TrustdSettings) -> None:
+    """`trustd serve`: this process serves, or with `workers` above 1 it supervises that many (workers.py)."""
+    if settings.workers > 1:
+        from trustd.server import workers
+
+        workers.supervise(settings)
+        return
     serving.check_free(settings.listen_host, settings.listen_port)  # before the CA and the store are touched
     hub = build_hub(settings)
     log.info(
@@ -237,11 +251,17 @@ def serve(settings: TrustdSettings) -> None:
         settings.listen_host,
         settings.listen_port,
     )
+    run_hub(hub)
+
+
+def run_hub(hub: Hub, sockets: Sequence[socket.socket] | None = None) -> None:
+    """Serve `hub` until SIGINT/SIGTERM (on `sockets` when given: a worker's), then close it."""
     try:
         started = serving.run(
             server_config(hub),
-            limits=serving_limits(settings),
+            limits=serving_limits(hub.settings),
             periodic=[serving.Periodic(hub.service.upkeep_interval_s, hub.service.maintain)],
+            sockets=sockets,
         )
     finally:
         hub.close()

@@ -10,7 +10,7 @@ import ipaddress
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: a host name in a certificate: labels of letters, digits and hyphens (RFC 1123), no wildcard
@@ -108,6 +108,14 @@ class TrustdSettings(BaseSettings):
         ge=1,
         description="long polls held at once; one more is answered 503 with Retry-After (the cluster retries)",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="processes serving the one listen port, each with its own store pool, token login and limits "
+        "(connections, requests, long polls are per worker); more than 1 needs a PostgreSQL store, whose "
+        "notifications wake long polls across workers as across replicas. Give the cores the hub may use",
+    )
     operators: tuple[str, ...] = Field(
         default=(),
         description="SPIFFE ID of an operator (trustctl fleet: list, revoke, entries), beside those the fleet file "
@@ -120,6 +128,20 @@ class TrustdSettings(BaseSettings):
     def _template_is_a_path(cls, value: str) -> str:
         if not value.startswith("/"):
             raise ValueError("spiffe_id_template must be a path starting with '/', e.g. /site/{site}/node/{node}")
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_share_a_store(cls, value: int, info: ValidationInfo) -> int:
+        """SQLite's store tells no other process of a write (no LISTEN/NOTIFY, `Store.shared` is False): a long
+        poll held by one worker would not wake for a publish through another, and each would keep its own copy
+        of the rollouts. Refused rather than served wrong."""
+        url = info.data.get("store_url") or ""
+        if value > 1 and not str(url).startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "more than one worker needs a PostgreSQL store (--store postgresql://...): with SQLite, workers "
+                "would not see each other's writes in time (long polls, rollouts)"
+            )
         return value
 
     @field_validator("server_dns_names")

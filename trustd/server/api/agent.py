@@ -34,7 +34,7 @@ from trustd.server.ca import SpiffeCA
 from trustd.server.federation import Federation
 from trustd.server.renewal import RenewalService
 from trustd.server.revocations import Revocations
-from trustd.server.store import EntryRecord, Store, off_loop
+from trustd.server.store import EntryRecord, NeedsStore, Store, from_memory_or_off_loop, off_loop
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,14 @@ class SvidFastPath:
     MAX_BODY = 2 * 1024 * 1024
 
     def __init__(
-        self, app: ASGIApp, authorizer: Authorizer, issue: Callable[[str, SvidBatch], dict[str, Any]], store: Store
+        self,
+        app: ASGIApp,
+        authorizer: Authorizer,
+        issue: Callable[[str, SvidBatch, bool], dict[str, Any]],
+        store: Store,
+        key_in_memory: bool = True,
     ) -> None:
+        self._key_in_memory = key_in_memory
         self._app = app
         self._authorizer = authorizer
         self._issue = issue
@@ -85,13 +91,13 @@ class SvidFastPath:
             await _answer(send, 413, {"error": "body_too_large", "reason": str(exc)})
             return
 
-        def answer_of() -> dict[str, Any]:
-            caller = self._authorizer.check(scope, authz.NODE)
-            return self._issue(caller.spiffe_id, SvidBatch.model_validate(orjson.loads(body)))
+        def answer_of(from_memory: bool) -> dict[str, Any]:
+            caller = self._authorizer.check(scope, authz.NODE, from_memory=from_memory)
+            return self._issue(caller.spiffe_id, SvidBatch.model_validate(orjson.loads(body)), from_memory)
 
         try:
             await self._authorizer.settle(scope)
-            answer = await off_loop(self._store, answer_of)
+            answer = await from_memory_or_off_loop(self._store, answer_of, in_memory=self._key_in_memory)
         except TrustdError as exc:
             headers = {"retry-after": str(exc.retry_after_s)} if isinstance(exc, UnavailableError) else {}
             if isinstance(exc, UnavailableError):
@@ -141,10 +147,12 @@ def agent_router(
     known: dict[str, tuple[float, tuple[EntryRecord, ...]]] = {}
     revocations.on_change(known.clear)
 
-    def node_of(spiffe_id: str) -> str:
+    def node_of(spiffe_id: str, from_memory: bool = False) -> str:
         cached = known.get(spiffe_id)
         if cached is not None and time.monotonic() - cached[0] < CACHE_S:
             return spiffe_id
+        if from_memory:
+            raise NeedsStore(spiffe_id)
         device = store.device_by_spiffe_id(spiffe_id)
         if device is None:
             raise NotAuthorizedError(f"{spiffe_id} is not an enrolled node")
@@ -214,8 +222,8 @@ def agent_router(
             "federated": dict(federation.jwks()) if federation is not None else {},
         }
 
-    def issue(spiffe_id: str, body: SvidBatch) -> dict[str, Any]:
-        parent = node_of(spiffe_id)
+    def issue(spiffe_id: str, body: SvidBatch, from_memory: bool = False) -> dict[str, Any]:
+        parent = node_of(spiffe_id, from_memory)  # first: NeedsStore before any SVID is signed
         issued = []
         for item in body.requests:
             entry = own_entry(parent, item.entry_id)

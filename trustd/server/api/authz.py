@@ -30,7 +30,7 @@ from edgetrust.spiffe.id import TrustDomain
 from trustd.errors import TrustdError
 from trustd.server.policy.distribution import PolicyBundles
 from trustd.server.revocations import Revocations
-from trustd.server.store import Store, off_loop
+from trustd.server.store import NeedsStore, Store, off_loop
 
 #: how long a node's standing is trusted without asking the store again (a revocation here clears it at once)
 NODE_CACHE_S = 1.0
@@ -106,8 +106,11 @@ class Authorizer:
         self._nodes: dict[str, float] = {}
         revocations.on_change(self._nodes.clear)
 
-    def check(self, scope: Scope, rule: Rule, path_params: Mapping[str, Any] | None = None) -> Caller:
-        """The caller, if `rule` admits it; else CallerRefusedError (StoreError when its standing is unknowable)."""
+    def check(
+        self, scope: Scope, rule: Rule, path_params: Mapping[str, Any] | None = None, *, from_memory: bool = False
+    ) -> Caller:
+        """The caller, if `rule` admits it; else CallerRefusedError (StoreError when its standing is unknowable).
+        `from_memory`: NeedsStore rather than a look at the store (from_memory_or_off_loop)."""
         if not _client_chain(scope):
             if Kind.ANONYMOUS in rule.admits:
                 return ANONYMOUS
@@ -139,7 +142,7 @@ class Authorizer:
                     raise CallerRefusedError(f"{spiffe_id} is not a cluster of group {wanted!r}")
             if cluster:
                 return Caller(spiffe_id, Kind.CLUSTER, cluster)
-        if Kind.NODE in rule.admits and self._enrolled_node(spiffe_id):
+        if Kind.NODE in rule.admits and self._enrolled_node(spiffe_id, from_memory):
             return Caller(spiffe_id, Kind.NODE)
         raise CallerRefusedError(f"{spiffe_id} is not {_article(rule)} of this hub")
 
@@ -167,10 +170,12 @@ class Authorizer:
         name = spiffe_id[len(self._cluster_prefix) :]
         return name if name in self._policy.fleet.clusters else ""
 
-    def _enrolled_node(self, spiffe_id: str) -> bool:
+    def _enrolled_node(self, spiffe_id: str, from_memory: bool = False) -> bool:
         seen = self._nodes.get(spiffe_id)
         if seen is not None and time.monotonic() - seen < NODE_CACHE_S:
             return True
+        if from_memory:
+            raise NeedsStore(spiffe_id)
         device = self._store.device_by_spiffe_id(spiffe_id)
         if device is None or device.status != "enrolled":
             self._nodes.pop(spiffe_id, None)

@@ -122,6 +122,12 @@ class SpiffeCA:
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
         self._intermediates = (certificate, *self._upstream[:-1]) if self._upstream else ()
 
+    @property
+    def key_in_memory(self) -> bool:
+        """Whether the CA key is one of `cryptography`'s own (in this process's memory); else it is a PKCS#11
+        token's, and each signature is a call to the token (an HSM, perhaps across a network)."""
+        return type(self._key).__module__.startswith("cryptography.")
+
     # -- construction from a key store -------------------------------------------------------------------
     @classmethod
     def load_or_create_root(

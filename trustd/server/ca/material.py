@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 
+from edgetrust._internal.files import write_public
 from edgetrust.bundles.revocations import KEY_ID
 from edgetrust.bundles.signing import SigningKey
 from edgetrust.spiffe.id import TrustDomain
@@ -86,7 +87,7 @@ def publish_revocation_key(key: SigningKey, settings: TrustdSettings) -> None:
     public = key.private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    (settings.revocations_dir / f"{KEY_ID}.pem").write_bytes(public)
+    write_public(settings.revocations_dir / f"{KEY_ID}.pem", public)  # atomic: workers start together
 
 
 def _from_token(token: pkcs11.Token, trust_domain: TrustDomain) -> TrustMaterial:

@@ -57,6 +57,24 @@ def open_store(url: str) -> Store:
     )
 
 
+class NeedsStore(Exception):  # noqa: N818 - not an error: a signal to go off the loop, never leaves this module's caller
+    """Raised by work asked to answer from memory only (`from_memory_or_off_loop`) when it would need the store."""
+
+
+async def from_memory_or_off_loop(store: Store, call: Callable[[bool], T], *, in_memory: bool = True) -> T:
+    """`call(True)` on the loop, where it answers from what is in memory (caches) or raises NeedsStore before
+    doing anything; then `call(False)` off the loop (`off_loop`). On PostgreSQL the hop to a worker thread costs
+    more than an SVID's signing, and a node's standing and entries are cached for a second: the hot path of an
+    agent minting stays on the loop, and only a look at the store leaves it. `in_memory` False (a CA key on a
+    PKCS#11 token, whose every signature is a call to the token, perhaps across a network): always off the loop."""
+    if store.blocking and in_memory:
+        try:
+            return call(True)
+        except NeedsStore:
+            pass
+    return await off_loop(store, lambda: call(False))
+
+
 async def off_loop(store: Store, call: Callable[[], T]) -> T:
     """`call()` (work that uses `store`) where it does not hold up the event loop: inline when the store does
     not block, else on a worker thread (anyio's, shared with Starlette's sync routes)."""
