@@ -1,6 +1,10 @@
 """A real PostgreSQL (Debian's server) on 127.0.0.1, TLS required and password authentication, for the store
 tests and the two-replica test. One server per test session; each test gets its own database.
 
+On the real cluster (tests/integration/chart_real), hub pods reach it at the node's own address: `host` is then
+that address (never 0.0.0.0: nothing of ours listens on eth0) and `clients` the pod network, the only sources
+pg_hba admits besides the host itself.
+
 PostgreSQL refuses to run as root, so its data directory belongs to the `postgres` user the Debian package
 creates, and the server is started through `runuser`.
 """
@@ -42,11 +46,13 @@ class PostgresServer:
     ca_file: Path
     data_dir: Path
     log: Path
+    host: str = "127.0.0.1"
 
-    def url(self, database: str = "postgres") -> str:
+    def url(self, database: str = "postgres", *, ca_file: str | Path | None = None) -> str:
+        """The URL of `database`; `ca_file` is where the client finds the CA (a pod's mount), default this host's."""
         return (
-            f"postgresql://edgetrust:{self.password}@127.0.0.1:{self.port}/{database}"
-            f"?sslmode=verify-full&sslrootcert={self.ca_file}"
+            f"postgresql://edgetrust:{self.password}@{self.host}:{self.port}/{database}"
+            f"?sslmode=verify-full&sslrootcert={ca_file or self.ca_file}"
         )
 
     def _as_postgres(self, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -68,16 +74,20 @@ class PostgresServer:
         self.start()
 
     def new_database(self) -> str:
+        return self.url(self.new_database_name())
+
+    def new_database_name(self) -> str:
         import psycopg
 
         name = f"t_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(self.url(), autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+        return name
 
 
 @contextmanager
-def running_postgres(ca: TestCA) -> Iterator[PostgresServer]:
+def running_postgres(ca: TestCA, *, host: str = "127.0.0.1", clients: tuple[str, ...] = ()) -> Iterator[PostgresServer]:
+    """The server on `host` (a loopback or node address), admitting TLS clients from itself and `clients` (CIDRs)."""
     initdb = _binary("initdb")
     if os.geteuid() != 0 or shutil.which("runuser") is None:
         pytest.fail("the PostgreSQL tests start the server as the postgres user: they need root and runuser")
@@ -87,13 +97,13 @@ def running_postgres(ca: TestCA) -> Iterator[PostgresServer]:
     password = secrets.token_urlsafe(18)
     (base / "pw").write_text(password)
     shutil.chown(base / "pw", "postgres", "postgres")
-    server = ca.issue("postgres", hosts=("127.0.0.1", "localhost"))
+    server = ca.issue("postgres", hosts=tuple(dict.fromkeys((host, "127.0.0.1", "localhost"))))
     for source, target in ((server.cert, "server.crt"), (server.key, "server.key"), (ca.ca_file, "ca.crt")):
         shutil.copy(source, base / target)
         shutil.chown(base / target, "postgres", "postgres")
         (base / target).chmod(0o600)
     port = free_port()
-    pg = PostgresServer(port, password, ca.ca_file, data, base / "postgres.log")
+    pg = PostgresServer(port, password, ca.ca_file, data, base / "postgres.log", host=host)
     done = pg._as_postgres(
         initdb, "-D", str(data), "-U", "edgetrust", "--pwfile", str(base / "pw"), "-A", "scram-sha-256", "-E", "UTF8"
     )
@@ -101,12 +111,13 @@ def running_postgres(ca: TestCA) -> Iterator[PostgresServer]:
         raise RuntimeError(f"initdb failed: {done.stderr}")
     with (data / "postgresql.conf").open("a") as conf:
         conf.write(
-            f"\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = ''\n"
+            f"\nlisten_addresses = '{host}'\nport = {port}\nunix_socket_directories = ''\n"
             f"ssl = on\nssl_cert_file = '{base / 'server.crt'}'\nssl_key_file = '{base / 'server.key'}'\n"
             "fsync = off\nmax_connections = 200\n"
         )
     # TLS only: no plain-text host lines
-    (data / "pg_hba.conf").write_text("hostssl all all 127.0.0.1/32 scram-sha-256\n")
+    sources = (f"{host}/32", *clients)
+    (data / "pg_hba.conf").write_text("".join(f"hostssl all all {cidr} scram-sha-256\n" for cidr in sources))
     shutil.chown(data / "pg_hba.conf", "postgres", "postgres")
     (base / "postgres.log").touch()
     shutil.chown(base / "postgres.log", "postgres", "postgres")

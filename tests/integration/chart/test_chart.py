@@ -230,6 +230,18 @@ def test_the_sites_parameters_and_registry_ca_reach_the_webhook() -> None:
     assert mounts["registry-ca"] == "/etc/edgetrust/registry-ca"
 
 
+def test_the_checksum_annotation_is_a_string_even_when_its_hex_is_all_digits() -> None:
+    # this registry CA's checksum is 3218943251514029: unquoted, YAML reads a number, which the API server refuses
+    # in annotations ("cannot unmarshal number"); a chart_real install met one with random keys
+    done = helm(
+        "template", "edgetrust", str(CHART), "--namespace", NAMESPACE,
+        "--set", "webhook.registryCA=-----BEGIN CERTIFICATE-----39",
+    )  # fmt: skip
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    webhook = next(d for d in docs if d["kind"] == "Deployment")
+    assert webhook["spec"]["template"]["metadata"]["annotations"] == {"checksum/policy": "3218943251514029"}
+
+
 def test_a_bundle_without_its_keys_and_a_syncer_without_its_values_say_how_to_give_each() -> None:
     """Fail closed where there is something to verify: a bundle the webhook could not verify (it would not start,
     and failurePolicy Fail would refuse every pod), a syncer with nothing to trust; every missing value named."""

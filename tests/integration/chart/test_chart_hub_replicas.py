@@ -52,6 +52,13 @@ def test_three_replicas_on_a_token_are_a_deployment_without_state() -> None:
     assert not [e for e in trustd["env"] if "PIN" in e["name"]]  # the PIN is a file only
     mounts = {m["name"]: m for m in trustd["volumeMounts"]}
     assert mounts["pkcs11-pin"] == {"name": "pkcs11-pin", "mountPath": "/etc/edgetrust/pkcs11", "readOnly": True}
+    # the store's CA (the URL's sslrootcert), from the store Secret when it holds one; the URL stays an env var
+    assert mounts["store-ca"] == {"name": "store-ca", "mountPath": "/etc/edgetrust/store", "readOnly": True}
+    assert volumes["store-ca"]["secret"] == {
+        "secretName": "trustd-store",
+        "optional": True,
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
     # the trust material: once per install, by a hook Job, before any replica starts
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install"
     (init,) = job["spec"]["template"]["spec"]["containers"]
