@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgetrust._internal.retry import Backoff
 from edgetrust.bundles.errors import BundleError, BundleGroupError, SourceRefusedError, SourceUnreachableError
 from edgetrust.bundles.format import Bundle, check_bundle, unpack
 from edgetrust.bundles.revocations import RevocationStore
@@ -265,3 +266,20 @@ class SyncAgent:
         if outcome.result is not SyncResult.UNREACHABLE and not self._source.carries_reports:
             await self.flush_reports()
         return outcome
+
+
+def run_backoff() -> Backoff:
+    """The run loop's retry policy: full jitter from 1 s, a minute at most between two tries (the shared module,
+    so 10,000 syncers that lost the hub together do not come back together)."""
+    return Backoff(base_s=1.0, cap_s=60.0)
+
+
+async def pace(outcome: SyncOutcome, backoff: Backoff) -> float | None:
+    """After one sync of a run loop: an unreachable or refusing source is waited out at the backoff's pace (the
+    hub's Retry-After obeyed), and the seconds waited are returned; after contact the backoff starts again from
+    its smallest window, and None says to sync again at once. A refusal is retried too (the fleet file may be
+    fixed), never busily."""
+    if outcome.result in (SyncResult.UNREACHABLE, SyncResult.SOURCE_REFUSED):
+        return await backoff.wait(outcome.retry_after_s)
+    backoff.reset()
+    return None
