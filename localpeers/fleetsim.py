@@ -161,7 +161,8 @@ async def run_agents(
     keys_pem: tuple[bytes, bytes],
     queue: Any,
 ) -> None:
-    """Events on `queue`, each (kind, agent, time, value): connected; applied (value: the counter); regression
+    """Events on `queue`, each (kind, agent, time, value): connected; applied (a new revision, value: its counter,
+    also when its policies were those the cluster held already); regression
     (value: the counter); busy (a 503); back (value: when the run of unreachable syncs began)."""
     keys = load_verification_keys({"ci-1": keys_pem[0]})
     revocation_keys = load_verification_keys({KEY_ID: keys_pem[1]})
@@ -207,7 +208,7 @@ async def run_agents(
                     queue.put(("regression", name, now, counter))
                 if seen:
                     highest = max(highest, counter)
-                if outcome.result is SyncResult.APPLIED and target != outcome.revision:
+                if seen and target != outcome.revision:  # unchanged: a new revision, the same policies
                     target = outcome.revision
                     queue.put(("applied", name, now, counter))
                 await pace(outcome, backoff)  # the syncer's own: full jitter, the hub's Retry-After

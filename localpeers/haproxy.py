@@ -67,6 +67,14 @@ class HAProxy:
             if row["pxname"] == "trustd" and row["svname"] not in ("FRONTEND", "BACKEND")
         }
 
+    def current(self) -> dict[str, int]:
+        """Connections each replica holds now (a long-polling cluster holds one)."""
+        return {
+            row["svname"]: int(row["scur"] or 0)
+            for row in self._stat()
+            if row["pxname"] == "trustd" and row["svname"] not in ("FRONTEND", "BACKEND")
+        }
+
     def up(self) -> set[str]:
         """The replicas whose health check passes now."""
         return {
@@ -76,7 +84,9 @@ class HAProxy:
         }
 
 
-def config(backends: Sequence[Backend], *, port: int, ca_file: Path, stats_socket: Path, check_name: str) -> str:
+def config(
+    backends: Sequence[Backend], *, port: int, ca_file: Path, stats_socket: Path, check_name: str, maxconn: int = 2000
+) -> str:
     servers = "\n".join(
         f"    server {b.name} {b.host}:{b.port} check check-ssl verify required ca-file {ca_file} "
         f"check-sni {check_name} verifyhost {check_name}"
@@ -84,7 +94,7 @@ def config(backends: Sequence[Backend], *, port: int, ca_file: Path, stats_socke
     )
     return f"""global
     stats socket {stats_socket} mode 600 level admin
-    maxconn 2000
+    maxconn {maxconn}
 
 defaults
     mode tcp
@@ -109,9 +119,11 @@ backend trustd
 
 @contextmanager
 def running_haproxy(
-    workdir: Path, backends: Sequence[Backend], *, ca_file: Path, check_name: str = "localhost"
+    workdir: Path, backends: Sequence[Backend], *, ca_file: Path, check_name: str = "localhost", maxconn: int = 2000
 ) -> Iterator[HAProxy]:
-    """HAProxy on a free loopback port in front of `backends`; ready once every backend's health check passes."""
+    """HAProxy on a free loopback port in front of `backends`; ready once every backend's health check passes.
+    `maxconn` bounds the client connections it holds at once (a fleet of long polls holds one each; HAProxy raises
+    its own file limit to match, which needs root)."""
     binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not Path(binary).exists():
         raise HAProxyError(f"HAProxy is not installed: {INSTALL}")
@@ -119,7 +131,9 @@ def running_haproxy(
     port = free_port()
     stats = workdir / "haproxy.sock"
     cfg = workdir / "haproxy.cfg"
-    cfg.write_text(config(backends, port=port, ca_file=ca_file, stats_socket=stats, check_name=check_name))
+    cfg.write_text(
+        config(backends, port=port, ca_file=ca_file, stats_socket=stats, check_name=check_name, maxconn=maxconn)
+    )
     names = {b.name for b in backends}
 
     def ready() -> bool:
