@@ -3,8 +3,8 @@ behind HAProxy): how long until every agent has the bundle published at the retu
 responsive while they all reconnect?
 
 The rig is bench_fleet_ha's (localpeers/hafleet.py): SoftHSM2 token, PostgreSQL, three `trustd serve` replicas,
-HAProxy, and the real SyncAgent with the syncer's own retry pace (full jitter from 1 s, capped at 60 s, and the
-hub's Retry-After: `syncer.agent.pace`) in 4 worker processes.
+HAProxy, and the real SyncAgent with the syncer's own retry pace (full jitter from 1 s, capped at
+`syncer.agent.RETRY_CAP_S`, and the hub's Retry-After: `syncer.agent.pace`) in 4 worker processes.
 
 The outage: all three replicas are killed with SIGKILL and started again 60 s later (same ports, same store), as
 a crashed or redeployed hub. Killed, not frozen (SIGSTOP): with no replica up, HAProxy closes every new

@@ -276,8 +276,10 @@ class Fleet:
         while time.time() < until and not (stop and stop()):
             if label and time.time() - shown > 10:
                 shown = time.time()
+                newest = max(self.counter.values(), default=0)
                 print(
-                    f"   ... {label}: {len(self.connected)} connected, {len(self.applied)} applied",
+                    f"   ... {label}: {len(self.connected)} connected, {len(self.applied)} applied"
+                    + (f" ({self.at(newest)} at revision {newest})" if newest > 1 else ""),
                     file=sys.stderr,
                     flush=True,
                 )

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from edgetrust._internal.retry import Backoff
-from syncer.agent import SyncOutcome, SyncResult, pace, run_backoff
+from syncer.agent import RETRY_CAP_S, SyncOutcome, SyncResult, pace, run_backoff
 
 
 def _backoff() -> Backoff:
@@ -40,6 +40,9 @@ def test_contact_syncs_again_at_once_and_restarts_the_backoff(result: SyncResult
     assert backoff.attempt == 0
 
 
-def test_the_run_loop_backs_off_from_one_second_to_a_minute() -> None:
+def test_the_run_loop_backs_off_from_one_second_to_its_cap() -> None:
     backoff = run_backoff()
-    assert (backoff.base_s, backoff.cap_s) == (1.0, 60.0)
+    assert (backoff.base_s, backoff.cap_s) == (1.0, RETRY_CAP_S)
+    waits = [backoff.next_delay() for _ in range(40)]
+    assert max(waits) <= RETRY_CAP_S
+    assert max(waits[10:]) > 1.0  # the window has grown past its base
