@@ -47,13 +47,13 @@ def main() -> None:
         if fleet.at(1) != AGENTS:
             raise SystemExit(f"only {fleet.at(1)} of {AGENTS} agents applied bundle 1 within 600 s")
         fleet.drain(time.time() + 3)  # the last reports delivered; every agent back in a long poll
-        before_kill = dict(rig.balancer.current())
+        before_kill = dict(rig.current())
 
         published_at = rig.publish(2)
         fleet.drain(time.time() + CONVERGE_LIMIT_S, lambda: fleet.at(2) >= AGENTS / 2, "to 50 %")
-        held = rig.balancer.current()
+        held = rig.current()
         victim = max(rig.replicas, key=lambda r: held.get(r.name, 0))
-        dialled = rig.balancer.counts()
+        dialled = rig.counts()
         killed_at = time.time()
         victim.kill(signal.SIGKILL)
         half_s = killed_at - published_at
@@ -64,12 +64,13 @@ def main() -> None:
         took = [when - published_at for name, when in fleet.applied.items() if fleet.counter[name] >= 2]
         reconnected = {name for name, back, down in fleet.reconnects if down >= killed_at - 1}
         back_s = sorted(back - killed_at for name, back, down in fleet.reconnects if down >= killed_at - 1)
-        survivors_up = rig.balancer.up()
-        redialled = sum(n - dialled.get(name, 0) for name, n in rig.balancer.counts().items() if name != victim.name)
+        survivors_up = set.intersection(*(b.up() for b in rig.balancers))
+        redialled = sum(n - dialled.get(name, 0) for name, n in rig.counts().items() if name != victim.name)
 
     print(
         f"fleet_ha: {AGENTS} simulated clusters (real agent code and retry pace, in-memory apply) on {REPLICAS} "
-        f"trustd replicas (one PostgreSQL, one SoftHSM2 token) behind HAProxy; {WORKERS} agent processes"
+        f"trustd replicas (one PostgreSQL, one SoftHSM2 token) behind HAProxy ({len(rig.balancers)} instances, "
+        f"the agents shared out); {WORKERS} agent processes"
     )
     print(f"   {rig.issued_s:.1f} s to issue {AGENTS} SVIDs on the token; {setup_s:.1f} s until all applied bundle 1")
     print(f"   connections per replica before the publish: {before_kill}; at 50 % of bundle 2: {held}")

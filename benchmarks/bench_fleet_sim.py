@@ -85,7 +85,7 @@ def main() -> None:
         time.sleep(0.2)
 
     revocation_pem = (work / "hub" / "revocations" / f"{KEY_ID}.pem").read_bytes()
-    fleet = Fleet(files, url, roots, revocation_pem, states, workers=WORKERS)
+    fleet = Fleet(files, [url], roots, revocation_pem, states, workers=WORKERS)
     fleet.start()
     connected, applied, polls = fleet.connected, fleet.applied, fleet.polls
     drain = fleet.drain

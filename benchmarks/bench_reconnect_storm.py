@@ -82,7 +82,7 @@ def main() -> None:
         if fleet.at(1) != AGENTS:
             raise SystemExit(f"only {fleet.at(1)} of {AGENTS} agents applied bundle 1 within 600 s")
         fleet.drain(time.time() + 3)
-        held = rig.balancer.current()
+        held = rig.current()
 
         down_at = time.time()
         for replica in rig.replicas:
@@ -96,7 +96,7 @@ def main() -> None:
         while not rig.all_up() and time.time() < deadline:
             time.sleep(0.02)
         returned_at = time.time()
-        prober = Prober(rig.balancer.url, rig.roots)
+        prober = Prober(rig.balancers[0].url, rig.roots)
         prober.start()
         rig.publish(2)
         fleet.drain(returned_at + CONVERGE_LIMIT_S, lambda: fleet.at(2) == AGENTS, "storm")
@@ -112,7 +112,8 @@ def main() -> None:
     p99 = percentile(prober.latencies_ms, 99)
     print(
         f"reconnect_storm: {AGENTS} simulated clusters (real agent code and retry pace, in-memory apply) on "
-        f"{REPLICAS} trustd replicas behind HAProxy; all replicas SIGKILLed, started again after {OUTAGE_S:.0f} s; "
+        f"{REPLICAS} trustd replicas behind HAProxy ({len(rig.balancers)} instances, the agents shared out); "
+        f"all replicas SIGKILLed, started again after {OUTAGE_S:.0f} s; "
         f"{WORKERS} agent processes"
     )
     print(f"   {rig.issued_s:.1f} s to issue {AGENTS} SVIDs on the token; {setup_s:.1f} s until all applied bundle 1")

@@ -231,7 +231,8 @@ class Fleet:
     """The agent worker processes, and the tally of what their agents saw."""
 
     files: FleetFiles
-    hub_url: str
+    #: where the agents reach the hub; several (load balancers) are shared out among the worker processes
+    hub_urls: list[str]
     roots: Path
     revocation_pem: bytes
     states: Path
@@ -255,7 +256,8 @@ class Fleet:
         keys_pem = (self.files.public_pem, self.revocation_pem)
         certs = str(self.files.work / "certs")
         for i in range(self.workers):
-            args = (i, names[i :: self.workers], self.hub_url, str(self.roots), certs, str(self.states), keys_pem)
+            hub = self.hub_urls[i % len(self.hub_urls)]
+            args = (i, names[i :: self.workers], hub, str(self.roots), certs, str(self.states), keys_pem)
             process = spawn.Process(target=worker, args=(*args, self._queue), daemon=True)
             process.start()
             self._processes.append(process)

@@ -3,16 +3,22 @@ token with the trust made once (`trustd ca init`), one real PostgreSQL, N `trust
 in front of them (TLS passed through), and the simulated agents (localpeers/fleetsim.py) connected through HAProxy
 only, as clusters reach a hub's Service or load balancer.
 
+One HAProxy process holds two descriptors per client (its side and the replica's), and this machine's hard limit
+is 20,000 descriptors a process (no CAP_SYS_RESOURCE to raise it): so past LB_AGENTS agents there are several
+HAProxy instances in front of the same replicas, as several load balancer nodes behind one DNS name, and the
+agent processes are shared out among them.
+
 Everything runs on loopback in temporary directories and is stopped at the end, also on failure.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import ssl
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +33,15 @@ from localpeers.replicas import Replica, init_trust, running_replicas
 from localpeers.softhsm import make_token
 from localpeers.tlsca import TestCA
 
+#: clients one HAProxy takes here (two descriptors each, under the 20,000 a process may open)
+LB_AGENTS = 8000
+
 
 @dataclass
 class HAFleet:
     files: FleetFiles
     replicas: list[Replica]
-    balancer: HAProxy
+    balancers: list[HAProxy]
     fleet: Fleet
     publisher: ssl.SSLContext
     roots: Path
@@ -42,7 +51,7 @@ class HAFleet:
         """The bundle at `counter`, published through the balancer; the time (time.time()) it was sent."""
         sent = time.time()
         answer = httpx.post(
-            f"{self.balancer.url}/v1/policy/bundles/gateways",
+            f"{self.balancers[0].url}/v1/policy/bundles/gateways",
             content=self.files.bundle(counter),
             verify=self.publisher,
             timeout=120,
@@ -52,7 +61,24 @@ class HAFleet:
         return sent
 
     def all_up(self) -> bool:
-        return self.balancer.up() == {r.name for r in self.replicas}
+        """Every balancer's health checks see every replica up."""
+        return all(b.up() == {r.name for r in self.replicas} for b in self.balancers)
+
+    def current(self) -> dict[str, int]:
+        """Connections each replica holds now, over all balancers."""
+        return _summed(b.current() for b in self.balancers)
+
+    def counts(self) -> dict[str, int]:
+        """Connections each replica was given so far, over all balancers."""
+        return _summed(b.counts() for b in self.balancers)
+
+
+def _summed(tallies: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for tally in tallies:
+        for name, n in tally.items():
+            total[name] = total.get(name, 0) + n
+    return total
 
 
 @contextmanager
@@ -82,15 +108,18 @@ def running_ha_fleet(agents: int, *, replicas: int = 3, workers: int = 4) -> Ite
             )
         )
         backends = [Backend(r.name, "127.0.0.1", r.port) for r in hubs]
-        balancer = stack.enter_context(
-            running_haproxy(work / "lb", backends, ca_file=roots, maxconn=max(2000, 2 * agents + 1000))
-        )
+        count = min(workers, math.ceil(agents / LB_AGENTS))
+        maxconn = math.ceil(agents / count) + 1000
+        balancers = [
+            stack.enter_context(running_haproxy(work / f"lb{i}", backends, ca_file=roots, maxconn=maxconn))
+            for i in range(count)
+        ]
         revocation_pem = (hubs[0].workdir / "data" / "revocations" / f"{KEY_ID}.pem").read_bytes()
-        fleet = Fleet(files, balancer.url, roots, revocation_pem, states, workers=workers)
+        fleet = Fleet(files, [b.url for b in balancers], roots, revocation_pem, states, workers=workers)
         publisher = ssl.create_default_context(cafile=str(roots))
         publisher.load_cert_chain(
             str(files.work / "publisher" / "svid.pem"), str(files.work / "publisher" / "svid.key")
         )
         stack.callback(fleet.stop)
         fleet.start()
-        yield HAFleet(files, hubs, balancer, fleet, publisher, roots, issued_s)
+        yield HAFleet(files, hubs, balancers, fleet, publisher, roots, issued_s)
