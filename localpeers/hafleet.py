@@ -27,7 +27,7 @@ import httpx
 
 from edgetrust.bundles.revocations import KEY_ID
 from localpeers.fleetsim import Fleet, FleetFiles, prepare
-from localpeers.haproxy import Backend, HAProxy, running_haproxy
+from localpeers.haproxy import PATIENT_CHECKS, Backend, HAProxy, running_haproxy
 from localpeers.postgres import running_postgres
 from localpeers.replicas import Replica, init_trust, running_replicas
 from localpeers.softhsm import make_token
@@ -73,6 +73,16 @@ class HAFleet:
         return _summed(b.counts() for b in self.balancers)
 
 
+def _keep_logs(work: Path) -> None:
+    """The replicas' and balancers' logs, kept in /tmp/fleet-ha-logs (the last run's) to read after a bad run."""
+    kept = Path(tempfile.gettempdir()) / "fleet-ha-logs"
+    shutil.rmtree(kept, ignore_errors=True)
+    for log in [*work.glob("replicas/*/trustd.log"), *work.glob("lb*/haproxy.log")]:
+        target = kept / log.relative_to(work)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log, target)
+
+
 def _summed(tallies: Iterable[dict[str, int]]) -> dict[str, int]:
     total: dict[str, int] = {}
     for tally in tallies:
@@ -89,6 +99,7 @@ def running_ha_fleet(agents: int, *, replicas: int = 3, workers: int = 4) -> Ite
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, states, ignore_errors=True)
         stack.callback(shutil.rmtree, work, ignore_errors=True)
+        stack.callback(_keep_logs, work)  # after every process stopped, before the rest is deleted
         files = prepare(work / "fleet", agents)
         token = make_token(work / "softhsm")
         trust = init_trust(token, work / "init")
@@ -111,7 +122,9 @@ def running_ha_fleet(agents: int, *, replicas: int = 3, workers: int = 4) -> Ite
         count = min(workers, math.ceil(agents / LB_AGENTS))
         maxconn = math.ceil(agents / count) + 1000
         balancers = [
-            stack.enter_context(running_haproxy(work / f"lb{i}", backends, ca_file=roots, maxconn=maxconn))
+            stack.enter_context(
+                running_haproxy(work / f"lb{i}", backends, ca_file=roots, maxconn=maxconn, checks=PATIENT_CHECKS)
+            )
             for i in range(count)
         ]
         revocation_pem = (hubs[0].workdir / "data" / "revocations" / f"{KEY_ID}.pem").read_bytes()

@@ -84,8 +84,22 @@ class HAProxy:
         }
 
 
+#: health checks (default-server options, the backend's check timeout): quick for tests, so a replica killed is out
+#: of the rotation within about 0.6 s; patient for a loaded machine (a bench's thousands of agents on the same
+#: cores), where a replica that is only slow to be scheduled must not be taken out and its new clients refused
+QUICK_CHECKS = ("inter 300ms fall 2 rise 1", "")
+PATIENT_CHECKS = ("inter 1s fall 3 rise 1", "    timeout check 2s\n")
+
+
 def config(
-    backends: Sequence[Backend], *, port: int, ca_file: Path, stats_socket: Path, check_name: str, maxconn: int = 2000
+    backends: Sequence[Backend],
+    *,
+    port: int,
+    ca_file: Path,
+    stats_socket: Path,
+    check_name: str,
+    maxconn: int = 2000,
+    checks: tuple[str, str] = QUICK_CHECKS,
 ) -> str:
     servers = "\n".join(
         f"    server {b.name} {b.host}:{b.port} check check-ssl verify required ca-file {ca_file} "
@@ -112,14 +126,20 @@ backend trustd
     balance roundrobin
     option httpchk GET /healthz
     http-check expect status 200
-    default-server inter 300ms fall 2 rise 1
+{checks[1]}    default-server {checks[0]}
 {servers}
 """
 
 
 @contextmanager
 def running_haproxy(
-    workdir: Path, backends: Sequence[Backend], *, ca_file: Path, check_name: str = "localhost", maxconn: int = 2000
+    workdir: Path,
+    backends: Sequence[Backend],
+    *,
+    ca_file: Path,
+    check_name: str = "localhost",
+    maxconn: int = 2000,
+    checks: tuple[str, str] = QUICK_CHECKS,
 ) -> Iterator[HAProxy]:
     """HAProxy on a free loopback port in front of `backends`; ready once every backend's health check passes.
     `maxconn` bounds the client connections it holds at once (a fleet of long polls holds one each; HAProxy raises
@@ -132,7 +152,15 @@ def running_haproxy(
     stats = workdir / "haproxy.sock"
     cfg = workdir / "haproxy.cfg"
     cfg.write_text(
-        config(backends, port=port, ca_file=ca_file, stats_socket=stats, check_name=check_name, maxconn=maxconn)
+        config(
+            backends,
+            port=port,
+            ca_file=ca_file,
+            stats_socket=stats,
+            check_name=check_name,
+            maxconn=maxconn,
+            checks=checks,
+        )
     )
     names = {b.name for b in backends}
 
