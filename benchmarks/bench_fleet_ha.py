@@ -45,7 +45,8 @@ def main() -> None:
         fleet.drain(time.time() + 600, lambda: fleet.at(1) == AGENTS, "applying bundle 1")
         setup_s = time.time() - setup_started
         if fleet.at(1) != AGENTS:
-            raise SystemExit(f"only {fleet.at(1)} of {AGENTS} agents applied bundle 1 within 600 s")
+            stuck = fleet.stragglers(1)
+            raise SystemExit(f"only {fleet.at(1)} of {AGENTS} agents applied bundle 1 within 600 s; the rest: {stuck}")
         fleet.drain(time.time() + 3)  # the last reports delivered; every agent back in a long poll
         before_kill = dict(rig.current())
 
@@ -59,6 +60,7 @@ def main() -> None:
         half_s = killed_at - published_at
         fleet.drain(published_at + CONVERGE_LIMIT_S, lambda: fleet.at(2) == AGENTS, "converging after the kill")
         converged = fleet.at(2)
+        stragglers = fleet.stragglers(2)
         converge = max(fleet.applied.values()) - published_at if converged == AGENTS else None
         fleet.drain(time.time() + 2)  # late events (a regression would come after the apply)
         took = [when - published_at for name, when in fleet.applied.items() if fleet.counter[name] >= 2]
@@ -91,6 +93,8 @@ def main() -> None:
         f"   bundle 2 applied after the publish: p10 {percentile(took, 10):.2f} s, p50 {percentile(took, 50):.2f} s, "
         f"p90 {percentile(took, 90):.2f} s, p99 {percentile(took, 99):.2f} s"
     )
+    if converged != AGENTS:
+        print(f"   not at bundle 2, by their latest sync: {stragglers}")
     print(f"{'agents':>7} {'applied':>7} {'converge_all_s':>14} {'regressions':>11} {'redialled':>9} {'503s':>5}")
     shown = f"{converge:.2f}" if converge is not None else f"not all ({CONVERGE_LIMIT_S:.0f} s)"
     print(f"{AGENTS:>7} {converged:>7} {shown:>14} {len(fleet.regressions):>11} {redialled:>9} {fleet.busy:>5}")

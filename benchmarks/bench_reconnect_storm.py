@@ -80,7 +80,8 @@ def main() -> None:
         fleet.drain(time.time() + 600, lambda: fleet.at(1) == AGENTS, "applying bundle 1")
         setup_s = time.time() - setup_started
         if fleet.at(1) != AGENTS:
-            raise SystemExit(f"only {fleet.at(1)} of {AGENTS} agents applied bundle 1 within 600 s")
+            stuck = fleet.stragglers(1)
+            raise SystemExit(f"only {fleet.at(1)} of {AGENTS} agents applied bundle 1 within 600 s; the rest: {stuck}")
         fleet.drain(time.time() + 3)
         held = rig.current()
 
@@ -103,6 +104,7 @@ def main() -> None:
         prober.halt.set()
         prober.join()
         converged = fleet.at(2)
+        stragglers = fleet.stragglers(2)
         converge = max(fleet.applied.values()) - returned_at if converged == AGENTS else None
         fleet.drain(time.time() + 2)
         took = [when - returned_at for name, when in fleet.applied.items() if fleet.counter[name] >= 2]
@@ -133,6 +135,8 @@ def main() -> None:
         f"   bundle 2 applied after the return: p10 {percentile(took, 10):.2f} s, p50 {percentile(took, 50):.2f} s, "
         f"p90 {percentile(took, 90):.2f} s, p99 {percentile(took, 99):.2f} s"
     )
+    if converged != AGENTS:
+        print(f"   not at bundle 2, by their latest sync: {stragglers}")
     print(f"{'agents':>7} {'applied':>7} {'converge_all_s':>14} {'healthz_p99_ms':>14} {'503s':>5} {'regressions':>11}")
     shown = f"{converge:.2f}" if converge is not None else f"not all ({CONVERGE_LIMIT_S:.0f} s)"
     print(f"{AGENTS:>7} {converged:>7} {shown:>14} {p99:>14.1f} {fleet.busy:>5} {len(fleet.regressions):>11}")

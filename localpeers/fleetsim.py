@@ -163,7 +163,8 @@ async def run_agents(
 ) -> None:
     """Events on `queue`, each (kind, agent, time, value): connected; applied (a new revision, value: its counter,
     also when its policies were those the cluster held already); regression
-    (value: the counter); busy (a 503); back (value: when the run of unreachable syncs began)."""
+    (value: the counter); busy (a 503); back (value: when the run of unreachable syncs began); result (value: a
+    new kind of sync result)."""
     keys = load_verification_keys({"ci-1": keys_pem[0]})
     revocation_keys = load_verification_keys({KEY_ID: keys_pem[1]})
     polls = 0
@@ -187,6 +188,7 @@ async def run_agents(
             backoff = run_backoff()
             first, target, highest = True, "", -1
             down_since: float | None = None
+            last: SyncResult | None = None
             while True:
                 outcome = await agent.run_once()
                 polls += 1
@@ -194,6 +196,9 @@ async def run_agents(
                 if first:
                     queue.put(("connected", name, now, 0))
                     first = False
+                if outcome.result is not last:  # what a straggler is stuck on, for the bench's diagnosis
+                    last = outcome.result
+                    queue.put(("result", name, now, str(last)))
                 lost = outcome.result is SyncResult.UNREACHABLE
                 if lost and ("503" in outcome.error or outcome.retry_after_s is not None):
                     queue.put(("busy", name, now, 0))
@@ -244,6 +249,8 @@ class Fleet:
     polls: dict[str, float] = field(default_factory=dict)
     regressions: set[str] = field(default_factory=set)
     busy: int = 0
+    #: each agent's latest kind of sync result (unreachable, not-modified...)
+    last: dict[str, str] = field(default_factory=dict)
     #: (agent, back at, unreachable since) for every reconnect
     reconnects: list[tuple[str, float, float]] = field(default_factory=list)
     _processes: list[Any] = field(default_factory=list)
@@ -272,6 +279,15 @@ class Fleet:
         """How many agents have applied `counter` or a newer revision."""
         return sum(1 for c in self.counter.values() if c >= counter)
 
+    def stragglers(self, counter: int) -> dict[str, int]:
+        """The agents not yet at `counter`, by their latest kind of sync result."""
+        tally: dict[str, int] = {}
+        for name in self.files.names:
+            if self.counter.get(name, 0) < counter:
+                kind = self.last.get(name, "none yet")
+                tally[kind] = tally.get(kind, 0) + 1
+        return tally
+
     def drain(self, until: float, stop: Callable[[], bool] | None = None, label: str = "") -> None:
         """Take the workers' events until `until` (time.time()) or until `stop()` holds."""
         shown = time.time()
@@ -298,6 +314,8 @@ class Fleet:
                 self.polls[name] = value
             elif kind == "regression":
                 self.regressions.add(name)
+            elif kind == "result":
+                self.last[name] = value
             elif kind == "busy":
                 self.busy += 1
             elif kind == "back":
