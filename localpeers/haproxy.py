@@ -86,7 +86,9 @@ class HAProxy:
 
 #: health checks (default-server options, the backend's check timeout): quick for tests, so a replica killed is out
 #: of the rotation within about 0.6 s; patient for a loaded machine (a bench's thousands of agents on the same
-#: cores), where a replica that is only slow to be scheduled must not be taken out and its new clients refused
+#: cores), where a replica that is only slow to be scheduled must not be taken out and its new clients refused (a
+#: check's connect and TLS handshake must still end within `inter`, its answer within `timeout check`; three
+#: misses in a row take a replica out)
 QUICK_CHECKS = ("inter 300ms fall 2 rise 1", "")
 PATIENT_CHECKS = ("inter 1s fall 3 rise 1", "    timeout check 2s\n")
 
