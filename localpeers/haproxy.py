@@ -67,6 +67,14 @@ class HAProxy:
             if row["pxname"] == "trustd" and row["svname"] not in ("FRONTEND", "BACKEND")
         }
 
+    def current(self) -> dict[str, int]:
+        """Connections each replica holds now (a long-polling cluster holds one)."""
+        return {
+            row["svname"]: int(row["scur"] or 0)
+            for row in self._stat()
+            if row["pxname"] == "trustd" and row["svname"] not in ("FRONTEND", "BACKEND")
+        }
+
     def up(self) -> set[str]:
         """The replicas whose health check passes now."""
         return {
@@ -76,7 +84,25 @@ class HAProxy:
         }
 
 
-def config(backends: Sequence[Backend], *, port: int, ca_file: Path, stats_socket: Path, check_name: str) -> str:
+#: health checks (default-server options, the backend's check timeout): quick for tests, so a replica killed is out
+#: of the rotation within about 0.6 s; patient for a loaded machine (a bench's thousands of agents on the same
+#: cores), where a replica that is only slow to be scheduled must not be taken out and its new clients refused (a
+#: check's connect and TLS handshake must still end within `inter`, its answer within `timeout check`; three
+#: misses in a row take a replica out)
+QUICK_CHECKS = ("inter 300ms fall 2 rise 1", "")
+PATIENT_CHECKS = ("inter 1s fall 3 rise 1", "    timeout check 2s\n")
+
+
+def config(
+    backends: Sequence[Backend],
+    *,
+    port: int,
+    ca_file: Path,
+    stats_socket: Path,
+    check_name: str,
+    maxconn: int = 2000,
+    checks: tuple[str, str] = QUICK_CHECKS,
+) -> str:
     servers = "\n".join(
         f"    server {b.name} {b.host}:{b.port} check check-ssl verify required ca-file {ca_file} "
         f"check-sni {check_name} verifyhost {check_name}"
@@ -84,7 +110,7 @@ def config(backends: Sequence[Backend], *, port: int, ca_file: Path, stats_socke
     )
     return f"""global
     stats socket {stats_socket} mode 600 level admin
-    maxconn 2000
+    maxconn {maxconn}
 
 defaults
     mode tcp
@@ -102,16 +128,24 @@ backend trustd
     balance roundrobin
     option httpchk GET /healthz
     http-check expect status 200
-    default-server inter 300ms fall 2 rise 1
+{checks[1]}    default-server {checks[0]}
 {servers}
 """
 
 
 @contextmanager
 def running_haproxy(
-    workdir: Path, backends: Sequence[Backend], *, ca_file: Path, check_name: str = "localhost"
+    workdir: Path,
+    backends: Sequence[Backend],
+    *,
+    ca_file: Path,
+    check_name: str = "localhost",
+    maxconn: int = 2000,
+    checks: tuple[str, str] = QUICK_CHECKS,
 ) -> Iterator[HAProxy]:
-    """HAProxy on a free loopback port in front of `backends`; ready once every backend's health check passes."""
+    """HAProxy on a free loopback port in front of `backends`; ready once every backend's health check passes.
+    `maxconn` bounds the client connections it holds at once (a fleet of long polls holds one each; HAProxy raises
+    its own file limit to match, which needs root)."""
     binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not Path(binary).exists():
         raise HAProxyError(f"HAProxy is not installed: {INSTALL}")
@@ -119,7 +153,17 @@ def running_haproxy(
     port = free_port()
     stats = workdir / "haproxy.sock"
     cfg = workdir / "haproxy.cfg"
-    cfg.write_text(config(backends, port=port, ca_file=ca_file, stats_socket=stats, check_name=check_name))
+    cfg.write_text(
+        config(
+            backends,
+            port=port,
+            ca_file=ca_file,
+            stats_socket=stats,
+            check_name=check_name,
+            maxconn=maxconn,
+            checks=checks,
+        )
+    )
     names = {b.name for b in backends}
 
     def ready() -> bool:

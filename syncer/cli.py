@@ -41,13 +41,12 @@ from edgetrust._internal.cli import (
     verification_key_files,
 )
 from edgetrust._internal.hubclient import HubCallError, HubFailure
-from edgetrust._internal.retry import Backoff
 from edgetrust.bundles.errors import BundleError, SourceUnreachableError
 from edgetrust.bundles.oci import BundleRegistry, OCIReference, registry_settings
 from edgetrust.bundles.revocations import KEY_ID, RevocationStore
 from edgetrust.bundles.signing import load_verification_keys
 from edgetrust.spiffe.workload import SOCKET_ENV, WorkloadSvid, WorkloadSvidError, socket_address
-from syncer.agent import BundleSource, SyncAgent, SyncOutcome, SyncResult
+from syncer.agent import BundleSource, SyncAgent, SyncOutcome, SyncResult, pace, run_backoff
 from syncer.handoff import ConfigMapHandoff
 from syncer.kube import KubeClient, KubeConfig
 from syncer.nodestatus import NodeStatusRelay
@@ -331,7 +330,7 @@ async def _sync(args: argparse.Namespace, keys: dict[str, bytes], identity: Iden
         restored = await agent.start()
         if restored is not None:
             log.info("re-applied %s from disk: %s", restored.revision, restored.result)
-        backoff = Backoff(base_s=1.0, cap_s=60.0)
+        backoff = run_backoff()
         source_name = "the registry mirror" if args.bundle_oci else "hub"
         while True:
             identity.check()
@@ -353,11 +352,8 @@ async def _sync(args: argparse.Namespace, keys: dict[str, bytes], identity: Iden
                     await registry.aclose()
                 code = _exit_code(outcome.result)
                 return code if code == EXIT_OK else fail("edgetrust-syncer", message, code)
-            if outcome.result in (SyncResult.UNREACHABLE, SyncResult.SOURCE_REFUSED):
-                # a refusal is retried too (the fleet file may be fixed), at the backoff's pace, never busily
-                await backoff.wait(outcome.retry_after_s)
+            if await pace(outcome, backoff) is not None:
                 continue
-            backoff.reset()
             if registry is not None:  # a registry has no long poll: look again every `wait` seconds
                 await asyncio.sleep(args.wait)
 

@@ -27,6 +27,7 @@ from localpeers.hub import free_port, golden_reference_values
 from localpeers.nodes import enroll_node
 from localpeers.postgres import PostgresServer, running_postgres
 from localpeers.processes import running
+from localpeers.replicas import token_flags
 from localpeers.softhsm import SoftToken
 from localpeers.swtpm import SoftwareTPMFactory
 from localpeers.tlsca import TestCA
@@ -52,12 +53,6 @@ class Replica:
         return f"https://127.0.0.1:{self.port}"
 
 
-def _token_flags(token: SoftToken) -> list[str]:
-    return [
-        "--pkcs11-module", str(token.module), "--pkcs11-token", token.label, "--pkcs11-pin-file", str(token.pin_file),
-    ]  # fmt: skip
-
-
 @contextmanager
 def _replica(
     name: str, workdir: Path, *, ek_roots: Path, store_url: str, token: SoftToken, roots: Path
@@ -68,7 +63,7 @@ def _replica(
     port = free_port()
     argv = [TRUSTD, "serve", "--data-dir", str(workdir / "data"), "--trust-domain", "edge.example"]
     argv += ["--ek-roots", str(ek_roots), "--reference-values", str(refvalues), "--port", str(port)]
-    argv += ["--store", store_url, *_token_flags(token)]
+    argv += ["--store", store_url, *token_flags(token)]
     verify = ssl.create_default_context(cafile=str(roots))
 
     def ready() -> bool:
@@ -100,12 +95,12 @@ def test_three_replicas_behind_haproxy_share_one_trust(
     store_url = postgres.new_database()
     init = subprocess.run(
         [TRUSTD, "ca", "init", "--data-dir", str(tmp_path / "init"), "--trust-domain", "edge.example",
-         *_token_flags(soft_token)],
+         *token_flags(soft_token)],
         capture_output=True, text=True, timeout=60, check=False, env={**os.environ, **soft_token.environ()},
     )  # fmt: skip
     assert init.returncode == 0, init.stderr
     bundle = subprocess.run(
-        [TRUSTD, "bundle", "--pem", "--data-dir", str(tmp_path / "init"), *_token_flags(soft_token)],
+        [TRUSTD, "bundle", "--pem", "--data-dir", str(tmp_path / "init"), *token_flags(soft_token)],
         capture_output=True, timeout=60, check=True, env={**os.environ, **soft_token.environ()},
     ).stdout  # fmt: skip
     roots = tmp_path / "roots.pem"
