@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edgetrust._internal.retry import Backoff
 from edgetrust.bundles.format import build_files, pack, read_repository
 from edgetrust.bundles.revocations import KEY_ID, RevocationStore
 from edgetrust.bundles.signing import SigningKey, load_verification_keys, sign_files
@@ -123,6 +124,7 @@ async def run_agents(
                 revocations=RevocationStore(states / name, revocation_keys),
             )
             first = True
+            backoff = Backoff(base_s=1.0, cap_s=60.0)
             while True:
                 outcome = await agent.run_once()
                 polls += 1
@@ -132,8 +134,10 @@ async def run_agents(
                 if outcome.result is SyncResult.APPLIED and target.get(name) != outcome.revision:
                     target[name] = outcome.revision
                     queue.put(("applied", name, time.time()))
-                if outcome.result is SyncResult.UNREACHABLE:
-                    await asyncio.sleep(1)
+                if outcome.result is SyncResult.UNREACHABLE:  # as the real syncer (syncer/cli.py): full jitter
+                    await backoff.wait(outcome.retry_after_s)
+                else:
+                    backoff.reset()
 
     async def report_polls() -> None:
         while True:
