@@ -148,6 +148,9 @@ def worker(
 ) -> None:
     # uvloop: the simulation's own event loop cost (2,500 agents per process) is not the agent's; trustd runs on
     # uvloop too (uvicorn[standard])
+    # niced: the agents' CPU stands for 10,000 other machines' and should not take the hub's 2 cores from it (at
+    # equal priority the scheduler gave 4 agent processes 4/5 of them, and the hub's handshakes fell behind)
+    os.nice(10)
     uvloop.run(run_agents(index, names, hub, roots, Path(certs), Path(states), keys_pem, queue))
 
 

@@ -35,7 +35,7 @@ class RequestLimits:
     #: requests worked on at once; one more is answered 503
     max_in_flight: int = 512
     #: long polls held at once; one more is answered 503
-    max_long_polls: int = 16384
+    max_long_polls: int = 32768
     #: what a refused client is told to wait (seconds); its backoff spreads the fleet over the window past it
     retry_after_s: int = 2
     #: paths never refused (the liveness probe)

@@ -18,25 +18,40 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from trustd.errors import TrustdError
 
+#: where `peer_spiffe_id` keeps the SPIFFE ID it read, in the connection's TLS extension (one per connection)
+_SPIFFE_ID_KEY = "edgetrust.spiffe_id"
+
 
 class PeerCertificateProtocol(HttpToolsProtocol):
-    _peer_pem: str | None = None
+    _tls: dict[object, object] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if isinstance(ssl_object, ssl.SSLObject) else None
-        self._peer_pem = ssl.DER_cert_to_PEM_cert(der) if der else None
+        # one extension per connection, shared by its requests: the certificate is read (and its SPIFFE ID
+        # parsed) once per connection, not per request (a long-polling cluster sends one every `wait` seconds)
+        self._tls = {"client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else []}
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        chain = [self._peer_pem] if self._peer_pem else []
-        self.scope["extensions"] = {"tls": {"client_cert_chain": chain}}
+        self.scope["extensions"] = {"tls": self._tls if self._tls is not None else {"client_cert_chain": []}}
 
 
 def peer_spiffe_id(scope: Mapping[str, Any]) -> str:
-    """The URI SAN of the verified client certificate; the TLS layer already checked it against our CA."""
-    chain = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert_chain") or []
+    """The URI SAN of the verified client certificate; the TLS layer already checked it against our CA. Kept in
+    the connection's TLS extension once read (the certificate is the connection's: it does not change)."""
+    tls = (scope.get("extensions") or {}).get("tls") or {}
+    known = tls.get(_SPIFFE_ID_KEY)
+    if isinstance(known, str):
+        return known
+    spiffe_id = _read_spiffe_id(tls.get("client_cert_chain") or [])
+    if isinstance(tls, dict):
+        tls[_SPIFFE_ID_KEY] = spiffe_id
+    return spiffe_id
+
+
+def _read_spiffe_id(chain: list[str]) -> str:
     if not chain:
         raise TrustdError("this endpoint needs a client certificate (mTLS with an X.509-SVID)")
     return _spiffe_id_of(chain[0])

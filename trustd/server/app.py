@@ -32,7 +32,7 @@ from trustd.server.api.agent import SvidFastPath, agent_router
 from trustd.server.api.authz import Authorizer, Caller
 from trustd.server.api.clusters import cluster_router
 from trustd.server.api.fleet import fleet_router
-from trustd.server.api.policy import policy_router
+from trustd.server.api.policy import PollFastPath, policy_router
 from trustd.server.ca import SpiffeCA
 from trustd.server.ca import rotation as ca_rotation
 from trustd.server.enrollment import EnrollmentService
@@ -172,6 +172,8 @@ def create_app(
         store=store,
         key_in_memory=ca.key_in_memory,
     )
+    if policy is not None:
+        app.add_middleware(PollFastPath, bundles=policy, authorizer=authorizer)
     return app
 
 

@@ -94,7 +94,7 @@ class TrustdSettings(BaseSettings):
         default=10.0, gt=0, le=120, description="slow clients (slowloris): a request head must arrive within this"
     )
     max_connections: int = Field(
-        default=16384,
+        default=32768,
         ge=16,
         description="open connections at most (a long-polling cluster holds one); capped below the fd limit at start",
     )
@@ -104,7 +104,7 @@ class TrustdSettings(BaseSettings):
         description="requests worked on at once (long polls apart); one more is answered 503 with Retry-After",
     )
     max_long_polls: int = Field(
-        default=16384,
+        default=32768,
         ge=1,
         description="long polls held at once; one more is answered 503 with Retry-After (the cluster retries)",
     )
