@@ -115,3 +115,16 @@ def test_one_replica_without_a_token_makes_its_root_once_on_its_own_volume() -> 
     docs = _render("hub.replicas=1", "hub.trust.init=false")
     (statefulset,) = _hub_workloads(docs)
     assert "initContainers" not in statefulset["spec"]["template"]["spec"]
+
+
+def test_workers_reach_each_replica_and_need_the_shared_store() -> None:
+    docs = _render("hub.replicas=3", "hub.workers=2", *TOKEN)
+    (deployment, _job) = sorted(_hub_workloads(docs), key=lambda d: str(d["kind"]))
+    (trustd,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e.get("value") for e in trustd["env"]}["TRUSTD_WORKERS"] == "2"
+    one = _render("hub.replicas=3", *TOKEN)
+    (deployment, _job) = sorted(_hub_workloads(one), key=lambda d: str(d["kind"]))
+    assert "TRUSTD_WORKERS" not in {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    refused = _render("hub.workers=2", "hub.storeSecret=", check=False)
+    assert refused.returncode != 0
+    assert "hub.workers > 1 needs hub.storeSecret" in refused.stderr
