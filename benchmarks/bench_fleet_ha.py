@@ -40,14 +40,7 @@ CONVERGE_LIMIT_S = 180.0
 def main() -> None:
     with running_ha_fleet(AGENTS, replicas=REPLICAS, workers=WORKERS) as rig:
         fleet = rig.fleet
-        setup_started = time.time()
-        rig.publish(1)
-        fleet.drain(time.time() + 600, lambda: fleet.at(1) == AGENTS, "applying bundle 1")
-        setup_s = time.time() - setup_started
-        if fleet.at(1) != AGENTS:
-            stuck = fleet.stragglers(1)
-            raise SystemExit(f"only {fleet.at(1)} of {AGENTS} agents applied bundle 1 within 600 s; the rest: {stuck}")
-        fleet.drain(time.time() + 3)  # the last reports delivered; every agent back in a long poll
+        setup_s = rig.converge_first_bundle(AGENTS)
         before_kill = dict(rig.current())
 
         published_at = rig.publish(2)

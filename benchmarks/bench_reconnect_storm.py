@@ -75,14 +75,7 @@ class Prober(threading.Thread):
 def main() -> None:
     with running_ha_fleet(AGENTS, replicas=REPLICAS, workers=WORKERS) as rig:
         fleet = rig.fleet
-        setup_started = time.time()
-        rig.publish(1)
-        fleet.drain(time.time() + 600, lambda: fleet.at(1) == AGENTS, "applying bundle 1")
-        setup_s = time.time() - setup_started
-        if fleet.at(1) != AGENTS:
-            stuck = fleet.stragglers(1)
-            raise SystemExit(f"only {fleet.at(1)} of {AGENTS} agents applied bundle 1 within 600 s; the rest: {stuck}")
-        fleet.drain(time.time() + 3)
+        setup_s = rig.converge_first_bundle(AGENTS)
         held = rig.current()
 
         down_at = time.time()

@@ -60,6 +60,21 @@ class HAFleet:
             raise RuntimeError(f"publish {counter}: {answer.status_code} {answer.text}")
         return sent
 
+    def converge_first_bundle(self, agents: int) -> float:
+        """Publish bundle 1 and wait until every agent applied it and is back in a long poll; the seconds it took.
+        Raises SystemExit naming the stragglers when they do not within 600 s (the bench has nothing to measure)."""
+        started = time.time()
+        self.publish(1)
+        self.fleet.drain(time.time() + 600, lambda: self.fleet.at(1) == agents, "applying bundle 1")
+        took = time.time() - started
+        if self.fleet.at(1) != agents:
+            stuck = self.fleet.stragglers(1)
+            raise SystemExit(
+                f"only {self.fleet.at(1)} of {agents} agents applied bundle 1 within 600 s; the rest: {stuck}"
+            )
+        self.fleet.drain(time.time() + 3)  # the last reports delivered; every agent back in a long poll
+        return took
+
     def all_up(self) -> bool:
         """Every balancer's health checks see every replica up."""
         return all(b.up() == {r.name for r in self.replicas} for b in self.balancers)
